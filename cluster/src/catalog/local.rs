@@ -1,0 +1,221 @@
+//! The single-node catalog: every record in one redb file on the node's disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Catalog, CatalogError, DocumentRecord, Manifest, PolicyRecord, RefRecord};
+use crate::types::RepoKey;
+
+const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+const REPO_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_info");
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+
+/// How many decoded manifests stay in memory; a resolve request looks its path up in one, and a
+/// large repo's manifest is megabytes of postcard that should not be decoded per request.
+const MANIFEST_MEMORY_SLOTS: usize = 64;
+
+/// The catalog of one node, stored in a redb database.
+#[derive(Clone)]
+pub struct LocalCatalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    database: Database,
+    manifest_memory: Mutex<ManifestMemory>,
+}
+
+#[derive(Default)]
+struct ManifestMemory {
+    by_key: HashMap<String, Arc<Manifest>>,
+    order: VecDeque<String>,
+}
+
+impl ManifestMemory {
+    fn get(&self, key: &str) -> Option<Arc<Manifest>> {
+        self.by_key.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, manifest: Arc<Manifest>) {
+        if self.by_key.insert(key.clone(), manifest).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MANIFEST_MEMORY_SLOTS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_key.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn storage_error(error: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Storage(error.to_string())
+}
+
+fn repo_key(repo: &RepoKey, rest: &[&str]) -> String {
+    let mut key = format!("{}\0{}", repo.repo_type.as_str(), repo.repo_id);
+    for part in rest {
+        key.push('\0');
+        key.push_str(part);
+    }
+    key
+}
+
+impl LocalCatalog {
+    /// Opens (or creates) the catalog file, creating every table so that reads never meet a missing
+    /// table.
+    pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
+        let database = Database::create(path).map_err(storage_error)?;
+        let transaction = database.begin_write().map_err(storage_error)?;
+        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS] {
+            transaction.open_table(table).map_err(storage_error)?;
+        }
+        transaction.commit().map_err(storage_error)?;
+        Ok(LocalCatalog {
+            inner: Arc::new(Inner { database, manifest_memory: Mutex::new(ManifestMemory::default()) }),
+        })
+    }
+
+    async fn read_raw(&self, table: TableDefinition<'static, &'static str, &'static [u8]>, key: String) -> Result<Option<Vec<u8>>, CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_read().map_err(storage_error)?;
+            let opened = transaction.open_table(table).map_err(storage_error)?;
+            let value = opened.get(key.as_str()).map_err(storage_error)?;
+            Ok(value.map(|guard| guard.value().to_vec()))
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    async fn write_raw(&self, table: TableDefinition<'static, &'static str, &'static [u8]>, key: String, value: Vec<u8>) -> Result<(), CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_write().map_err(storage_error)?;
+            {
+                let mut opened = transaction.open_table(table).map_err(storage_error)?;
+                opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
+            }
+            transaction.commit().map_err(storage_error)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    async fn read_record<T: DeserializeOwned>(&self, table: TableDefinition<'static, &'static str, &'static [u8]>, key: String) -> Result<Option<T>, CatalogError> {
+        match self.read_raw(table, key).await? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|error| CatalogError::Codec(error.to_string())),
+        }
+    }
+
+    async fn write_record<T: Serialize>(&self, table: TableDefinition<'static, &'static str, &'static [u8]>, key: String, record: &T) -> Result<(), CatalogError> {
+        let bytes = postcard::to_stdvec(record).map_err(|error| CatalogError::Codec(error.to_string()))?;
+        self.write_raw(table, key, bytes).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for LocalCatalog {
+    async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
+        self.read_record(REFS, repo_key(repo, &[revision])).await
+    }
+
+    async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError> {
+        self.write_record(REFS, repo_key(repo, &[revision]), &record).await
+    }
+
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
+        let key = repo_key(repo, &[commit]);
+        if let Some(manifest) = self.inner.manifest_memory.lock().expect("manifest memory poisoned").get(&key) {
+            return Ok(Some(manifest));
+        }
+        let Some(manifest) = self.read_record::<Manifest>(MANIFESTS, key.clone()).await? else {
+            return Ok(None);
+        };
+        let manifest = Arc::new(manifest);
+        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError> {
+        let key = repo_key(repo, &[commit]);
+        self.write_record(MANIFESTS, key.clone(), &manifest).await?;
+        let manifest = Arc::new(manifest);
+        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
+        Ok(manifest)
+    }
+
+    async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.read_raw(REPO_INFO, repo_key(repo, &[commit, variant])).await
+    }
+
+    async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError> {
+        self.write_raw(REPO_INFO, repo_key(repo, &[commit, variant]), body).await
+    }
+
+    async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError> {
+        self.read_record(POLICIES, repo_key(repo, &[])).await
+    }
+
+    async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError> {
+        self.write_record(POLICIES, repo_key(repo, &[]), &record).await
+    }
+
+    async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError> {
+        self.read_record(DOCUMENTS, key.to_owned()).await
+    }
+
+    async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError> {
+        self.write_record(DOCUMENTS, key.to_owned(), &record).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{EntryKind, ManifestEntry};
+    use crate::types::RepoType;
+
+    #[tokio::test]
+    async fn records_survive_a_reopen() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("catalog.redb");
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        {
+            let catalog = LocalCatalog::open(&path).unwrap();
+            catalog.put_ref(&repo, "main", RefRecord { commit: commit.into(), checked_at_ms: 7 }).await.unwrap();
+            let entry = ManifestEntry { path: "config.json".into(), kind: EntryKind::File, size: 42, oid: "5".repeat(40), lfs: None };
+            catalog.put_manifest(&repo, commit, Manifest::new(vec![entry])).await.unwrap();
+            catalog.put_repo_info(&repo, commit, "", b"{}".to_vec()).await.unwrap();
+            catalog.put_policy(&repo, PolicyRecord { cacheable: true, reason: "public".into(), checked_at_ms: 9 }).await.unwrap();
+        }
+        let catalog = LocalCatalog::open(&path).unwrap();
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap().unwrap().commit, commit);
+        assert!(catalog.get_ref(&repo, "other").await.unwrap().is_none());
+        let manifest = catalog.get_manifest(&repo, commit).await.unwrap().unwrap();
+        assert_eq!(manifest.find("config.json").unwrap().size, 42);
+        assert_eq!(catalog.get_repo_info(&repo, commit, "").await.unwrap().unwrap(), b"{}");
+        assert!(catalog.get_repo_info(&repo, commit, "blobs=true").await.unwrap().is_none());
+        assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
+        let dataset = RepoKey::new(RepoType::Dataset, "org/model");
+        assert!(catalog.get_ref(&dataset, "main").await.unwrap().is_none(), "repo types are separate keys");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_record_is_a_codec_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        catalog.write_raw(REFS, repo_key(&repo, &["main"]), vec![0xff; 3]).await.unwrap();
+        assert!(matches!(catalog.get_ref(&repo, "main").await, Err(CatalogError::Codec(_))));
+    }
+}

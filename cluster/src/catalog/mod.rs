@@ -1,0 +1,60 @@
+//! The catalog: what the mirror knows about the Hub, keyed by repository, revision and commit.
+//!
+//! Records are split by mutability, as design.md's identity table says: refs, repo policy and cached
+//! documents are mutable and carry the time they were last checked upstream; manifests and repo info
+//! are keyed by commit and never change once written.
+//!
+//! The node only talks to the [`Catalog`] trait. [`LocalCatalog`] implements it on one node's disk
+//! (redb); the Raft catalog of the cluster will implement the same trait.
+
+mod local;
+mod records;
+
+use std::sync::Arc;
+
+pub use local::LocalCatalog;
+pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PolicyRecord, RefRecord};
+
+use crate::types::RepoKey;
+
+/// The failure of a catalog operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The embedded store failed (I/O, corruption, a full disk).
+    #[error("catalog storage error: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded; the record is treated as absent by callers that can
+    /// refetch it.
+    #[error("catalog record is undecodable: {0}")]
+    Codec(String),
+    /// The catalog task is gone (shutdown in progress).
+    #[error("catalog is shut down")]
+    Closed,
+}
+
+/// The interface the node reads and writes the catalog through.
+///
+/// Reads are local and may lag behind other nodes; that is fine for a cache. Writes are durable
+/// when they return.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Returns the commit a branch or tag pointed to when it was last checked.
+    async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError>;
+    async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError>;
+
+    /// Returns the full recursive file list of a commit.
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError>;
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError>;
+
+    /// Returns the repo-info JSON of a commit, for one variant of the query (`blobs=true`, …).
+    async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError>;
+    async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError>;
+
+    /// Returns whether a repository may be stored, and when that was last checked upstream.
+    async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError>;
+    async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError>;
+
+    /// Returns a mutable cached document (a refs listing, …) under a caller-chosen key.
+    async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError>;
+    async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError>;
+}

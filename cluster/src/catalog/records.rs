@@ -1,0 +1,154 @@
+//! The records the catalog stores. They are the catalog's own types, encoded with postcard; the node
+//! turns them into the Hub's JSON, never the other way round.
+
+use serde::{Deserialize, Serialize};
+
+/// A branch or tag resolved to a commit, with the time (unix milliseconds) it was checked upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefRecord {
+    pub commit: String,
+    pub checked_at_ms: u64,
+}
+
+/// Whether a repository may be stored and served to anyone (public, not gated), and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub cacheable: bool,
+    /// Why, for logs and status: `public`, `private or missing`, `gated`, ….
+    pub reason: String,
+    pub checked_at_ms: u64,
+}
+
+/// A mutable document cached as the bytes the node will serve, with the time it was fetched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    pub body: Vec<u8>,
+    pub checked_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+/// The LFS pointer of a file: the sha256 and size of the real bytes, and the pointer file's size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LfsPointer {
+    pub sha256: String,
+    pub size: u64,
+    pub pointer_size: u64,
+}
+
+/// One file or directory of a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// The real size of the bytes (for LFS files, the object's size, not the pointer's).
+    pub size: u64,
+    /// The git object id: the blob sha1 of a regular file or of an LFS pointer, or a tree sha1.
+    pub oid: String,
+    pub lfs: Option<LfsPointer>,
+}
+
+impl ManifestEntry {
+    /// Returns the content address of the file's bytes: the LFS sha256, else the git blob sha1.
+    pub fn etag(&self) -> &str {
+        match &self.lfs {
+            Some(pointer) => &pointer.sha256,
+            None => &self.oid,
+        }
+    }
+}
+
+/// Every file and directory of one commit, sorted by path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    entries: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// Builds a manifest, sorting the entries by path and dropping duplicate paths.
+    pub fn new(mut entries: Vec<ManifestEntry>) -> Manifest {
+        entries.sort_by(|left, right| left.path.cmp(&right.path));
+        entries.dedup_by(|right, left| left.path == right.path);
+        Manifest { entries }
+    }
+
+    pub fn entries(&self) -> &[ManifestEntry] {
+        &self.entries
+    }
+
+    /// Returns the entry at exactly this path.
+    pub fn find(&self, path: &str) -> Option<&ManifestEntry> {
+        self.entries
+            .binary_search_by(|entry| entry.path.as_str().cmp(path))
+            .ok()
+            .map(|index| &self.entries[index])
+    }
+
+    /// Returns the entries below `directory` (all of them for the empty path): every descendant when
+    /// `recursive`, else the direct children only. `None` when the directory does not exist.
+    pub fn list(&self, directory: &str, recursive: bool) -> Option<Vec<&ManifestEntry>> {
+        let prefix = if directory.is_empty() { String::new() } else { format!("{directory}/") };
+        if !directory.is_empty() {
+            let entry = self.find(directory)?;
+            if entry.kind != EntryKind::Directory {
+                return None;
+            }
+        }
+        // Entries are sorted by path, so every descendant of the prefix sits in one contiguous run.
+        let start = self.entries.partition_point(|entry| entry.path.as_str() < prefix.as_str());
+        let listed = self.entries[start..]
+            .iter()
+            .take_while(|entry| entry.path.starts_with(&prefix))
+            .filter(|entry| recursive || !entry.path[prefix.len()..].contains('/'))
+            .collect();
+        Some(listed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> ManifestEntry {
+        ManifestEntry { path: path.into(), kind: EntryKind::File, size: 1, oid: "0".repeat(40), lfs: None }
+    }
+
+    fn dir(path: &str) -> ManifestEntry {
+        ManifestEntry { path: path.into(), kind: EntryKind::Directory, size: 0, oid: "1".repeat(40), lfs: None }
+    }
+
+    fn paths(entries: Option<Vec<&ManifestEntry>>) -> Vec<String> {
+        entries.unwrap().into_iter().map(|entry| entry.path.clone()).collect()
+    }
+
+    #[test]
+    fn lists_direct_children_and_descendants() {
+        let manifest = Manifest::new(vec![
+            file("config.json"),
+            dir("sub"),
+            dir("sub/dir"),
+            file("sub/dir/file.txt"),
+            file("sub-file"),
+            file("sub/a"),
+        ]);
+        assert_eq!(paths(manifest.list("", false)), ["config.json", "sub", "sub-file"]);
+        assert_eq!(paths(manifest.list("sub", false)), ["sub/a", "sub/dir"]);
+        assert_eq!(paths(manifest.list("sub", true)), ["sub/a", "sub/dir", "sub/dir/file.txt"]);
+        assert!(manifest.list("nope", true).is_none());
+        assert!(manifest.list("config.json", true).is_none(), "a file is not a directory");
+        assert_eq!(manifest.find("sub/dir/file.txt").unwrap().path, "sub/dir/file.txt");
+        assert!(manifest.find("sub/dir/missing").is_none());
+    }
+
+    #[test]
+    fn etag_prefers_the_lfs_sha256() {
+        let mut entry = file("model.safetensors");
+        assert_eq!(entry.etag(), "0".repeat(40));
+        entry.lfs = Some(LfsPointer { sha256: "a".repeat(64), size: 5, pointer_size: 134 });
+        assert_eq!(entry.etag(), "a".repeat(64));
+    }
+}

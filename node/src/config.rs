@@ -1,0 +1,411 @@
+//! The node's configuration: the embedded single-node default, `topology.toml`, and the overrides
+//! given as flags or environment variables, merged and validated once at start-up.
+//!
+//! Precedence, highest first: a flag or its environment variable, the node's `[[nodes]]` entry, the
+//! file's `[defaults]`, the embedded default. Every error names the field it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything one node needs to serve, fully resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The Hub we mirror, without a trailing slash.
+    pub upstream: String,
+    /// How long a branch or tag → commit answer is used before it is checked upstream again.
+    pub ref_ttl: Duration,
+    /// How long "this repo is public and not gated" is trusted before it is checked again.
+    pub policy_ttl: Duration,
+    /// The most bytes of blobs the node keeps; `None` means the file system's size.
+    pub max_disk: Option<u64>,
+    /// Free space the store always leaves on the file system.
+    pub min_free_disk: u64,
+    /// The origin clients reach this node at, for absolute `Link` URLs; `None` means the request's
+    /// `Host` header over plain HTTP.
+    pub public_url: Option<String>,
+    /// Entries per page of `/tree` answers.
+    pub tree_page_size: usize,
+}
+
+impl NodeConfig {
+    /// The embedded default: one node on loopback, data in `./hf-mirror-data`, upstream huggingface.co.
+    pub fn embedded_default() -> NodeConfig {
+        NodeConfig {
+            name: "local".into(),
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./hf-mirror-data"),
+            upstream: "https://huggingface.co".into(),
+            ref_ttl: Duration::from_secs(60),
+            policy_ttl: Duration::from_secs(600),
+            max_disk: None,
+            min_free_disk: 1 << 30,
+            public_url: None,
+            tree_page_size: 1000,
+        }
+    }
+}
+
+/// A configuration error, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {field}: {message}")]
+pub struct ConfigError {
+    /// Where the value came from: the file's path, or `flag or environment`.
+    pub origin: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Values given on the command line or in the environment; each overrides the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub ref_ttl: Option<String>,
+    pub policy_ttl: Option<String>,
+    pub max_disk: Option<String>,
+    pub min_free_disk: Option<String>,
+    pub public_url: Option<String>,
+    pub tree_page_size: Option<String>,
+}
+
+/// The part of `topology.toml` shared by every node, and per-node settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettingsFile {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream: Option<String>,
+    pub ref_ttl: Option<String>,
+    pub policy_ttl: Option<String>,
+    pub max_disk: Option<String>,
+    pub min_free_disk: Option<String>,
+    pub public_url: Option<String>,
+    pub tree_page_size: Option<String>,
+}
+
+/// `topology.toml`: the cluster, its nodes, and the defaults they share.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub defaults: NodeSettingsFile,
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub name: String,
+    /// The DNS zone the nodes are authoritative for (used by the DNS issue).
+    pub zone: String,
+}
+
+/// One peer of the cluster: where it is, what it has, and its own settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub name: String,
+    pub city: String,
+    pub country: String,
+    pub operator: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub bandwidth_gbps: u32,
+    /// Raw capacity, e.g. `1.8PB`; placement weights follow it.
+    pub storage: String,
+    #[serde(flatten)]
+    pub settings: NodeSettingsFile,
+}
+
+/// Parses a size such as `500GiB`, `1.8PB`, `10MB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|character: char| !(character.is_ascii_digit() || character == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("invalid size {text:?} (expected e.g. 500GiB, 1.8PB or bytes)"))?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "pb" => 1e15,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        "pib" => 1024f64.powi(5),
+        _ => return Err(format!("invalid size unit in {text:?} (use B, KB, MB, GB, TB, PB or KiB … PiB)")),
+    };
+    let bytes = number * multiplier;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a duration such as `60s`, `10m`, `1h`, `500ms`, `1d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|character: char| !(character.is_ascii_digit() || character == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("invalid duration {text:?} (expected e.g. 60s, 10m, 1h)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} is out of range"))
+}
+
+fn parse_upstream(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("invalid URL {text:?} (expected http:// or https://)"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!("invalid URL {text:?} (expected scheme://host[:port] without a path)"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Applies one layer of settings on top of `config`.
+fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, field_prefix: &str) -> Result<(), ConfigError> {
+    let fail = |field: &str, message: String| {
+        // Flags are spelled with dashes, file keys with underscores.
+        let field = if field_prefix == "--" { field.replace('_', "-") } else { field.to_owned() };
+        ConfigError { origin: origin.to_owned(), field: format!("{field_prefix}{field}"), message }
+    };
+    if let Some(listen) = &layer.listen {
+        config.listen = listen.parse().map_err(|_| fail("listen", format!("invalid socket address {listen:?} (expected e.g. 127.0.0.1:8080)")))?;
+    }
+    if let Some(data_dir) = &layer.data_dir {
+        if data_dir.as_os_str().is_empty() {
+            return Err(fail("data_dir", "must not be empty".into()));
+        }
+        config.data_dir = data_dir.clone();
+    }
+    if let Some(upstream) = &layer.upstream {
+        config.upstream = parse_upstream(upstream).map_err(|message| fail("upstream", message))?;
+    }
+    if let Some(ref_ttl) = &layer.ref_ttl {
+        config.ref_ttl = parse_duration(ref_ttl).map_err(|message| fail("ref_ttl", message))?;
+    }
+    if let Some(policy_ttl) = &layer.policy_ttl {
+        config.policy_ttl = parse_duration(policy_ttl).map_err(|message| fail("policy_ttl", message))?;
+    }
+    if let Some(max_disk) = &layer.max_disk {
+        config.max_disk = Some(parse_size(max_disk).map_err(|message| fail("max_disk", message))?);
+    }
+    if let Some(min_free_disk) = &layer.min_free_disk {
+        config.min_free_disk = parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
+    }
+    if let Some(public_url) = &layer.public_url {
+        config.public_url = Some(parse_upstream(public_url).map_err(|message| fail("public_url", message))?);
+    }
+    if let Some(page_size) = &layer.tree_page_size {
+        let size: usize = page_size.trim().parse().map_err(|_| fail("tree_page_size", format!("invalid number {page_size:?}")))?;
+        if size == 0 || size > 10_000 {
+            return Err(fail("tree_page_size", "must be between 1 and 10000".into()));
+        }
+        config.tree_page_size = size;
+    }
+    Ok(())
+}
+
+/// Reads and parses `topology.toml`.
+pub fn read_topology(path: &Path) -> Result<TopologyFile, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError { origin: origin.clone(), field: "(file)".into(), message: error.to_string() })?;
+    parse_topology(&text, &origin)
+}
+
+/// Parses the text of `topology.toml`; errors name the offending key.
+pub fn parse_topology(text: &str, origin: &str) -> Result<TopologyFile, ConfigError> {
+    let topology: TopologyFile = toml::from_str(text).map_err(|error| {
+        let message = error.message().to_owned();
+        let field = error
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| format!("line {}", before.lines().count().max(1)))
+            .unwrap_or_else(|| "(file)".into());
+        ConfigError { origin: origin.to_owned(), field, message }
+    })?;
+    let mut names = std::collections::HashSet::new();
+    for (index, node) in topology.nodes.iter().enumerate() {
+        let fail = |field: &str, message: String| ConfigError { origin: origin.to_owned(), field: format!("nodes[{index}].{field}"), message };
+        if node.name.is_empty() || !node.name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-') {
+            return Err(fail("name", format!("invalid node name {:?} (letters, digits and '-')", node.name)));
+        }
+        if !names.insert(node.name.clone()) {
+            return Err(fail("name", format!("duplicate node name {:?}", node.name)));
+        }
+        if !(-90.0..=90.0).contains(&node.latitude) {
+            return Err(fail("latitude", format!("{} is not a latitude", node.latitude)));
+        }
+        if !(-180.0..=180.0).contains(&node.longitude) {
+            return Err(fail("longitude", format!("{} is not a longitude", node.longitude)));
+        }
+        parse_size(&node.storage).map_err(|message| fail("storage", message))?;
+    }
+    // Validate every node's settings now, so a typo in any node fails every node's start-up.
+    for (index, node) in topology.nodes.iter().enumerate() {
+        let mut scratch = NodeConfig::embedded_default();
+        apply_layer(&mut scratch, &topology.defaults, origin, "defaults.")?;
+        apply_layer(&mut scratch, &node.settings, origin, &format!("nodes[{index}]."))?;
+    }
+    Ok(topology)
+}
+
+/// Resolves the configuration of one node from the optional topology file and the overrides.
+pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>, overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
+    let mut config = NodeConfig::embedded_default();
+    if let Some((topology, origin)) = topology {
+        apply_layer(&mut config, &topology.defaults, origin, "defaults.")?;
+        let node_index = match node_name {
+            Some(name) => topology.nodes.iter().position(|node| node.name == name).ok_or_else(|| ConfigError {
+                origin: origin.to_owned(),
+                field: "nodes".into(),
+                message: format!("no node named {name:?} (known: {})", topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", ")),
+            })?,
+            None if topology.nodes.len() == 1 => 0,
+            None => {
+                return Err(ConfigError {
+                    origin: "flag or environment".into(),
+                    field: "--node".into(),
+                    message: format!("the topology has {} nodes; choose one with --node NAME", topology.nodes.len()),
+                });
+            }
+        };
+        let node = &topology.nodes[node_index];
+        config.name = node.name.clone();
+        apply_layer(&mut config, &node.settings, origin, &format!("nodes[{node_index}]."))?;
+    } else if let Some(name) = node_name {
+        config.name = name.to_owned();
+    }
+    let flags = NodeSettingsFile {
+        listen: overrides.listen.clone(),
+        data_dir: overrides.data_dir.clone(),
+        upstream: overrides.upstream.clone(),
+        ref_ttl: overrides.ref_ttl.clone(),
+        policy_ttl: overrides.policy_ttl.clone(),
+        max_disk: overrides.max_disk.clone(),
+        min_free_disk: overrides.min_free_disk.clone(),
+        public_url: overrides.public_url.clone(),
+        tree_page_size: overrides.tree_page_size.clone(),
+    };
+    apply_layer(&mut config, &flags, "flag or environment", "--")?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPOLOGY: &str = r#"
+[cluster]
+name = "test"
+zone = "hf-mirror.test"
+
+[defaults]
+upstream = "https://huggingface.co/"
+ref_ttl = "30s"
+
+[[nodes]]
+name = "fra1"
+city = "Frankfurt"
+country = "DE"
+operator = "Hetzner"
+latitude = 50.11
+longitude = 8.68
+bandwidth_gbps = 100
+storage = "1.8PB"
+listen = "127.0.0.1:9001"
+max_disk = "1.7PB"
+
+[[nodes]]
+name = "ams1"
+city = "Amsterdam"
+country = "NL"
+operator = "NIKHEF"
+latitude = 52.37
+longitude = 4.90
+bandwidth_gbps = 40
+storage = "600TB"
+"#;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let topology = parse_topology(TOPOLOGY, "topology.toml").unwrap();
+        let overrides = Overrides { ref_ttl: Some("5s".into()), ..Overrides::default() };
+        let config = resolve(Some((&topology, "topology.toml")), Some("fra1"), &overrides).unwrap();
+        assert_eq!(config.name, "fra1");
+        assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(config.upstream, "https://huggingface.co");
+        assert_eq!(config.ref_ttl, Duration::from_secs(5));
+        assert_eq!(config.max_disk, Some(1_700_000_000_000_000));
+        let other = resolve(Some((&topology, "topology.toml")), Some("ams1"), &Overrides::default()).unwrap();
+        assert_eq!(other.ref_ttl, Duration::from_secs(30));
+        assert_eq!(other.listen, NodeConfig::embedded_default().listen);
+    }
+
+    #[test]
+    fn embedded_default_needs_no_file() {
+        let config = resolve(None, None, &Overrides::default()).unwrap();
+        assert_eq!(config, NodeConfig::embedded_default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.upstream, "https://huggingface.co");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_size = TOPOLOGY.replace("max_disk = \"1.7PB\"", "max_disk = \"12XB\"");
+        let error = parse_topology(&bad_size, "topology.toml").unwrap_err();
+        assert_eq!(error.field, "nodes[0].max_disk");
+        let unknown = TOPOLOGY.replace("zone =", "zonee =");
+        let error = parse_topology(&unknown, "topology.toml").unwrap_err();
+        assert!(error.message.contains("zonee"), "{error}");
+        let topology = parse_topology(TOPOLOGY, "topology.toml").unwrap();
+        let error = resolve(Some((&topology, "t")), None, &Overrides::default()).unwrap_err();
+        assert_eq!(error.field, "--node");
+        let error = resolve(Some((&topology, "t")), Some("nope"), &Overrides::default()).unwrap_err();
+        assert_eq!(error.field, "nodes");
+        let overrides = Overrides { upstream: Some("ftp://x".into()), ..Overrides::default() };
+        assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--upstream");
+        let overrides = Overrides { ref_ttl: Some("soon".into()), ..Overrides::default() };
+        assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--ref-ttl");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1.8PB").unwrap(), 1_800_000_000_000_000);
+        assert_eq!(parse_size("500GiB").unwrap(), 500 * (1 << 30));
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("-1GB").is_err());
+        assert!(parse_size("1e999GB").is_err());
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1w").is_err());
+    }
+
+    #[test]
+    fn the_repository_topology_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology.toml");
+        let topology = read_topology(&path).unwrap();
+        assert_eq!(topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>(), ["fra1", "ams1", "waw1", "sto1"]);
+    }
+}

@@ -1,0 +1,495 @@
+//! The HTTP edge: one handler that routes on the raw path and answers every Hub route, either from
+//! the mirror (cacheable repos) or by passing the request through to upstream (everything else).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use hfm_cluster::catalog::EntryKind;
+use hfm_cluster::types::RepoKey;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{Instrument, field, info, info_span, warn};
+
+use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path, forwardable_response_headers};
+use crate::hub::json::{strip_xet_from_body, tree_entry_json};
+use crate::hub::query::{flag, parse_pairs, values};
+use crate::hub::range::parse_range;
+use crate::hub::route::{Route, encode_path, encode_segment, route, validate_relative_path};
+use crate::hub::{ErrorSource, HubError};
+use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
+use crate::store::{BlobSource, FillOutcome, StoredBlob};
+use crate::upstream::{UpstreamBlob, read_buffered};
+
+/// The most header bytes a request may carry; beyond, 431 in the Hub's format.
+const MAX_HEADER_BYTES: usize = 16 << 10;
+/// The most body bytes of a request the mirror reads (paths-info, pass-through API calls).
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// Bytes per read when streaming a stored blob.
+const FILE_CHUNK: usize = 256 << 10;
+/// Request headers forwarded on a pass-through, besides `Authorization`.
+const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[header::ACCEPT, header::CONTENT_TYPE, header::RANGE, header::IF_NONE_MATCH, header::IF_RANGE];
+
+#[derive(Clone)]
+pub struct EdgeState {
+    mirror: Mirror,
+}
+
+/// Builds the router of the edge.
+pub fn router(mirror: Mirror) -> Router {
+    Router::new().fallback(handle).with_state(EdgeState { mirror })
+}
+
+async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
+    let started = Instant::now();
+    let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
+    let response = dispatch(&state, request).instrument(span.clone()).await.unwrap_or_else(|error| {
+        if error.source == ErrorSource::Internal {
+            span.in_scope(|| warn!(%error, "internal error"));
+        }
+        error.into_response()
+    });
+    let cache = response.headers().get(X_CACHE).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+    span.in_scope(|| info!(status = response.status().as_u16(), cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    response
+}
+
+fn require_method(method: &Method, allowed: &[Method]) -> Result<(), HubError> {
+    if allowed.contains(method) { Ok(()) } else { Err(HubError::method_not_allowed()) }
+}
+
+fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("repo", field::display(repo));
+    if let Some(revision) = revision {
+        span.record("rev", revision);
+    }
+    if let Some(path) = path {
+        span.record("file", path);
+    }
+}
+
+async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubError> {
+    let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(HubError::headers_too_large(MAX_HEADER_BYTES));
+    }
+    let route = route(request.uri().path())?;
+    let method = request.method().clone();
+    let reads = [Method::GET, Method::HEAD];
+    match route {
+        Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
+        Route::AgentHarnesses => Err(HubError::route_not_found()),
+        Route::Resolve { repo, revision, path } => {
+            record_span(&repo, Some(&revision), Some(&path));
+            require_method(&method, &reads)?;
+            resolve(state, request, &repo, &revision, &path).await
+        }
+        Route::RepoInfo { repo, revision } => {
+            record_span(&repo, revision.as_deref(), None);
+            require_method(&method, &reads)?;
+            repo_info(state, request, &repo, revision.as_deref()).await
+        }
+        Route::Tree { repo, revision, path } => {
+            record_span(&repo, Some(&revision), Some(&path));
+            require_method(&method, &reads)?;
+            tree(state, request, &repo, &revision, &path).await
+        }
+        Route::PathsInfo { repo, revision } => {
+            record_span(&repo, Some(&revision), None);
+            require_method(&method, &[Method::POST])?;
+            paths_info(state, request, &repo, &revision).await
+        }
+        Route::Refs { repo } => {
+            record_span(&repo, None, None);
+            require_method(&method, &reads)?;
+            refs(state, request, &repo).await
+        }
+        Route::Listing | Route::ApiPassthrough { .. } => {
+            let (parts, body) = request.into_parts();
+            let body = read_body(&parts, body).await?;
+            let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+            pass_through(state, &parts, body, authorization.as_ref(), None).await
+        }
+    }
+}
+
+/// Reads a request body for methods that carry one, bounded by [`MAX_BODY_BYTES`].
+async fn read_body(parts: &Parts, body: Body) -> Result<Option<Bytes>, HubError> {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(None);
+    }
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(HubError::payload_too_large(MAX_BODY_BYTES));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map(Some).map_err(|_| HubError::payload_too_large(MAX_BODY_BYTES))
+}
+
+/// The origin clients reach us at, for absolute `Link` URLs (hub-api.md rule 4).
+fn public_origin(mirror: &Mirror, headers: &HeaderMap) -> String {
+    if let Some(url) = &mirror.config().public_url {
+        return url.clone();
+    }
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let host_is_sane = !host.is_empty() && host.len() <= 255 && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte));
+    if host_is_sane { format!("http://{host}") } else { format!("http://{}", mirror.config().listen) }
+}
+
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn with_cache_status(mut response: Response, cache: CacheStatus) -> Response {
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+    response
+}
+
+fn json_response(method: &Method, body: Bytes, cache: CacheStatus, extra: HeaderMap) -> Response {
+    let length = body.len();
+    let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.extend(extra);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    with_cache_status(response, cache)
+}
+
+/// Forwards a request to upstream as it came (raw path and query), streaming the answer back with
+/// Xet signals removed and `Link` rewritten. For `/resolve/`, redirects are followed server-side
+/// and the file metadata collected on the way is put on the answer.
+async fn pass_through(state: &EdgeState, parts: &Parts, body: Option<Bytes>, authorization: Option<&HeaderValue>, resolve_path: Option<&str>) -> Result<Response, HubError> {
+    let mirror = &state.mirror;
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let path_and_query = parts.uri.path_and_query().map(|value| value.as_str()).unwrap_or("/");
+    let end = mirror.upstream().send(parts.method.clone(), path_and_query, &headers, authorization, body).await?;
+    let status = end.response.status();
+    let origin = public_origin(mirror, &parts.headers);
+    let mut response_headers = forwardable_response_headers(end.response.headers(), mirror.upstream().origins(), &origin);
+    let upstream_length = end.response.headers().get(header::CONTENT_LENGTH).cloned();
+    if let (Some(path), true) = (resolve_path, status.is_success()) {
+        let metadata = &end.metadata;
+        if let Some(commit) = &metadata.commit {
+            set_header(&mut response_headers, X_REPO_COMMIT, commit);
+        }
+        if let Some(etag) = &metadata.etag {
+            set_header(&mut response_headers, X_LINKED_ETAG, &format!("\"{etag}\""));
+            set_header(&mut response_headers, "etag", &format!("\"{etag}\""));
+        }
+        if let Some(size) = metadata.size {
+            set_header(&mut response_headers, X_LINKED_SIZE, &size.to_string());
+        }
+        response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
+        response_headers.remove(header::LOCATION);
+    }
+    let is_json = response_headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(|text| text.starts_with("application/json"));
+    let body = if parts.method == Method::HEAD {
+        if let Some(length) = upstream_length {
+            response_headers.insert(header::CONTENT_LENGTH, length);
+        }
+        Body::empty()
+    } else if is_json && resolve_path.is_none() {
+        let reply = read_buffered(end.response).await?;
+        let stripped = strip_xet_from_body(&reply.body);
+        response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stripped.len()));
+        Body::from(stripped)
+    } else {
+        if let Some(length) = upstream_length {
+            response_headers.insert(header::CONTENT_LENGTH, length);
+        }
+        Body::from_stream(end.response.bytes_stream())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = response_headers;
+    Ok(with_cache_status(response, CacheStatus::Miss))
+}
+
+/// Decides how a repo is served; on pass-through, forwards the request with the caller's token.
+async fn access(state: &EdgeState, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
+    let (access, policy_status) = state.mirror.policy(repo).await?;
+    // A policy re-check asked upstream something, but served nothing from it.
+    Ok((access, policy_status.min(CacheStatus::Revalidated)))
+}
+
+async fn forward_request(state: &EdgeState, request: Request, resolve_path: Option<&str>) -> Result<Response, HubError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts, body).await?;
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    pass_through(state, &parts, body, authorization.as_ref(), resolve_path).await
+}
+
+/// `/resolve/`: HEAD from the catalog alone; GET from disk, a fill in progress, or a new fill.
+async fn resolve(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
+    let mirror = &state.mirror;
+    let (access, policy_status) = access(state, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(state, request, Some(path)).await;
+    }
+    let (commit, ref_status) = mirror.resolve_revision(repo, revision).await?;
+    let (manifest, manifest_status) = mirror.manifest(repo, &commit).await?;
+    let entry = manifest.find(path).filter(|entry| entry.kind == EntryKind::File).ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let (etag, size) = (entry.etag().to_owned(), entry.size);
+    let metadata_status = policy_status.max(ref_status).max(manifest_status);
+
+    let range = if request.method() == Method::GET {
+        let header_text = match request.headers().get(header::RANGE) {
+            Some(value) => Some(value.to_str().map_err(|_| HubError::range_not_satisfiable(size))?),
+            None => None,
+        };
+        parse_range(header_text, size)?
+    } else {
+        None
+    };
+    let (start, end) = range.map(|range| (range.start, range.end)).unwrap_or((0, size));
+
+    let mut headers = HeaderMap::new();
+    set_header(&mut headers, X_REPO_COMMIT, &commit);
+    set_header(&mut headers, "etag", &format!("\"{etag}\""));
+    set_header(&mut headers, X_LINKED_ETAG, &format!("\"{etag}\""));
+    set_header(&mut headers, X_LINKED_SIZE, &size.to_string());
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if range.is_some() {
+        set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
+    }
+
+    let (body, cache) = if request.method() == Method::HEAD || start == end {
+        (Body::empty(), metadata_status)
+    } else {
+        blob_body(mirror, repo, &commit, path, &etag, size, start, end, metadata_status).await?
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    *response.headers_mut() = headers;
+    Ok(with_cache_status(response, cache))
+}
+
+/// Finds the bytes `start..end` of a blob: on disk, in a fill in progress, or by starting a fill.
+#[allow(clippy::too_many_arguments)]
+async fn blob_body(mirror: &Mirror, repo: &RepoKey, commit: &str, path: &str, etag: &str, size: u64, start: u64, end: u64, metadata_status: CacheStatus) -> Result<(Body, CacheStatus), HubError> {
+    let store = mirror.store();
+    if let Some(blob) = store.get(etag) {
+        match stored_blob_stream(&blob, size, start, end).await {
+            Ok(stream) => return Ok((Body::from_stream(stream), metadata_status)),
+            Err(error) => {
+                warn!(%etag, %error, "stored blob unreadable or of the wrong size; dropping it");
+                store.remove(etag);
+            }
+        }
+    }
+    let resolve_path = format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path));
+    let source = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path));
+    match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
+        FillOutcome::Stored(blob) => {
+            let stream = stored_blob_stream(&blob, size, start, end).await.map_err(HubError::internal)?;
+            Ok((Body::from_stream(stream), metadata_status))
+        }
+        FillOutcome::Filling(fill) => Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss)),
+        FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, start, end)), CacheStatus::Miss)),
+    }
+}
+
+/// Streams part of a stored blob, after checking that the file still has the size the catalog says.
+async fn stored_blob_stream(blob: &StoredBlob, size: u64, start: u64, end: u64) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
+    let mut file = tokio::fs::File::open(&blob.path).await?;
+    let length = file.metadata().await?.len();
+    if length != size || blob.size != size {
+        return Err(std::io::Error::other(format!("blob has {length} bytes, expected {size}")));
+    }
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK))
+}
+
+/// Streams a blob straight from its source to one client, without storing it (no room on disk).
+fn direct_stream(source: Arc<UpstreamBlob>, start: u64, end: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::once(async move { source.open(start).await })
+        .map(move |opened| -> Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Unpin> {
+            match opened {
+                Err(error) => Box::new(futures_util::stream::iter([Err(std::io::Error::other(error))])),
+                Ok((stream_start, stream)) => {
+                    let mut skip = start - stream_start.min(start);
+                    let mut remaining = end - start;
+                    Box::new(stream.filter_map(move |chunk| {
+                        let item = match chunk {
+                            Err(error) => Some(Err(std::io::Error::other(error))),
+                            Ok(mut bytes) => {
+                                let skipped = skip.min(bytes.len() as u64);
+                                bytes = bytes.slice(skipped as usize..);
+                                skip -= skipped;
+                                let kept = remaining.min(bytes.len() as u64);
+                                remaining -= kept;
+                                if kept == 0 { None } else { Some(Ok(bytes.slice(..kept as usize))) }
+                            }
+                        };
+                        std::future::ready(item)
+                    }))
+                }
+            }
+        })
+        .flatten()
+}
+
+/// The query parameters that change a repo-info answer, normalized into a cache variant.
+fn repo_info_variant(query: &str) -> String {
+    let pairs = parse_pairs(query);
+    let mut parts = Vec::new();
+    if flag(&pairs, "blobs") {
+        parts.push("blobs=true".to_owned());
+    }
+    if flag(&pairs, "securityStatus") {
+        parts.push("securityStatus=true".to_owned());
+    }
+    let mut expands: Vec<String> = values(&pairs, "expand").map(|value| format!("expand={}", encode_segment(value))).collect();
+    expands.sort();
+    expands.dedup();
+    parts.extend(expands);
+    parts.join("&")
+}
+
+async fn repo_info(state: &EdgeState, request: Request, repo: &RepoKey, revision: Option<&str>) -> Result<Response, HubError> {
+    let (access, policy_status) = access(state, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(state, request, None).await;
+    }
+    let variant = repo_info_variant(request.uri().query().unwrap_or_default());
+    let (body, _commit, status) = state.mirror.repo_info(repo, revision, &variant).await?;
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
+}
+
+async fn tree(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
+    let (access, policy_status) = access(state, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(state, request, None).await;
+    }
+    let pairs = parse_pairs(request.uri().query().unwrap_or_default());
+    let recursive = flag(&pairs, "recursive");
+    if flag(&pairs, "expand") {
+        // Expanded entries (last commit, security scan) are not in the manifest; ask upstream,
+        // anonymously: the repo is public.
+        let (parts, _) = request.into_parts();
+        return pass_through(state, &parts, None, None, None).await;
+    }
+    let cursor = match values(&pairs, "cursor").next() {
+        Some(text) => text.parse::<usize>().map_err(|_| HubError::bad_request("Invalid cursor"))?,
+        None => 0,
+    };
+    let mirror = &state.mirror;
+    let (commit, ref_status) = mirror.resolve_revision(repo, revision).await?;
+    let (manifest, manifest_status) = mirror.manifest(repo, &commit).await?;
+    let listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let page_size = mirror.config().tree_page_size;
+    let page: Vec<Value> = listed.iter().skip(cursor).take(page_size).map(|entry| tree_entry_json(entry)).collect();
+    let mut extra = HeaderMap::new();
+    let next = cursor.saturating_add(page_size);
+    if next < listed.len() {
+        // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
+        let origin = public_origin(mirror, request.headers());
+        let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
+        let link = format!("<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={next}>; rel=\"next\"", api_repo_path(repo));
+        set_header(&mut extra, "link", &link);
+    }
+    let body = serde_json::to_vec(&page).map_err(HubError::internal)?;
+    Ok(json_response(request.method(), Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
+}
+
+/// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON.
+fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, bool), HubError> {
+    if content_type.starts_with("application/json") {
+        let value: Value = serde_json::from_slice(body).map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
+        let paths = match value.get("paths") {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(single)) => vec![single.clone()],
+            _ => return Err(HubError::bad_request("Body must have a 'paths' list")),
+        };
+        let expand = match value.get("expand") {
+            Some(Value::Bool(expand)) => *expand,
+            Some(Value::String(text)) => crate::hub::query::parse_bool(text),
+            _ => false,
+        };
+        return Ok((paths, expand));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| HubError::bad_request("Body is not UTF-8"))?;
+    let pairs = parse_pairs(text);
+    Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
+}
+
+async fn paths_info(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str) -> Result<Response, HubError> {
+    let (access, policy_status) = access(state, repo).await?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts, body).await?.unwrap_or_default();
+    if access == Access::PassThrough {
+        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        return pass_through(state, &parts, Some(body), authorization.as_ref(), None).await;
+    }
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let (paths, expand) = paths_info_request(content_type, &body)?;
+    if expand {
+        return pass_through(state, &parts, Some(body), None, None).await;
+    }
+    let mirror = &state.mirror;
+    let (commit, ref_status) = mirror.resolve_revision(repo, revision).await?;
+    let (manifest, manifest_status) = mirror.manifest(repo, &commit).await?;
+    let mut seen = std::collections::HashSet::new();
+    let found: Vec<Value> = paths
+        .iter()
+        .map(|path| path.trim_matches('/'))
+        .filter(|path| validate_relative_path(path).is_ok() && seen.insert(path.to_string()))
+        .filter_map(|path| manifest.find(path))
+        .map(tree_entry_json)
+        .collect();
+    let body = serde_json::to_vec(&found).map_err(HubError::internal)?;
+    Ok(json_response(&Method::GET, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), HeaderMap::new()))
+}
+
+async fn refs(state: &EdgeState, request: Request, repo: &RepoKey) -> Result<Response, HubError> {
+    let (access, policy_status) = access(state, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(state, request, None).await;
+    }
+    let include_pull_requests = flag(&parse_pairs(request.uri().query().unwrap_or_default()), "include_prs");
+    let (body, status) = state.mirror.refs_listing(repo, include_pull_requests).await?;
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_info_variants_are_normalized() {
+        assert_eq!(repo_info_variant(""), "");
+        assert_eq!(repo_info_variant("blobs=True"), "blobs=true");
+        assert_eq!(repo_info_variant("blobs=false&unknown=1"), "");
+        assert_eq!(repo_info_variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
+        assert_eq!(repo_info_variant("expand[]=a%20b&securityStatus=1"), "securityStatus=true&expand=a%20b");
+    }
+
+    #[test]
+    fn paths_info_accepts_form_and_json_bodies() {
+        let (paths, expand) = paths_info_request("application/x-www-form-urlencoded", b"paths=config.json&paths=sub&expand=False").unwrap();
+        assert_eq!((paths, expand), (vec!["config.json".to_owned(), "sub".to_owned()], false));
+        let (paths, expand) = paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#).unwrap();
+        assert_eq!((paths, expand), (vec!["a".to_owned(), "b".to_owned()], true));
+        assert!(paths_info_request("application/json", b"{not json").is_err());
+        assert!(paths_info_request("application/json", br#"{"paths": 3}"#).is_err());
+        assert!(paths_info_request("", &[0xff, 0xfe]).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! hf-mirror node: a read-through mirror of the Hugging Face Hub.
+//!
+//! # Layout
+//!
+//! - `config`: `NodeConfig` from the embedded default, `topology.toml`, flags and environment.
+//! - `serve`: the composition root; start-up and shutdown order.
+//! - `edge`: the HTTP handler; routes each request to the mirror or to a pass-through.
+//! - `hub/`: the Hub's wire contract (routes, errors, headers, ranges, JSON). Only this module knows it.
+//! - `mirror`: read-through of metadata (policy, refs, manifests, repo info), coalesced and stale-tolerant.
+//! - `store/`: the content-addressed blob store with verified fills and LRU capacity.
+//! - `upstream`: the upstream Hub client (manual redirects, anonymous blob fetches).
+//! - `singleflight`: coalescing of identical concurrent work.
+//!
+//! # Dependency rule
+//!
+//! `hfm-node` depends on `hfm-cluster` (catalog interface and records), never the other way round.
+//! The store knows no HTTP types; `hub` knows no storage.
+
+pub mod config;
+pub mod edge;
+pub mod hub;
+pub mod mirror;
+pub mod serve;
+pub mod singleflight;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,142 @@
+//! The `hf-mirror` binary: parses the command line, sets up logging and signals, and runs a node.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hfm_node::config::{self, Overrides};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "hf-mirror", version, about = "A federated, read-through mirror of the Hugging Face Hub")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "HF_MIRROR_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one node. Without arguments: the embedded default (127.0.0.1:8080, ./hf-mirror-data,
+    /// upstream https://huggingface.co).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The cluster's topology.toml; without it, the embedded single-node default is used.
+    #[arg(long, env = "HF_MIRROR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Which node of the topology this is.
+    #[arg(long, env = "HF_MIRROR_NODE")]
+    node: Option<String>,
+    /// Address to listen on for HTTP, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, env = "HF_MIRROR_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the catalog and the blobs.
+    #[arg(long, env = "HF_MIRROR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The upstream Hub, e.g. https://huggingface.co.
+    #[arg(long, env = "HF_MIRROR_UPSTREAM")]
+    upstream: Option<String>,
+    /// How long a branch or tag resolution is trusted (e.g. 60s).
+    #[arg(long, env = "HF_MIRROR_REF_TTL")]
+    ref_ttl: Option<String>,
+    /// How long a repo's public/gated status is trusted (e.g. 10m).
+    #[arg(long, env = "HF_MIRROR_POLICY_TTL")]
+    policy_ttl: Option<String>,
+    /// The most blob bytes to keep (e.g. 500GiB); least recently used blobs are evicted beyond it.
+    #[arg(long, env = "HF_MIRROR_MAX_DISK")]
+    max_disk: Option<String>,
+    /// Free space to always leave on the data file system (e.g. 1GiB).
+    #[arg(long, env = "HF_MIRROR_MIN_FREE_DISK")]
+    min_free_disk: Option<String>,
+    /// The URL clients reach this node at, for absolute pagination links (default: the Host header).
+    #[arg(long, env = "HF_MIRROR_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Entries per page of tree listings.
+    #[arg(long, env = "HF_MIRROR_TREE_PAGE_SIZE")]
+    tree_page_size: Option<String>,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels the token on SIGTERM or SIGINT.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let topology = match &args.config {
+        Some(path) => Some(config::read_topology(path)?),
+        None => None,
+    };
+    let origin = args.config.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        upstream: args.upstream,
+        ref_ttl: args.ref_ttl,
+        policy_ttl: args.policy_ttl,
+        max_disk: args.max_disk,
+        min_free_disk: args.min_free_disk,
+        public_url: args.public_url,
+        tree_page_size: args.tree_page_size,
+    };
+    let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
+    let listener = tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    hfm_node::serve::run(node_config, listener, shutdown).await
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hf-mirror: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hf-mirror: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

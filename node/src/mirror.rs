@@ -1,0 +1,391 @@
+//! The read-through logic of one node: repo policy, revision → commit, manifests, repo info and
+//! refs, each answered from the catalog when it can be and fetched once from upstream when not.
+//!
+//! Every upstream fetch is coalesced per key ([`SingleFlight`]), and every mutable answer (policy,
+//! refs) is served stale when upstream is down (unreachable, 5xx or 429).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord};
+use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::config::NodeConfig;
+use crate::hub::HubError;
+use crate::hub::json::{parse_tree_entry, strip_xet_fields};
+use crate::hub::route::encode_segment;
+use crate::singleflight::SingleFlight;
+use crate::store::BlobStore;
+use crate::upstream::{BufferedReply, Upstream};
+
+/// The revision key under which the default branch of `/api/{t}s/{repo}` (no revision) is kept.
+pub const DEFAULT_REVISION: &str = "@default";
+/// Upper bound on tree pages fetched for one manifest (1000 entries each upstream).
+const MAX_TREE_PAGES: usize = 10_000;
+
+/// What an answer cost upstream; the `X-Cache` header. Ordered so that `max` combines them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CacheStatus {
+    /// Nothing was asked of upstream.
+    Hit,
+    /// A stale ref or policy was re-checked upstream; the data came from the cluster.
+    Revalidated,
+    /// Upstream served data for this answer.
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Miss => "MISS",
+        }
+    }
+}
+
+/// Whether a repository's content may be stored and shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Public and not gated: stored, served to anyone.
+    Cacheable,
+    /// Spaces, private, gated or unknown: forwarded with the caller's token, never stored.
+    PassThrough,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn is_fresh(checked_at_ms: u64, ttl: Duration) -> bool {
+    now_ms().saturating_sub(checked_at_ms) < ttl.as_millis() as u64
+}
+
+fn catalog_error(error: hfm_cluster::catalog::CatalogError) -> HubError {
+    HubError::internal(error)
+}
+
+/// The read-through core; a cheap handle.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<MirrorInner>,
+}
+
+struct MirrorInner {
+    config: NodeConfig,
+    catalog: Arc<dyn Catalog>,
+    upstream: Upstream,
+    store: BlobStore,
+    policies: SingleFlight<PolicyRecord>,
+    refs: SingleFlight<String>,
+    manifests: SingleFlight<Arc<Manifest>>,
+    documents: SingleFlight<Bytes>,
+}
+
+/// The upstream API path of a repository: `/api/{t}s/{repo}`.
+pub fn api_repo_path(repo: &RepoKey) -> String {
+    format!("/api/{}/{}", repo.repo_type.api_plural(), repo.repo_id)
+}
+
+impl Mirror {
+    pub fn new(config: NodeConfig, catalog: Arc<dyn Catalog>, upstream: Upstream, store: BlobStore) -> Mirror {
+        Mirror {
+            inner: Arc::new(MirrorInner {
+                config,
+                catalog,
+                upstream,
+                store,
+                policies: SingleFlight::default(),
+                refs: SingleFlight::default(),
+                manifests: SingleFlight::default(),
+                documents: SingleFlight::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.inner.store
+    }
+
+    /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is
+    /// public and not gated, re-checked every `policy_ttl`. Spaces and kernels always pass through.
+    pub async fn policy(&self, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
+        if matches!(repo.repo_type, RepoType::Space | RepoType::Kernel) {
+            return Ok((Access::PassThrough, CacheStatus::Miss));
+        }
+        let cached = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)?;
+        let access_of = |record: &PolicyRecord| if record.cacheable { Access::Cacheable } else { Access::PassThrough };
+        if let Some(record) = &cached {
+            if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
+                return Ok((access_of(record), CacheStatus::Hit));
+            }
+        }
+        let mirror = self.clone();
+        let key = format!("policy\0{repo}");
+        let repo_owned = repo.clone();
+        let (fetched, _) = self.inner.policies.run(key, async move { mirror.fetch_policy(&repo_owned).await }).await;
+        match (fetched, cached) {
+            (Ok(record), _) => Ok((access_of(&record), CacheStatus::Revalidated)),
+            (Err(error), Some(stale)) if error.is_upstream_outage() => {
+                warn!(%repo, %error, "upstream down; using the stale repo policy");
+                Ok((access_of(&stale), CacheStatus::Hit))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    async fn fetch_policy(&self, repo: &RepoKey) -> Result<PolicyRecord, HubError> {
+        let reply = self.inner.upstream.get_buffered(&api_repo_path(repo), None).await?;
+        let (cacheable, reason) = if reply.status.is_success() {
+            let info: Value = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+            let private = info.get("private").and_then(Value::as_bool).unwrap_or(false);
+            let gated = !matches!(info.get("gated"), None | Some(Value::Null) | Some(Value::Bool(false)));
+            let disabled = info.get("disabled").and_then(Value::as_bool).unwrap_or(false);
+            if private {
+                (false, "private")
+            } else if gated {
+                (false, "gated")
+            } else if disabled {
+                (false, "disabled")
+            } else {
+                // The answer is also the default branch's repo info: keep it.
+                self.record_revision_reply(repo, DEFAULT_REVISION, &reply).await?;
+                (true, "public")
+            }
+        } else if matches!(reply.status.as_u16(), 401 | 403 | 404 | 410) {
+            (false, "private or missing")
+        } else {
+            return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+        };
+        let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
+        debug!(%repo, cacheable, reason, "repo policy checked");
+        self.inner.catalog.put_policy(repo, record.clone()).await.map_err(catalog_error)?;
+        Ok(record)
+    }
+
+    /// Stores a successful repo-info answer of a revision: its commit as the ref, and its body as the
+    /// commit's repo info. Returns the commit.
+    async fn record_revision_reply(&self, repo: &RepoKey, revision: &str, reply: &BufferedReply) -> Result<String, HubError> {
+        let mut info: Value = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+        let commit = info.get("sha").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if !is_commit_sha(&commit) {
+            return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
+        }
+        strip_xet_fields(&mut info);
+        let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
+        let catalog = &self.inner.catalog;
+        catalog.put_repo_info(repo, &commit, "", body).await.map_err(catalog_error)?;
+        if !is_commit_sha(revision) {
+            catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await.map_err(catalog_error)?;
+        }
+        Ok(commit)
+    }
+
+    /// Resolves a revision to a commit: a full sha is final; a branch or tag comes from the catalog
+    /// while fresh, is revalidated upstream when stale, and is served stale when upstream is down.
+    pub async fn resolve_revision(&self, repo: &RepoKey, revision: &str) -> Result<(String, CacheStatus), HubError> {
+        if is_commit_sha(revision) {
+            return Ok((revision.to_owned(), CacheStatus::Hit));
+        }
+        let cached = self.inner.catalog.get_ref(repo, revision).await.map_err(catalog_error)?;
+        if let Some(record) = &cached {
+            if is_fresh(record.checked_at_ms, self.inner.config.ref_ttl) {
+                return Ok((record.commit.clone(), CacheStatus::Hit));
+            }
+        }
+        let mirror = self.clone();
+        let key = format!("ref\0{repo}\0{revision}");
+        let (repo_owned, revision_owned) = (repo.clone(), revision.to_owned());
+        let (fetched, _) = self
+            .inner
+            .refs
+            .run(key, async move {
+                let path = if revision_owned == DEFAULT_REVISION {
+                    api_repo_path(&repo_owned)
+                } else {
+                    format!("{}/revision/{}", api_repo_path(&repo_owned), encode_segment(&revision_owned))
+                };
+                let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
+                if !reply.status.is_success() {
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+                }
+                mirror.record_revision_reply(&repo_owned, &revision_owned, &reply).await
+            })
+            .await;
+        match (fetched, cached) {
+            (Ok(commit), Some(_)) => Ok((commit, CacheStatus::Revalidated)),
+            (Ok(commit), None) => Ok((commit, CacheStatus::Miss)),
+            (Err(error), Some(stale)) if error.is_upstream_outage() => {
+                warn!(%repo, %revision, %error, "upstream down; serving the stale ref");
+                Ok((stale.commit, CacheStatus::Hit))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// Returns the full file list of a commit, fetching every tree page once when it is not known.
+    pub async fn manifest(&self, repo: &RepoKey, commit: &str) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
+        debug_assert!(is_commit_sha(commit));
+        if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
+            return Ok((manifest, CacheStatus::Hit));
+        }
+        let mirror = self.clone();
+        let key = format!("manifest\0{repo}\0{commit}");
+        let (repo_owned, commit_owned) = (repo.clone(), commit.to_owned());
+        let (fetched, _) = self.inner.manifests.run(key, async move { mirror.fetch_manifest(&repo_owned, &commit_owned).await }).await;
+        fetched.map(|manifest| (manifest, CacheStatus::Miss))
+    }
+
+    async fn fetch_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Arc<Manifest>, HubError> {
+        let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
+        let mut entries: Vec<ManifestEntry> = Vec::new();
+        for _ in 0..MAX_TREE_PAGES {
+            let reply = self.inner.upstream.get_buffered(&path_and_query, None).await?;
+            if !reply.status.is_success() {
+                return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+            }
+            let page: Vec<Value> = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("tree page is not a JSON array: {error}")))?;
+            for value in &page {
+                entries.push(parse_tree_entry(value).map_err(HubError::upstream_invalid)?);
+            }
+            match next_link_path(&reply.headers) {
+                Some(next) => path_and_query = next,
+                None => {
+                    let manifest = Manifest::new(entries);
+                    return self.inner.catalog.put_manifest(repo, commit, manifest).await.map_err(catalog_error);
+                }
+            }
+        }
+        Err(HubError::upstream_invalid("tree has too many pages"))
+    }
+
+    /// Returns the repo-info JSON of a revision (`None`: the default branch) for one query variant.
+    pub async fn repo_info(&self, repo: &RepoKey, revision: Option<&str>, variant: &str) -> Result<(Bytes, String, CacheStatus), HubError> {
+        let (commit, resolved) = self.resolve_revision(repo, revision.unwrap_or(DEFAULT_REVISION)).await?;
+        if let Some(body) = self.inner.catalog.get_repo_info(repo, &commit, variant).await.map_err(catalog_error)? {
+            return Ok((Bytes::from(body), commit, resolved));
+        }
+        let mirror = self.clone();
+        let key = format!("info\0{repo}\0{commit}\0{variant}");
+        let (repo_owned, commit_owned, variant_owned) = (repo.clone(), commit.clone(), variant.to_owned());
+        let (fetched, _) = self
+            .inner
+            .documents
+            .run(key, async move {
+                let mut path = format!("{}/revision/{commit_owned}", api_repo_path(&repo_owned));
+                if !variant_owned.is_empty() {
+                    path = format!("{path}?{variant_owned}");
+                }
+                let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
+                if !reply.status.is_success() {
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+                }
+                let mut info: Value = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+                strip_xet_fields(&mut info);
+                let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
+                mirror.inner.catalog.put_repo_info(&repo_owned, &commit_owned, &variant_owned, body.clone()).await.map_err(catalog_error)?;
+                Ok(Bytes::from(body))
+            })
+            .await;
+        fetched.map(|body| (body, commit, CacheStatus::Miss))
+    }
+
+    /// Returns the refs listing of a repo; mutable, so cached under the ref TTL and served stale
+    /// when upstream is down.
+    pub async fn refs_listing(&self, repo: &RepoKey, include_pull_requests: bool) -> Result<(Bytes, CacheStatus), HubError> {
+        let key = format!("refs\0{repo}\0{include_pull_requests}");
+        let cached = self.inner.catalog.get_document(&key).await.map_err(catalog_error)?;
+        if let Some(record) = &cached {
+            if is_fresh(record.checked_at_ms, self.inner.config.ref_ttl) {
+                return Ok((Bytes::from(record.body.clone()), CacheStatus::Hit));
+            }
+        }
+        let mirror = self.clone();
+        let (repo_owned, key_owned) = (repo.clone(), key.clone());
+        let (fetched, _) = self
+            .inner
+            .documents
+            .run(key, async move {
+                let mut path = format!("{}/refs", api_repo_path(&repo_owned));
+                if include_pull_requests {
+                    path.push_str("?include_prs=1");
+                }
+                let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
+                if !reply.status.is_success() {
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+                }
+                let mut listing: Value = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("refs listing is not JSON: {error}")))?;
+                strip_xet_fields(&mut listing);
+                let body = serde_json::to_vec(&listing).map_err(HubError::internal)?;
+                let record = DocumentRecord { body: body.clone(), checked_at_ms: now_ms() };
+                mirror.inner.catalog.put_document(&key_owned, record).await.map_err(catalog_error)?;
+                Ok(Bytes::from(body))
+            })
+            .await;
+        match (fetched, cached) {
+            (Ok(body), Some(_)) => Ok((body, CacheStatus::Revalidated)),
+            (Ok(body), None) => Ok((body, CacheStatus::Miss)),
+            (Err(error), Some(stale)) if error.is_upstream_outage() => {
+                warn!(%repo, %error, "upstream down; serving the stale refs listing");
+                Ok((Bytes::from(stale.body), CacheStatus::Hit))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+}
+
+/// Returns the path and query of the `rel="next"` link of an upstream page. The link is absolute
+/// on upstream's origin; only its path and query are kept, so it is always fetched from our upstream.
+fn next_link_path(headers: &http::HeaderMap) -> Option<String> {
+    for value in headers.get_all(http::header::LINK) {
+        let Ok(text) = value.to_str() else { continue };
+        for link in text.split(',') {
+            if !link.contains("rel=\"next\"") && !link.contains("rel=next") {
+                continue;
+            }
+            let url = link.split('<').nth(1)?.split('>').next()?;
+            let parsed = reqwest::Url::parse(url).ok()?;
+            let mut path = parsed.path().to_owned();
+            if let Some(query) = parsed.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_statuses_combine_to_the_most_upstream_work() {
+        assert_eq!(CacheStatus::Hit.max(CacheStatus::Revalidated), CacheStatus::Revalidated);
+        assert_eq!(CacheStatus::Revalidated.max(CacheStatus::Miss), CacheStatus::Miss);
+        assert_eq!(CacheStatus::Hit.max(CacheStatus::Hit).as_str(), "HIT");
+    }
+
+    #[test]
+    fn next_link_keeps_path_and_query_only() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::LINK,
+            http::HeaderValue::from_static("<https://huggingface.co/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK>; rel=\"next\""),
+        );
+        assert_eq!(next_link_path(&headers).unwrap(), "/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK");
+        assert!(next_link_path(&http::HeaderMap::new()).is_none());
+    }
+}

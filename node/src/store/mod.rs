@@ -1,0 +1,352 @@
+//! The content-addressed blob store of one node.
+//!
+//! A blob lives at `blobs/{etag[..2]}/{etag}` and is there only once its bytes matched its etag and
+//! were fsynced: fills write to `tmp/`, verify while streaming, then rename. Start-up deletes
+//! whatever `tmp/` holds, so a crash at any moment leaves no blob that looks complete.
+//!
+//! Capacity is accounted continuously in memory (an LRU ordered by last use), built once at
+//! start-up; when a new blob does not fit, the least recently used ones are evicted, and when it
+//! still does not fit the caller streams without storing.
+
+mod fill;
+mod source;
+mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use fill::{Fill, FillProgress, FillState};
+pub use source::{BlobSource, ByteStream, SourceError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+pub use verify::{ContentHasher, is_valid_etag};
+
+/// A verified blob on disk.
+#[derive(Clone, Debug)]
+pub struct StoredBlob {
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// What `fill_or_join` found or started.
+pub enum FillOutcome {
+    /// The blob is complete on disk (it finished while we looked).
+    Stored(StoredBlob),
+    /// A fill is running (started now or earlier); read from it.
+    Filling(Arc<Fill>),
+    /// There is no room to store it: stream it to this client without storing.
+    NoRoom,
+}
+
+/// The blob store; a cheap handle.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    blobs_dir: PathBuf,
+    tmp_dir: PathBuf,
+    max_bytes: Option<u64>,
+    min_free_bytes: u64,
+    accounting: Mutex<Accounting>,
+    fills: Mutex<HashMap<String, Arc<Fill>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The in-memory LRU: every stored blob with its size and last-use tick.
+#[derive(Default)]
+struct Accounting {
+    entries: HashMap<String, LruEntry>,
+    by_tick: BTreeMap<u64, String>,
+    next_tick: u64,
+    stored_bytes: u64,
+    /// Bytes promised to fills in progress.
+    reserved_bytes: u64,
+}
+
+#[derive(Clone, Copy)]
+struct LruEntry {
+    size: u64,
+    tick: u64,
+}
+
+impl Accounting {
+    fn touch(&mut self, etag: &str) {
+        let tick = self.next_tick;
+        if let Some(entry) = self.entries.get_mut(etag) {
+            self.by_tick.remove(&entry.tick);
+            entry.tick = tick;
+            self.by_tick.insert(tick, etag.to_owned());
+            self.next_tick += 1;
+        }
+    }
+
+    fn insert(&mut self, etag: &str, size: u64) {
+        self.remove(etag);
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.entries.insert(etag.to_owned(), LruEntry { size, tick });
+        self.by_tick.insert(tick, etag.to_owned());
+        self.stored_bytes += size;
+    }
+
+    fn remove(&mut self, etag: &str) -> Option<u64> {
+        let entry = self.entries.remove(etag)?;
+        self.by_tick.remove(&entry.tick);
+        self.stored_bytes -= entry.size;
+        Some(entry.size)
+    }
+
+    fn least_recently_used(&self) -> Option<String> {
+        self.by_tick.values().next().cloned()
+    }
+}
+
+/// Statistics for logs and, later, metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreUsage {
+    pub num_blobs: usize,
+    pub stored_bytes: u64,
+    pub reserved_bytes: u64,
+}
+
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stats = rustix::fs::statvfs(path).map_err(io::Error::from)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+impl BlobStore {
+    /// Opens the store under `data_dir`: creates its directories, deletes fill leftovers, and builds
+    /// the LRU from the blobs on disk (oldest modification first).
+    pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
+        let blobs_dir = data_dir.join("blobs");
+        let tmp_dir = data_dir.join("tmp");
+        std::fs::create_dir_all(&blobs_dir)?;
+        if tmp_dir.exists() {
+            std::fs::remove_dir_all(&tmp_dir)?;
+        }
+        std::fs::create_dir_all(&tmp_dir)?;
+
+        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
+        for shard in std::fs::read_dir(&blobs_dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for blob in std::fs::read_dir(shard.path())? {
+                let blob = blob?;
+                let name = blob.file_name().to_string_lossy().into_owned();
+                let metadata = blob.metadata()?;
+                if !metadata.is_file() || !is_valid_etag(&name) || !shard.file_name().to_string_lossy().eq(&name[..2]) {
+                    warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
+                    continue;
+                }
+                found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), name, metadata.len()));
+            }
+        }
+        found.sort();
+        let mut accounting = Accounting::default();
+        for (_, etag, size) in found {
+            accounting.insert(&etag, size);
+        }
+        info!(num_blobs = accounting.entries.len(), stored_bytes = accounting.stored_bytes, "blob store opened");
+        Ok(BlobStore {
+            inner: Arc::new(StoreInner {
+                blobs_dir,
+                tmp_dir,
+                max_bytes,
+                min_free_bytes,
+                accounting: Mutex::new(accounting),
+                fills: Mutex::new(HashMap::new()),
+                tasks: TaskTracker::new(),
+                shutdown,
+            }),
+        })
+    }
+
+    fn blob_path(&self, etag: &str) -> PathBuf {
+        debug_assert!(is_valid_etag(etag));
+        self.inner.blobs_dir.join(&etag[..2]).join(etag)
+    }
+
+    /// Returns the verified blob if this node holds it, and marks it used.
+    pub fn get(&self, etag: &str) -> Option<StoredBlob> {
+        if !is_valid_etag(etag) {
+            return None;
+        }
+        let size = {
+            let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+            let size = accounting.entries.get(etag)?.size;
+            accounting.touch(etag);
+            size
+        };
+        Some(StoredBlob { path: self.blob_path(etag), size })
+    }
+
+    /// Returns the usage numbers.
+    pub fn usage(&self) -> StoreUsage {
+        let accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        StoreUsage { num_blobs: accounting.entries.len(), stored_bytes: accounting.stored_bytes, reserved_bytes: accounting.reserved_bytes }
+    }
+
+    /// Removes a blob (it was found corrupt, or evicted).
+    pub fn remove(&self, etag: &str) {
+        if !is_valid_etag(etag) {
+            return;
+        }
+        self.inner.accounting.lock().expect("accounting poisoned").remove(etag);
+        if let Err(error) = std::fs::remove_file(self.blob_path(etag)) {
+            if error.kind() != io::ErrorKind::NotFound {
+                warn!(%etag, %error, "could not remove blob");
+            }
+        }
+    }
+
+    /// Reserves room for `size` more bytes, evicting least recently used blobs if needed. Returns
+    /// false when the blob cannot fit even with everything evicted, or the file system is too full.
+    fn reserve(&self, size: u64) -> bool {
+        let mut free_on_disk = match free_bytes(&self.inner.tmp_dir) {
+            Ok(free) => free,
+            Err(error) => {
+                warn!(%error, "cannot read free disk space; not storing");
+                return false;
+            }
+        };
+        let mut evicted = Vec::new();
+        let reserved = {
+            let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+            // Evict nothing for a blob that could not fit even in an empty store.
+            let never_fits = self.inner.max_bytes.is_some_and(|max| size > max)
+                || free_on_disk.saturating_add(accounting.stored_bytes) < size.saturating_add(self.inner.min_free_bytes);
+            loop {
+                if never_fits {
+                    break false;
+                }
+                let within_limit = self.inner.max_bytes.is_none_or(|max| accounting.stored_bytes + accounting.reserved_bytes + size <= max);
+                let within_disk = free_on_disk.saturating_sub(accounting.reserved_bytes) >= size.saturating_add(self.inner.min_free_bytes);
+                if within_limit && within_disk {
+                    accounting.reserved_bytes += size;
+                    break true;
+                }
+                let Some(victim) = accounting.least_recently_used() else {
+                    break false;
+                };
+                let victim_size = accounting.remove(&victim).unwrap_or(0);
+                free_on_disk = free_on_disk.saturating_add(victim_size);
+                evicted.push((victim, victim_size));
+            }
+        };
+        for (etag, victim_size) in evicted {
+            info!(%etag, size = victim_size, "evicting least recently used blob");
+            if let Err(error) = std::fs::remove_file(self.blob_path(&etag)) {
+                warn!(%etag, %error, "could not delete evicted blob");
+            }
+        }
+        if !reserved {
+            warn!(size, "no room to store a blob; streaming it without storing");
+        }
+        reserved
+    }
+
+    fn release(&self, size: u64) {
+        let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        accounting.reserved_bytes = accounting.reserved_bytes.saturating_sub(size);
+    }
+
+    /// Joins the fill of `etag` in progress, or starts one from `source`. The fill runs in its own
+    /// task, so it goes on when the client that started it leaves.
+    pub fn fill_or_join(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>) -> io::Result<FillOutcome> {
+        if !is_valid_etag(etag) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an etag"));
+        }
+        let mut fills = self.inner.fills.lock().expect("fills poisoned");
+        if let Some(fill) = fills.get(etag) {
+            return Ok(FillOutcome::Filling(fill.clone()));
+        }
+        // A fill may have completed between the caller's `get` and now.
+        if let Some(stored) = self.get(etag) {
+            return Ok(FillOutcome::Stored(stored));
+        }
+        if !self.reserve(size) {
+            return Ok(FillOutcome::NoRoom);
+        }
+        let temp_path = self.inner.tmp_dir.join(format!("{etag}.{}.partial", std::process::id() as u64 ^ fastrand_seed()));
+        let fill = match Fill::create(etag.to_owned(), size, temp_path) {
+            Ok(fill) => Arc::new(fill),
+            Err(error) => {
+                self.release(size);
+                return Err(error);
+            }
+        };
+        fills.insert(etag.to_owned(), fill.clone());
+        drop(fills);
+        let store = self.clone();
+        let running = fill.clone();
+        self.inner.tasks.spawn(async move {
+            let cancelled = store.inner.shutdown.clone();
+            let outcome = tokio::select! {
+                outcome = fill::run(&running, source.as_ref()) => outcome,
+                () = cancelled.cancelled() => Err("shutting down".to_owned()),
+            };
+            store.finish_fill(&running, outcome).await;
+        });
+        Ok(FillOutcome::Filling(fill))
+    }
+
+    /// Publishes a verified fill as a blob (fsync, rename, fsync the directory) or discards it.
+    async fn finish_fill(&self, fill: &Arc<Fill>, outcome: Result<(), String>) {
+        let final_path = self.blob_path(&fill.etag);
+        let published = match outcome {
+            Ok(()) => {
+                let temp_path = fill.temp_path.clone();
+                let file = fill.file.clone();
+                let target = final_path.clone();
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    file.sync_all()?;
+                    let shard = target.parent().expect("blob path has a shard directory");
+                    std::fs::create_dir_all(shard)?;
+                    std::fs::rename(&temp_path, &target)?;
+                    std::fs::File::open(shard)?.sync_all()
+                })
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|result| result.map_err(|error| error.to_string()))
+            }
+            Err(reason) => Err(reason),
+        };
+        self.release(fill.size);
+        match published {
+            Ok(()) => {
+                self.inner.accounting.lock().expect("accounting poisoned").insert(&fill.etag, fill.size);
+                info!(etag = %fill.etag, size = fill.size, "blob stored");
+                fill.publish(FillState::Complete);
+            }
+            Err(reason) => {
+                warn!(etag = %fill.etag, %reason, "fill failed; nothing stored");
+                let _ = std::fs::remove_file(&fill.temp_path);
+                fill.publish(FillState::Failed);
+            }
+        }
+        self.inner.fills.lock().expect("fills poisoned").remove(&fill.etag);
+    }
+
+    /// Waits for every fill task to end (after the shutdown token was cancelled).
+    pub async fn close(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// A cheap per-fill nonce so two processes (or a restarted one) never share a temp name.
+fn fastrand_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! Store tests: verification, resumption, coalescing, crash safety and eviction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// A source serving fixed bytes, optionally corrupting them or cutting the first stream short.
+struct MemorySource {
+    bytes: Bytes,
+    cut_first_stream_at: Option<usize>,
+    corrupt: bool,
+    hang: bool,
+    opens: AtomicUsize,
+}
+
+impl MemorySource {
+    fn new(bytes: &[u8]) -> MemorySource {
+        MemorySource { bytes: Bytes::copy_from_slice(bytes), cut_first_stream_at: None, corrupt: false, hang: false, opens: AtomicUsize::new(0) }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSource for MemorySource {
+    async fn open(&self, offset: u64) -> Result<(u64, ByteStream), SourceError> {
+        let open_number = self.opens.fetch_add(1, Ordering::SeqCst);
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        let mut bytes = self.bytes.slice(offset as usize..).to_vec();
+        if self.corrupt && !bytes.is_empty() {
+            bytes[0] ^= 1;
+        }
+        let mut chunks: Vec<Result<Bytes, SourceError>> = bytes.chunks(7000).map(|chunk| Ok(Bytes::copy_from_slice(chunk))).collect();
+        if let (0, Some(cut)) = (open_number, self.cut_first_stream_at) {
+            let mut remaining = cut;
+            let mut kept = Vec::new();
+            for chunk in chunks {
+                let chunk = chunk.unwrap();
+                if remaining == 0 {
+                    break;
+                }
+                let take = remaining.min(chunk.len());
+                kept.push(Ok(chunk.slice(..take)));
+                remaining -= take;
+            }
+            kept.push(Err(SourceError::Transient("connection reset".into())));
+            chunks = kept;
+        }
+        Ok((offset, Box::pin(futures_util::stream::iter(chunks))))
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut hasher = ContentHasher::for_etag(&"0".repeat(64), bytes.len() as u64).unwrap();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+fn test_bytes(length: usize) -> Vec<u8> {
+    (0..length).map(|index| (index * 31 % 251) as u8).collect()
+}
+
+async fn wait_done(fill: &Arc<Fill>) -> FillState {
+    let mut reader = Box::pin(fill.reader(0, fill.size));
+    while reader.next().await.is_some() {}
+    loop {
+        let state = fill.progress().state;
+        if state != FillState::Running {
+            return state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn read_all(stream: impl futures_util::Stream<Item = std::io::Result<Bytes>>) -> std::io::Result<Vec<u8>> {
+    let mut stream = Box::pin(stream);
+    let mut collected = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        collected.extend_from_slice(&chunk?);
+    }
+    Ok(collected)
+}
+
+fn open_store(directory: &std::path::Path, max: Option<u64>) -> BlobStore {
+    BlobStore::open(directory, max, 0, CancellationToken::new()).unwrap()
+}
+
+#[tokio::test]
+async fn a_verified_fill_becomes_a_blob_and_readers_get_every_byte() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes(3 << 20);
+    let etag = sha256_hex(&bytes);
+    let source = Arc::new(MemorySource::new(&bytes));
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else { panic!("expected a fill") };
+    // A second caller joins the same fill instead of opening the source again.
+    let FillOutcome::Filling(joined) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else { panic!("expected a fill") };
+    assert!(Arc::ptr_eq(&fill, &joined));
+    let middle = read_all(joined.reader(1_000_000, 2_000_000)).await.unwrap();
+    assert_eq!(middle, bytes[1_000_000..2_000_000]);
+    assert_eq!(read_all(fill.reader(0, fill.size)).await.unwrap(), bytes);
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    assert_eq!(source.opens.load(Ordering::SeqCst), 1);
+    let stored = store.get(&etag).unwrap();
+    assert_eq!(std::fs::read(&stored.path).unwrap(), bytes);
+    assert_eq!(store.usage().stored_bytes, bytes.len() as u64);
+}
+
+#[tokio::test]
+async fn a_git_blob_is_verified_by_its_sha1() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let source = Arc::new(MemorySource::new(b"hello\n"));
+    let FillOutcome::Filling(fill) = store.fill_or_join("ce013625030ba8dba906f756967f9e9ca394464a", 6, source).unwrap() else { panic!() };
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    assert!(store.get("ce013625030ba8dba906f756967f9e9ca394464a").is_some());
+}
+
+#[tokio::test]
+async fn corrupt_bytes_are_never_stored_and_readers_fail() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes(100_000);
+    let etag = sha256_hex(&bytes);
+    let mut source = MemorySource::new(&bytes);
+    source.corrupt = true;
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(source)).unwrap() else { panic!() };
+    let result = read_all(fill.reader(0, fill.size)).await;
+    assert!(result.is_err(), "a reader of a corrupt fill must not end cleanly");
+    assert_eq!(wait_done(&fill).await, FillState::Failed);
+    assert!(store.get(&etag).is_none());
+    assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 0, "the temp file is removed");
+    assert_eq!(store.usage().reserved_bytes, 0);
+}
+
+#[tokio::test]
+async fn an_interrupted_source_is_resumed_from_the_byte_reached() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes(2_500_000);
+    let etag = sha256_hex(&bytes);
+    let mut source = MemorySource::new(&bytes);
+    source.cut_first_stream_at = Some(1_234_567);
+    let source = Arc::new(source);
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else { panic!() };
+    assert_eq!(read_all(fill.reader(0, fill.size)).await.unwrap(), bytes);
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    assert_eq!(source.opens.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_crash_mid_fill_leaves_no_complete_looking_blob() {
+    let directory = tempfile::tempdir().unwrap();
+    let bytes = test_bytes(10_000);
+    let etag = sha256_hex(&bytes);
+    {
+        let shutdown = CancellationToken::new();
+        let store = BlobStore::open(directory.path(), None, 0, shutdown.clone()).unwrap();
+        let mut source = MemorySource::new(&bytes);
+        source.hang = true;
+        let FillOutcome::Filling(_fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(source)).unwrap() else { panic!() };
+        assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 1);
+        // Simulate a crash: a leftover temp file stays behind whatever happens to the task.
+        std::fs::write(directory.path().join("tmp").join(format!("{etag}.1.partial")), &bytes[..5000]).unwrap();
+    }
+    let store = open_store(directory.path(), None);
+    assert!(store.get(&etag).is_none());
+    assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 0, "start-up removes leftovers");
+}
+
+#[tokio::test]
+async fn least_recently_used_blobs_are_evicted_when_full() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), Some(250_000));
+    let mut etags = Vec::new();
+    for seed in 0..3u8 {
+        let bytes: Vec<u8> = test_bytes(100_000).into_iter().map(|byte| byte ^ seed).collect();
+        let etag = sha256_hex(&bytes);
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else { panic!() };
+        assert_eq!(wait_done(&fill).await, FillState::Complete);
+        etags.push(etag);
+        if seed == 1 {
+            // Use the first blob, so the second becomes the least recently used.
+            assert!(store.get(&etags[0]).is_some());
+        }
+    }
+    assert!(store.get(&etags[0]).is_some());
+    assert!(store.get(&etags[1]).is_none(), "the least recently used blob was evicted");
+    assert!(store.get(&etags[2]).is_some());
+    assert_eq!(store.usage().stored_bytes, 200_000);
+    // A blob larger than the whole limit is streamed, not stored.
+    let huge = test_bytes(300_000);
+    let outcome = store.fill_or_join(&sha256_hex(&huge), huge.len() as u64, Arc::new(MemorySource::new(&huge))).unwrap();
+    assert!(matches!(outcome, FillOutcome::NoRoom));
+    // Reopening rebuilds the same accounting from disk.
+    drop(store);
+    let reopened = open_store(directory.path(), Some(250_000));
+    assert_eq!(reopened.usage().stored_bytes, 200_000);
+}
