@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test of hf-mirror from a clean clone: installs what the tests need (Debian packages,
+# Python clients in venvs under target/), builds the workspace, runs the Rust tests, then the
+# real-client suite against the built binary and the fake Hub.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+say() { printf '\n== %s ==\n' "$*"; }
+
+say "system packages"
+needed=()
+command -v curl >/dev/null || needed+=(curl)
+command -v python3 >/dev/null || needed+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || needed+=(python3-venv)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || needed+=(ca-certificates)
+if [ ${#needed[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
+  else
+    echo "missing packages: ${needed[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+fi
+
+say "build"
+export CARGO_INCREMENTAL=0
+cargo build --locked --workspace --all-targets
+
+say "guard: one TLS provider (ring), no aws-lc-sys"
+if cargo tree --locked -i aws-lc-sys >/dev/null 2>&1; then
+  echo "aws-lc-sys is in the dependency tree; keep rustls on the ring provider" >&2
+  exit 1
+fi
+echo "ok"
+
+say "rust tests"
+cargo test --locked --workspace
+
+say "real-client tests"
+HF_MIRROR_BIN="$root/target/debug/hf-mirror" bash tests/clients/run.sh
