@@ -432,9 +432,10 @@ fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, b
 }
 
 async fn paths_info(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str) -> Result<Response, HubError> {
-    let (access, policy_status) = access(state, repo).await?;
+    // The body is bounded and read first, so an oversized one is refused before any upstream work.
     let (parts, body) = request.into_parts();
     let body = read_body(&parts, body).await?.unwrap_or_default();
+    let (access, policy_status) = access(state, repo).await?;
     if access == Access::PassThrough {
         let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
         return pass_through(state, &parts, Some(body), authorization.as_ref(), None).await;
@@ -471,7 +472,84 @@ async fn refs(state: &EdgeState, request: Request, repo: &RepoKey) -> Result<Res
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt;
+
     use super::*;
+    use crate::config::NodeConfig;
+    use crate::store::BlobStore;
+    use crate::upstream::Upstream;
+
+    /// A node whose upstream is a closed port: every answer here must come from the edge itself.
+    fn offline_router(directory: &std::path::Path) -> Router {
+        let mut config = NodeConfig::embedded_default();
+        config.data_dir = directory.to_path_buf();
+        config.upstream = "http://127.0.0.1:9".into();
+        let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
+        let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
+        let upstream = Upstream::new(&config.upstream).unwrap();
+        router(Mirror::new(config, Arc::new(catalog), upstream, store))
+    }
+
+    async fn send(router: &Router, request: http::Request<Body>) -> Response {
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    fn get(uri: &str) -> http::Request<Body> {
+        http::Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn error_code(response: &Response) -> &str {
+        response.headers().get("x-error-code").and_then(|value| value.to_str().ok()).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn hostile_requests_get_hub_errors() {
+        let directory = tempfile::tempdir().unwrap();
+        let router = offline_router(directory.path());
+        for (uri, status, code) in [
+            ("/org/model/resolve/main/../secret", 400, "BadRequest"),
+            ("/org/model/resolve/main/a%00b", 400, "BadRequest"),
+            ("/org/model/resolve/main/%zz", 400, "BadRequest"),
+            ("/org/model/resolve/main/a%C3", 400, "BadRequest"),
+            ("/unknown/route", 404, "NotFound"),
+            ("/api/agent-harnesses", 404, "NotFound"),
+            ("/api/models/org/model/tree/main/..", 400, "BadRequest"),
+        ] {
+            let response = send(&router, get(uri)).await;
+            assert_eq!(response.status().as_u16(), status, "{uri}");
+            assert_eq!(error_code(&response), code, "{uri}");
+            assert!(response.headers().contains_key("x-error-message"));
+            assert!(response.headers().contains_key(X_CACHE));
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let json: Value = serde_json::from_slice(&body).unwrap();
+            assert!(json["error"].is_string(), "{uri}");
+        }
+        let huge = http::Request::get("/org/model/resolve/main/config.json").header("x-big", "a".repeat(64 << 10)).body(Body::empty()).unwrap();
+        let response = send(&router, huge).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(error_code(&response), "HeadersTooLarge");
+        let post = http::Request::post("/org/model/resolve/main/config.json").body(Body::empty()).unwrap();
+        assert_eq!(send(&router, post).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let oversized = http::Request::post("/api/models/org/model/paths-info/main")
+            .header("content-type", "application/json")
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let response = send(&router, oversized).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_code(&response), "PayloadTooLarge");
+        // The node keeps answering after all of that.
+        assert_eq!(send(&router, get("/healthz")).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_with_nothing_cached_is_a_502() {
+        let directory = tempfile::tempdir().unwrap();
+        let router = offline_router(directory.path());
+        let response = send(&router, get("/org/model/resolve/main/config.json")).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(error_code(&response), "UpstreamUnreachable");
+        assert_eq!(response.headers()[X_CACHE], "MISS");
+    }
 
     #[test]
     fn repo_info_variants_are_normalized() {
