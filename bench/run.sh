@@ -52,19 +52,32 @@ wait_line "$work/node.out" '^node '
 node=$(awk '{print $3}' "$work/node.out")
 
 big_path=/bench/big/resolve/main/big.bin
-seconds() { curl -s -L -o /dev/null -w '%{time_total}' "$1"; }
+seconds() { # url: seconds for one full download, failing on a short or failed answer
+  local out; out=$(curl -s -L -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$1")
+  set -- $out
+  if [ "$1" != 200 ] || [ "$2" != "$size" ]; then echo "download failed: $out" >&2; exit 1; fi
+  echo "$3"
+}
 rate() { python3 -c "import sys; print(f'{$size/float(sys.argv[1])/1e6:.0f}')" "$1"; }
 
 direct_cold=$(seconds "$hub$big_path")
 node_cold=$(seconds "$node$big_path")
 
-blob=$(find "$work/data/blobs" -type f -size +1M | head -n 1)
+# The fill publishes the blob (fsync, rename) just after the last byte went out.
+blob=""
+for _ in $(seq 1 300); do
+  blob=$(find "$work/data/blobs" -type f -size +1M | head -n 1)
+  [ -n "$blob" ] && break
+  sleep 0.1
+done
+[ -n "$blob" ] || { echo "the node stored no blob" >&2; tail -20 "$work/node.err" >&2; exit 1; }
 mkdir -p "$work/nginx/www/small" "$work/nginx/logs"
 ln "$blob" "$work/nginx/www/big.bin" 2>/dev/null || cp "$blob" "$work/nginx/www/big.bin"
 curl -s -o "$work/nginx/www/small/config.json" "$node/org/model/resolve/main/config.json"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/nginx/nginx.conf" <<CONF
 daemon off;
+user root;
 worker_processes 2;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/logs/error.log;
@@ -103,7 +116,7 @@ request = function()
   return wrk.format(method, wrk.path)
 end
 LUA
-wrk_rps() { wrk -t2 -c32 -d10s -s "$work/headget.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+wrk_rps() { wrk -t2 -c32 -d10s -s "$work/headget.lua" "$1" >"$work/wrk.out"; awk '/Requests\/sec/ {print $2}' "$work/wrk.out"; }
 node_rps=$(wrk_rps "$node/org/model/resolve/main/config.json")
 nginx_rps=$(wrk_rps "$nginx_url/small/config.json")
 
@@ -115,7 +128,6 @@ while jobs -r | grep -q curl; do
   now=$(rss_kib); [ "$now" -gt "$peak" ] && peak=$now
   sleep 0.2
 done
-wait_curls=$(jobs -p); true
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$node_pid/status")
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }

@@ -15,7 +15,6 @@ use hfm_cluster::types::RepoKey;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path, forwardable_response_headers};
@@ -25,15 +24,13 @@ use crate::hub::range::parse_range;
 use crate::hub::route::{Route, encode_path, encode_segment, route, validate_relative_path};
 use crate::hub::{ErrorSource, HubError};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
-use crate::store::{BlobSource, FillOutcome, StoredBlob};
+use crate::store::{BlobSource, ContentHasher, FillOutcome, StoredBlob, read_range};
 use crate::upstream::{UpstreamBlob, read_buffered};
 
 /// The most header bytes a request may carry; beyond, 431 in the Hub's format.
 const MAX_HEADER_BYTES: usize = 16 << 10;
 /// The most body bytes of a request the mirror reads (paths-info, pass-through API calls).
 const MAX_BODY_BYTES: usize = 1 << 20;
-/// Bytes per read when streaming a stored blob.
-const FILE_CHUNK: usize = 256 << 10;
 /// Request headers forwarded on a pass-through, besides `Authorization`.
 const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[header::ACCEPT, header::CONTENT_TYPE, header::RANGE, header::IF_NONE_MATCH, header::IF_RANGE];
 
@@ -303,48 +300,87 @@ async fn blob_body(mirror: &Mirror, repo: &RepoKey, commit: &str, path: &str, et
             Ok((Body::from_stream(stream), metadata_status))
         }
         FillOutcome::Filling(fill) => Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss)),
-        FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, start, end)), CacheStatus::Miss)),
+        FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
     }
 }
 
 /// Streams part of a stored blob, after checking that the file still has the size the catalog says.
 async fn stored_blob_stream(blob: &StoredBlob, size: u64, start: u64, end: u64) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
-    let mut file = tokio::fs::File::open(&blob.path).await?;
-    let length = file.metadata().await?.len();
+    let path = blob.path.clone();
+    let file = tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(std::io::Error::other)??;
+    let length = file.metadata()?.len();
     if length != size || blob.size != size {
         return Err(std::io::Error::other(format!("blob has {length} bytes, expected {size}")));
     }
-    file.seek(std::io::SeekFrom::Start(start)).await?;
-    Ok(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), FILE_CHUNK))
+    Ok(read_range(Arc::new(file), start, end))
 }
 
 /// Streams a blob straight from its source to one client, without storing it (no room on disk).
-fn direct_stream(source: Arc<UpstreamBlob>, start: u64, end: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::once(async move { source.open(start).await })
-        .map(move |opened| -> Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Unpin> {
-            match opened {
-                Err(error) => Box::new(futures_util::stream::iter([Err(std::io::Error::other(error))])),
+/// A whole-file answer is still verified: its last chunk goes out only if the hash matched.
+fn direct_stream(source: Arc<UpstreamBlob>, etag: String, size: u64, start: u64, end: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    struct Direct {
+        source: Arc<UpstreamBlob>,
+        stream: Option<crate::store::ByteStream>,
+        skip: u64,
+        remaining: u64,
+        hasher: Option<ContentHasher>,
+        etag: String,
+    }
+    let hasher = if start == 0 && end == size { ContentHasher::for_etag(&etag, size) } else { None };
+    let state = Direct { source, stream: None, skip: 0, remaining: end - start, hasher, etag };
+    futures_util::stream::unfold(state, move |mut state| async move {
+        if state.remaining == 0 {
+            return None;
+        }
+        if state.stream.is_none() {
+            match state.source.open(start).await {
                 Ok((stream_start, stream)) => {
-                    let mut skip = start - stream_start.min(start);
-                    let mut remaining = end - start;
-                    Box::new(stream.filter_map(move |chunk| {
-                        let item = match chunk {
-                            Err(error) => Some(Err(std::io::Error::other(error))),
-                            Ok(mut bytes) => {
-                                let skipped = skip.min(bytes.len() as u64);
-                                bytes = bytes.slice(skipped as usize..);
-                                skip -= skipped;
-                                let kept = remaining.min(bytes.len() as u64);
-                                remaining -= kept;
-                                if kept == 0 { None } else { Some(Ok(bytes.slice(..kept as usize))) }
-                            }
-                        };
-                        std::future::ready(item)
-                    }))
+                    state.skip = start - stream_start.min(start);
+                    state.stream = Some(stream);
+                }
+                Err(error) => {
+                    state.remaining = 0;
+                    return Some((Err(std::io::Error::other(error)), state));
                 }
             }
-        })
-        .flatten()
+        }
+        loop {
+            let next = state.stream.as_mut().expect("opened above").next().await;
+            let mut bytes = match next {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(error)) => {
+                    state.remaining = 0;
+                    return Some((Err(std::io::Error::other(error)), state));
+                }
+                None => {
+                    state.remaining = 0;
+                    return Some((Err(std::io::Error::other("upstream ended early")), state));
+                }
+            };
+            let skipped = state.skip.min(bytes.len() as u64);
+            bytes = bytes.slice(skipped as usize..);
+            state.skip -= skipped;
+            let kept = state.remaining.min(bytes.len() as u64);
+            if kept == 0 {
+                continue;
+            }
+            bytes = bytes.slice(..kept as usize);
+            state.remaining -= kept;
+            if let Some(hasher) = state.hasher.as_mut() {
+                hasher.update(&bytes);
+            }
+            if state.remaining == 0 {
+                if let Some(hasher) = state.hasher.take() {
+                    let digest = hasher.finish();
+                    if digest != state.etag {
+                        warn!(etag = %state.etag, %digest, "upstream bytes do not match the etag; aborting the response");
+                        return Some((Err(std::io::Error::other("content hash mismatch")), state));
+                    }
+                }
+            }
+            return Some((Ok(bytes), state));
+        }
+    })
 }
 
 /// The query parameters that change a repo-info answer, normalized into a cache variant.

@@ -14,10 +14,11 @@ use tracing::{debug, warn};
 use super::source::{BlobSource, SourceError};
 use super::verify::ContentHasher;
 
+
 /// Bytes gathered before one write to the temp file; readers see progress in steps of this size.
 const WRITE_BATCH: usize = 1 << 20;
 /// Bytes handed to a reader per read.
-const READ_CHUNK: u64 = 256 << 10;
+const READ_CHUNK: u64 = 1 << 20;
 /// How often a fill reopens its source after an interruption before it gives up.
 const MAX_SOURCE_ATTEMPTS: u32 = 6;
 
@@ -70,76 +71,132 @@ impl Fill {
     pub fn reader(self: &Arc<Fill>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         debug_assert!(start <= end && end <= self.size);
         let receiver = self.progress.subscribe();
-        futures_util::stream::unfold((self.clone(), receiver, start, false), move |(fill, mut receiver, position, failed)| async move {
-            if failed || position >= end {
+        futures_util::stream::unfold((self.clone(), receiver, start), move |(fill, mut receiver, position)| async move {
+            if position >= end {
                 return None;
             }
             loop {
                 let progress = *receiver.borrow_and_update();
                 if progress.state == FillState::Failed {
                     let error = io::Error::other(format!("fill of {} failed", fill.etag));
-                    return Some((Err(error), (fill, receiver, position, true)));
+                    return Some((Err(error), (fill, receiver, end)));
                 }
                 let available = progress.written.min(end);
-                if position < available {
-                    let length = (available - position).min(READ_CHUNK) as usize;
-                    let file = fill.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buffer = vec![0u8; length];
-                        file.read_exact_at(&mut buffer, position).map(|()| Bytes::from(buffer))
-                    })
-                    .await
-                    .unwrap_or_else(|error| Err(io::Error::other(error)));
-                    return match read {
-                        Ok(bytes) => Some((Ok(bytes), (fill, receiver, position + length as u64, false))),
-                        Err(error) => Some((Err(error), (fill, receiver, position, true))),
+                // The chunk that would end a response reaching the last byte of the blob is held back
+                // until the hash is checked: a client must never see a clean end of a corrupt file.
+                let reaches_the_end = end == fill.size && position + READ_CHUNK >= end;
+                if position < available && !(reaches_the_end && progress.state == FillState::Running) {
+                    let mut chunk = Box::pin(read_range(fill.file.clone(), position, available.min(position + READ_CHUNK)));
+                    return match chunk.next().await {
+                        Some(Ok(bytes)) => {
+                            let next = position + bytes.len() as u64;
+                            Some((Ok(bytes), (fill, receiver, next)))
+                        }
+                        Some(Err(error)) => Some((Err(error), (fill, receiver, end))),
+                        None => Some((Err(io::Error::other("empty read")), (fill, receiver, end))),
                     };
                 }
                 if receiver.changed().await.is_err() {
-                    return Some((Err(io::Error::other("fill vanished")), (fill, receiver, position, true)));
+                    return Some((Err(io::Error::other("fill vanished")), (fill, receiver, end)));
                 }
             }
         })
     }
 }
 
-async fn write_batch(fill: &Fill, batch: Vec<u8>, offset: u64) -> Result<(), String> {
-    let file = fill.file.clone();
-    tokio::task::spawn_blocking(move || file.write_all_at(&batch, offset))
+/// Streams `start..end` of an open file in chunks read off the runtime, for as long as `available`
+/// says the bytes are there. Shared by fills in progress and stored blobs.
+pub fn read_range(file: Arc<std::fs::File>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold((file, start), move |(file, position)| async move {
+        if position >= end {
+            return None;
+        }
+        let length = (end - position).min(READ_CHUNK) as usize;
+        let reader = file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; length];
+            reader.read_exact_at(&mut buffer, position).map(|()| Bytes::from(buffer))
+        })
         .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| format!("writing the temp file: {error}"))
+        .unwrap_or_else(|error| Err(io::Error::other(error)));
+        match read {
+            Ok(bytes) => Some((Ok(bytes), (file, position + length as u64))),
+            // End the stream after the error: the position is pushed past the end.
+            Err(error) => Some((Err(error), (file, end))),
+        }
+    })
 }
 
-/// Streams the blob from `source` into the fill's temp file, hashing as it goes, and reopening the
-/// source at the byte reached when it is interrupted. Succeeds only if the length and hash match.
-pub(super) async fn run(fill: &Fill, source: &dyn BlobSource) -> Result<(), String> {
+/// Hashes and writes the chunks it receives, in order, on a blocking thread, so the network side of
+/// a fill never waits for the disk or the hash. Returns the digest of everything written.
+fn write_and_hash(fill: Arc<Fill>, mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Result<String, String> {
     let mut hasher = ContentHasher::for_etag(&fill.etag, fill.size).ok_or("not an etag")?;
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
     let mut written: u64 = 0;
+    let flush = |batch: &mut Vec<u8>, written: &mut u64| -> Result<(), String> {
+        fill.file.write_all_at(batch, *written).map_err(|error| format!("writing the temp file: {error}"))?;
+        *written += batch.len() as u64;
+        batch.clear();
+        fill.advance(*written);
+        Ok(())
+    };
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= WRITE_BATCH {
+            flush(&mut batch, &mut written)?;
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &mut written)?;
+    }
+    Ok(hasher.finish())
+}
+
+/// Streams the blob from `source` into the fill's temp file, reopening the source at the byte
+/// reached when it is interrupted. Succeeds only if the length and hash match the etag.
+pub(super) async fn run(fill: &Arc<Fill>, source: &dyn BlobSource) -> Result<(), String> {
+    let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let writer_fill = fill.clone();
+    let writer = tokio::task::spawn_blocking(move || write_and_hash(writer_fill, chunk_rx));
+    let received = receive(fill, source, chunk_tx).await;
+    // The writer ends once the sender is dropped (by `receive` returning); its error explains a
+    // failed send, so it is looked at first.
+    let digest = writer.await.map_err(|error| error.to_string())??;
+    received?;
+    if digest != fill.etag {
+        return Err(format!("content hash {digest} does not match the etag (from {})", source.describe()));
+    }
+    debug!(etag = %fill.etag, size = fill.size, "fill verified");
+    Ok(())
+}
+
+/// Pulls the bytes from the source into the writer, retrying from the byte reached.
+async fn receive(fill: &Fill, source: &dyn BlobSource, chunk_tx: tokio::sync::mpsc::Sender<Bytes>) -> Result<(), String> {
+    let mut received: u64 = 0;
     let mut failures = 0u32;
     let mut last_error = String::new();
-    while written < fill.size {
+    while received < fill.size {
         if failures >= MAX_SOURCE_ATTEMPTS {
             return Err(format!("{} failed {failures} times, last: {last_error}", source.describe()));
         }
         if failures > 0 {
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(5)))).await;
         }
-        let (stream_start, mut stream) = match source.open(written).await {
+        let (stream_start, mut stream) = match source.open(received).await {
             Ok(opened) => opened,
             Err(SourceError::Permanent(reason)) => return Err(reason),
             Err(SourceError::Transient(reason)) => {
                 failures += 1;
-                warn!(etag = %fill.etag, offset = written, %reason, "blob source failed; retrying");
+                warn!(etag = %fill.etag, offset = received, %reason, "blob source failed; retrying");
                 last_error = reason;
                 continue;
             }
         };
-        if stream_start > written {
-            return Err(format!("{} started at {stream_start}, past the {written} bytes written", source.describe()));
+        if stream_start > received {
+            return Err(format!("{} started at {stream_start}, past the {received} bytes received", source.describe()));
         }
-        let mut skip = written - stream_start;
-        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+        let mut skip = received - stream_start;
         let mut interrupted = None;
         while let Some(chunk) = stream.next().await {
             let mut chunk = match chunk {
@@ -154,37 +211,22 @@ pub(super) async fn run(fill: &Fill, source: &dyn BlobSource) -> Result<(), Stri
                 chunk = chunk.slice(skipped as usize..);
                 skip -= skipped;
             }
-            if written + batch.len() as u64 + chunk.len() as u64 > fill.size {
+            if chunk.is_empty() {
+                continue;
+            }
+            if received + chunk.len() as u64 > fill.size {
                 return Err(format!("{} sent more than the expected {} bytes", source.describe(), fill.size));
             }
-            hasher.update(&chunk);
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BATCH {
-                let length = batch.len() as u64;
-                write_batch(fill, std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH)), written).await?;
-                written += length;
-                fill.advance(written);
+            received += chunk.len() as u64;
+            if chunk_tx.send(chunk).await.is_err() {
+                return Err("the writer stopped".into());
             }
         }
-        // Whatever was hashed is written before any retry, so the hash and the file stay in step.
-        if !batch.is_empty() {
-            let length = batch.len() as u64;
-            write_batch(fill, batch, written).await?;
-            written += length;
-            fill.advance(written);
-        }
-        if written < fill.size {
+        if received < fill.size {
             failures += 1;
             last_error = interrupted.unwrap_or_else(|| "stream ended early".into());
-            warn!(etag = %fill.etag, offset = written, reason = %last_error, "blob stream interrupted; resuming");
-            continue;
+            warn!(etag = %fill.etag, offset = received, reason = %last_error, "blob stream interrupted; resuming");
         }
-        break;
     }
-    let digest = hasher.finish();
-    if digest != fill.etag {
-        return Err(format!("content hash {digest} does not match the etag (from {})", source.describe()));
-    }
-    debug!(etag = %fill.etag, size = fill.size, "fill verified");
     Ok(())
 }

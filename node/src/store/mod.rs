@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use fill::{Fill, FillProgress, FillState};
+pub use fill::{Fill, FillProgress, FillState, read_range};
 pub use source::{BlobSource, ByteStream, SourceError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
