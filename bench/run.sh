@@ -2,7 +2,7 @@
 # Benchmarks hf-mirror side by side, in one run, on this machine:
 #   1. a cold 1 GiB LFS download through the node vs directly from the fake upstream (+ its CDN);
 #   2. the same file warm, through the node vs nginx (sendfile) serving the node's own blob file;
-#   3. warm small-file HEAD+GET requests/s (wrk) through the node vs nginx serving the same file;
+#   3. warm small-file HEAD and GET requests/s (hey) through the node vs nginx serving the same file;
 #   4. the node's peak RSS during 64 concurrent downloads of the warm 1 GiB file.
 # Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
 #
@@ -22,7 +22,7 @@ trap cleanup EXIT
 
 need=()
 command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
+command -v hey >/dev/null || need+=(hey)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -108,17 +108,15 @@ best_of_three() { # url
 node_warm=$(best_of_three "$node$big_path")
 nginx_warm=$(best_of_three "$nginx_url/big.bin")
 
-cat >"$work/headget.lua" <<'LUA'
-local counter = 0
-request = function()
-  counter = counter + 1
-  local method = (counter % 2 == 0) and "HEAD" or "GET"
-  return wrk.format(method, wrk.path)
-end
-LUA
-wrk_rps() { wrk -t2 -c32 -d10s -s "$work/headget.lua" "$1" >"$work/wrk.out"; awk '/Requests\/sec/ {print $2}' "$work/wrk.out"; }
-node_rps=$(wrk_rps "$node/org/model/resolve/main/config.json")
-nginx_rps=$(wrk_rps "$nginx_url/small/config.json")
+# hey, not wrk: wrk waits for a body after a HEAD and stalls.
+hey_rps() { # method url
+  hey -z 10s -c 32 -m "$1" "$2" >"$work/hey.out"
+  awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey.out"
+}
+node_get_rps=$(hey_rps GET "$node/org/model/resolve/main/config.json")
+node_head_rps=$(hey_rps HEAD "$node/org/model/resolve/main/config.json")
+nginx_get_rps=$(hey_rps GET "$nginx_url/small/config.json")
+nginx_head_rps=$(hey_rps HEAD "$nginx_url/small/config.json")
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$node_pid/status"; }
 rss_before=$(rss_kib)
@@ -136,6 +134,7 @@ cat <<TABLE
 |---|---|---|---|
 | cold ${size} B download (s, MB/s) | $node_cold s ($(rate "$node_cold") MB/s) | direct from fake upstream+CDN: $direct_cold s ($(rate "$direct_cold") MB/s) | node/direct time = $(ratio "$node_cold" "$direct_cold") |
 | warm ${size} B download, best of 3 (MB/s) | $(rate "$node_warm") MB/s | nginx sendfile: $(rate "$nginx_warm") MB/s | node/nginx throughput = $(ratio "$nginx_warm" "$node_warm") |
-| warm small file HEAD+GET, wrk -t2 -c32 10 s (req/s) | $node_rps | nginx: $nginx_rps | $(ratio "$node_rps" "$nginx_rps") |
+| warm small file GET, hey -c 32 for 10 s (req/s) | $node_get_rps | nginx: $nginx_get_rps | $(ratio "$node_get_rps" "$nginx_get_rps") |
+| warm small file HEAD, hey -c 32 for 10 s (req/s) | $node_head_rps | nginx: $nginx_head_rps | $(ratio "$node_head_rps" "$nginx_head_rps") |
 | node RSS during 64 concurrent warm ${size} B downloads | before ${rss_before} KiB, sampled peak ${peak} KiB, VmHWM ${hwm} KiB | | |
 TABLE
