@@ -146,6 +146,13 @@ impl Mirror {
     }
 
     async fn fetch_policy(&self, repo: &RepoKey) -> Result<PolicyRecord, HubError> {
+        // A flight that finished between our caller's catalog read and the start of this one has
+        // already done the work.
+        if let Some(record) = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)? {
+            if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
+                return Ok(record);
+            }
+        }
         let reply = self.inner.upstream.get_buffered(&api_repo_path(repo), None).await?;
         let (cacheable, reason) = if reply.status.is_success() {
             let info: Value = serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
@@ -211,6 +218,12 @@ impl Mirror {
             .inner
             .refs
             .run(key, async move {
+                let catalog = &mirror.inner.catalog;
+                if let Some(record) = catalog.get_ref(&repo_owned, &revision_owned).await.map_err(catalog_error)? {
+                    if is_fresh(record.checked_at_ms, mirror.inner.config.ref_ttl) {
+                        return Ok(record.commit);
+                    }
+                }
                 let path = if revision_owned == DEFAULT_REVISION {
                     api_repo_path(&repo_owned)
                 } else {
@@ -248,6 +261,9 @@ impl Mirror {
     }
 
     async fn fetch_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Arc<Manifest>, HubError> {
+        if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
+            return Ok(manifest);
+        }
         let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
         let mut entries: Vec<ManifestEntry> = Vec::new();
         for _ in 0..MAX_TREE_PAGES {
@@ -283,6 +299,9 @@ impl Mirror {
             .inner
             .documents
             .run(key, async move {
+                if let Some(body) = mirror.inner.catalog.get_repo_info(&repo_owned, &commit_owned, &variant_owned).await.map_err(catalog_error)? {
+                    return Ok(Bytes::from(body));
+                }
                 let mut path = format!("{}/revision/{commit_owned}", api_repo_path(&repo_owned));
                 if !variant_owned.is_empty() {
                     path = format!("{path}?{variant_owned}");
@@ -317,6 +336,11 @@ impl Mirror {
             .inner
             .documents
             .run(key, async move {
+                if let Some(record) = mirror.inner.catalog.get_document(&key_owned).await.map_err(catalog_error)? {
+                    if is_fresh(record.checked_at_ms, mirror.inner.config.ref_ttl) {
+                        return Ok(Bytes::from(record.body));
+                    }
+                }
                 let mut path = format!("{}/refs", api_repo_path(&repo_owned));
                 if include_pull_requests {
                     path.push_str("?include_prs=1");

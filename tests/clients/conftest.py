@@ -266,6 +266,9 @@ class FakeHub:
     def down(self, on: bool) -> None:
         self.control("POST", f"/_fake/down?on={1 if on else 0}")
 
+    def corrupt(self, on: bool) -> None:
+        self.control("POST", f"/_fake/corrupt?on={1 if on else 0}")
+
     def throttle(self, bytes_per_sec: int) -> None:
         self.control("POST", f"/_fake/throttle?bytes_per_sec={bytes_per_sec}")
 
@@ -307,8 +310,10 @@ def fake_hub(tmp_path):
 class Mirror:
     _counter = itertools.count()
 
-    def __init__(self, upstream: str, workdir: Path, ref_ttl: str = "1s"):
+    def __init__(self, upstream: str, workdir: Path, ref_ttl: str = "1s", extra_args: list[str] | None = None):
         self.upstream = upstream
+        # A small page size, so every listing really follows the mirror's own Link pagination.
+        self.extra_args = ["--tree-page-size", "4", *(extra_args or [])]
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -326,12 +331,23 @@ class Mirror:
         log = self.workdir / f"mirror-{n}.out"
         self.proc = subprocess.Popen(
             [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-             "--upstream", self.upstream, "--ref-ttl", self.ref_ttl],
+             "--upstream", self.upstream, "--ref-ttl", self.ref_ttl, *self.extra_args],
             stdout=open(log, "wb"), stderr=open(log.with_suffix(".err"), "wb"), stdin=subprocess.DEVNULL,
             cwd=str(self.workdir), env=clean_env(),
         )
         m = wait_for_line(self.proc, log, re.compile(r"^node (\w[\w.-]*) (http://127\.0\.0\.1:\d+)\s*$"), "mirror")
         self.name, self.url = m.group(1), m.group(2)
+        self.log_path = log.with_suffix(".err")
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        """Everything every process of this mirror wrote on stderr."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("mirror-*.err")))
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -24,6 +24,7 @@ Control endpoints (on the hub listener, never logged):
     POST /_fake/move-branch?repo=&branch=[&type=]  moves the branch to its prepared commit
     POST /_fake/down?on=1|0              every hub and CDN request answers 503
     POST /_fake/throttle?bytes_per_sec=N throttles CDN bodies (0 = off)
+    POST /_fake/corrupt?on=1|0      the CDN flips the first byte of every body it sends
     GET  /_fake/state                    repos, refs, commits and per-file identities
     GET  /_fake/file?repo=&type=&rev=&path=  raw bytes of a file at a revision
 """
@@ -534,6 +535,8 @@ class Runtime:
         self.log: list[dict] = []
         self.down = False
         self.throttle = 0
+        # When on, the CDN flips the first byte of every body it sends (a corrupt upstream).
+        self.corrupt = False
         self.hub_origin = ""
         self.cdn_origin = ""
 
@@ -665,7 +668,8 @@ class BaseHandler(BaseHTTPRequestHandler):
     def send_file_body(self, entry: FileEntry, start: int, length: int, throttle: int = 0) -> None:
         if self.command == "HEAD" or length <= 0:
             return
-        if entry.disk_path is not None and not throttle:
+        corrupt = self.role == "cdn" and self.runtime.corrupt
+        if entry.disk_path is not None and not throttle and not corrupt:
             with open(entry.disk_path, "rb") as f:
                 self.connection.sendfile(f, offset=start, count=length)
             return
@@ -675,7 +679,10 @@ class BaseHandler(BaseHTTPRequestHandler):
         sent = 0
         while sent < length:
             n = min(chunk, length - sent)
-            self.wfile.write(entry.read(start + sent, start + sent + n - 1))
+            data = entry.read(start + sent, start + sent + n - 1)
+            if corrupt and sent == 0 and data:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            self.wfile.write(data)
             sent += n
             if throttle:
                 time.sleep(n / throttle)
@@ -809,6 +816,9 @@ class HubHandler(BaseHandler):
         elif name == "down" and self.command == "POST":
             rt.down = parse_bool(query_first(query, "on"), True)
             self.send_json(200, {"down": rt.down})
+        elif name == "corrupt" and self.command == "POST":
+            rt.corrupt = parse_bool(query_first(query, "on"), True)
+            self.send_json(200, {"corrupt": rt.corrupt})
         elif name == "throttle" and self.command == "POST":
             rt.throttle = max(0, int(query_first(query, "bytes_per_sec") or 0))
             self.send_json(200, {"bytes_per_sec": rt.throttle})
