@@ -11,6 +11,7 @@
 //!
 //! - `types`: repository keys and commit shas, pure values.
 //! - `catalog/`: the `Catalog` trait, its records and the redb-backed local implementation.
+//! - `placement`: weighted rendezvous hashing of keys over nodes; pure.
 //!
 //! # Dependency rule
 //!
@@ -18,4 +19,5 @@
 //! it stores what the node gives it, keyed by repository, revision and commit.
 
 pub mod catalog;
+pub mod placement;
 pub mod types;
