@@ -69,11 +69,7 @@ impl Placement {
 
     /// Every node, best first, for this key. Never empty.
     pub fn preference_list(&self, key: &str) -> Vec<&str> {
-        let mut scored: Vec<(f64, &str)> = self
-            .nodes
-            .iter()
-            .map(|node| (Self::score(node, key), node.name.as_str()))
-            .collect();
+        let mut scored: Vec<(f64, &str)> = self.nodes.iter().map(|node| (Self::score(node, key), node.name.as_str())).collect();
         // Ties (practically impossible) break by name so every node agrees.
         scored.sort_by(|left, right| right.0.total_cmp(&left.0).then_with(|| left.1.cmp(right.1)));
         scored.into_iter().map(|(_, name)| name).collect()
@@ -90,10 +86,7 @@ impl Placement {
     /// the first of all when none is live (the answer is never empty).
     pub fn fill_leader(&self, key: &str, is_live: impl Fn(&str) -> bool) -> &str {
         let list = self.preference_list(key);
-        list.iter()
-            .copied()
-            .find(|name| is_live(name))
-            .unwrap_or(list[0])
+        list.iter().copied().find(|name| is_live(name)).unwrap_or(list[0])
     }
 }
 
@@ -105,24 +98,14 @@ mod tests {
 
     fn topology() -> Vec<WeightedNode> {
         // The four peers, weighted by storage in TB.
-        [
-            ("fra1", 1800.0),
-            ("ams1", 600.0),
-            ("waw1", 400.0),
-            ("sto1", 400.0),
-        ]
-        .into_iter()
-        .map(|(name, weight)| WeightedNode {
-            name: name.into(),
-            weight,
-        })
-        .collect()
+        [("fra1", 1800.0), ("ams1", 600.0), ("waw1", 400.0), ("sto1", 400.0)]
+            .into_iter()
+            .map(|(name, weight)| WeightedNode { name: name.into(), weight })
+            .collect()
     }
 
     fn keys(count: usize) -> Vec<String> {
-        (0..count)
-            .map(|index| format!("{:064x}", (index as u128).wrapping_mul(0x9e3779b97f4a7c15)))
-            .collect()
+        (0..count).map(|index| format!("{:064x}", (index as u128).wrapping_mul(0x9e3779b97f4a7c15))).collect()
     }
 
     #[test]
@@ -135,15 +118,8 @@ mod tests {
         assert_eq!(sorted, ["ams1", "fra1", "sto1", "waw1"]);
         assert_eq!(placement.replicas("abc", 2), list[..2]);
         assert_eq!(placement.replicas("abc", 0).len(), 1);
-        assert_eq!(
-            placement.fill_leader("abc", |_| false),
-            list[0],
-            "no live node still gives an answer"
-        );
-        assert_eq!(
-            placement.fill_leader("abc", |name| name != list[0]),
-            list[1]
-        );
+        assert_eq!(placement.fill_leader("abc", |_| false), list[0], "no live node still gives an answer");
+        assert_eq!(placement.fill_leader("abc", |name| name != list[0]), list[1]);
     }
 
     #[test]
@@ -158,11 +134,7 @@ mod tests {
         for node in topology() {
             let share = wins[node.name.as_str()] as f64 / sample.len() as f64;
             let expected = node.weight / total;
-            assert!(
-                (share - expected).abs() < 0.01,
-                "{}: share {share:.4}, expected {expected:.4}",
-                node.name
-            );
+            assert!((share - expected).abs() < 0.01, "{}: share {share:.4}, expected {expected:.4}", node.name);
         }
     }
 
@@ -170,18 +142,12 @@ mod tests {
     fn adding_a_node_moves_only_the_keys_it_wins() {
         let before = Placement::new(topology()).unwrap();
         let mut grown = topology();
-        grown.push(WeightedNode {
-            name: "lhr1".into(),
-            weight: 800.0,
-        });
+        grown.push(WeightedNode { name: "lhr1".into(), weight: 800.0 });
         let after = Placement::new(grown).unwrap();
         let sample = keys(50_000);
         let mut moved = 0;
         for key in &sample {
-            let (old, new) = (
-                before.preference_list(key)[0],
-                after.preference_list(key)[0],
-            );
+            let (old, new) = (before.preference_list(key)[0], after.preference_list(key)[0]);
             if old != new {
                 assert_eq!(new, "lhr1", "a key may only move to the new node");
                 moved += 1;
@@ -189,22 +155,13 @@ mod tests {
         }
         let share = moved as f64 / sample.len() as f64;
         let expected = 800.0 / 4000.0;
-        assert!(
-            (share - expected).abs() < 0.01,
-            "moved {share:.4}, expected about {expected:.4}"
-        );
+        assert!((share - expected).abs() < 0.01, "moved {share:.4}, expected about {expected:.4}");
     }
 
     #[test]
     fn removing_a_node_moves_only_its_keys() {
         let before = Placement::new(topology()).unwrap();
-        let after = Placement::new(
-            topology()
-                .into_iter()
-                .filter(|node| node.name != "waw1")
-                .collect(),
-        )
-        .unwrap();
+        let after = Placement::new(topology().into_iter().filter(|node| node.name != "waw1").collect()).unwrap();
         for key in keys(20_000) {
             let old = before.preference_list(&key);
             let new = after.preference_list(&key);
@@ -216,27 +173,9 @@ mod tests {
     #[test]
     fn bad_topologies_are_refused() {
         assert_eq!(Placement::new(vec![]).unwrap_err(), PlacementError::NoNodes);
-        let zero = vec![WeightedNode {
-            name: "a".into(),
-            weight: 0.0,
-        }];
-        assert_eq!(
-            Placement::new(zero).unwrap_err(),
-            PlacementError::BadWeight("a".into())
-        );
-        let twice = vec![
-            WeightedNode {
-                name: "a".into(),
-                weight: 1.0,
-            },
-            WeightedNode {
-                name: "a".into(),
-                weight: 2.0,
-            },
-        ];
-        assert_eq!(
-            Placement::new(twice).unwrap_err(),
-            PlacementError::DuplicateNode("a".into())
-        );
+        let zero = vec![WeightedNode { name: "a".into(), weight: 0.0 }];
+        assert_eq!(Placement::new(zero).unwrap_err(), PlacementError::BadWeight("a".into()));
+        let twice = vec![WeightedNode { name: "a".into(), weight: 1.0 }, WeightedNode { name: "a".into(), weight: 2.0 }];
+        assert_eq!(Placement::new(twice).unwrap_err(), PlacementError::DuplicateNode("a".into()));
     }
 }

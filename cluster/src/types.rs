@@ -71,10 +71,7 @@ pub struct RepoKey {
 
 impl RepoKey {
     pub fn new(repo_type: RepoType, repo_id: impl Into<String>) -> RepoKey {
-        RepoKey {
-            repo_type,
-            repo_id: repo_id.into(),
-        }
+        RepoKey { repo_type, repo_id: repo_id.into() }
     }
 }
 
@@ -86,10 +83,7 @@ impl fmt::Display for RepoKey {
 
 /// Returns true for a full, lowercase, 40-hex git commit sha — the only revision that is immutable.
 pub fn is_commit_sha(revision: &str) -> bool {
-    revision.len() == 40
-        && revision
-            .bytes()
-            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    revision.len() == 40 && revision.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -107,16 +101,8 @@ mod tests {
 
     #[test]
     fn api_plural_round_trips() {
-        for repo_type in [
-            RepoType::Model,
-            RepoType::Dataset,
-            RepoType::Space,
-            RepoType::Kernel,
-        ] {
-            assert_eq!(
-                RepoType::from_api_plural(repo_type.api_plural()),
-                Some(repo_type)
-            );
+        for repo_type in [RepoType::Model, RepoType::Dataset, RepoType::Space, RepoType::Kernel] {
+            assert_eq!(RepoType::from_api_plural(repo_type.api_plural()), Some(repo_type));
         }
         assert_eq!(RepoType::from_api_plural("model"), None);
     }

@@ -129,13 +129,9 @@ pub struct NodeEntry {
 /// Parses a size such as `500GiB`, `1.8PB`, `10MB` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|character: char| !(character.is_ascii_digit() || character == '.'))
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|character: char| !(character.is_ascii_digit() || character == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. 500GiB, 1.8PB or bytes)"))?;
+    let number: f64 = number.parse().map_err(|_| format!("invalid size {text:?} (expected e.g. 500GiB, 1.8PB or bytes)"))?;
     let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -149,9 +145,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "tib" => 1024f64.powi(4),
         "pib" => 1024f64.powi(5),
         _ => {
-            return Err(format!(
-                "invalid size unit in {text:?} (use B, KB, MB, GB, TB, PB or KiB … PiB)"
-            ));
+            return Err(format!("invalid size unit in {text:?} (use B, KB, MB, GB, TB, PB or KiB … PiB)"));
         }
     };
     let bytes = number * multiplier;
@@ -164,13 +158,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration such as `60s`, `10m`, `1h`, `500ms`, `1d` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|character: char| !(character.is_ascii_digit() || character == '.'))
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|character: char| !(character.is_ascii_digit() || character == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (expected e.g. 60s, 10m, 1h)"))?;
+    let number: f64 = number.parse().map_err(|_| format!("invalid duration {text:?} (expected e.g. 60s, 10m, 1h)"))?;
     let seconds = match unit.trim() {
         "" | "s" => number,
         "ms" => number / 1000.0,
@@ -178,9 +168,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => number * 3600.0,
         "d" => number * 86400.0,
         _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s, m, h or d)"
-            ));
+            return Err(format!("invalid duration unit in {text:?} (use ms, s, m, h or d)"));
         }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} is out of range"))
@@ -193,40 +181,21 @@ fn parse_upstream(text: &str) -> Result<String, String> {
         .or_else(|| trimmed.strip_prefix("http://"))
         .ok_or_else(|| format!("invalid URL {text:?} (expected http:// or https://)"))?;
     if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
-        return Err(format!(
-            "invalid URL {text:?} (expected scheme://host[:port] without a path)"
-        ));
+        return Err(format!("invalid URL {text:?} (expected scheme://host[:port] without a path)"));
     }
     Ok(trimmed.to_owned())
 }
 
 /// Applies one layer of settings on top of `config`.
-fn apply_layer(
-    config: &mut NodeConfig,
-    layer: &NodeSettingsFile,
-    origin: &str,
-    field_prefix: &str,
-) -> Result<(), ConfigError> {
+fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, field_prefix: &str) -> Result<(), ConfigError> {
     let fail = |field: &str, message: String| {
         // Flags are spelled with dashes, file keys with underscores.
-        let field = if field_prefix == "--" {
-            field.replace('_', "-")
-        } else {
-            field.to_owned()
-        };
-        ConfigError {
-            origin: origin.to_owned(),
-            field: format!("{field_prefix}{field}"),
-            message,
-        }
+        let field = if field_prefix == "--" { field.replace('_', "-") } else { field.to_owned() };
+        ConfigError { origin: origin.to_owned(), field: format!("{field_prefix}{field}"), message }
     };
     if let Some(listen) = &layer.listen {
-        config.listen = listen.parse().map_err(|_| {
-            fail(
-                "listen",
-                format!("invalid socket address {listen:?} (expected e.g. 127.0.0.1:8080)"),
-            )
-        })?;
+        config.listen =
+            listen.parse().map_err(|_| fail("listen", format!("invalid socket address {listen:?} (expected e.g. 127.0.0.1:8080)")))?;
     }
     if let Some(data_dir) = &layer.data_dir {
         if data_dir.as_os_str().is_empty() {
@@ -241,25 +210,19 @@ fn apply_layer(
         config.ref_ttl = parse_duration(ref_ttl).map_err(|message| fail("ref_ttl", message))?;
     }
     if let Some(policy_ttl) = &layer.policy_ttl {
-        config.policy_ttl =
-            parse_duration(policy_ttl).map_err(|message| fail("policy_ttl", message))?;
+        config.policy_ttl = parse_duration(policy_ttl).map_err(|message| fail("policy_ttl", message))?;
     }
     if let Some(max_disk) = &layer.max_disk {
         config.max_disk = Some(parse_size(max_disk).map_err(|message| fail("max_disk", message))?);
     }
     if let Some(min_free_disk) = &layer.min_free_disk {
-        config.min_free_disk =
-            parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
+        config.min_free_disk = parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
     }
     if let Some(public_url) = &layer.public_url {
-        config.public_url =
-            Some(parse_upstream(public_url).map_err(|message| fail("public_url", message))?);
+        config.public_url = Some(parse_upstream(public_url).map_err(|message| fail("public_url", message))?);
     }
     if let Some(page_size) = &layer.tree_page_size {
-        let size: usize = page_size
-            .trim()
-            .parse()
-            .map_err(|_| fail("tree_page_size", format!("invalid number {page_size:?}")))?;
+        let size: usize = page_size.trim().parse().map_err(|_| fail("tree_page_size", format!("invalid number {page_size:?}")))?;
         if size == 0 || size > 10_000 {
             return Err(fail("tree_page_size", "must be between 1 and 10000".into()));
         }
@@ -288,47 +251,23 @@ pub fn parse_topology(text: &str, origin: &str) -> Result<TopologyFile, ConfigEr
             .and_then(|span| text.get(..span.start))
             .map(|before| format!("line {}", before.lines().count().max(1)))
             .unwrap_or_else(|| "(file)".into());
-        ConfigError {
-            origin: origin.to_owned(),
-            field,
-            message,
-        }
+        ConfigError { origin: origin.to_owned(), field, message }
     })?;
     let mut names = std::collections::HashSet::new();
     for (index, node) in topology.nodes.iter().enumerate() {
-        let fail = |field: &str, message: String| ConfigError {
-            origin: origin.to_owned(),
-            field: format!("nodes[{index}].{field}"),
-            message,
-        };
-        if node.name.is_empty()
-            || !node
-                .name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
-        {
-            return Err(fail(
-                "name",
-                format!(
-                    "invalid node name {:?} (letters, digits and '-')",
-                    node.name
-                ),
-            ));
+        let fail =
+            |field: &str, message: String| ConfigError { origin: origin.to_owned(), field: format!("nodes[{index}].{field}"), message };
+        if node.name.is_empty() || !node.name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-') {
+            return Err(fail("name", format!("invalid node name {:?} (letters, digits and '-')", node.name)));
         }
         if !names.insert(node.name.clone()) {
             return Err(fail("name", format!("duplicate node name {:?}", node.name)));
         }
         if !(-90.0..=90.0).contains(&node.latitude) {
-            return Err(fail(
-                "latitude",
-                format!("{} is not a latitude", node.latitude),
-            ));
+            return Err(fail("latitude", format!("{} is not a latitude", node.latitude)));
         }
         if !(-180.0..=180.0).contains(&node.longitude) {
-            return Err(fail(
-                "longitude",
-                format!("{} is not a longitude", node.longitude),
-            ));
+            return Err(fail("longitude", format!("{} is not a longitude", node.longitude)));
         }
         parse_size(&node.storage).map_err(|message| fail("storage", message))?;
     }
@@ -336,63 +275,37 @@ pub fn parse_topology(text: &str, origin: &str) -> Result<TopologyFile, ConfigEr
     for (index, node) in topology.nodes.iter().enumerate() {
         let mut scratch = NodeConfig::embedded_default();
         apply_layer(&mut scratch, &topology.defaults, origin, "defaults.")?;
-        apply_layer(
-            &mut scratch,
-            &node.settings,
-            origin,
-            &format!("nodes[{index}]."),
-        )?;
+        apply_layer(&mut scratch, &node.settings, origin, &format!("nodes[{index}]."))?;
     }
     Ok(topology)
 }
 
 /// Resolves the configuration of one node from the optional topology file and the overrides.
-pub fn resolve(
-    topology: Option<(&TopologyFile, &str)>,
-    node_name: Option<&str>,
-    overrides: &Overrides,
-) -> Result<NodeConfig, ConfigError> {
+pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>, overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
     let mut config = NodeConfig::embedded_default();
     if let Some((topology, origin)) = topology {
         apply_layer(&mut config, &topology.defaults, origin, "defaults.")?;
         let node_index = match node_name {
-            Some(name) => topology
-                .nodes
-                .iter()
-                .position(|node| node.name == name)
-                .ok_or_else(|| ConfigError {
-                    origin: origin.to_owned(),
-                    field: "nodes".into(),
-                    message: format!(
-                        "no node named {name:?} (known: {})",
-                        topology
-                            .nodes
-                            .iter()
-                            .map(|node| node.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })?,
+            Some(name) => topology.nodes.iter().position(|node| node.name == name).ok_or_else(|| ConfigError {
+                origin: origin.to_owned(),
+                field: "nodes".into(),
+                message: format!(
+                    "no node named {name:?} (known: {})",
+                    topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            })?,
             None if topology.nodes.len() == 1 => 0,
             None => {
                 return Err(ConfigError {
                     origin: "flag or environment".into(),
                     field: "--node".into(),
-                    message: format!(
-                        "the topology has {} nodes; choose one with --node NAME",
-                        topology.nodes.len()
-                    ),
+                    message: format!("the topology has {} nodes; choose one with --node NAME", topology.nodes.len()),
                 });
             }
         };
         let node = &topology.nodes[node_index];
         config.name = node.name.clone();
-        apply_layer(
-            &mut config,
-            &node.settings,
-            origin,
-            &format!("nodes[{node_index}]."),
-        )?;
+        apply_layer(&mut config, &node.settings, origin, &format!("nodes[{node_index}]."))?;
     } else if let Some(name) = node_name {
         config.name = name.to_owned();
     }
@@ -450,22 +363,14 @@ storage = "600TB"
     #[test]
     fn layers_apply_in_order() {
         let topology = parse_topology(TOPOLOGY, "topology.toml").unwrap();
-        let overrides = Overrides {
-            ref_ttl: Some("5s".into()),
-            ..Overrides::default()
-        };
+        let overrides = Overrides { ref_ttl: Some("5s".into()), ..Overrides::default() };
         let config = resolve(Some((&topology, "topology.toml")), Some("fra1"), &overrides).unwrap();
         assert_eq!(config.name, "fra1");
         assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(config.upstream, "https://huggingface.co");
         assert_eq!(config.ref_ttl, Duration::from_secs(5));
         assert_eq!(config.max_disk, Some(1_700_000_000_000_000));
-        let other = resolve(
-            Some((&topology, "topology.toml")),
-            Some("ams1"),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let other = resolve(Some((&topology, "topology.toml")), Some("ams1"), &Overrides::default()).unwrap();
         assert_eq!(other.ref_ttl, Duration::from_secs(30));
         assert_eq!(other.listen, NodeConfig::embedded_default().listen);
     }
@@ -489,25 +394,12 @@ storage = "600TB"
         let topology = parse_topology(TOPOLOGY, "topology.toml").unwrap();
         let error = resolve(Some((&topology, "t")), None, &Overrides::default()).unwrap_err();
         assert_eq!(error.field, "--node");
-        let error =
-            resolve(Some((&topology, "t")), Some("nope"), &Overrides::default()).unwrap_err();
+        let error = resolve(Some((&topology, "t")), Some("nope"), &Overrides::default()).unwrap_err();
         assert_eq!(error.field, "nodes");
-        let overrides = Overrides {
-            upstream: Some("ftp://x".into()),
-            ..Overrides::default()
-        };
-        assert_eq!(
-            resolve(None, None, &overrides).unwrap_err().field,
-            "--upstream"
-        );
-        let overrides = Overrides {
-            ref_ttl: Some("soon".into()),
-            ..Overrides::default()
-        };
-        assert_eq!(
-            resolve(None, None, &overrides).unwrap_err().field,
-            "--ref-ttl"
-        );
+        let overrides = Overrides { upstream: Some("ftp://x".into()), ..Overrides::default() };
+        assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--upstream");
+        let overrides = Overrides { ref_ttl: Some("soon".into()), ..Overrides::default() };
+        assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--ref-ttl");
     }
 
     #[test]
@@ -527,13 +419,6 @@ storage = "600TB"
     fn the_repository_topology_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology.toml");
         let topology = read_topology(&path).unwrap();
-        assert_eq!(
-            topology
-                .nodes
-                .iter()
-                .map(|node| node.name.as_str())
-                .collect::<Vec<_>>(),
-            ["fra1", "ams1", "waw1", "sto1"]
-        );
+        assert_eq!(topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>(), ["fra1", "ams1", "waw1", "sto1"]);
     }
 }

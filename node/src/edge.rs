@@ -17,10 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use tracing::{Instrument, field, info, info_span, warn};
 
-use crate::hub::headers::{
-    X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path,
-    forwardable_response_headers,
-};
+use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path, forwardable_response_headers};
 use crate::hub::json::{strip_xet_from_body, tree_entry_json};
 use crate::hub::query::{flag, parse_pairs, values};
 use crate::hub::range::parse_range;
@@ -35,13 +32,8 @@ const MAX_HEADER_BYTES: usize = 16 << 10;
 /// The most body bytes of a request the mirror reads (paths-info, pass-through API calls).
 const MAX_BODY_BYTES: usize = 1 << 20;
 /// Request headers forwarded on a pass-through, besides `Authorization`.
-const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[
-    header::ACCEPT,
-    header::CONTENT_TYPE,
-    header::RANGE,
-    header::IF_NONE_MATCH,
-    header::IF_RANGE,
-];
+const FORWARDED_REQUEST_HEADERS: &[HeaderName] =
+    &[header::ACCEPT, header::CONTENT_TYPE, header::RANGE, header::IF_NONE_MATCH, header::IF_RANGE];
 
 #[derive(Clone)]
 pub struct EdgeState {
@@ -50,46 +42,25 @@ pub struct EdgeState {
 
 /// Builds the router of the edge.
 pub fn router(mirror: Mirror) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(EdgeState { mirror })
+    Router::new().fallback(handle).with_state(EdgeState { mirror })
 }
 
 async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     let started = Instant::now();
     let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
-    let response = dispatch(&state, request)
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|error| {
-            if error.source == ErrorSource::Internal {
-                span.in_scope(|| warn!(%error, "internal error"));
-            }
-            error.into_response()
-        });
-    let cache = response
-        .headers()
-        .get(X_CACHE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    span.in_scope(|| {
-        info!(
-            status = response.status().as_u16(),
-            cache,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        )
+    let response = dispatch(&state, request).instrument(span.clone()).await.unwrap_or_else(|error| {
+        if error.source == ErrorSource::Internal {
+            span.in_scope(|| warn!(%error, "internal error"));
+        }
+        error.into_response()
     });
+    let cache = response.headers().get(X_CACHE).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+    span.in_scope(|| info!(status = response.status().as_u16(), cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
     response
 }
 
 fn require_method(method: &Method, allowed: &[Method]) -> Result<(), HubError> {
-    if allowed.contains(method) {
-        Ok(())
-    } else {
-        Err(HubError::method_not_allowed())
-    }
+    if allowed.contains(method) { Ok(()) } else { Err(HubError::method_not_allowed()) }
 }
 
 fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
@@ -104,11 +75,7 @@ fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
 }
 
 async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubError> {
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
+    let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
         return Err(HubError::headers_too_large(MAX_HEADER_BYTES));
     }
@@ -118,11 +85,7 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
         Route::AgentHarnesses => Err(HubError::route_not_found()),
-        Route::Resolve {
-            repo,
-            revision,
-            path,
-        } => {
+        Route::Resolve { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
             require_method(&method, &reads)?;
             resolve(state, request, &repo, &revision, &path).await
@@ -132,11 +95,7 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
             require_method(&method, &reads)?;
             repo_info(state, request, &repo, revision.as_deref()).await
         }
-        Route::Tree {
-            repo,
-            revision,
-            path,
-        } => {
+        Route::Tree { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
             require_method(&method, &reads)?;
             tree(state, request, &repo, &revision, &path).await
@@ -165,18 +124,12 @@ async fn read_body(parts: &Parts, body: Body) -> Result<Option<Bytes>, HubError>
     if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(None);
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|text| text.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         return Err(HubError::payload_too_large(MAX_BODY_BYTES));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map(Some)
-        .map_err(|_| HubError::payload_too_large(MAX_BODY_BYTES))
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map(Some).map_err(|_| HubError::payload_too_large(MAX_BODY_BYTES))
 }
 
 /// The origin clients reach us at, for absolute `Link` URLs (hub-api.md rule 4).
@@ -184,20 +137,10 @@ fn public_origin(mirror: &Mirror, headers: &HeaderMap) -> String {
     if let Some(url) = &mirror.config().public_url {
         return url.clone();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let host_is_sane = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte));
-    if host_is_sane {
-        format!("http://{host}")
-    } else {
-        format!("http://{}", mirror.config().listen)
-    }
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let host_is_sane =
+        !host.is_empty() && host.len() <= 255 && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte));
+    if host_is_sane { format!("http://{host}") } else { format!("http://{}", mirror.config().listen) }
 }
 
 fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -207,26 +150,17 @@ fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 fn with_cache_status(mut response: Response, cache: CacheStatus) -> Response {
-    response
-        .headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
     response
 }
 
 fn json_response(method: &Method, body: Bytes, cache: CacheStatus, extra: HeaderMap) -> Response {
     let length = body.len();
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        Body::from(body)
-    };
+    let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.extend(extra);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     with_cache_status(response, cache)
 }
@@ -248,25 +182,11 @@ async fn pass_through(
             headers.insert(name.clone(), value.clone());
         }
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|value| value.as_str())
-        .unwrap_or("/");
-    let end = mirror
-        .upstream()
-        .send(
-            parts.method.clone(),
-            path_and_query,
-            &headers,
-            authorization,
-            body,
-        )
-        .await?;
+    let path_and_query = parts.uri.path_and_query().map(|value| value.as_str()).unwrap_or("/");
+    let end = mirror.upstream().send(parts.method.clone(), path_and_query, &headers, authorization, body).await?;
     let status = end.response.status();
     let origin = public_origin(mirror, &parts.headers);
-    let mut response_headers =
-        forwardable_response_headers(end.response.headers(), mirror.upstream().origins(), &origin);
+    let mut response_headers = forwardable_response_headers(end.response.headers(), mirror.upstream().origins(), &origin);
     let upstream_length = end.response.headers().get(header::CONTENT_LENGTH).cloned();
     if let (Some(path), true) = (resolve_path, status.is_success()) {
         let metadata = &end.metadata;
@@ -281,10 +201,7 @@ async fn pass_through(
             set_header(&mut response_headers, X_LINKED_SIZE, &size.to_string());
         }
         response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        response_headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type_for_path(path)),
-        );
+        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
         response_headers.remove(header::LOCATION);
     }
     let is_json = response_headers
@@ -320,11 +237,7 @@ async fn access(state: &EdgeState, repo: &RepoKey) -> Result<(Access, CacheStatu
     Ok((access, policy_status.min(CacheStatus::Revalidated)))
 }
 
-async fn forward_request(
-    state: &EdgeState,
-    request: Request,
-    resolve_path: Option<&str>,
-) -> Result<Response, HubError> {
+async fn forward_request(state: &EdgeState, request: Request, resolve_path: Option<&str>) -> Result<Response, HubError> {
     let (parts, body) = request.into_parts();
     let body = read_body(&parts, body).await?;
     let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
@@ -332,13 +245,7 @@ async fn forward_request(
 }
 
 /// `/resolve/`: HEAD from the catalog alone; GET from disk, a fill in progress, or a new fill.
-async fn resolve(
-    state: &EdgeState,
-    request: Request,
-    repo: &RepoKey,
-    revision: &str,
-    path: &str,
-) -> Result<Response, HubError> {
+async fn resolve(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
     let mirror = &state.mirror;
     let (access, policy_status) = access(state, repo).await?;
     if access == Access::PassThrough {
@@ -346,29 +253,20 @@ async fn resolve(
     }
     let (commit, ref_status) = mirror.resolve_revision(repo, revision).await?;
     let (manifest, manifest_status) = mirror.manifest(repo, &commit).await?;
-    let entry = manifest
-        .find(path)
-        .filter(|entry| entry.kind == EntryKind::File)
-        .ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let entry = manifest.find(path).filter(|entry| entry.kind == EntryKind::File).ok_or_else(|| HubError::entry_not_found(&commit))?;
     let (etag, size) = (entry.etag().to_owned(), entry.size);
     let metadata_status = policy_status.max(ref_status).max(manifest_status);
 
     let range = if request.method() == Method::GET {
         let header_text = match request.headers().get(header::RANGE) {
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .map_err(|_| HubError::range_not_satisfiable(size))?,
-            ),
+            Some(value) => Some(value.to_str().map_err(|_| HubError::range_not_satisfiable(size))?),
             None => None,
         };
         parse_range(header_text, size)?
     } else {
         None
     };
-    let (start, end) = range
-        .map(|range| (range.start, range.end))
-        .unwrap_or((0, size));
+    let (start, end) = range.map(|range| (range.start, range.end)).unwrap_or((0, size));
 
     let mut headers = HeaderMap::new();
     set_header(&mut headers, X_REPO_COMMIT, &commit);
@@ -376,41 +274,19 @@ async fn resolve(
     set_header(&mut headers, X_LINKED_ETAG, &format!("\"{etag}\""));
     set_header(&mut headers, X_LINKED_SIZE, &size.to_string());
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type_for_path(path)),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if range.is_some() {
-        set_header(
-            &mut headers,
-            "content-range",
-            &format!("bytes {start}-{}/{size}", end - 1),
-        );
+        set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
 
     let (body, cache) = if request.method() == Method::HEAD || start == end {
         (Body::empty(), metadata_status)
     } else {
-        blob_body(
-            mirror,
-            repo,
-            &commit,
-            path,
-            &etag,
-            size,
-            start,
-            end,
-            metadata_status,
-        )
-        .await?
+        blob_body(mirror, repo, &commit, path, &etag, size, start, end, metadata_status).await?
     };
     let mut response = Response::new(body);
-    *response.status_mut() = if range.is_some() {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
+    *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     *response.headers_mut() = headers;
     Ok(with_cache_status(response, cache))
 }
@@ -438,31 +314,15 @@ async fn blob_body(
             }
         }
     }
-    let resolve_path = format!(
-        "/{}{}/resolve/{commit}/{}",
-        repo.repo_type.url_prefix(),
-        repo.repo_id,
-        encode_path(path)
-    );
+    let resolve_path = format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path));
     let source = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path));
-    match store
-        .fill_or_join(etag, size, source.clone())
-        .map_err(HubError::internal)?
-    {
+    match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
         FillOutcome::Stored(blob) => {
-            let stream = stored_blob_stream(&blob, size, start, end)
-                .await
-                .map_err(HubError::internal)?;
+            let stream = stored_blob_stream(&blob, size, start, end).await.map_err(HubError::internal)?;
             Ok((Body::from_stream(stream), metadata_status))
         }
-        FillOutcome::Filling(fill) => Ok((
-            Body::from_stream(fill.reader(start, end)),
-            CacheStatus::Miss,
-        )),
-        FillOutcome::NoRoom => Ok((
-            Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)),
-            CacheStatus::Miss,
-        )),
+        FillOutcome::Filling(fill) => Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss)),
+        FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
     }
 }
 
@@ -474,14 +334,10 @@ async fn stored_blob_stream(
     end: u64,
 ) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
     let path = blob.path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
-        .await
-        .map_err(std::io::Error::other)??;
+    let file = tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(std::io::Error::other)??;
     let length = file.metadata()?.len();
     if length != size || blob.size != size {
-        return Err(std::io::Error::other(format!(
-            "blob has {length} bytes, expected {size}"
-        )));
+        return Err(std::io::Error::other(format!("blob has {length} bytes, expected {size}")));
     }
     Ok(read_range(Arc::new(file), start, end))
 }
@@ -503,19 +359,8 @@ fn direct_stream(
         hasher: Option<ContentHasher>,
         etag: String,
     }
-    let hasher = if start == 0 && end == size {
-        ContentHasher::for_etag(&etag, size)
-    } else {
-        None
-    };
-    let state = Direct {
-        source,
-        stream: None,
-        skip: 0,
-        remaining: end - start,
-        hasher,
-        etag,
-    };
+    let hasher = if start == 0 && end == size { ContentHasher::for_etag(&etag, size) } else { None };
+    let state = Direct { source, stream: None, skip: 0, remaining: end - start, hasher, etag };
     futures_util::stream::unfold(state, move |mut state| async move {
         if state.remaining == 0 {
             return None;
@@ -581,42 +426,24 @@ fn repo_info_variant(query: &str) -> String {
     if flag(&pairs, "securityStatus") {
         parts.push("securityStatus=true".to_owned());
     }
-    let mut expands: Vec<String> = values(&pairs, "expand")
-        .map(|value| format!("expand={}", encode_segment(value)))
-        .collect();
+    let mut expands: Vec<String> = values(&pairs, "expand").map(|value| format!("expand={}", encode_segment(value))).collect();
     expands.sort();
     expands.dedup();
     parts.extend(expands);
     parts.join("&")
 }
 
-async fn repo_info(
-    state: &EdgeState,
-    request: Request,
-    repo: &RepoKey,
-    revision: Option<&str>,
-) -> Result<Response, HubError> {
+async fn repo_info(state: &EdgeState, request: Request, repo: &RepoKey, revision: Option<&str>) -> Result<Response, HubError> {
     let (access, policy_status) = access(state, repo).await?;
     if access == Access::PassThrough {
         return forward_request(state, request, None).await;
     }
     let variant = repo_info_variant(request.uri().query().unwrap_or_default());
     let (body, _commit, status) = state.mirror.repo_info(repo, revision, &variant).await?;
-    Ok(json_response(
-        request.method(),
-        body,
-        status.max(policy_status),
-        HeaderMap::new(),
-    ))
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
 }
 
-async fn tree(
-    state: &EdgeState,
-    request: Request,
-    repo: &RepoKey,
-    revision: &str,
-    path: &str,
-) -> Result<Response, HubError> {
+async fn tree(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
     let (access, policy_status) = access(state, repo).await?;
     if access == Access::PassThrough {
         return forward_request(state, request, None).await;
@@ -630,34 +457,21 @@ async fn tree(
         return pass_through(state, &parts, None, None, None).await;
     }
     let cursor = match values(&pairs, "cursor").next() {
-        Some(text) => text
-            .parse::<usize>()
-            .map_err(|_| HubError::bad_request("Invalid cursor"))?,
+        Some(text) => text.parse::<usize>().map_err(|_| HubError::bad_request("Invalid cursor"))?,
         None => 0,
     };
     let mirror = &state.mirror;
     let (commit, ref_status) = mirror.resolve_revision(repo, revision).await?;
     let (manifest, manifest_status) = mirror.manifest(repo, &commit).await?;
-    let listed = manifest
-        .list(path, recursive)
-        .ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
     let page_size = mirror.config().tree_page_size;
-    let page: Vec<Value> = listed
-        .iter()
-        .skip(cursor)
-        .take(page_size)
-        .map(|entry| tree_entry_json(entry))
-        .collect();
+    let page: Vec<Value> = listed.iter().skip(cursor).take(page_size).map(|entry| tree_entry_json(entry)).collect();
     let mut extra = HeaderMap::new();
     let next = cursor.saturating_add(page_size);
     if next < listed.len() {
         // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
         let origin = public_origin(mirror, request.headers());
-        let path_part = if path.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", encode_segment(path))
-        };
+        let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
         let link = format!(
             "<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={next}>; rel=\"next\"",
             api_repo_path(repo)
@@ -665,25 +479,15 @@ async fn tree(
         set_header(&mut extra, "link", &link);
     }
     let body = serde_json::to_vec(&page).map_err(HubError::internal)?;
-    Ok(json_response(
-        request.method(),
-        Bytes::from(body),
-        policy_status.max(ref_status).max(manifest_status),
-        extra,
-    ))
+    Ok(json_response(request.method(), Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
 }
 
 /// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON.
 fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, bool), HubError> {
     if content_type.starts_with("application/json") {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
+        let value: Value = serde_json::from_slice(body).map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
         let paths = match value.get("paths") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             Some(Value::String(single)) => vec![single.clone()],
             _ => return Err(HubError::bad_request("Body must have a 'paths' list")),
         };
@@ -696,18 +500,10 @@ fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, b
     }
     let text = std::str::from_utf8(body).map_err(|_| HubError::bad_request("Body is not UTF-8"))?;
     let pairs = parse_pairs(text);
-    Ok((
-        values(&pairs, "paths").map(str::to_owned).collect(),
-        flag(&pairs, "expand"),
-    ))
+    Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
 }
 
-async fn paths_info(
-    state: &EdgeState,
-    request: Request,
-    repo: &RepoKey,
-    revision: &str,
-) -> Result<Response, HubError> {
+async fn paths_info(state: &EdgeState, request: Request, repo: &RepoKey, revision: &str) -> Result<Response, HubError> {
     // The body is bounded and read first, so an oversized one is refused before any upstream work.
     let (parts, body) = request.into_parts();
     let body = read_body(&parts, body).await?.unwrap_or_default();
@@ -716,11 +512,7 @@ async fn paths_info(
         let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
         return pass_through(state, &parts, Some(body), authorization.as_ref(), None).await;
     }
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
     let (paths, expand) = paths_info_request(content_type, &body)?;
     if expand {
         return pass_through(state, &parts, Some(body), None, None).await;
@@ -737,12 +529,7 @@ async fn paths_info(
         .map(tree_entry_json)
         .collect();
     let body = serde_json::to_vec(&found).map_err(HubError::internal)?;
-    Ok(json_response(
-        &Method::GET,
-        Bytes::from(body),
-        policy_status.max(ref_status).max(manifest_status),
-        HeaderMap::new(),
-    ))
+    Ok(json_response(&Method::GET, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), HeaderMap::new()))
 }
 
 async fn refs(state: &EdgeState, request: Request, repo: &RepoKey) -> Result<Response, HubError> {
@@ -750,20 +537,9 @@ async fn refs(state: &EdgeState, request: Request, repo: &RepoKey) -> Result<Res
     if access == Access::PassThrough {
         return forward_request(state, request, None).await;
     }
-    let include_pull_requests = flag(
-        &parse_pairs(request.uri().query().unwrap_or_default()),
-        "include_prs",
-    );
-    let (body, status) = state
-        .mirror
-        .refs_listing(repo, include_pull_requests)
-        .await?;
-    Ok(json_response(
-        request.method(),
-        body,
-        status.max(policy_status),
-        HeaderMap::new(),
-    ))
+    let include_pull_requests = flag(&parse_pairs(request.uri().query().unwrap_or_default()), "include_prs");
+    let (body, status) = state.mirror.refs_listing(repo, include_pull_requests).await?;
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
 }
 
 #[cfg(test)]
@@ -780,15 +556,8 @@ mod tests {
         let mut config = NodeConfig::embedded_default();
         config.data_dir = directory.to_path_buf();
         config.upstream = "http://127.0.0.1:9".into();
-        let catalog =
-            hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
-        let store = BlobStore::open(
-            directory,
-            None,
-            0,
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap();
+        let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
+        let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
         router(Mirror::new(config, Arc::new(catalog), upstream, store))
     }
@@ -802,11 +571,7 @@ mod tests {
     }
 
     fn error_code(response: &Response) -> &str {
-        response
-            .headers()
-            .get("x-error-code")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
+        response.headers().get("x-error-code").and_then(|value| value.to_str().ok()).unwrap_or("")
     }
 
     #[tokio::test]
@@ -827,29 +592,17 @@ mod tests {
             assert_eq!(error_code(&response), code, "{uri}");
             assert!(response.headers().contains_key("x-error-message"));
             assert!(response.headers().contains_key(X_CACHE));
-            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-                .await
-                .unwrap();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
             let json: Value = serde_json::from_slice(&body).unwrap();
             assert!(json["error"].is_string(), "{uri}");
         }
-        let huge = http::Request::get("/org/model/resolve/main/config.json")
-            .header("x-big", "a".repeat(64 << 10))
-            .body(Body::empty())
-            .unwrap();
+        let huge =
+            http::Request::get("/org/model/resolve/main/config.json").header("x-big", "a".repeat(64 << 10)).body(Body::empty()).unwrap();
         let response = send(&router, huge).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
+        assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert_eq!(error_code(&response), "HeadersTooLarge");
-        let post = http::Request::post("/org/model/resolve/main/config.json")
-            .body(Body::empty())
-            .unwrap();
-        assert_eq!(
-            send(&router, post).await.status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        let post = http::Request::post("/org/model/resolve/main/config.json").body(Body::empty()).unwrap();
+        assert_eq!(send(&router, post).await.status(), StatusCode::METHOD_NOT_ALLOWED);
         let oversized = http::Request::post("/api/models/org/model/paths-info/main")
             .header("content-type", "application/json")
             .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
@@ -858,10 +611,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error_code(&response), "PayloadTooLarge");
         // The node keeps answering after all of that.
-        assert_eq!(
-            send(&router, get("/healthz")).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(send(&router, get("/healthz")).await.status(), StatusCode::OK);
     }
 
     #[tokio::test]
@@ -879,34 +629,16 @@ mod tests {
         assert_eq!(repo_info_variant(""), "");
         assert_eq!(repo_info_variant("blobs=True"), "blobs=true");
         assert_eq!(repo_info_variant("blobs=false&unknown=1"), "");
-        assert_eq!(
-            repo_info_variant("expand=siblings&expand=sha&expand=sha"),
-            "expand=sha&expand=siblings"
-        );
-        assert_eq!(
-            repo_info_variant("expand[]=a%20b&securityStatus=1"),
-            "securityStatus=true&expand=a%20b"
-        );
+        assert_eq!(repo_info_variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
+        assert_eq!(repo_info_variant("expand[]=a%20b&securityStatus=1"), "securityStatus=true&expand=a%20b");
     }
 
     #[test]
     fn paths_info_accepts_form_and_json_bodies() {
-        let (paths, expand) = paths_info_request(
-            "application/x-www-form-urlencoded",
-            b"paths=config.json&paths=sub&expand=False",
-        )
-        .unwrap();
-        assert_eq!(
-            (paths, expand),
-            (vec!["config.json".to_owned(), "sub".to_owned()], false)
-        );
-        let (paths, expand) =
-            paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#)
-                .unwrap();
-        assert_eq!(
-            (paths, expand),
-            (vec!["a".to_owned(), "b".to_owned()], true)
-        );
+        let (paths, expand) = paths_info_request("application/x-www-form-urlencoded", b"paths=config.json&paths=sub&expand=False").unwrap();
+        assert_eq!((paths, expand), (vec!["config.json".to_owned(), "sub".to_owned()], false));
+        let (paths, expand) = paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#).unwrap();
+        assert_eq!((paths, expand), (vec!["a".to_owned(), "b".to_owned()], true));
         assert!(paths_info_request("application/json", b"{not json").is_err());
         assert!(paths_info_request("application/json", br#"{"paths": 3}"#).is_err());
         assert!(paths_info_request("", &[0xff, 0xfe]).is_err());

@@ -9,20 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(
-    name = "hf-mirror",
-    version,
-    about = "A federated, read-through mirror of the Hugging Face Hub"
-)]
+#[command(name = "hf-mirror", version, about = "A federated, read-through mirror of the Hugging Face Hub")]
 struct Cli {
     /// Log format on standard error.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "human",
-        env = "HF_MIRROR_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "human", env = "HF_MIRROR_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -79,8 +69,8 @@ struct ServeArgs {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -112,11 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Some(config::read_topology(path)?),
         None => None,
     };
-    let origin = args
-        .config
-        .as_ref()
-        .map(|path| path.display().to_string())
-        .unwrap_or_default();
+    let origin = args.config.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -128,16 +114,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args.public_url,
         tree_page_size: args.tree_page_size,
     };
-    let node_config = config::resolve(
-        topology
-            .as_ref()
-            .map(|topology| (topology, origin.as_str())),
-        args.node.as_deref(),
-        &overrides,
-    )?;
-    let listener = tokio::net::TcpListener::bind(node_config.listen)
-        .await
-        .with_context(|| format!("binding {}", node_config.listen))?;
+    let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
+    let listener = tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     hfm_node::serve::run(node_config, listener, shutdown).await
@@ -146,10 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("hf-mirror: cannot start the runtime: {error}");

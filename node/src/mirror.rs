@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{
-    Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord,
-};
+use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord};
 use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
 use serde_json::Value;
 use tracing::{debug, warn};
@@ -59,10 +57,7 @@ pub enum Access {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn is_fresh(checked_at_ms: u64, ttl: Duration) -> bool {
@@ -96,12 +91,7 @@ pub fn api_repo_path(repo: &RepoKey) -> String {
 }
 
 impl Mirror {
-    pub fn new(
-        config: NodeConfig,
-        catalog: Arc<dyn Catalog>,
-        upstream: Upstream,
-        store: BlobStore,
-    ) -> Mirror {
+    pub fn new(config: NodeConfig, catalog: Arc<dyn Catalog>, upstream: Upstream, store: BlobStore) -> Mirror {
         Mirror {
             inner: Arc::new(MirrorInner {
                 config,
@@ -134,18 +124,9 @@ impl Mirror {
         if matches!(repo.repo_type, RepoType::Space | RepoType::Kernel) {
             return Ok((Access::PassThrough, CacheStatus::Miss));
         }
-        let cached = self
-            .inner
-            .catalog
-            .get_policy(repo)
-            .await
-            .map_err(catalog_error)?;
+        let cached = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)?;
         let access_of = |record: &PolicyRecord| {
-            if record.cacheable {
-                Access::Cacheable
-            } else {
-                Access::PassThrough
-            }
+            if record.cacheable { Access::Cacheable } else { Access::PassThrough }
         };
         if let Some(record) = &cached {
             if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
@@ -155,11 +136,7 @@ impl Mirror {
         let mirror = self.clone();
         let key = format!("policy\0{repo}");
         let repo_owned = repo.clone();
-        let (fetched, _) = self
-            .inner
-            .policies
-            .run(key, async move { mirror.fetch_policy(&repo_owned).await })
-            .await;
+        let (fetched, _) = self.inner.policies.run(key, async move { mirror.fetch_policy(&repo_owned).await }).await;
         match (fetched, cached) {
             (Ok(record), _) => Ok((access_of(&record), CacheStatus::Revalidated)),
             (Err(error), Some(stale)) if error.is_upstream_outage() => {
@@ -173,38 +150,18 @@ impl Mirror {
     async fn fetch_policy(&self, repo: &RepoKey) -> Result<PolicyRecord, HubError> {
         // A flight that finished between our caller's catalog read and the start of this one has
         // already done the work.
-        if let Some(record) = self
-            .inner
-            .catalog
-            .get_policy(repo)
-            .await
-            .map_err(catalog_error)?
-        {
+        if let Some(record) = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)? {
             if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
                 return Ok(record);
             }
         }
-        let reply = self
-            .inner
-            .upstream
-            .get_buffered(&api_repo_path(repo), None)
-            .await?;
+        let reply = self.inner.upstream.get_buffered(&api_repo_path(repo), None).await?;
         let (cacheable, reason) = if reply.status.is_success() {
-            let info: Value = serde_json::from_slice(&reply.body).map_err(|error| {
-                HubError::upstream_invalid(format!("repo info is not JSON: {error}"))
-            })?;
-            let private = info
-                .get("private")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let gated = !matches!(
-                info.get("gated"),
-                None | Some(Value::Null) | Some(Value::Bool(false))
-            );
-            let disabled = info
-                .get("disabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let info: Value = serde_json::from_slice(&reply.body)
+                .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+            let private = info.get("private").and_then(Value::as_bool).unwrap_or(false);
+            let gated = !matches!(info.get("gated"), None | Some(Value::Null) | Some(Value::Bool(false)));
+            let disabled = info.get("disabled").and_then(Value::as_bool).unwrap_or(false);
             if private {
                 (false, "private")
             } else if gated {
@@ -213,93 +170,46 @@ impl Mirror {
                 (false, "disabled")
             } else {
                 // The answer is also the default branch's repo info: keep it.
-                self.record_revision_reply(repo, DEFAULT_REVISION, &reply)
-                    .await?;
+                self.record_revision_reply(repo, DEFAULT_REVISION, &reply).await?;
                 (true, "public")
             }
         } else if matches!(reply.status.as_u16(), 401 | 403 | 404 | 410) {
             (false, "private or missing")
         } else {
-            return Err(HubError::from_upstream(
-                reply.status,
-                &reply.headers,
-                &reply.body,
-            ));
+            return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
         };
-        let record = PolicyRecord {
-            cacheable,
-            reason: reason.to_owned(),
-            checked_at_ms: now_ms(),
-        };
+        let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
         debug!(%repo, cacheable, reason, "repo policy checked");
-        self.inner
-            .catalog
-            .put_policy(repo, record.clone())
-            .await
-            .map_err(catalog_error)?;
+        self.inner.catalog.put_policy(repo, record.clone()).await.map_err(catalog_error)?;
         Ok(record)
     }
 
     /// Stores a successful repo-info answer of a revision: its commit as the ref, and its body as the
     /// commit's repo info. Returns the commit.
-    async fn record_revision_reply(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-        reply: &BufferedReply,
-    ) -> Result<String, HubError> {
-        let mut info: Value = serde_json::from_slice(&reply.body).map_err(|error| {
-            HubError::upstream_invalid(format!("repo info is not JSON: {error}"))
-        })?;
-        let commit = info
-            .get("sha")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+    async fn record_revision_reply(&self, repo: &RepoKey, revision: &str, reply: &BufferedReply) -> Result<String, HubError> {
+        let mut info: Value =
+            serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+        let commit = info.get("sha").and_then(Value::as_str).unwrap_or_default().to_owned();
         if !is_commit_sha(&commit) {
-            return Err(HubError::upstream_invalid(format!(
-                "repo info of {repo} has no valid sha"
-            )));
+            return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
         }
         strip_xet_fields(&mut info);
         let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
         let catalog = &self.inner.catalog;
-        catalog
-            .put_repo_info(repo, &commit, "", body)
-            .await
-            .map_err(catalog_error)?;
+        catalog.put_repo_info(repo, &commit, "", body).await.map_err(catalog_error)?;
         if !is_commit_sha(revision) {
-            catalog
-                .put_ref(
-                    repo,
-                    revision,
-                    RefRecord {
-                        commit: commit.clone(),
-                        checked_at_ms: now_ms(),
-                    },
-                )
-                .await
-                .map_err(catalog_error)?;
+            catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await.map_err(catalog_error)?;
         }
         Ok(commit)
     }
 
     /// Resolves a revision to a commit: a full sha is final; a branch or tag comes from the catalog
     /// while fresh, is revalidated upstream when stale, and is served stale when upstream is down.
-    pub async fn resolve_revision(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-    ) -> Result<(String, CacheStatus), HubError> {
+    pub async fn resolve_revision(&self, repo: &RepoKey, revision: &str) -> Result<(String, CacheStatus), HubError> {
         if is_commit_sha(revision) {
             return Ok((revision.to_owned(), CacheStatus::Hit));
         }
-        let cached = self
-            .inner
-            .catalog
-            .get_ref(repo, revision)
-            .await
-            .map_err(catalog_error)?;
+        let cached = self.inner.catalog.get_ref(repo, revision).await.map_err(catalog_error)?;
         if let Some(record) = &cached {
             if is_fresh(record.checked_at_ms, self.inner.config.ref_ttl) {
                 return Ok((record.commit.clone(), CacheStatus::Hit));
@@ -313,11 +223,7 @@ impl Mirror {
             .refs
             .run(key, async move {
                 let catalog = &mirror.inner.catalog;
-                if let Some(record) = catalog
-                    .get_ref(&repo_owned, &revision_owned)
-                    .await
-                    .map_err(catalog_error)?
-                {
+                if let Some(record) = catalog.get_ref(&repo_owned, &revision_owned).await.map_err(catalog_error)? {
                     if is_fresh(record.checked_at_ms, mirror.inner.config.ref_ttl) {
                         return Ok(record.commit);
                     }
@@ -325,23 +231,13 @@ impl Mirror {
                 let path = if revision_owned == DEFAULT_REVISION {
                     api_repo_path(&repo_owned)
                 } else {
-                    format!(
-                        "{}/revision/{}",
-                        api_repo_path(&repo_owned),
-                        encode_segment(&revision_owned)
-                    )
+                    format!("{}/revision/{}", api_repo_path(&repo_owned), encode_segment(&revision_owned))
                 };
                 let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
                 if !reply.status.is_success() {
-                    return Err(HubError::from_upstream(
-                        reply.status,
-                        &reply.headers,
-                        &reply.body,
-                    ));
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
                 }
-                mirror
-                    .record_revision_reply(&repo_owned, &revision_owned, &reply)
-                    .await
+                mirror.record_revision_reply(&repo_owned, &revision_owned, &reply).await
             })
             .await;
         match (fetched, cached) {
@@ -356,69 +252,31 @@ impl Mirror {
     }
 
     /// Returns the full file list of a commit, fetching every tree page once when it is not known.
-    pub async fn manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-    ) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
+    pub async fn manifest(&self, repo: &RepoKey, commit: &str) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
         debug_assert!(is_commit_sha(commit));
-        if let Some(manifest) = self
-            .inner
-            .catalog
-            .get_manifest(repo, commit)
-            .await
-            .map_err(catalog_error)?
-        {
+        if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
             return Ok((manifest, CacheStatus::Hit));
         }
         let mirror = self.clone();
         let key = format!("manifest\0{repo}\0{commit}");
         let (repo_owned, commit_owned) = (repo.clone(), commit.to_owned());
-        let (fetched, _) = self
-            .inner
-            .manifests
-            .run(key, async move {
-                mirror.fetch_manifest(&repo_owned, &commit_owned).await
-            })
-            .await;
+        let (fetched, _) = self.inner.manifests.run(key, async move { mirror.fetch_manifest(&repo_owned, &commit_owned).await }).await;
         fetched.map(|manifest| (manifest, CacheStatus::Miss))
     }
 
-    async fn fetch_manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-    ) -> Result<Arc<Manifest>, HubError> {
-        if let Some(manifest) = self
-            .inner
-            .catalog
-            .get_manifest(repo, commit)
-            .await
-            .map_err(catalog_error)?
-        {
+    async fn fetch_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Arc<Manifest>, HubError> {
+        if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
             return Ok(manifest);
         }
-        let mut path_and_query = format!(
-            "{}/tree/{commit}?recursive=true&expand=false",
-            api_repo_path(repo)
-        );
+        let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
         let mut entries: Vec<ManifestEntry> = Vec::new();
         for _ in 0..MAX_TREE_PAGES {
-            let reply = self
-                .inner
-                .upstream
-                .get_buffered(&path_and_query, None)
-                .await?;
+            let reply = self.inner.upstream.get_buffered(&path_and_query, None).await?;
             if !reply.status.is_success() {
-                return Err(HubError::from_upstream(
-                    reply.status,
-                    &reply.headers,
-                    &reply.body,
-                ));
+                return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
             }
-            let page: Vec<Value> = serde_json::from_slice(&reply.body).map_err(|error| {
-                HubError::upstream_invalid(format!("tree page is not a JSON array: {error}"))
-            })?;
+            let page: Vec<Value> = serde_json::from_slice(&reply.body)
+                .map_err(|error| HubError::upstream_invalid(format!("tree page is not a JSON array: {error}")))?;
             for value in &page {
                 entries.push(parse_tree_entry(value).map_err(HubError::upstream_invalid)?);
             }
@@ -426,12 +284,7 @@ impl Mirror {
                 Some(next) => path_and_query = next,
                 None => {
                     let manifest = Manifest::new(entries);
-                    return self
-                        .inner
-                        .catalog
-                        .put_manifest(repo, commit, manifest)
-                        .await
-                        .map_err(catalog_error);
+                    return self.inner.catalog.put_manifest(repo, commit, manifest).await.map_err(catalog_error);
                 }
             }
         }
@@ -439,38 +292,20 @@ impl Mirror {
     }
 
     /// Returns the repo-info JSON of a revision (`None`: the default branch) for one query variant.
-    pub async fn repo_info(
-        &self,
-        repo: &RepoKey,
-        revision: Option<&str>,
-        variant: &str,
-    ) -> Result<(Bytes, String, CacheStatus), HubError> {
-        let (commit, resolved) = self
-            .resolve_revision(repo, revision.unwrap_or(DEFAULT_REVISION))
-            .await?;
-        if let Some(body) = self
-            .inner
-            .catalog
-            .get_repo_info(repo, &commit, variant)
-            .await
-            .map_err(catalog_error)?
-        {
+    pub async fn repo_info(&self, repo: &RepoKey, revision: Option<&str>, variant: &str) -> Result<(Bytes, String, CacheStatus), HubError> {
+        let (commit, resolved) = self.resolve_revision(repo, revision.unwrap_or(DEFAULT_REVISION)).await?;
+        if let Some(body) = self.inner.catalog.get_repo_info(repo, &commit, variant).await.map_err(catalog_error)? {
             return Ok((Bytes::from(body), commit, resolved));
         }
         let mirror = self.clone();
         let key = format!("info\0{repo}\0{commit}\0{variant}");
-        let (repo_owned, commit_owned, variant_owned) =
-            (repo.clone(), commit.clone(), variant.to_owned());
+        let (repo_owned, commit_owned, variant_owned) = (repo.clone(), commit.clone(), variant.to_owned());
         let (fetched, _) = self
             .inner
             .documents
             .run(key, async move {
-                if let Some(body) = mirror
-                    .inner
-                    .catalog
-                    .get_repo_info(&repo_owned, &commit_owned, &variant_owned)
-                    .await
-                    .map_err(catalog_error)?
+                if let Some(body) =
+                    mirror.inner.catalog.get_repo_info(&repo_owned, &commit_owned, &variant_owned).await.map_err(catalog_error)?
                 {
                     return Ok(Bytes::from(body));
                 }
@@ -480,15 +315,10 @@ impl Mirror {
                 }
                 let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
                 if !reply.status.is_success() {
-                    return Err(HubError::from_upstream(
-                        reply.status,
-                        &reply.headers,
-                        &reply.body,
-                    ));
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
                 }
-                let mut info: Value = serde_json::from_slice(&reply.body).map_err(|error| {
-                    HubError::upstream_invalid(format!("repo info is not JSON: {error}"))
-                })?;
+                let mut info: Value = serde_json::from_slice(&reply.body)
+                    .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
                 strip_xet_fields(&mut info);
                 let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
                 mirror
@@ -505,18 +335,9 @@ impl Mirror {
 
     /// Returns the refs listing of a repo; mutable, so cached under the ref TTL and served stale
     /// when upstream is down.
-    pub async fn refs_listing(
-        &self,
-        repo: &RepoKey,
-        include_pull_requests: bool,
-    ) -> Result<(Bytes, CacheStatus), HubError> {
+    pub async fn refs_listing(&self, repo: &RepoKey, include_pull_requests: bool) -> Result<(Bytes, CacheStatus), HubError> {
         let key = format!("refs\0{repo}\0{include_pull_requests}");
-        let cached = self
-            .inner
-            .catalog
-            .get_document(&key)
-            .await
-            .map_err(catalog_error)?;
+        let cached = self.inner.catalog.get_document(&key).await.map_err(catalog_error)?;
         if let Some(record) = &cached {
             if is_fresh(record.checked_at_ms, self.inner.config.ref_ttl) {
                 return Ok((Bytes::from(record.body.clone()), CacheStatus::Hit));
@@ -528,13 +349,7 @@ impl Mirror {
             .inner
             .documents
             .run(key, async move {
-                if let Some(record) = mirror
-                    .inner
-                    .catalog
-                    .get_document(&key_owned)
-                    .await
-                    .map_err(catalog_error)?
-                {
+                if let Some(record) = mirror.inner.catalog.get_document(&key_owned).await.map_err(catalog_error)? {
                     if is_fresh(record.checked_at_ms, mirror.inner.config.ref_ttl) {
                         return Ok(Bytes::from(record.body));
                     }
@@ -545,27 +360,14 @@ impl Mirror {
                 }
                 let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
                 if !reply.status.is_success() {
-                    return Err(HubError::from_upstream(
-                        reply.status,
-                        &reply.headers,
-                        &reply.body,
-                    ));
+                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
                 }
-                let mut listing: Value = serde_json::from_slice(&reply.body).map_err(|error| {
-                    HubError::upstream_invalid(format!("refs listing is not JSON: {error}"))
-                })?;
+                let mut listing: Value = serde_json::from_slice(&reply.body)
+                    .map_err(|error| HubError::upstream_invalid(format!("refs listing is not JSON: {error}")))?;
                 strip_xet_fields(&mut listing);
                 let body = serde_json::to_vec(&listing).map_err(HubError::internal)?;
-                let record = DocumentRecord {
-                    body: body.clone(),
-                    checked_at_ms: now_ms(),
-                };
-                mirror
-                    .inner
-                    .catalog
-                    .put_document(&key_owned, record)
-                    .await
-                    .map_err(catalog_error)?;
+                let record = DocumentRecord { body: body.clone(), checked_at_ms: now_ms() };
+                mirror.inner.catalog.put_document(&key_owned, record).await.map_err(catalog_error)?;
                 Ok(Bytes::from(body))
             })
             .await;
@@ -609,14 +411,8 @@ mod tests {
 
     #[test]
     fn cache_statuses_combine_to_the_most_upstream_work() {
-        assert_eq!(
-            CacheStatus::Hit.max(CacheStatus::Revalidated),
-            CacheStatus::Revalidated
-        );
-        assert_eq!(
-            CacheStatus::Revalidated.max(CacheStatus::Miss),
-            CacheStatus::Miss
-        );
+        assert_eq!(CacheStatus::Hit.max(CacheStatus::Revalidated), CacheStatus::Revalidated);
+        assert_eq!(CacheStatus::Revalidated.max(CacheStatus::Miss), CacheStatus::Miss);
         assert_eq!(CacheStatus::Hit.max(CacheStatus::Hit).as_str(), "HIT");
     }
 
@@ -625,12 +421,11 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::LINK,
-            http::HeaderValue::from_static("<https://huggingface.co/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK>; rel=\"next\""),
+            http::HeaderValue::from_static(
+                "<https://huggingface.co/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK>; rel=\"next\"",
+            ),
         );
-        assert_eq!(
-            next_link_path(&headers).unwrap(),
-            "/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK"
-        );
+        assert_eq!(next_link_path(&headers).unwrap(), "/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK");
         assert!(next_link_path(&http::HeaderMap::new()).is_none());
     }
 }

@@ -24,23 +24,12 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 ///
 /// Prints `node NAME http://ADDR` on standard output once it accepts connections; scripts and the
 /// test harnesses wait for that line.
-pub async fn run(
-    config: NodeConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let catalog =
-        LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
+pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let catalog = LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
     let store_shutdown = shutdown.child_token();
-    let store = BlobStore::open(
-        &config.data_dir,
-        config.max_disk,
-        config.min_free_disk,
-        store_shutdown.clone(),
-    )
-    .context("opening the blob store")?;
+    let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
+        .context("opening the blob store")?;
     let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
     let mirror = Mirror::new(config.clone(), Arc::new(catalog), upstream, store.clone());
     let app = edge::router(mirror);
@@ -61,8 +50,7 @@ pub async fn run(
             warn!(%error, "cannot set TCP_NODELAY");
         }
     });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
     let cut_off = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE_PERIOD).await;

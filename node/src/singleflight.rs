@@ -20,9 +20,7 @@ pub struct SingleFlight<V: Clone + Send + Sync + 'static> {
 
 impl<V: Clone + Send + Sync + 'static> Default for SingleFlight<V> {
     fn default() -> Self {
-        SingleFlight {
-            flights: Mutex::new(HashMap::new()),
-        }
+        SingleFlight { flights: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -39,12 +37,7 @@ impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
                 Some(flight) => (flight.clone(), true),
                 None => {
                     let task = tokio::spawn(work);
-                    let flight = async move {
-                        task.await
-                            .unwrap_or_else(|error| Err(HubError::internal(error)))
-                    }
-                    .boxed()
-                    .shared();
+                    let flight = async move { task.await.unwrap_or_else(|error| Err(HubError::internal(error))) }.boxed().shared();
                     flights.insert(key.clone(), flight.clone());
                     (flight, false)
                 }
@@ -52,10 +45,7 @@ impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
         };
         let result = flight.clone().await;
         let mut flights = self.flights.lock().expect("single-flight map poisoned");
-        if flights
-            .get(&key)
-            .is_some_and(|current| current.ptr_eq(&flight))
-        {
+        if flights.get(&key).is_some_and(|current| current.ptr_eq(&flight)) {
             flights.remove(&key);
         }
         (result, joined)

@@ -49,19 +49,12 @@ pub struct FileMetadata {
 
 impl FileMetadata {
     fn absorb(&mut self, headers: &HeaderMap) {
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::trim)
-        };
+        let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
         if self.commit.is_none() {
             self.commit = text(X_REPO_COMMIT).map(str::to_owned);
         }
         if self.etag.is_none() {
-            self.etag = text(X_LINKED_ETAG)
-                .or_else(|| text(header::ETAG.as_str()))
-                .map(normalize_etag);
+            self.etag = text(X_LINKED_ETAG).or_else(|| text(header::ETAG.as_str())).map(normalize_etag);
         }
         if self.size.is_none() {
             self.size = text(X_LINKED_SIZE).and_then(|size| size.parse().ok());
@@ -71,10 +64,7 @@ impl FileMetadata {
 
 /// Strips `W/` and quotes from an etag, as the clients do.
 pub fn normalize_etag(raw: &str) -> String {
-    raw.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .to_ascii_lowercase()
+    raw.trim().trim_start_matches("W/").trim_matches('"').to_ascii_lowercase()
 }
 
 /// The final response of a redirect chain, with the metadata collected on the way.
@@ -88,9 +78,7 @@ pub struct ChainEnd {
 }
 
 fn same_origin(left: &Url, right: &Url) -> bool {
-    left.scheme() == right.scheme()
-        && left.host_str() == right.host_str()
-        && left.port_or_known_default() == right.port_or_known_default()
+    left.scheme() == right.scheme() && left.host_str() == right.host_str() && left.port_or_known_default() == right.port_or_known_default()
 }
 
 /// Maps a transport failure to the Hub error the client sees.
@@ -127,11 +115,7 @@ impl Upstream {
                 origins.push(hub.to_owned());
             }
         }
-        Ok(Upstream {
-            client,
-            base: base.trim_end_matches('/').to_owned(),
-            origins: Arc::new(origins),
-        })
+        Ok(Upstream { client, base: base.trim_end_matches('/').to_owned(), origins: Arc::new(origins) })
     }
 
     pub fn base(&self) -> &str {
@@ -157,8 +141,7 @@ impl Upstream {
         body: Option<Bytes>,
     ) -> Result<ChainEnd, HubError> {
         let url = self.url(path_and_query)?;
-        self.send_url(method, url, headers, authorization, body)
-            .await
+        self.send_url(method, url, headers, authorization, body).await
     }
 
     async fn send_url(
@@ -174,10 +157,7 @@ impl Upstream {
         let mut method = method;
         let mut body = body;
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
+            let mut request = self.client.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(value) = &authorization {
                 request = request.header(header::AUTHORIZATION, value.clone());
             }
@@ -186,25 +166,17 @@ impl Upstream {
             }
             let response = request.send().await.map_err(unreachable)?;
             let status = response.status();
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned);
+            let location = response.headers().get(header::LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
             match (status.is_redirection(), location) {
                 (true, Some(location)) => {
                     metadata.absorb(response.headers());
-                    let next = url.join(&location).map_err(|error| {
-                        HubError::upstream_invalid(format!("bad redirect {location:?}: {error}"))
-                    })?;
+                    let next =
+                        url.join(&location).map_err(|error| HubError::upstream_invalid(format!("bad redirect {location:?}: {error}")))?;
                     if !same_origin(&url, &next) {
                         // Never hand the caller's token to a CDN or any other origin.
                         authorization = None;
                     }
-                    if matches!(
-                        status,
-                        StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER
-                    ) && method == Method::POST
+                    if matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER) && method == Method::POST
                     {
                         method = Method::GET;
                         body = None;
@@ -214,12 +186,7 @@ impl Upstream {
                 }
                 _ => {
                     metadata.absorb(response.headers());
-                    return Ok(ChainEnd {
-                        response,
-                        metadata,
-                        final_url: url,
-                        authorized: authorization.is_some(),
-                    });
+                    return Ok(ChainEnd { response, metadata, final_url: url, authorized: authorization.is_some() });
                 }
             }
         }
@@ -227,20 +194,8 @@ impl Upstream {
     }
 
     /// Sends a GET and reads the whole answer, whatever its status.
-    pub async fn get_buffered(
-        &self,
-        path_and_query: &str,
-        authorization: Option<&HeaderValue>,
-    ) -> Result<BufferedReply, HubError> {
-        let end = self
-            .send(
-                Method::GET,
-                path_and_query,
-                &HeaderMap::new(),
-                authorization,
-                None,
-            )
-            .await?;
+    pub async fn get_buffered(&self, path_and_query: &str, authorization: Option<&HeaderValue>) -> Result<BufferedReply, HubError> {
+        let end = self.send(Method::GET, path_and_query, &HeaderMap::new(), authorization, None).await?;
         read_buffered(end.response).await
     }
 
@@ -248,13 +203,9 @@ impl Upstream {
     async fn open_bytes(&self, url: &Url, offset: u64) -> Result<ChainEnd, HubError> {
         let mut headers = HeaderMap::new();
         if offset > 0 {
-            headers.insert(
-                header::RANGE,
-                HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii range"),
-            );
+            headers.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii range"));
         }
-        self.send_url(Method::GET, url.clone(), &headers, None, None)
-            .await
+        self.send_url(Method::GET, url.clone(), &headers, None, None).await
     }
 }
 
@@ -271,11 +222,7 @@ pub async fn read_buffered(response: reqwest::Response) -> Result<BufferedReply,
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(BufferedReply {
-        status,
-        headers,
-        body: Bytes::from(body),
-    })
+    Ok(BufferedReply { status, headers, body: Bytes::from(body) })
 }
 
 /// A blob fetched from upstream's `/resolve/{commit}/{path}`, anonymously; after the first open the
@@ -288,19 +235,12 @@ pub struct UpstreamBlob {
 
 impl UpstreamBlob {
     pub fn new(upstream: Upstream, resolve_path: String) -> UpstreamBlob {
-        UpstreamBlob {
-            upstream,
-            resolve_path,
-            final_url: Mutex::new(None),
-        }
+        UpstreamBlob { upstream, resolve_path, final_url: Mutex::new(None) }
     }
 }
 
 fn classify(status: StatusCode) -> fn(String) -> SourceError {
-    if status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-    {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
         SourceError::Transient
     } else {
         SourceError::Permanent
@@ -313,37 +253,22 @@ pub fn byte_stream(end: ChainEnd, offset: u64) -> Result<(u64, ByteStream), Sour
     let start = match status {
         StatusCode::OK => 0,
         StatusCode::PARTIAL_CONTENT => {
-            let content_range = end
-                .response
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
+            let content_range = end.response.headers().get(header::CONTENT_RANGE).and_then(|value| value.to_str().ok()).unwrap_or_default();
             let start = content_range
                 .strip_prefix("bytes ")
                 .and_then(|rest| rest.split('-').next())
                 .and_then(|start| start.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    SourceError::Transient(format!("bad Content-Range {content_range:?}"))
-                })?;
+                .ok_or_else(|| SourceError::Transient(format!("bad Content-Range {content_range:?}")))?;
             if start > offset {
-                return Err(SourceError::Transient(format!(
-                    "asked for byte {offset}, got {start}"
-                )));
+                return Err(SourceError::Transient(format!("asked for byte {offset}, got {start}")));
             }
             start
         }
         other => {
-            return Err(classify(other)(format!(
-                "upstream answered {}",
-                other.as_u16()
-            )));
+            return Err(classify(other)(format!("upstream answered {}", other.as_u16())));
         }
     };
-    let stream = end
-        .response
-        .bytes_stream()
-        .map(|chunk| chunk.map_err(|error| SourceError::Transient(error_chain(&error))));
+    let stream = end.response.bytes_stream().map(|chunk| chunk.map_err(|error| SourceError::Transient(error_chain(&error))));
     Ok((start, Box::pin(stream)))
 }
 
@@ -358,15 +283,8 @@ impl BlobSource for UpstreamBlob {
                 _ => *self.final_url.lock().expect("url lock poisoned") = None,
             }
         }
-        let url = self
-            .upstream
-            .url(&self.resolve_path)
-            .map_err(|error| SourceError::Permanent(error.message))?;
-        let end = self
-            .upstream
-            .open_bytes(&url, offset)
-            .await
-            .map_err(|error| SourceError::Transient(error.message))?;
+        let url = self.upstream.url(&self.resolve_path).map_err(|error| SourceError::Permanent(error.message))?;
+        let end = self.upstream.open_bytes(&url, offset).await.map_err(|error| SourceError::Transient(error.message))?;
         if end.response.status().is_success() {
             *self.final_url.lock().expect("url lock poisoned") = Some(end.final_url.clone());
         }
@@ -385,10 +303,7 @@ mod tests {
     #[test]
     fn etags_are_normalized_like_the_clients_do() {
         assert_eq!(normalize_etag("W/\"ABC\""), "abc");
-        assert_eq!(
-            normalize_etag("\"508e2c52963056a69f522d16195123a92a55fa50\""),
-            "508e2c52963056a69f522d16195123a92a55fa50"
-        );
+        assert_eq!(normalize_etag("\"508e2c52963056a69f522d16195123a92a55fa50\""), "508e2c52963056a69f522d16195123a92a55fa50");
     }
 
     #[test]
@@ -403,34 +318,15 @@ mod tests {
         let mut cdn = HeaderMap::new();
         cdn.insert(header::ETAG, HeaderValue::from_static("\"cdn\""));
         metadata.absorb(&cdn);
-        assert_eq!(
-            metadata,
-            FileMetadata {
-                commit: Some("c1".into()),
-                etag: Some("sha".into()),
-                size: Some(12)
-            }
-        );
+        assert_eq!(metadata, FileMetadata { commit: Some("c1".into()), etag: Some("sha".into()), size: Some(12) });
     }
 
     #[test]
     fn origins_compare_scheme_host_and_port() {
         let hub = Url::parse("http://127.0.0.1:9000/a").unwrap();
-        assert!(same_origin(
-            &hub,
-            &Url::parse("http://127.0.0.1:9000/b?x").unwrap()
-        ));
-        assert!(!same_origin(
-            &hub,
-            &Url::parse("http://127.0.0.2:9000/a").unwrap()
-        ));
-        assert!(!same_origin(
-            &hub,
-            &Url::parse("http://127.0.0.1:9001/a").unwrap()
-        ));
-        assert!(!same_origin(
-            &hub,
-            &Url::parse("https://127.0.0.1:9000/a").unwrap()
-        ));
+        assert!(same_origin(&hub, &Url::parse("http://127.0.0.1:9000/b?x").unwrap()));
+        assert!(!same_origin(&hub, &Url::parse("http://127.0.0.2:9000/a").unwrap()));
+        assert!(!same_origin(&hub, &Url::parse("http://127.0.0.1:9001/a").unwrap()));
+        assert!(!same_origin(&hub, &Url::parse("https://127.0.0.1:9000/a").unwrap()));
     }
 }

@@ -78,12 +78,7 @@ impl LocalCatalog {
             transaction.open_table(table).map_err(storage_error)?;
         }
         transaction.commit().map_err(storage_error)?;
-        Ok(LocalCatalog {
-            inner: Arc::new(Inner {
-                database,
-                manifest_memory: Mutex::new(ManifestMemory::default()),
-            }),
-        })
+        Ok(LocalCatalog { inner: Arc::new(Inner { database, manifest_memory: Mutex::new(ManifestMemory::default()) }) })
     }
 
     async fn read_raw(
@@ -113,9 +108,7 @@ impl LocalCatalog {
             let transaction = inner.database.begin_write().map_err(storage_error)?;
             {
                 let mut opened = transaction.open_table(table).map_err(storage_error)?;
-                opened
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(storage_error)?;
+                opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
             }
             transaction.commit().map_err(storage_error)
         })
@@ -130,9 +123,7 @@ impl LocalCatalog {
     ) -> Result<Option<T>, CatalogError> {
         match self.read_raw(table, key).await? {
             None => Ok(None),
-            Some(bytes) => postcard::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|error| CatalogError::Codec(error.to_string())),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|error| CatalogError::Codec(error.to_string())),
         }
     }
 
@@ -142,95 +133,48 @@ impl LocalCatalog {
         key: String,
         record: &T,
     ) -> Result<(), CatalogError> {
-        let bytes =
-            postcard::to_stdvec(record).map_err(|error| CatalogError::Codec(error.to_string()))?;
+        let bytes = postcard::to_stdvec(record).map_err(|error| CatalogError::Codec(error.to_string()))?;
         self.write_raw(table, key, bytes).await
     }
 }
 
 #[async_trait::async_trait]
 impl Catalog for LocalCatalog {
-    async fn get_ref(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-    ) -> Result<Option<RefRecord>, CatalogError> {
+    async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
         self.read_record(REFS, repo_key(repo, &[revision])).await
     }
 
-    async fn put_ref(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-        record: RefRecord,
-    ) -> Result<(), CatalogError> {
-        self.write_record(REFS, repo_key(repo, &[revision]), &record)
-            .await
+    async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError> {
+        self.write_record(REFS, repo_key(repo, &[revision]), &record).await
     }
 
-    async fn get_manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-    ) -> Result<Option<Arc<Manifest>>, CatalogError> {
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
         let key = repo_key(repo, &[commit]);
-        if let Some(manifest) = self
-            .inner
-            .manifest_memory
-            .lock()
-            .expect("manifest memory poisoned")
-            .get(&key)
-        {
+        if let Some(manifest) = self.inner.manifest_memory.lock().expect("manifest memory poisoned").get(&key) {
             return Ok(Some(manifest));
         }
         let Some(manifest) = self.read_record::<Manifest>(MANIFESTS, key.clone()).await? else {
             return Ok(None);
         };
         let manifest = Arc::new(manifest);
-        self.inner
-            .manifest_memory
-            .lock()
-            .expect("manifest memory poisoned")
-            .insert(key, manifest.clone());
+        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
         Ok(Some(manifest))
     }
 
-    async fn put_manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        manifest: Manifest,
-    ) -> Result<Arc<Manifest>, CatalogError> {
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError> {
         let key = repo_key(repo, &[commit]);
         self.write_record(MANIFESTS, key.clone(), &manifest).await?;
         let manifest = Arc::new(manifest);
-        self.inner
-            .manifest_memory
-            .lock()
-            .expect("manifest memory poisoned")
-            .insert(key, manifest.clone());
+        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
         Ok(manifest)
     }
 
-    async fn get_repo_info(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        variant: &str,
-    ) -> Result<Option<Vec<u8>>, CatalogError> {
-        self.read_raw(REPO_INFO, repo_key(repo, &[commit, variant]))
-            .await
+    async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.read_raw(REPO_INFO, repo_key(repo, &[commit, variant])).await
     }
 
-    async fn put_repo_info(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        variant: &str,
-        body: Vec<u8>,
-    ) -> Result<(), CatalogError> {
-        self.write_raw(REPO_INFO, repo_key(repo, &[commit, variant]), body)
-            .await
+    async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError> {
+        self.write_raw(REPO_INFO, repo_key(repo, &[commit, variant]), body).await
     }
 
     async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError> {
@@ -238,8 +182,7 @@ impl Catalog for LocalCatalog {
     }
 
     async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError> {
-        self.write_record(POLICIES, repo_key(repo, &[]), &record)
-            .await
+        self.write_record(POLICIES, repo_key(repo, &[]), &record).await
     }
 
     async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError> {
@@ -265,78 +208,22 @@ mod tests {
         let commit = "0123456789abcdef0123456789abcdef01234567";
         {
             let catalog = LocalCatalog::open(&path).unwrap();
-            catalog
-                .put_ref(
-                    &repo,
-                    "main",
-                    RefRecord {
-                        commit: commit.into(),
-                        checked_at_ms: 7,
-                    },
-                )
-                .await
-                .unwrap();
-            let entry = ManifestEntry {
-                path: "config.json".into(),
-                kind: EntryKind::File,
-                size: 42,
-                oid: "5".repeat(40),
-                lfs: None,
-            };
-            catalog
-                .put_manifest(&repo, commit, Manifest::new(vec![entry]))
-                .await
-                .unwrap();
-            catalog
-                .put_repo_info(&repo, commit, "", b"{}".to_vec())
-                .await
-                .unwrap();
-            catalog
-                .put_policy(
-                    &repo,
-                    PolicyRecord {
-                        cacheable: true,
-                        reason: "public".into(),
-                        checked_at_ms: 9,
-                    },
-                )
-                .await
-                .unwrap();
+            catalog.put_ref(&repo, "main", RefRecord { commit: commit.into(), checked_at_ms: 7 }).await.unwrap();
+            let entry = ManifestEntry { path: "config.json".into(), kind: EntryKind::File, size: 42, oid: "5".repeat(40), lfs: None };
+            catalog.put_manifest(&repo, commit, Manifest::new(vec![entry])).await.unwrap();
+            catalog.put_repo_info(&repo, commit, "", b"{}".to_vec()).await.unwrap();
+            catalog.put_policy(&repo, PolicyRecord { cacheable: true, reason: "public".into(), checked_at_ms: 9 }).await.unwrap();
         }
         let catalog = LocalCatalog::open(&path).unwrap();
-        assert_eq!(
-            catalog
-                .get_ref(&repo, "main")
-                .await
-                .unwrap()
-                .unwrap()
-                .commit,
-            commit
-        );
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap().unwrap().commit, commit);
         assert!(catalog.get_ref(&repo, "other").await.unwrap().is_none());
         let manifest = catalog.get_manifest(&repo, commit).await.unwrap().unwrap();
         assert_eq!(manifest.find("config.json").unwrap().size, 42);
-        assert_eq!(
-            catalog
-                .get_repo_info(&repo, commit, "")
-                .await
-                .unwrap()
-                .unwrap(),
-            b"{}"
-        );
-        assert!(
-            catalog
-                .get_repo_info(&repo, commit, "blobs=true")
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(catalog.get_repo_info(&repo, commit, "").await.unwrap().unwrap(), b"{}");
+        assert!(catalog.get_repo_info(&repo, commit, "blobs=true").await.unwrap().is_none());
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
         let dataset = RepoKey::new(RepoType::Dataset, "org/model");
-        assert!(
-            catalog.get_ref(&dataset, "main").await.unwrap().is_none(),
-            "repo types are separate keys"
-        );
+        assert!(catalog.get_ref(&dataset, "main").await.unwrap().is_none(), "repo types are separate keys");
     }
 
     #[tokio::test]
@@ -344,13 +231,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
         let repo = RepoKey::new(RepoType::Model, "org/model");
-        catalog
-            .write_raw(REFS, repo_key(&repo, &["main"]), vec![0xff; 3])
-            .await
-            .unwrap();
-        assert!(matches!(
-            catalog.get_ref(&repo, "main").await,
-            Err(CatalogError::Codec(_))
-        ));
+        catalog.write_raw(REFS, repo_key(&repo, &["main"]), vec![0xff; 3]).await.unwrap();
+        assert!(matches!(catalog.get_ref(&repo, "main").await, Err(CatalogError::Codec(_))));
     }
 }

@@ -13,9 +13,7 @@ mod records;
 use std::sync::Arc;
 
 pub use local::LocalCatalog;
-pub use records::{
-    DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PolicyRecord, RefRecord,
-};
+pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PolicyRecord, RefRecord};
 
 use crate::types::RepoKey;
 
@@ -41,45 +39,16 @@ pub enum CatalogError {
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
     /// Returns the commit a branch or tag pointed to when it was last checked.
-    async fn get_ref(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-    ) -> Result<Option<RefRecord>, CatalogError>;
-    async fn put_ref(
-        &self,
-        repo: &RepoKey,
-        revision: &str,
-        record: RefRecord,
-    ) -> Result<(), CatalogError>;
+    async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError>;
+    async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError>;
 
     /// Returns the full recursive file list of a commit.
-    async fn get_manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-    ) -> Result<Option<Arc<Manifest>>, CatalogError>;
-    async fn put_manifest(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        manifest: Manifest,
-    ) -> Result<Arc<Manifest>, CatalogError>;
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError>;
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError>;
 
     /// Returns the repo-info JSON of a commit, for one variant of the query (`blobs=true`, …).
-    async fn get_repo_info(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        variant: &str,
-    ) -> Result<Option<Vec<u8>>, CatalogError>;
-    async fn put_repo_info(
-        &self,
-        repo: &RepoKey,
-        commit: &str,
-        variant: &str,
-        body: Vec<u8>,
-    ) -> Result<(), CatalogError>;
+    async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError>;
+    async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError>;
 
     /// Returns whether a repository may be stored, and when that was last checked upstream.
     async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError>;

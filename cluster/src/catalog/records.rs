@@ -82,20 +82,13 @@ impl Manifest {
 
     /// Returns the entry at exactly this path.
     pub fn find(&self, path: &str) -> Option<&ManifestEntry> {
-        self.entries
-            .binary_search_by(|entry| entry.path.as_str().cmp(path))
-            .ok()
-            .map(|index| &self.entries[index])
+        self.entries.binary_search_by(|entry| entry.path.as_str().cmp(path)).ok().map(|index| &self.entries[index])
     }
 
     /// Returns the entries below `directory` (all of them for the empty path): every descendant when
     /// `recursive`, else the direct children only. `None` when the directory does not exist.
     pub fn list(&self, directory: &str, recursive: bool) -> Option<Vec<&ManifestEntry>> {
-        let prefix = if directory.is_empty() {
-            String::new()
-        } else {
-            format!("{directory}/")
-        };
+        let prefix = if directory.is_empty() { String::new() } else { format!("{directory}/") };
         if !directory.is_empty() {
             let entry = self.find(directory)?;
             if entry.kind != EntryKind::Directory {
@@ -103,9 +96,7 @@ impl Manifest {
             }
         }
         // Entries are sorted by path, so every descendant of the prefix sits in one contiguous run.
-        let start = self
-            .entries
-            .partition_point(|entry| entry.path.as_str() < prefix.as_str());
+        let start = self.entries.partition_point(|entry| entry.path.as_str() < prefix.as_str());
         let listed = self.entries[start..]
             .iter()
             .take_while(|entry| entry.path.starts_with(&prefix))
@@ -120,61 +111,27 @@ mod tests {
     use super::*;
 
     fn file(path: &str) -> ManifestEntry {
-        ManifestEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            size: 1,
-            oid: "0".repeat(40),
-            lfs: None,
-        }
+        ManifestEntry { path: path.into(), kind: EntryKind::File, size: 1, oid: "0".repeat(40), lfs: None }
     }
 
     fn dir(path: &str) -> ManifestEntry {
-        ManifestEntry {
-            path: path.into(),
-            kind: EntryKind::Directory,
-            size: 0,
-            oid: "1".repeat(40),
-            lfs: None,
-        }
+        ManifestEntry { path: path.into(), kind: EntryKind::Directory, size: 0, oid: "1".repeat(40), lfs: None }
     }
 
     fn paths(entries: Option<Vec<&ManifestEntry>>) -> Vec<String> {
-        entries
-            .unwrap()
-            .into_iter()
-            .map(|entry| entry.path.clone())
-            .collect()
+        entries.unwrap().into_iter().map(|entry| entry.path.clone()).collect()
     }
 
     #[test]
     fn lists_direct_children_and_descendants() {
-        let manifest = Manifest::new(vec![
-            file("config.json"),
-            dir("sub"),
-            dir("sub/dir"),
-            file("sub/dir/file.txt"),
-            file("sub-file"),
-            file("sub/a"),
-        ]);
-        assert_eq!(
-            paths(manifest.list("", false)),
-            ["config.json", "sub", "sub-file"]
-        );
+        let manifest =
+            Manifest::new(vec![file("config.json"), dir("sub"), dir("sub/dir"), file("sub/dir/file.txt"), file("sub-file"), file("sub/a")]);
+        assert_eq!(paths(manifest.list("", false)), ["config.json", "sub", "sub-file"]);
         assert_eq!(paths(manifest.list("sub", false)), ["sub/a", "sub/dir"]);
-        assert_eq!(
-            paths(manifest.list("sub", true)),
-            ["sub/a", "sub/dir", "sub/dir/file.txt"]
-        );
+        assert_eq!(paths(manifest.list("sub", true)), ["sub/a", "sub/dir", "sub/dir/file.txt"]);
         assert!(manifest.list("nope", true).is_none());
-        assert!(
-            manifest.list("config.json", true).is_none(),
-            "a file is not a directory"
-        );
-        assert_eq!(
-            manifest.find("sub/dir/file.txt").unwrap().path,
-            "sub/dir/file.txt"
-        );
+        assert!(manifest.list("config.json", true).is_none(), "a file is not a directory");
+        assert_eq!(manifest.find("sub/dir/file.txt").unwrap().path, "sub/dir/file.txt");
         assert!(manifest.find("sub/dir/missing").is_none());
     }
 
@@ -182,11 +139,7 @@ mod tests {
     fn etag_prefers_the_lfs_sha256() {
         let mut entry = file("model.safetensors");
         assert_eq!(entry.etag(), "0".repeat(40));
-        entry.lfs = Some(LfsPointer {
-            sha256: "a".repeat(64),
-            size: 5,
-            pointer_size: 134,
-        });
+        entry.lfs = Some(LfsPointer { sha256: "a".repeat(64), size: 5, pointer_size: 134 });
         assert_eq!(entry.etag(), "a".repeat(64));
     }
 }

@@ -35,12 +35,7 @@ pub struct HubError {
 }
 
 impl HubError {
-    pub fn new(
-        status: StatusCode,
-        code: &str,
-        message: impl Into<String>,
-        source: ErrorSource,
-    ) -> HubError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>, source: ErrorSource) -> HubError {
         HubError {
             status,
             code: Some(code.to_owned()),
@@ -53,59 +48,30 @@ impl HubError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> HubError {
-        HubError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            message,
-            ErrorSource::Client,
-        )
+        HubError::new(StatusCode::BAD_REQUEST, "BadRequest", message, ErrorSource::Client)
     }
 
     pub fn route_not_found() -> HubError {
-        HubError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "Sorry, we can't find the page you are looking for.",
-            ErrorSource::Client,
-        )
+        HubError::new(StatusCode::NOT_FOUND, "NotFound", "Sorry, we can't find the page you are looking for.", ErrorSource::Client)
     }
 
     pub fn method_not_allowed() -> HubError {
-        HubError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "Method not allowed on this route",
-            ErrorSource::Client,
-        )
+        HubError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed on this route", ErrorSource::Client)
     }
 
     pub fn revision_not_found(revision: &str) -> HubError {
-        HubError::new(
-            StatusCode::NOT_FOUND,
-            "RevisionNotFound",
-            format!("Invalid rev id: {revision}"),
-            ErrorSource::Upstream,
-        )
+        HubError::new(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {revision}"), ErrorSource::Upstream)
     }
 
     pub fn entry_not_found(commit: &str) -> HubError {
-        let mut error = HubError::new(
-            StatusCode::NOT_FOUND,
-            "EntryNotFound",
-            "Entry not found",
-            ErrorSource::Client,
-        );
+        let mut error = HubError::new(StatusCode::NOT_FOUND, "EntryNotFound", "Entry not found", ErrorSource::Client);
         error.repo_commit = Some(commit.to_owned());
         error
     }
 
     pub fn range_not_satisfiable(length: u64) -> HubError {
-        let mut error = HubError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RangeNotSatisfiable",
-            "Requested range not satisfiable",
-            ErrorSource::Client,
-        );
+        let mut error =
+            HubError::new(StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable", "Requested range not satisfiable", ErrorSource::Client);
         error.unsatisfied_length = Some(length);
         error
     }
@@ -147,38 +113,19 @@ impl HubError {
     }
 
     pub fn internal(detail: impl std::fmt::Display) -> HubError {
-        HubError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("Internal error: {detail}"),
-            ErrorSource::Internal,
-        )
+        HubError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("Internal error: {detail}"), ErrorSource::Internal)
     }
 
     /// Builds the error upstream answered, keeping its status, code and message.
     pub fn from_upstream(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> HubError {
-        let header_text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
         let message = header_text(X_ERROR_MESSAGE)
             .or_else(|| {
                 serde_json::from_slice::<serde_json::Value>(body)
                     .ok()
-                    .and_then(|json| {
-                        json.get("error")
-                            .and_then(|error| error.as_str())
-                            .map(str::to_owned)
-                    })
+                    .and_then(|json| json.get("error").and_then(|error| error.as_str()).map(str::to_owned))
             })
-            .unwrap_or_else(|| {
-                status
-                    .canonical_reason()
-                    .unwrap_or("Upstream error")
-                    .to_owned()
-            });
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("Upstream error").to_owned());
         HubError {
             status,
             code: header_text(X_ERROR_CODE),
@@ -193,8 +140,7 @@ impl HubError {
     /// Returns true when upstream failed in a way that a stale cached answer should cover: it could
     /// not be reached, it is overloaded (429) or it broke (5xx).
     pub fn is_upstream_outage(&self) -> bool {
-        self.source == ErrorSource::Upstream
-            && (self.status == StatusCode::TOO_MANY_REQUESTS || self.status.is_server_error())
+        self.source == ErrorSource::Upstream && (self.status == StatusCode::TOO_MANY_REQUESTS || self.status.is_server_error())
     }
 
     pub fn is_server_side(&self) -> bool {
@@ -204,13 +150,7 @@ impl HubError {
 
 impl std::fmt::Display for HubError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            formatter,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code.as_deref().unwrap_or("-"),
-            self.message
-        )
+        write!(formatter, "{} {}: {}", self.status.as_u16(), self.code.as_deref().unwrap_or("-"), self.message)
     }
 }
 
@@ -218,31 +158,18 @@ impl std::error::Error for HubError {}
 
 /// Makes arbitrary text safe for a header value: visible ASCII and spaces only, bounded in length.
 pub fn header_safe_text(text: &str) -> HeaderValue {
-    let cleaned: String = text
-        .chars()
-        .map(|character| {
-            if character == ' ' || character.is_ascii_graphic() {
-                character
-            } else {
-                '?'
-            }
-        })
-        .take(300)
-        .collect();
+    let cleaned: String =
+        text.chars().map(|character| if character == ' ' || character.is_ascii_graphic() { character } else { '?' }).take(300).collect();
     HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
 
 impl IntoResponse for HubError {
     fn into_response(self) -> Response {
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
+        let body = serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         if let Some(code) = &self.code {
             headers.insert(X_ERROR_CODE, header_safe_text(code));
         }
@@ -251,20 +178,13 @@ impl IntoResponse for HubError {
             headers.insert(X_REPO_COMMIT, header_safe_text(commit));
         }
         if let Some(length) = self.unsatisfied_length {
-            headers.insert(
-                header::CONTENT_RANGE,
-                header_safe_text(&format!("bytes */{length}")),
-            );
+            headers.insert(header::CONTENT_RANGE, header_safe_text(&format!("bytes */{length}")));
         }
         if let Some(retry_after) = &self.retry_after {
             headers.insert(header::RETRY_AFTER, header_safe_text(retry_after));
         }
         if !headers.contains_key(X_CACHE) {
-            let cache = if self.source == ErrorSource::Upstream {
-                "MISS"
-            } else {
-                "HIT"
-            };
+            let cache = if self.source == ErrorSource::Upstream { "MISS" } else { "HIT" };
             headers.insert(X_CACHE, HeaderValue::from_static(cache));
         }
         response
@@ -277,15 +197,11 @@ mod tests {
 
     #[test]
     fn error_response_carries_code_message_and_json_body() {
-        let response =
-            HubError::entry_not_found("0123456789abcdef0123456789abcdef01234567").into_response();
+        let response = HubError::entry_not_found("0123456789abcdef0123456789abcdef01234567").into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[X_ERROR_CODE], "EntryNotFound");
         assert_eq!(response.headers()[X_ERROR_MESSAGE], "Entry not found");
-        assert_eq!(
-            response.headers()[X_REPO_COMMIT],
-            "0123456789abcdef0123456789abcdef01234567"
-        );
+        assert_eq!(response.headers()[X_REPO_COMMIT], "0123456789abcdef0123456789abcdef01234567");
         assert!(response.headers().contains_key(X_CACHE));
     }
 
@@ -299,16 +215,11 @@ mod tests {
     fn upstream_error_keeps_its_code_and_message() {
         let mut headers = HeaderMap::new();
         headers.insert(X_ERROR_CODE, HeaderValue::from_static("RevisionNotFound"));
-        let error = HubError::from_upstream(
-            StatusCode::NOT_FOUND,
-            &headers,
-            br#"{"error":"Invalid rev id: x"}"#,
-        );
+        let error = HubError::from_upstream(StatusCode::NOT_FOUND, &headers, br#"{"error":"Invalid rev id: x"}"#);
         assert_eq!(error.code.as_deref(), Some("RevisionNotFound"));
         assert_eq!(error.message, "Invalid rev id: x");
         assert!(!error.is_upstream_outage());
-        let outage =
-            HubError::from_upstream(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"down");
+        let outage = HubError::from_upstream(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"down");
         assert!(outage.is_upstream_outage());
         assert_eq!(outage.message, "Service Unavailable");
     }

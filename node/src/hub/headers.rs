@@ -33,11 +33,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Rewrites one `Link` header value: drops the Xet relations, and points `next` links at the mirror's
 /// own origin instead of upstream's (hub-api.md T8). Returns `None` when nothing is left.
-pub fn rewrite_link(
-    value: &str,
-    upstream_origins: &[String],
-    public_origin: &str,
-) -> Option<String> {
+pub fn rewrite_link(value: &str, upstream_origins: &[String], public_origin: &str) -> Option<String> {
     let kept: Vec<String> = split_link_values(value)
         .into_iter()
         .filter(|link| !link.contains("xet-auth") && !link.contains("xet-reconstruction-info"))
@@ -53,11 +49,7 @@ pub fn rewrite_link(
             link
         })
         .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        Some(kept.join(", "))
-    }
+    if kept.is_empty() { None } else { Some(kept.join(", ")) }
 }
 
 /// Splits a `Link` header on the commas that separate links, not those inside `<…>` or quotes.
@@ -79,34 +71,19 @@ fn split_link_values(value: &str) -> Vec<&str> {
         }
     }
     parts.push(&value[start..]);
-    parts
-        .into_iter()
-        .filter(|part| !part.trim().is_empty())
-        .collect()
+    parts.into_iter().filter(|part| !part.trim().is_empty()).collect()
 }
 
 /// Copies the headers of an upstream response that may reach the client of a pass-through: no
 /// hop-by-hop headers, no Xet signals, no cookies, and `Link` rewritten.
-pub fn forwardable_response_headers(
-    upstream: &HeaderMap,
-    upstream_origins: &[String],
-    public_origin: &str,
-) -> HeaderMap {
+pub fn forwardable_response_headers(upstream: &HeaderMap, upstream_origins: &[String], public_origin: &str) -> HeaderMap {
     let mut forwarded = HeaderMap::new();
     for (name, value) in upstream {
-        if is_hop_by_hop(name)
-            || is_xet_header(name)
-            || name == header::SET_COOKIE
-            || name == header::CONTENT_LENGTH
-        {
+        if is_hop_by_hop(name) || is_xet_header(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
             continue;
         }
         if name == header::LINK {
-            let Some(rewritten) = value
-                .to_str()
-                .ok()
-                .and_then(|text| rewrite_link(text, upstream_origins, public_origin))
-            else {
+            let Some(rewritten) = value.to_str().ok().and_then(|text| rewrite_link(text, upstream_origins, public_origin)) else {
                 continue;
             };
             if let Ok(value) = HeaderValue::from_str(&rewritten) {
@@ -122,14 +99,12 @@ pub fn forwardable_response_headers(
 /// The content type of a file, decided from its name alone so that it is the same whether the bytes
 /// came from upstream, from disk or from a peer.
 pub fn content_type_for_path(path: &str) -> &'static str {
-    let extension = path
-        .rsplit_once('.')
-        .map(|(_, extension)| extension.to_ascii_lowercase())
-        .unwrap_or_default();
+    let extension = path.rsplit_once('.').map(|(_, extension)| extension.to_ascii_lowercase()).unwrap_or_default();
     match extension.as_str() {
         "json" => "application/json",
-        "txt" | "md" | "py" | "jinja" | "csv" | "tsv" | "yaml" | "yml" | "jsonl"
-        | "gitattributes" | "model_card" => "text/plain; charset=utf-8",
+        "txt" | "md" | "py" | "jinja" | "csv" | "tsv" | "yaml" | "yml" | "jsonl" | "gitattributes" | "model_card" => {
+            "text/plain; charset=utf-8"
+        }
         _ => "application/octet-stream",
     }
 }
@@ -140,10 +115,7 @@ mod tests {
 
     #[test]
     fn link_rewrite_drops_xet_and_moves_next_to_our_origin() {
-        let upstream = vec![
-            "https://huggingface.co".to_owned(),
-            "http://127.0.0.1:9000".to_owned(),
-        ];
+        let upstream = vec!["https://huggingface.co".to_owned(), "http://127.0.0.1:9000".to_owned()];
         let value = r#"<https://huggingface.co/api/models/org/model/xet-read-token/abc>; rel="xet-auth", <https://cas.example/v1/reconstructions/x>; rel="xet-reconstruction-info""#;
         assert_eq!(rewrite_link(value, &upstream, "http://mirror:8080"), None);
         let next = r#"<http://127.0.0.1:9000/api/models?search=a&cursor=b,c>; rel="next""#;
@@ -169,17 +141,8 @@ mod tests {
     #[test]
     fn content_type_depends_on_the_name_only() {
         assert_eq!(content_type_for_path("config.json"), "application/json");
-        assert_eq!(
-            content_type_for_path("sub/dir/file.txt"),
-            "text/plain; charset=utf-8"
-        );
-        assert_eq!(
-            content_type_for_path("model.safetensors"),
-            "application/octet-stream"
-        );
-        assert_eq!(
-            content_type_for_path("noextension"),
-            "application/octet-stream"
-        );
+        assert_eq!(content_type_for_path("sub/dir/file.txt"), "text/plain; charset=utf-8");
+        assert_eq!(content_type_for_path("model.safetensors"), "application/octet-stream");
+        assert_eq!(content_type_for_path("noextension"), "application/octet-stream");
     }
 }

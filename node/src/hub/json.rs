@@ -57,19 +57,9 @@ fn is_hex(text: &str, length: usize) -> bool {
 /// Parses one upstream tree entry, validating what the mirror relies on: a relative path, a hex oid,
 /// and for LFS files a sha256 that will name the blob.
 pub fn parse_tree_entry(value: &Value) -> Result<ManifestEntry, MalformedEntry> {
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| MalformedEntry(format!("missing {key}")))
-    };
+    let text = |key: &str| value.get(key).and_then(Value::as_str).ok_or_else(|| MalformedEntry(format!("missing {key}")));
     let path = text("path")?.to_owned();
-    if path.is_empty()
-        || path.starts_with('/')
-        || path
-            .split('/')
-            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
+    if path.is_empty() || path.starts_with('/') || path.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
         return Err(MalformedEntry(format!("bad path {path:?}")));
     }
     let kind = match text("type")? {
@@ -83,11 +73,7 @@ pub fn parse_tree_entry(value: &Value) -> Result<ManifestEntry, MalformedEntry> 
     let size = value.get("size").and_then(Value::as_u64).unwrap_or(0);
     let lfs = match value.get("lfs") {
         Some(Value::Object(lfs)) => {
-            let sha256 = lfs
-                .get("oid")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+            let sha256 = lfs.get("oid").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
             if !is_hex(&sha256, 64) {
                 return Err(MalformedEntry(format!("bad lfs oid for {path:?}")));
             }
@@ -99,13 +85,7 @@ pub fn parse_tree_entry(value: &Value) -> Result<ManifestEntry, MalformedEntry> 
         }
         _ => None,
     };
-    Ok(ManifestEntry {
-        path,
-        kind,
-        size,
-        oid,
-        lfs,
-    })
+    Ok(ManifestEntry { path, kind, size, oid, lfs })
 }
 
 #[cfg(test)]

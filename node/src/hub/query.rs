@@ -15,28 +15,17 @@ pub fn parse_pairs(text: &str) -> Vec<(String, String)> {
 
 fn decode_component(text: &str) -> String {
     let spaced = text.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
 /// Reads a boolean in any of the clients' spellings; anything else is false.
 pub fn parse_bool(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes"
-    )
+    matches!(value.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
 }
 
 /// The values of `key` (also spelled `key[]`).
-pub fn values<'a>(
-    pairs: &'a [(String, String)],
-    key: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    pairs
-        .iter()
-        .filter(move |(name, _)| name == key || name.strip_suffix("[]") == Some(key))
-        .map(|(_, value)| value.as_str())
+pub fn values<'a>(pairs: &'a [(String, String)], key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pairs.iter().filter(move |(name, _)| name == key || name.strip_suffix("[]") == Some(key)).map(|(_, value)| value.as_str())
 }
 
 /// The first value of `key` read as a boolean; `false` when absent.
@@ -50,20 +39,12 @@ mod tests {
 
     #[test]
     fn pairs_booleans_and_lists() {
-        let pairs = parse_pairs(
-            "recursive=True&expand=false&expand[]=sha&paths=a+b&paths=sub%2Fdir&bad=%zz&flag",
-        );
+        let pairs = parse_pairs("recursive=True&expand=false&expand[]=sha&paths=a+b&paths=sub%2Fdir&bad=%zz&flag");
         assert!(flag(&pairs, "recursive"));
         assert!(!flag(&pairs, "expand"));
         assert!(!flag(&pairs, "missing"));
-        assert_eq!(
-            values(&pairs, "paths").collect::<Vec<_>>(),
-            ["a b", "sub/dir"]
-        );
-        assert_eq!(
-            values(&pairs, "expand").collect::<Vec<_>>(),
-            ["false", "sha"]
-        );
+        assert_eq!(values(&pairs, "paths").collect::<Vec<_>>(), ["a b", "sub/dir"]);
+        assert_eq!(values(&pairs, "expand").collect::<Vec<_>>(), ["false", "sha"]);
         assert_eq!(values(&pairs, "bad").next(), Some("%zz"));
         assert_eq!(values(&pairs, "flag").next(), Some(""));
         for truthy in ["true", "True", "TRUE", "1"] {

@@ -47,8 +47,7 @@ pub fn parse_range(header: Option<&str>, length: u64) -> Result<Option<ByteRange
         if text.is_empty() || text.len() > 20 || !text.bytes().all(|byte| byte.is_ascii_digit()) {
             return Err(HubError::range_not_satisfiable(length));
         }
-        text.parse::<u64>()
-            .map_err(|_| HubError::range_not_satisfiable(length))
+        text.parse::<u64>().map_err(|_| HubError::range_not_satisfiable(length))
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
@@ -57,10 +56,7 @@ pub fn parse_range(header: Option<&str>, length: u64) -> Result<Option<ByteRange
         if suffix == 0 || length == 0 {
             return Err(HubError::range_not_satisfiable(length));
         }
-        return Ok(Some(ByteRange {
-            start: length.saturating_sub(suffix),
-            end: length,
-        }));
+        return Ok(Some(ByteRange { start: length.saturating_sub(suffix), end: length }));
     }
     let start = parse_number(first)?;
     if start >= length {
@@ -94,10 +90,7 @@ mod tests {
         assert_eq!(parse_range(None, 10).unwrap(), None);
         assert_eq!(range("bytes=0-100000", 42), Ok(Some((0, 42))));
         assert_eq!(range("bytes=8-20", 42), Ok(Some((8, 21))));
-        assert_eq!(
-            range("bytes=10485760-", 25165824),
-            Ok(Some((10485760, 25165824)))
-        );
+        assert_eq!(range("bytes=10485760-", 25165824), Ok(Some((10485760, 25165824))));
         assert_eq!(range("bytes=-5", 42), Ok(Some((37, 42))));
         assert_eq!(range("bytes=-500", 42), Ok(Some((0, 42))));
         assert_eq!(range("bytes=0-1,5-6", 42), Ok(None));

@@ -10,11 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use super::error::HubError;
 
 /// Python's `quote(text, safe="")`: everything but unreserved characters is encoded.
-const ENCODE_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const ENCODE_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 /// Python's `quote(path)`: like a segment, but `/` stays literal.
 const ENCODE_PATH: &AsciiSet = &ENCODE_SEGMENT.remove(b'/');
 
@@ -32,22 +28,11 @@ pub fn encode_path(text: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     /// `/{T}{repo}/resolve/{rev}/{path}`.
-    Resolve {
-        repo: RepoKey,
-        revision: String,
-        path: String,
-    },
+    Resolve { repo: RepoKey, revision: String, path: String },
     /// `/api/{t}s/{repo}` (no revision) and `/api/{t}s/{repo}/revision/{rev}`.
-    RepoInfo {
-        repo: RepoKey,
-        revision: Option<String>,
-    },
+    RepoInfo { repo: RepoKey, revision: Option<String> },
     /// `/api/{t}s/{repo}/tree/{rev}[/{path}]`.
-    Tree {
-        repo: RepoKey,
-        revision: String,
-        path: String,
-    },
+    Tree { repo: RepoKey, revision: String, path: String },
     /// `/api/{t}s/{repo}/paths-info/{rev}`.
     PathsInfo { repo: RepoKey, revision: String },
     /// `/api/{t}s/{repo}/refs`.
@@ -94,13 +79,9 @@ pub fn decode_segment(raw: &str) -> Result<String, HubError> {
     while index < bytes.len() {
         let byte = bytes[index];
         if byte == b'%' {
-            let escape = bytes
-                .get(index + 1..index + 3)
-                .ok_or_else(|| HubError::bad_request("Invalid percent-encoding in path"))?;
-            let text = std::str::from_utf8(escape)
-                .map_err(|_| HubError::bad_request("Invalid percent-encoding in path"))?;
-            let value = u8::from_str_radix(text, 16)
-                .map_err(|_| HubError::bad_request("Invalid percent-encoding in path"))?;
+            let escape = bytes.get(index + 1..index + 3).ok_or_else(|| HubError::bad_request("Invalid percent-encoding in path"))?;
+            let text = std::str::from_utf8(escape).map_err(|_| HubError::bad_request("Invalid percent-encoding in path"))?;
+            let value = u8::from_str_radix(text, 16).map_err(|_| HubError::bad_request("Invalid percent-encoding in path"))?;
             if !escape.iter().all(u8::is_ascii_hexdigit) {
                 return Err(HubError::bad_request("Invalid percent-encoding in path"));
             }
@@ -111,8 +92,7 @@ pub fn decode_segment(raw: &str) -> Result<String, HubError> {
             index += 1;
         }
     }
-    let text =
-        String::from_utf8(decoded).map_err(|_| HubError::bad_request("Path is not valid UTF-8"))?;
+    let text = String::from_utf8(decoded).map_err(|_| HubError::bad_request("Path is not valid UTF-8"))?;
     if text.chars().any(char::is_control) {
         return Err(HubError::bad_request("Path contains control characters"));
     }
@@ -125,30 +105,16 @@ pub fn validate_relative_path(path: &str) -> Result<(), HubError> {
     if path.starts_with('/') || path.contains('\\') {
         return Err(HubError::bad_request("Invalid path"));
     }
-    if path
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return Err(HubError::bad_request(
-            "Invalid path: empty, '.' or '..' segment",
-        ));
+    if path.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        return Err(HubError::bad_request("Invalid path: empty, '.' or '..' segment"));
     }
     Ok(())
 }
 
 fn validate_repo_segment(segment: &str) -> Result<(), HubError> {
-    let valid_characters = segment
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
-    if segment.is_empty()
-        || segment.len() > 96
-        || !valid_characters
-        || segment == "."
-        || segment == ".."
-    {
-        return Err(HubError::bad_request(format!(
-            "Invalid repo id segment: {segment}"
-        )));
+    let valid_characters = segment.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
+    if segment.is_empty() || segment.len() > 96 || !valid_characters || segment == "." || segment == ".." {
+        return Err(HubError::bad_request(format!("Invalid repo id segment: {segment}")));
     }
     Ok(())
 }
@@ -187,10 +153,7 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     if rest == "healthz" {
         return Ok(Route::Health);
     }
-    let mut segments: Vec<String> = rest
-        .split('/')
-        .map(decode_segment)
-        .collect::<Result<_, _>>()?;
+    let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).
     if segments.len() > 1 && segments.last().is_some_and(String::is_empty) {
         segments.pop();
@@ -220,11 +183,7 @@ fn route_resolve(segments: &[String]) -> Result<Route, HubError> {
     validate_revision(&revision)?;
     let path = after[1..].join("/");
     validate_relative_path(&path)?;
-    Ok(Route::Resolve {
-        repo,
-        revision,
-        path,
-    })
+    Ok(Route::Resolve { repo, revision, path })
 }
 
 fn route_api(segments: &[String]) -> Result<Route, HubError> {
@@ -249,16 +208,10 @@ fn route_api(segments: &[String]) -> Result<Route, HubError> {
     let repo = repo_from_segments(repo_type, &rest[..repo_length])?;
     let keyword = subroute.first().map(String::as_str);
     match (keyword, subroute.len()) {
-        (None, _) => Ok(Route::RepoInfo {
-            repo,
-            revision: None,
-        }),
+        (None, _) => Ok(Route::RepoInfo { repo, revision: None }),
         (Some("revision"), 2) => {
             validate_revision(&subroute[1])?;
-            Ok(Route::RepoInfo {
-                repo,
-                revision: Some(subroute[1].clone()),
-            })
+            Ok(Route::RepoInfo { repo, revision: Some(subroute[1].clone()) })
         }
         (Some("tree"), length) if length >= 2 => {
             validate_revision(&subroute[1])?;
@@ -266,18 +219,11 @@ fn route_api(segments: &[String]) -> Result<Route, HubError> {
             if !path.is_empty() {
                 validate_relative_path(&path)?;
             }
-            Ok(Route::Tree {
-                repo,
-                revision: subroute[1].clone(),
-                path,
-            })
+            Ok(Route::Tree { repo, revision: subroute[1].clone(), path })
         }
         (Some("paths-info"), 2) => {
             validate_revision(&subroute[1])?;
-            Ok(Route::PathsInfo {
-                repo,
-                revision: subroute[1].clone(),
-            })
+            Ok(Route::PathsInfo { repo, revision: subroute[1].clone() })
         }
         (Some("refs"), 1) => Ok(Route::Refs { repo }),
         _ => Ok(Route::ApiPassthrough { repo: Some(repo) }),
@@ -295,107 +241,48 @@ mod tests {
     #[test]
     fn resolve_routes_decode_after_splitting() {
         assert_eq!(
-            route("/org/model/resolve/refs%2Fpr%2F1/sub/dir/we%20ird%23name%3F%2B%C3%A9.txt")
-                .unwrap(),
-            Route::Resolve {
-                repo: model("org/model"),
-                revision: "refs/pr/1".into(),
-                path: "sub/dir/we ird#name?+é.txt".into()
-            }
+            route("/org/model/resolve/refs%2Fpr%2F1/sub/dir/we%20ird%23name%3F%2B%C3%A9.txt").unwrap(),
+            Route::Resolve { repo: model("org/model"), revision: "refs/pr/1".into(), path: "sub/dir/we ird#name?+é.txt".into() }
         );
         assert_eq!(
             route("/gpt2/resolve/main/config.json").unwrap(),
-            Route::Resolve {
-                repo: model("gpt2"),
-                revision: "main".into(),
-                path: "config.json".into()
-            }
+            Route::Resolve { repo: model("gpt2"), revision: "main".into(), path: "config.json".into() }
         );
         assert_eq!(
             route("/datasets/org/data/resolve/feature%2Fx/a.csv").unwrap(),
-            Route::Resolve {
-                repo: RepoKey::new(RepoType::Dataset, "org/data"),
-                revision: "feature/x".into(),
-                path: "a.csv".into()
-            }
+            Route::Resolve { repo: RepoKey::new(RepoType::Dataset, "org/data"), revision: "feature/x".into(), path: "a.csv".into() }
         );
         assert_eq!(
             route("/spaces/org/space/resolve/main/app.py").unwrap(),
-            Route::Resolve {
-                repo: RepoKey::new(RepoType::Space, "org/space"),
-                revision: "main".into(),
-                path: "app.py".into()
-            }
+            Route::Resolve { repo: RepoKey::new(RepoType::Space, "org/space"), revision: "main".into(), path: "app.py".into() }
         );
     }
 
     #[test]
     fn api_routes_tell_legacy_ids_from_two_segment_ids() {
-        assert_eq!(
-            route("/api/models/org/model").unwrap(),
-            Route::RepoInfo {
-                repo: model("org/model"),
-                revision: None
-            }
-        );
-        assert_eq!(
-            route("/api/models/gpt2").unwrap(),
-            Route::RepoInfo {
-                repo: model("gpt2"),
-                revision: None
-            }
-        );
+        assert_eq!(route("/api/models/org/model").unwrap(), Route::RepoInfo { repo: model("org/model"), revision: None });
+        assert_eq!(route("/api/models/gpt2").unwrap(), Route::RepoInfo { repo: model("gpt2"), revision: None });
         assert_eq!(
             route("/api/models/gpt2/revision/main").unwrap(),
-            Route::RepoInfo {
-                repo: model("gpt2"),
-                revision: Some("main".into())
-            }
+            Route::RepoInfo { repo: model("gpt2"), revision: Some("main".into()) }
         );
         assert_eq!(
             route("/api/models/org/model/tree/main/sub%2Fdir").unwrap(),
-            Route::Tree {
-                repo: model("org/model"),
-                revision: "main".into(),
-                path: "sub/dir".into()
-            }
+            Route::Tree { repo: model("org/model"), revision: "main".into(), path: "sub/dir".into() }
         );
         assert_eq!(
             route("/api/models/org/model/tree/main/").unwrap(),
-            Route::Tree {
-                repo: model("org/model"),
-                revision: "main".into(),
-                path: String::new()
-            }
+            Route::Tree { repo: model("org/model"), revision: "main".into(), path: String::new() }
         );
         assert_eq!(
             route("/api/datasets/org/data/paths-info/main").unwrap(),
-            Route::PathsInfo {
-                repo: RepoKey::new(RepoType::Dataset, "org/data"),
-                revision: "main".into()
-            }
+            Route::PathsInfo { repo: RepoKey::new(RepoType::Dataset, "org/data"), revision: "main".into() }
         );
-        assert_eq!(
-            route("/api/models/org/model/refs").unwrap(),
-            Route::Refs {
-                repo: model("org/model")
-            }
-        );
+        assert_eq!(route("/api/models/org/model/refs").unwrap(), Route::Refs { repo: model("org/model") });
         assert_eq!(route("/api/models").unwrap(), Route::Listing);
-        assert_eq!(
-            route("/api/agent-harnesses").unwrap(),
-            Route::AgentHarnesses
-        );
-        assert_eq!(
-            route("/api/whoami-v2").unwrap(),
-            Route::ApiPassthrough { repo: None }
-        );
-        assert_eq!(
-            route("/api/models/org/model/commits/main").unwrap(),
-            Route::ApiPassthrough {
-                repo: Some(model("org/model"))
-            }
-        );
+        assert_eq!(route("/api/agent-harnesses").unwrap(), Route::AgentHarnesses);
+        assert_eq!(route("/api/whoami-v2").unwrap(), Route::ApiPassthrough { repo: None });
+        assert_eq!(route("/api/models/org/model/commits/main").unwrap(), Route::ApiPassthrough { repo: Some(model("org/model")) });
     }
 
     #[test]
@@ -418,34 +305,21 @@ mod tests {
         }
         let error = route("/org/model/resolve/main/..").unwrap_err();
         assert_eq!(error.status, http::StatusCode::BAD_REQUEST);
-        assert_eq!(
-            route("/favicon.ico").unwrap_err().status,
-            http::StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            route("/org/model/resolve/main").unwrap_err().status,
-            http::StatusCode::NOT_FOUND
-        );
+        assert_eq!(route("/favicon.ico").unwrap_err().status, http::StatusCode::NOT_FOUND);
+        assert_eq!(route("/org/model/resolve/main").unwrap_err().status, http::StatusCode::NOT_FOUND);
     }
 
     #[test]
     fn encodings_match_python_quote() {
         assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
         assert_eq!(encode_segment("feature/x"), "feature%2Fx");
-        assert_eq!(
-            encode_path("sub/we ird#name?+é.txt"),
-            "sub/we%20ird%23name%3F%2B%C3%A9.txt"
-        );
+        assert_eq!(encode_path("sub/we ird#name?+é.txt"), "sub/we%20ird%23name%3F%2B%C3%A9.txt");
         assert_eq!(encode_path("a-b_c.d~e"), "a-b_c.d~e");
     }
 
     #[test]
     fn decode_then_encode_round_trips_every_byte() {
-        let all: String = (1u8..128)
-            .filter(|byte| !byte.is_ascii_control())
-            .map(char::from)
-            .chain("é漢🙂".chars())
-            .collect();
+        let all: String = (1u8..128).filter(|byte| !byte.is_ascii_control()).map(char::from).chain("é漢🙂".chars()).collect();
         assert_eq!(decode_segment(&encode_segment(&all)).unwrap(), all);
     }
 }

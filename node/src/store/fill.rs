@@ -15,7 +15,7 @@ use super::source::{BlobSource, SourceError};
 use super::verify::ContentHasher;
 
 /// Bytes gathered before one write to the temp file; readers see progress in steps of this size.
-const WRITE_BATCH: usize = 1 << 20;
+const WRITE_BATCH: usize = 512 << 10;
 /// Bytes handed to a reader per read.
 const READ_CHUNK: u64 = 1 << 20;
 /// How often a fill reopens its source after an interruption before it gives up.
@@ -48,22 +48,9 @@ pub struct Fill {
 
 impl Fill {
     pub(super) fn create(etag: String, size: u64, temp_path: PathBuf) -> io::Result<Fill> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)?;
-        let (progress, _) = watch::channel(FillProgress {
-            written: 0,
-            state: FillState::Running,
-        });
-        Ok(Fill {
-            etag,
-            size,
-            temp_path,
-            file: Arc::new(file),
-            progress,
-        })
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&temp_path)?;
+        let (progress, _) = watch::channel(FillProgress { written: 0, state: FillState::Running });
+        Ok(Fill { etag, size, temp_path, file: Arc::new(file), progress })
     }
 
     pub(super) fn publish(&self, state: FillState) {
@@ -71,8 +58,7 @@ impl Fill {
     }
 
     fn advance(&self, written: u64) {
-        self.progress
-            .send_modify(|progress| progress.written = written);
+        self.progress.send_modify(|progress| progress.written = written);
     }
 
     pub fn progress(&self) -> FillProgress {
@@ -81,67 +67,45 @@ impl Fill {
 
     /// Streams `start..end` of the blob as the fill writes it. The stream ends with an error if the
     /// fill fails, so the client's connection is aborted instead of ending cleanly.
-    pub fn reader(
-        self: &Arc<Fill>,
-        start: u64,
-        end: u64,
-    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn reader(self: &Arc<Fill>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         debug_assert!(start <= end && end <= self.size);
         let receiver = self.progress.subscribe();
-        futures_util::stream::unfold(
-            (self.clone(), receiver, start),
-            move |(fill, mut receiver, position)| async move {
-                if position >= end {
-                    return None;
+        futures_util::stream::unfold((self.clone(), receiver, start), move |(fill, mut receiver, position)| async move {
+            if position >= end {
+                return None;
+            }
+            loop {
+                let progress = *receiver.borrow_and_update();
+                if progress.state == FillState::Failed {
+                    let error = io::Error::other(format!("fill of {} failed", fill.etag));
+                    return Some((Err(error), (fill, receiver, end)));
                 }
-                loop {
-                    let progress = *receiver.borrow_and_update();
-                    if progress.state == FillState::Failed {
-                        let error = io::Error::other(format!("fill of {} failed", fill.etag));
-                        return Some((Err(error), (fill, receiver, end)));
-                    }
-                    let available = progress.written.min(end);
-                    // The chunk that would end a response reaching the last byte of the blob is held back
-                    // until the hash is checked: a client must never see a clean end of a corrupt file.
-                    let reaches_the_end = end == fill.size && position + READ_CHUNK >= end;
-                    if position < available
-                        && !(reaches_the_end && progress.state == FillState::Running)
-                    {
-                        let mut chunk = Box::pin(read_range(
-                            fill.file.clone(),
-                            position,
-                            available.min(position + READ_CHUNK),
-                        ));
-                        return match chunk.next().await {
-                            Some(Ok(bytes)) => {
-                                let next = position + bytes.len() as u64;
-                                Some((Ok(bytes), (fill, receiver, next)))
-                            }
-                            Some(Err(error)) => Some((Err(error), (fill, receiver, end))),
-                            None => {
-                                Some((Err(io::Error::other("empty read")), (fill, receiver, end)))
-                            }
-                        };
-                    }
-                    if receiver.changed().await.is_err() {
-                        return Some((
-                            Err(io::Error::other("fill vanished")),
-                            (fill, receiver, end),
-                        ));
-                    }
+                let available = progress.written.min(end);
+                // The chunk that would end a response reaching the last byte of the blob is held back
+                // until the hash is checked: a client must never see a clean end of a corrupt file.
+                let reaches_the_end = end == fill.size && position + READ_CHUNK >= end;
+                if position < available && !(reaches_the_end && progress.state == FillState::Running) {
+                    let mut chunk = Box::pin(read_range(fill.file.clone(), position, available.min(position + READ_CHUNK)));
+                    return match chunk.next().await {
+                        Some(Ok(bytes)) => {
+                            let next = position + bytes.len() as u64;
+                            Some((Ok(bytes), (fill, receiver, next)))
+                        }
+                        Some(Err(error)) => Some((Err(error), (fill, receiver, end))),
+                        None => Some((Err(io::Error::other("empty read")), (fill, receiver, end))),
+                    };
                 }
-            },
-        )
+                if receiver.changed().await.is_err() {
+                    return Some((Err(io::Error::other("fill vanished")), (fill, receiver, end)));
+                }
+            }
+        })
     }
 }
 
 /// Streams `start..end` of an open file in chunks read off the runtime, for as long as `available`
 /// says the bytes are there. Shared by fills in progress and stored blobs.
-pub fn read_range(
-    file: Arc<std::fs::File>,
-    start: u64,
-    end: u64,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+pub fn read_range(file: Arc<std::fs::File>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     futures_util::stream::unfold((file, start), move |(file, position)| async move {
         if position >= end {
             return None;
@@ -150,9 +114,7 @@ pub fn read_range(
         let reader = file.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut buffer = vec![0u8; length];
-            reader
-                .read_exact_at(&mut buffer, position)
-                .map(|()| Bytes::from(buffer))
+            reader.read_exact_at(&mut buffer, position).map(|()| Bytes::from(buffer))
         })
         .await
         .unwrap_or_else(|error| Err(io::Error::other(error)));
@@ -164,33 +126,24 @@ pub fn read_range(
     })
 }
 
-/// Hashes and writes the chunks it receives, in order, on a blocking thread, so the network side of
-/// a fill never waits for the disk or the hash. Returns the digest of everything written.
-fn write_and_hash(
-    fill: Arc<Fill>,
-    mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
-) -> Result<String, String> {
-    let mut hasher = ContentHasher::for_etag(&fill.etag, fill.size).ok_or("not an etag")?;
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+/// Writes the batches it receives, in order, on a blocking thread, so the network side of a fill
+/// never waits for the disk; readers see each batch once it is written.
+fn write_batches(fill: Arc<Fill>, mut batches: tokio::sync::mpsc::Receiver<Bytes>) -> Result<(), String> {
     let mut written: u64 = 0;
-    let flush = |batch: &mut Vec<u8>, written: &mut u64| -> Result<(), String> {
-        fill.file
-            .write_all_at(batch, *written)
-            .map_err(|error| format!("writing the temp file: {error}"))?;
-        *written += batch.len() as u64;
-        batch.clear();
-        fill.advance(*written);
-        Ok(())
-    };
-    while let Some(chunk) = chunks.blocking_recv() {
-        hasher.update(&chunk);
-        batch.extend_from_slice(&chunk);
-        if batch.len() >= WRITE_BATCH {
-            flush(&mut batch, &mut written)?;
-        }
+    while let Some(batch) = batches.blocking_recv() {
+        fill.file.write_all_at(&batch, written).map_err(|error| format!("writing the temp file: {error}"))?;
+        written += batch.len() as u64;
+        fill.advance(written);
     }
-    if !batch.is_empty() {
-        flush(&mut batch, &mut written)?;
+    Ok(())
+}
+
+/// Hashes the batches it receives on another blocking thread: on a memory-bound machine the page
+/// cache copy and the hash each cost about as much as the transfer, so they run side by side.
+fn hash_batches(etag: String, size: u64, mut batches: tokio::sync::mpsc::Receiver<Bytes>) -> Result<String, String> {
+    let mut hasher = ContentHasher::for_etag(&etag, size).ok_or("not an etag")?;
+    while let Some(batch) = batches.blocking_recv() {
+        hasher.update(&batch);
     }
     Ok(hasher.finish())
 }
@@ -198,39 +151,41 @@ fn write_and_hash(
 /// Streams the blob from `source` into the fill's temp file, reopening the source at the byte
 /// reached when it is interrupted. Succeeds only if the length and hash match the etag.
 pub(super) async fn run(fill: &Arc<Fill>, source: &dyn BlobSource) -> Result<(), String> {
-    let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (write_tx, write_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (hash_tx, hash_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let writer_fill = fill.clone();
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(writer_fill, chunk_rx));
-    let received = receive(fill, source, chunk_tx).await;
-    // The writer ends once the sender is dropped (by `receive` returning); its error explains a
-    // failed send, so it is looked at first.
-    let digest = writer.await.map_err(|error| error.to_string())??;
+    let writer = tokio::task::spawn_blocking(move || write_batches(writer_fill, write_rx));
+    let (etag, size) = (fill.etag.clone(), fill.size);
+    let hasher = tokio::task::spawn_blocking(move || hash_batches(etag, size, hash_rx));
+    let received = receive(fill, source, [write_tx, hash_tx]).await;
+    // Both threads end once the senders are dropped (by `receive` returning); a writer error
+    // explains a failed send, so it is looked at first.
+    writer.await.map_err(|error| error.to_string())??;
+    let digest = hasher.await.map_err(|error| error.to_string())??;
     received?;
     if digest != fill.etag {
-        return Err(format!(
-            "content hash {digest} does not match the etag (from {})",
-            source.describe()
-        ));
+        return Err(format!("content hash {digest} does not match the etag (from {})", source.describe()));
     }
     debug!(etag = %fill.etag, size = fill.size, "fill verified");
     Ok(())
 }
 
+/// Hands one batch to the writer and the hasher.
+async fn hand_over(consumers: &[tokio::sync::mpsc::Sender<Bytes>; 2], batch: Bytes) -> Result<(), String> {
+    for consumer in consumers {
+        consumer.send(batch.clone()).await.map_err(|_| "the writer stopped".to_owned())?;
+    }
+    Ok(())
+}
+
 /// Pulls the bytes from the source into the writer, retrying from the byte reached.
-async fn receive(
-    fill: &Fill,
-    source: &dyn BlobSource,
-    chunk_tx: tokio::sync::mpsc::Sender<Bytes>,
-) -> Result<(), String> {
+async fn receive(fill: &Fill, source: &dyn BlobSource, consumers: [tokio::sync::mpsc::Sender<Bytes>; 2]) -> Result<(), String> {
     let mut received: u64 = 0;
     let mut failures = 0u32;
     let mut last_error = String::new();
     while received < fill.size {
         if failures >= MAX_SOURCE_ATTEMPTS {
-            return Err(format!(
-                "{} failed {failures} times, last: {last_error}",
-                source.describe()
-            ));
+            return Err(format!("{} failed {failures} times, last: {last_error}", source.describe()));
         }
         if failures > 0 {
             tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(5)))).await;
@@ -246,13 +201,13 @@ async fn receive(
             }
         };
         if stream_start > received {
-            return Err(format!(
-                "{} started at {stream_start}, past the {received} bytes received",
-                source.describe()
-            ));
+            return Err(format!("{} started at {stream_start}, past the {received} bytes received", source.describe()));
         }
         let mut skip = received - stream_start;
         let mut interrupted = None;
+        // Network chunks are small (often 8–16 KiB); handing each to the writer thread would cost a
+        // thread wake-up per chunk, so they are gathered into batches first.
+        let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
         while let Some(chunk) = stream.next().await {
             let mut chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -270,16 +225,17 @@ async fn receive(
                 continue;
             }
             if received + chunk.len() as u64 > fill.size {
-                return Err(format!(
-                    "{} sent more than the expected {} bytes",
-                    source.describe(),
-                    fill.size
-                ));
+                return Err(format!("{} sent more than the expected {} bytes", source.describe(), fill.size));
             }
             received += chunk.len() as u64;
-            if chunk_tx.send(chunk).await.is_err() {
-                return Err("the writer stopped".into());
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= WRITE_BATCH {
+                hand_over(&consumers, batch.split().freeze()).await?;
             }
+        }
+        // What was received is handed over before any retry, so the writer stays in step.
+        if !batch.is_empty() {
+            hand_over(&consumers, batch.split().freeze()).await?;
         }
         if received < fill.size {
             failures += 1;

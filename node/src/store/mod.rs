@@ -90,8 +90,7 @@ impl Accounting {
         self.remove(etag);
         let tick = self.next_tick;
         self.next_tick += 1;
-        self.entries
-            .insert(etag.to_owned(), LruEntry { size, tick });
+        self.entries.insert(etag.to_owned(), LruEntry { size, tick });
         self.by_tick.insert(tick, etag.to_owned());
         self.stored_bytes += size;
     }
@@ -124,12 +123,7 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 impl BlobStore {
     /// Opens the store under `data_dir`: creates its directories, deletes fill leftovers, and builds
     /// the LRU from the blobs on disk (oldest modification first).
-    pub fn open(
-        data_dir: &Path,
-        max_bytes: Option<u64>,
-        min_free_bytes: u64,
-        shutdown: CancellationToken,
-    ) -> io::Result<BlobStore> {
+    pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
         let blobs_dir = data_dir.join("blobs");
         let tmp_dir = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs_dir)?;
@@ -148,18 +142,11 @@ impl BlobStore {
                 let blob = blob?;
                 let name = blob.file_name().to_string_lossy().into_owned();
                 let metadata = blob.metadata()?;
-                if !metadata.is_file()
-                    || !is_valid_etag(&name)
-                    || !shard.file_name().to_string_lossy().eq(&name[..2])
-                {
+                if !metadata.is_file() || !is_valid_etag(&name) || !shard.file_name().to_string_lossy().eq(&name[..2]) {
                     warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
                     continue;
                 }
-                found.push((
-                    metadata.modified().unwrap_or(std::time::UNIX_EPOCH),
-                    name,
-                    metadata.len(),
-                ));
+                found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), name, metadata.len()));
             }
         }
         found.sort();
@@ -167,11 +154,7 @@ impl BlobStore {
         for (_, etag, size) in found {
             accounting.insert(&etag, size);
         }
-        info!(
-            num_blobs = accounting.entries.len(),
-            stored_bytes = accounting.stored_bytes,
-            "blob store opened"
-        );
+        info!(num_blobs = accounting.entries.len(), stored_bytes = accounting.stored_bytes, "blob store opened");
         Ok(BlobStore {
             inner: Arc::new(StoreInner {
                 blobs_dir,
@@ -202,20 +185,13 @@ impl BlobStore {
             accounting.touch(etag);
             size
         };
-        Some(StoredBlob {
-            path: self.blob_path(etag),
-            size,
-        })
+        Some(StoredBlob { path: self.blob_path(etag), size })
     }
 
     /// Returns the usage numbers.
     pub fn usage(&self) -> StoreUsage {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        StoreUsage {
-            num_blobs: accounting.entries.len(),
-            stored_bytes: accounting.stored_bytes,
-            reserved_bytes: accounting.reserved_bytes,
-        }
+        StoreUsage { num_blobs: accounting.entries.len(), stored_bytes: accounting.stored_bytes, reserved_bytes: accounting.reserved_bytes }
     }
 
     /// Removes a blob (it was found corrupt, or evicted).
@@ -223,11 +199,7 @@ impl BlobStore {
         if !is_valid_etag(etag) {
             return;
         }
-        self.inner
-            .accounting
-            .lock()
-            .expect("accounting poisoned")
-            .remove(etag);
+        self.inner.accounting.lock().expect("accounting poisoned").remove(etag);
         if let Err(error) = std::fs::remove_file(self.blob_path(etag)) {
             if error.kind() != io::ErrorKind::NotFound {
                 warn!(%etag, %error, "could not remove blob");
@@ -250,17 +222,13 @@ impl BlobStore {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
             // Evict nothing for a blob that could not fit even in an empty store.
             let never_fits = self.inner.max_bytes.is_some_and(|max| size > max)
-                || free_on_disk.saturating_add(accounting.stored_bytes)
-                    < size.saturating_add(self.inner.min_free_bytes);
+                || free_on_disk.saturating_add(accounting.stored_bytes) < size.saturating_add(self.inner.min_free_bytes);
             loop {
                 if never_fits {
                     break false;
                 }
-                let within_limit = self.inner.max_bytes.is_none_or(|max| {
-                    accounting.stored_bytes + accounting.reserved_bytes + size <= max
-                });
-                let within_disk = free_on_disk.saturating_sub(accounting.reserved_bytes)
-                    >= size.saturating_add(self.inner.min_free_bytes);
+                let within_limit = self.inner.max_bytes.is_none_or(|max| accounting.stored_bytes + accounting.reserved_bytes + size <= max);
+                let within_disk = free_on_disk.saturating_sub(accounting.reserved_bytes) >= size.saturating_add(self.inner.min_free_bytes);
                 if within_limit && within_disk {
                     accounting.reserved_bytes += size;
                     break true;
@@ -280,10 +248,7 @@ impl BlobStore {
             }
         }
         if !reserved {
-            warn!(
-                size,
-                "no room to store a blob; streaming it without storing"
-            );
+            warn!(size, "no room to store a blob; streaming it without storing");
         }
         reserved
     }
@@ -295,12 +260,7 @@ impl BlobStore {
 
     /// Joins the fill of `etag` in progress, or starts one from `source`. The fill runs in its own
     /// task, so it goes on when the client that started it leaves.
-    pub fn fill_or_join(
-        &self,
-        etag: &str,
-        size: u64,
-        source: Arc<dyn BlobSource>,
-    ) -> io::Result<FillOutcome> {
+    pub fn fill_or_join(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>) -> io::Result<FillOutcome> {
         if !is_valid_etag(etag) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an etag"));
         }
@@ -315,10 +275,7 @@ impl BlobStore {
         if !self.reserve(size) {
             return Ok(FillOutcome::NoRoom);
         }
-        let temp_path = self.inner.tmp_dir.join(format!(
-            "{etag}.{}.partial",
-            std::process::id() as u64 ^ fastrand_seed()
-        ));
+        let temp_path = self.inner.tmp_dir.join(format!("{etag}.{}.partial", std::process::id() as u64 ^ fastrand_seed()));
         let fill = match Fill::create(etag.to_owned(), size, temp_path) {
             Ok(fill) => Arc::new(fill),
             Err(error) => {
@@ -365,11 +322,7 @@ impl BlobStore {
         self.release(fill.size);
         match published {
             Ok(()) => {
-                self.inner
-                    .accounting
-                    .lock()
-                    .expect("accounting poisoned")
-                    .insert(&fill.etag, fill.size);
+                self.inner.accounting.lock().expect("accounting poisoned").insert(&fill.etag, fill.size);
                 info!(etag = %fill.etag, size = fill.size, "blob stored");
                 fill.publish(FillState::Complete);
             }
@@ -379,11 +332,7 @@ impl BlobStore {
                 fill.publish(FillState::Failed);
             }
         }
-        self.inner
-            .fills
-            .lock()
-            .expect("fills poisoned")
-            .remove(&fill.etag);
+        self.inner.fills.lock().expect("fills poisoned").remove(&fill.etag);
     }
 
     /// Waits for every fill task to end (after the shutdown token was cancelled).

@@ -41,10 +41,7 @@ impl BlobSource for MemorySource {
         if self.corrupt && !bytes.is_empty() {
             bytes[0] ^= 1;
         }
-        let mut chunks: Vec<Result<Bytes, SourceError>> = bytes
-            .chunks(7000)
-            .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
-            .collect();
+        let mut chunks: Vec<Result<Bytes, SourceError>> = bytes.chunks(7000).map(|chunk| Ok(Bytes::copy_from_slice(chunk))).collect();
         if let (0, Some(cut)) = (open_number, self.cut_first_stream_at) {
             let mut remaining = cut;
             let mut kept = Vec::new();
@@ -90,9 +87,7 @@ async fn wait_done(fill: &Arc<Fill>) -> FillState {
     }
 }
 
-async fn read_all(
-    stream: impl futures_util::Stream<Item = std::io::Result<Bytes>>,
-) -> std::io::Result<Vec<u8>> {
+async fn read_all(stream: impl futures_util::Stream<Item = std::io::Result<Bytes>>) -> std::io::Result<Vec<u8>> {
     let mut stream = Box::pin(stream);
     let mut collected = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -112,17 +107,11 @@ async fn a_verified_fill_becomes_a_blob_and_readers_get_every_byte() {
     let bytes = test_bytes(3 << 20);
     let etag = sha256_hex(&bytes);
     let source = Arc::new(MemorySource::new(&bytes));
-    let FillOutcome::Filling(fill) = store
-        .fill_or_join(&etag, bytes.len() as u64, source.clone())
-        .unwrap()
-    else {
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else {
         panic!("expected a fill")
     };
     // A second caller joins the same fill instead of opening the source again.
-    let FillOutcome::Filling(joined) = store
-        .fill_or_join(&etag, bytes.len() as u64, source.clone())
-        .unwrap()
-    else {
+    let FillOutcome::Filling(joined) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else {
         panic!("expected a fill")
     };
     assert!(Arc::ptr_eq(&fill, &joined));
@@ -141,18 +130,9 @@ async fn a_git_blob_is_verified_by_its_sha1() {
     let directory = tempfile::tempdir().unwrap();
     let store = open_store(directory.path(), None);
     let source = Arc::new(MemorySource::new(b"hello\n"));
-    let FillOutcome::Filling(fill) = store
-        .fill_or_join("ce013625030ba8dba906f756967f9e9ca394464a", 6, source)
-        .unwrap()
-    else {
-        panic!()
-    };
+    let FillOutcome::Filling(fill) = store.fill_or_join("ce013625030ba8dba906f756967f9e9ca394464a", 6, source).unwrap() else { panic!() };
     assert_eq!(wait_done(&fill).await, FillState::Complete);
-    assert!(
-        store
-            .get("ce013625030ba8dba906f756967f9e9ca394464a")
-            .is_some()
-    );
+    assert!(store.get("ce013625030ba8dba906f756967f9e9ca394464a").is_some());
 }
 
 #[tokio::test]
@@ -163,26 +143,12 @@ async fn corrupt_bytes_are_never_stored_and_readers_fail() {
     let etag = sha256_hex(&bytes);
     let mut source = MemorySource::new(&bytes);
     source.corrupt = true;
-    let FillOutcome::Filling(fill) = store
-        .fill_or_join(&etag, bytes.len() as u64, Arc::new(source))
-        .unwrap()
-    else {
-        panic!()
-    };
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(source)).unwrap() else { panic!() };
     let result = read_all(fill.reader(0, fill.size)).await;
-    assert!(
-        result.is_err(),
-        "a reader of a corrupt fill must not end cleanly"
-    );
+    assert!(result.is_err(), "a reader of a corrupt fill must not end cleanly");
     assert_eq!(wait_done(&fill).await, FillState::Failed);
     assert!(store.get(&etag).is_none());
-    assert_eq!(
-        std::fs::read_dir(directory.path().join("tmp"))
-            .unwrap()
-            .count(),
-        0,
-        "the temp file is removed"
-    );
+    assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 0, "the temp file is removed");
     assert_eq!(store.usage().reserved_bytes, 0);
 }
 
@@ -195,12 +161,7 @@ async fn an_interrupted_source_is_resumed_from_the_byte_reached() {
     let mut source = MemorySource::new(&bytes);
     source.cut_first_stream_at = Some(1_234_567);
     let source = Arc::new(source);
-    let FillOutcome::Filling(fill) = store
-        .fill_or_join(&etag, bytes.len() as u64, source.clone())
-        .unwrap()
-    else {
-        panic!()
-    };
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, source.clone()).unwrap() else { panic!() };
     assert_eq!(read_all(fill.reader(0, fill.size)).await.unwrap(), bytes);
     assert_eq!(wait_done(&fill).await, FillState::Complete);
     assert_eq!(source.opens.load(Ordering::SeqCst), 2);
@@ -216,37 +177,14 @@ async fn a_crash_mid_fill_leaves_no_complete_looking_blob() {
         let store = BlobStore::open(directory.path(), None, 0, shutdown.clone()).unwrap();
         let mut source = MemorySource::new(&bytes);
         source.hang = true;
-        let FillOutcome::Filling(_fill) = store
-            .fill_or_join(&etag, bytes.len() as u64, Arc::new(source))
-            .unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(
-            std::fs::read_dir(directory.path().join("tmp"))
-                .unwrap()
-                .count(),
-            1
-        );
+        let FillOutcome::Filling(_fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(source)).unwrap() else { panic!() };
+        assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 1);
         // Simulate a crash: a leftover temp file stays behind whatever happens to the task.
-        std::fs::write(
-            directory
-                .path()
-                .join("tmp")
-                .join(format!("{etag}.1.partial")),
-            &bytes[..5000],
-        )
-        .unwrap();
+        std::fs::write(directory.path().join("tmp").join(format!("{etag}.1.partial")), &bytes[..5000]).unwrap();
     }
     let store = open_store(directory.path(), None);
     assert!(store.get(&etag).is_none());
-    assert_eq!(
-        std::fs::read_dir(directory.path().join("tmp"))
-            .unwrap()
-            .count(),
-        0,
-        "start-up removes leftovers"
-    );
+    assert_eq!(std::fs::read_dir(directory.path().join("tmp")).unwrap().count(), 0, "start-up removes leftovers");
 }
 
 #[tokio::test]
@@ -255,19 +193,9 @@ async fn least_recently_used_blobs_are_evicted_when_full() {
     let store = open_store(directory.path(), Some(250_000));
     let mut etags = Vec::new();
     for seed in 0..3u8 {
-        let bytes: Vec<u8> = test_bytes(100_000)
-            .into_iter()
-            .map(|byte| byte ^ seed)
-            .collect();
+        let bytes: Vec<u8> = test_bytes(100_000).into_iter().map(|byte| byte ^ seed).collect();
         let etag = sha256_hex(&bytes);
-        let FillOutcome::Filling(fill) = store
-            .fill_or_join(
-                &etag,
-                bytes.len() as u64,
-                Arc::new(MemorySource::new(&bytes)),
-            )
-            .unwrap()
-        else {
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
             panic!()
         };
         assert_eq!(wait_done(&fill).await, FillState::Complete);
@@ -278,21 +206,12 @@ async fn least_recently_used_blobs_are_evicted_when_full() {
         }
     }
     assert!(store.get(&etags[0]).is_some());
-    assert!(
-        store.get(&etags[1]).is_none(),
-        "the least recently used blob was evicted"
-    );
+    assert!(store.get(&etags[1]).is_none(), "the least recently used blob was evicted");
     assert!(store.get(&etags[2]).is_some());
     assert_eq!(store.usage().stored_bytes, 200_000);
     // A blob larger than the whole limit is streamed, not stored.
     let huge = test_bytes(300_000);
-    let outcome = store
-        .fill_or_join(
-            &sha256_hex(&huge),
-            huge.len() as u64,
-            Arc::new(MemorySource::new(&huge)),
-        )
-        .unwrap();
+    let outcome = store.fill_or_join(&sha256_hex(&huge), huge.len() as u64, Arc::new(MemorySource::new(&huge))).unwrap();
     assert!(matches!(outcome, FillOutcome::NoRoom));
     // Reopening rebuilds the same accounting from disk.
     drop(store);

@@ -6,10 +6,7 @@ use sha1::Digest;
 /// Returns true for a string that can name a blob: 40 or 64 lowercase hex digits. Anything else
 /// (and so any path trick) is refused before it reaches the file system.
 pub fn is_valid_etag(etag: &str) -> bool {
-    (etag.len() == 40 || etag.len() == 64)
-        && etag
-            .bytes()
-            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    (etag.len() == 40 || etag.len() == 64) && etag.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// An incremental hash of a blob's bytes in the form its etag uses.
@@ -61,22 +58,14 @@ mod tests {
         hasher.update(b"lo\n");
         assert_eq!(hasher.finish(), "ce013625030ba8dba906f756967f9e9ca394464a");
         // The empty blob.
-        assert_eq!(
-            ContentHasher::for_etag(&"0".repeat(40), 0)
-                .unwrap()
-                .finish(),
-            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-        );
+        assert_eq!(ContentHasher::for_etag(&"0".repeat(40), 0).unwrap().finish(), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
     }
 
     #[test]
     fn sha256_for_lfs_etags() {
         let mut hasher = ContentHasher::for_etag(&"0".repeat(64), 3).unwrap();
         hasher.update(b"abc");
-        assert_eq!(
-            hasher.finish(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hasher.finish(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
