@@ -1,0 +1,14 @@
+//! The peer transport: QUIC (quinn) between nodes with mutual TLS from a cluster CA. It carries
+//! blob fills, streamed from an offset; Raft RPCs will share the endpoint under their own ALPN.
+//!
+//! This is the only module of the crate that imports quinn.
+
+pub mod certs;
+mod endpoint;
+pub mod protocol;
+pub mod tls;
+
+pub use endpoint::{BlobBytes, LocalBlobs, PeerAddress, PeerEndpoint, PeerError, PeerOpen, peer_alpn};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! The peer fill protocol, one QUIC bidirectional stream per request (ALPN `hfm-fill/1`):
+//!
+//! ```text
+//! client → server: u32 big-endian length ‖ postcard(FillRequest), then FIN
+//! server → client: u32 big-endian length ‖ postcard(FillResponse), then (on `Sending`) the raw bytes
+//!                  start..size of the blob, then FIN; a reset stream means the server failed mid-way
+//! ```
+//!
+//! The receiver checks the byte count and the content hash itself (a fill verifies whatever its
+//! source), so a lying or broken peer costs a retry, never a corrupt blob.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The ALPN of blob fills between peers.
+pub const FILL_ALPN: &[u8] = b"hfm-fill/1";
+/// The largest frame either side accepts; requests and responses are tiny.
+pub const MAX_FRAME: usize = 64 << 10;
+
+/// Asks a peer for a blob's bytes from `start` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillRequest {
+    /// The content address (git blob sha1 or sha256).
+    pub etag: String,
+    /// The blob's size as the asker's catalog knows it.
+    pub size: u64,
+    pub start: u64,
+    /// When set, the peer is asked as the blob's fill leader: if it does not hold the blob it
+    /// fetches it from its own upstream at this opaque locator (and keeps it), streaming as it goes.
+    /// When unset, the peer answers only from what it holds or is already filling.
+    pub origin: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FillResponse {
+    /// The bytes `start..size` follow.
+    Sending { size: u64, start: u64 },
+    /// The peer neither holds nor is filling the blob (and was not asked to fetch it).
+    NotHere,
+    /// The peer cannot serve now (shutting down, draining, out of capacity); try another source.
+    Unavailable { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is larger than the limit")]
+    TooLarge(usize),
+    #[error("frame is undecodable: {0}")]
+    Codec(String),
+    #[error("stream failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one length-prefixed postcard frame.
+pub async fn write_frame<T: Serialize>(writer: &mut (impl AsyncWrite + Unpin), value: &T) -> Result<(), FrameError> {
+    let bytes = postcard::to_stdvec(value).map_err(|error| FrameError::Codec(error.to_string()))?;
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    writer.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one length-prefixed postcard frame, refusing anything over [`MAX_FRAME`] before reading it.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(reader: &mut (impl AsyncRead + Unpin)) -> Result<T, FrameError> {
+    let mut length = [0u8; 4];
+    reader.read_exact(&mut length).await?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > MAX_FRAME {
+        return Err(FrameError::TooLarge(length));
+    }
+    let mut bytes = vec![0u8; length];
+    reader.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes).map_err(|error| FrameError::Codec(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let request = FillRequest { etag: "a".repeat(64), size: 10, start: 3, origin: Some("/org/model/resolve/abc/x".into()) };
+        let mut buffer = Vec::new();
+        write_frame(&mut buffer, &request).await.unwrap();
+        let decoded: FillRequest = read_frame(&mut buffer.as_slice()).await.unwrap();
+        assert_eq!(decoded, request);
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_are_refused() {
+        // A length over the limit is refused before any allocation.
+        let huge = (u32::MAX).to_be_bytes();
+        assert!(matches!(read_frame::<FillRequest>(&mut huge.as_slice()).await, Err(FrameError::TooLarge(_))));
+        // Truncated frames and garbage fail cleanly.
+        let truncated = [0u8, 0, 0, 10, 1, 2];
+        assert!(matches!(read_frame::<FillRequest>(&mut truncated.as_slice()).await, Err(FrameError::Io(_))));
+        let garbage = [0u8, 0, 0, 3, 0xff, 0xff, 0xff];
+        assert!(matches!(read_frame::<FillResponse>(&mut garbage.as_slice()).await, Err(FrameError::Codec(_))));
+        assert!(read_frame::<FillRequest>(&mut [].as_slice()).await.is_err());
+    }
+}
