@@ -31,6 +31,31 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Entries per page of `/tree` answers.
     pub tree_page_size: usize,
+    /// The cluster this node belongs to; `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// What a node of a multi-node topology needs to reach its peers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// The cluster CA and this node's certificate and key (`hf-mirror cluster certs`).
+    pub certs_dir: PathBuf,
+    /// The UDP address the node's QUIC peer endpoint binds.
+    pub peer_listen: SocketAddr,
+    /// How many nodes keep each blob.
+    pub replicas: usize,
+    /// Every node of the topology, this one included, in file order.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A node as its peers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    pub name: String,
+    /// `host:port` of its QUIC endpoint.
+    pub peer_address: String,
+    /// Its placement weight: its raw storage in bytes.
+    pub weight: f64,
 }
 
 impl NodeConfig {
@@ -47,6 +72,7 @@ impl NodeConfig {
             min_free_disk: 1 << 30,
             public_url: None,
             tree_page_size: 1000,
+            cluster: None,
         }
     }
 }
@@ -88,6 +114,8 @@ pub struct NodeSettingsFile {
     pub min_free_disk: Option<String>,
     pub public_url: Option<String>,
     pub tree_page_size: Option<String>,
+    /// The UDP address the QUIC peer endpoint binds (default: all interfaces, the port of `peer_address`).
+    pub peer_listen: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -107,6 +135,10 @@ pub struct ClusterSection {
     pub name: String,
     /// The DNS zone the nodes are authoritative for (used by the DNS issue).
     pub zone: String,
+    /// Where the cluster CA and node certificates are (`hf-mirror cluster certs --out DIR`).
+    pub certs_dir: Option<PathBuf>,
+    /// How many nodes keep each blob (default 2).
+    pub replicas: Option<usize>,
 }
 
 /// One peer of the cluster: where it is, what it has, and its own settings.
@@ -122,6 +154,8 @@ pub struct NodeEntry {
     pub bandwidth_gbps: u32,
     /// Raw capacity, e.g. `1.8PB`; placement weights follow it.
     pub storage: String,
+    /// `host:port` where the other nodes reach this node's QUIC peer endpoint.
+    pub peer_address: Option<String>,
     #[serde(flatten)]
     pub settings: NodeSettingsFile,
 }
@@ -306,6 +340,7 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         let node = &topology.nodes[node_index];
         config.name = node.name.clone();
         apply_layer(&mut config, &node.settings, origin, &format!("nodes[{node_index}]."))?;
+        config.cluster = resolve_cluster(topology, origin, node_index)?;
     } else if let Some(name) = node_name {
         config.name = name.to_owned();
     }
@@ -319,9 +354,51 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         min_free_disk: overrides.min_free_disk.clone(),
         public_url: overrides.public_url.clone(),
         tree_page_size: overrides.tree_page_size.clone(),
+        peer_listen: None,
     };
     apply_layer(&mut config, &flags, "flag or environment", "--")?;
     Ok(config)
+}
+
+/// Resolves the cluster part of a node's configuration: only for topologies of more than one node.
+fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> Result<Option<ClusterConfig>, ConfigError> {
+    if topology.nodes.len() < 2 {
+        return Ok(None);
+    }
+    let fail = |field: String, message: String| ConfigError { origin: origin.to_owned(), field, message };
+    let certs_dir = topology
+        .cluster
+        .certs_dir
+        .clone()
+        .ok_or_else(|| fail("cluster.certs_dir".into(), "a topology of several nodes needs the peer certificates' directory".into()))?;
+    let replicas = topology.cluster.replicas.unwrap_or(2);
+    if replicas == 0 || replicas > topology.nodes.len() {
+        return Err(fail("cluster.replicas".into(), format!("must be between 1 and the number of nodes ({})", topology.nodes.len())));
+    }
+    let mut peers = Vec::new();
+    for (index, node) in topology.nodes.iter().enumerate() {
+        let peer_address = node.peer_address.clone().ok_or_else(|| {
+            fail(format!("nodes[{index}].peer_address"), "every node of a cluster needs a peer address (host:port)".into())
+        })?;
+        let port_ok = peer_address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_some_and(|port| port != 0);
+        if !port_ok {
+            return Err(fail(format!("nodes[{index}].peer_address"), format!("{peer_address:?} is not host:port")));
+        }
+        let weight = parse_size(&node.storage).map_err(|message| fail(format!("nodes[{index}].storage"), message))? as f64;
+        peers.push(PeerConfig { name: node.name.clone(), peer_address, weight });
+    }
+    let node = &topology.nodes[node_index];
+    let listen_text = node.settings.peer_listen.clone().or_else(|| topology.defaults.peer_listen.clone());
+    let peer_listen = match listen_text {
+        Some(text) => {
+            text.parse().map_err(|_| fail(format!("nodes[{node_index}].peer_listen"), format!("invalid socket address {text:?}")))?
+        }
+        None => {
+            let port = peers[node_index].peer_address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(7443);
+            SocketAddr::from(([0, 0, 0, 0], port))
+        }
+    };
+    Ok(Some(ClusterConfig { certs_dir, peer_listen, replicas, peers }))
 }
 
 #[cfg(test)]
@@ -332,6 +409,7 @@ mod tests {
 [cluster]
 name = "test"
 zone = "hf-mirror.test"
+certs_dir = "/etc/hf-mirror/certs"
 
 [defaults]
 upstream = "https://huggingface.co/"
@@ -348,6 +426,7 @@ bandwidth_gbps = 100
 storage = "1.8PB"
 listen = "127.0.0.1:9001"
 max_disk = "1.7PB"
+peer_address = "fra1.test:7443"
 
 [[nodes]]
 name = "ams1"
@@ -358,6 +437,8 @@ latitude = 52.37
 longitude = 4.90
 bandwidth_gbps = 40
 storage = "600TB"
+peer_address = "ams1.test:7444"
+peer_listen = "127.0.0.1:7444"
 "#;
 
     #[test]
@@ -370,8 +451,17 @@ storage = "600TB"
         assert_eq!(config.upstream, "https://huggingface.co");
         assert_eq!(config.ref_ttl, Duration::from_secs(5));
         assert_eq!(config.max_disk, Some(1_700_000_000_000_000));
+        let cluster = config.cluster.expect("two nodes make a cluster");
+        assert_eq!(cluster.peer_listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(cluster.replicas, 2);
+        assert_eq!(cluster.peers.iter().map(|peer| peer.weight).collect::<Vec<_>>(), [1.8e15, 6e14]);
         let other = resolve(Some((&topology, "topology.toml")), Some("ams1"), &Overrides::default()).unwrap();
         assert_eq!(other.ref_ttl, Duration::from_secs(30));
+        assert_eq!(other.cluster.unwrap().peer_listen, "127.0.0.1:7444".parse().unwrap());
+        let without_address = TOPOLOGY.replace("peer_address = \"ams1.test:7444\"\n", "");
+        let topology = parse_topology(&without_address, "topology.toml").unwrap();
+        let error = resolve(Some((&topology, "topology.toml")), Some("fra1"), &Overrides::default()).unwrap_err();
+        assert_eq!(error.field, "nodes[1].peer_address");
         assert_eq!(other.listen, NodeConfig::embedded_default().listen);
     }
 

@@ -315,7 +315,12 @@ async fn blob_body(
         }
     }
     let resolve_path = format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path));
-    let source = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path));
+    let upstream = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path.clone()));
+    // In a cluster, peers come before upstream; alone, upstream is the only source.
+    let source: Arc<dyn BlobSource> = match mirror.cluster() {
+        Some(cluster) => cluster.source_for(etag, size, &resolve_path, upstream),
+        None => upstream,
+    };
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
         FillOutcome::Stored(blob) => {
             let stream = stored_blob_stream(&blob, size, start, end).await.map_err(HubError::internal)?;
@@ -345,14 +350,14 @@ async fn stored_blob_stream(
 /// Streams a blob straight from its source to one client, without storing it (no room on disk).
 /// A whole-file answer is still verified: its last chunk goes out only if the hash matched.
 fn direct_stream(
-    source: Arc<UpstreamBlob>,
+    source: Arc<dyn BlobSource>,
     etag: String,
     size: u64,
     start: u64,
     end: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     struct Direct {
-        source: Arc<UpstreamBlob>,
+        source: Arc<dyn BlobSource>,
         stream: Option<crate::store::ByteStream>,
         skip: u64,
         remaining: u64,
@@ -559,7 +564,7 @@ mod tests {
         let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
-        router(Mirror::new(config, Arc::new(catalog), upstream, store))
+        router(Mirror::new(config, Arc::new(catalog), upstream, store, None))
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

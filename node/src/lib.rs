@@ -4,11 +4,13 @@
 //!
 //! - `config`: `NodeConfig` from the embedded default, `topology.toml`, flags and environment.
 //! - `serve`: the composition root; start-up and shutdown order.
+//! - `cluster_up`: `hf-mirror cluster up`, the topology's nodes as local processes.
 //! - `edge`: the HTTP handler; routes each request to the mirror or to a pass-through.
 //! - `hub/`: the Hub's wire contract (routes, errors, headers, ranges, JSON). Only this module knows it.
 //! - `mirror`: read-through of metadata (policy, refs, manifests, repo info), coalesced and stale-tolerant.
 //! - `store/`: the content-addressed blob store with verified fills and LRU capacity.
 //! - `upstream`: the upstream Hub client (manual redirects, anonymous blob fetches).
+//! - `peers`: blob fills across the cluster: peers before upstream, and answering peers.
 //! - `singleflight`: coalescing of identical concurrent work.
 //!
 //! # Dependency rule
@@ -16,10 +18,12 @@
 //! `hfm-node` depends on `hfm-cluster` (catalog interface and records), never the other way round.
 //! The store knows no HTTP types; `hub` knows no storage.
 
+pub mod cluster_up;
 pub mod config;
 pub mod edge;
 pub mod hub;
 pub mod mirror;
+pub mod peers;
 pub mod serve;
 pub mod singleflight;
 pub mod store;

@@ -29,6 +29,54 @@ enum Command {
     /// Runs one node. Without arguments: the embedded default (127.0.0.1:8080, ./hf-mirror-data,
     /// upstream https://huggingface.co).
     Serve(ServeArgs),
+    /// Cluster operations: certificates, a local four-node try-out.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Creates the cluster CA and a certificate for every node of the topology.
+    Certs {
+        #[arg(long, default_value = "topology.toml", env = "HF_MIRROR_CONFIG")]
+        config: PathBuf,
+        /// Directory to write ca.pem, ca.key and NODE.pem/NODE.key into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Starts every node of the topology on loopback and prints `node NAME http://ADDR:PORT` for
+    /// each once all are ready; SIGINT or SIGTERM stops them.
+    Up {
+        #[arg(long, default_value = "topology.toml", env = "HF_MIRROR_CONFIG")]
+        config: PathBuf,
+        /// Directory for every node's data, logs and the generated certificates.
+        #[arg(long, default_value = "./hf-mirror-cluster")]
+        data_dir: PathBuf,
+        /// The upstream Hub for every node.
+        #[arg(long, env = "HF_MIRROR_UPSTREAM")]
+        upstream: Option<String>,
+        /// How long a branch or tag resolution is trusted.
+        #[arg(long, env = "HF_MIRROR_REF_TTL")]
+        ref_ttl: Option<String>,
+    },
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Certs { config: path, out } => {
+            let topology = config::read_topology(&path)?;
+            let names: Vec<String> = topology.nodes.iter().map(|node| node.name.clone()).collect();
+            hfm_cluster::peer::certs::generate_cluster_certs(&out, &topology.cluster.name, &names)?;
+            println!("wrote the cluster CA and {} node certificates to {}", names.len(), out.display());
+            Ok(())
+        }
+        ClusterCommand::Up { config: path, data_dir, upstream, ref_ttl } => {
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone())?;
+            let options = hfm_node::cluster_up::UpOptions { topology: path, data_dir, upstream, ref_ttl };
+            hfm_node::cluster_up::run(options, shutdown).await
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -134,6 +182,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Cluster(command) => cluster(command).await,
         }
     });
     match result {

@@ -17,6 +17,7 @@ use crate::config::NodeConfig;
 use crate::hub::HubError;
 use crate::hub::json::{parse_tree_entry, strip_xet_fields};
 use crate::hub::route::encode_segment;
+use crate::peers::ClusterFill;
 use crate::singleflight::SingleFlight;
 use crate::store::BlobStore;
 use crate::upstream::{BufferedReply, Upstream};
@@ -79,6 +80,7 @@ struct MirrorInner {
     catalog: Arc<dyn Catalog>,
     upstream: Upstream,
     store: BlobStore,
+    cluster: Option<Arc<ClusterFill>>,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
     manifests: SingleFlight<Arc<Manifest>>,
@@ -91,13 +93,20 @@ pub fn api_repo_path(repo: &RepoKey) -> String {
 }
 
 impl Mirror {
-    pub fn new(config: NodeConfig, catalog: Arc<dyn Catalog>, upstream: Upstream, store: BlobStore) -> Mirror {
+    pub fn new(
+        config: NodeConfig,
+        catalog: Arc<dyn Catalog>,
+        upstream: Upstream,
+        store: BlobStore,
+        cluster: Option<Arc<ClusterFill>>,
+    ) -> Mirror {
         Mirror {
             inner: Arc::new(MirrorInner {
                 config,
                 catalog,
                 upstream,
                 store,
+                cluster,
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
                 manifests: SingleFlight::default(),
@@ -116,6 +125,11 @@ impl Mirror {
 
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+
+    /// The cluster this node fills blobs with, if it is part of one.
+    pub fn cluster(&self) -> Option<&Arc<ClusterFill>> {
+        self.inner.cluster.as_ref()
     }
 
     /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is

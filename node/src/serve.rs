@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hfm_cluster::catalog::LocalCatalog;
+use hfm_cluster::peer::LocalBlobs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::NodeConfig;
 use crate::edge;
 use crate::mirror::Mirror;
+use crate::peers::{ClusterFill, PeerService};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
 
@@ -31,7 +33,17 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
         .context("opening the blob store")?;
     let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
-    let mirror = Mirror::new(config.clone(), Arc::new(catalog), upstream, store.clone());
+    let cluster = match &config.cluster {
+        Some(cluster_config) => Some(Arc::new(ClusterFill::start(cluster_config, &config.name).await?)),
+        None => None,
+    };
+    let mirror = Mirror::new(config.clone(), Arc::new(catalog), upstream, store.clone(), cluster.clone());
+    let peer_shutdown = shutdown.child_token();
+    let peer_server = cluster.map(|cluster| {
+        let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
+        let token = peer_shutdown.clone();
+        tokio::spawn(async move { cluster.endpoint().serve(service, token).await })
+    });
     let app = edge::router(mirror);
 
     let local_address = listener.local_addr()?;
@@ -58,6 +70,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     tokio::select! {
         result = server => result.context("serving HTTP")?,
         () = cut_off => warn!("grace period over; cutting open connections"),
+    }
+    peer_shutdown.cancel();
+    if let Some(peer_server) = peer_server {
+        let _ = peer_server.await;
     }
     store_shutdown.cancel();
     store.close().await;

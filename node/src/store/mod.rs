@@ -188,6 +188,11 @@ impl BlobStore {
         Some(StoredBlob { path: self.blob_path(etag), size })
     }
 
+    /// Returns the fill of `etag` in progress, if any.
+    pub fn fill_in_progress(&self, etag: &str) -> Option<Arc<Fill>> {
+        self.inner.fills.lock().expect("fills poisoned").get(etag).cloned()
+    }
+
     /// Returns the usage numbers.
     pub fn usage(&self) -> StoreUsage {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");

@@ -1,0 +1,177 @@
+//! The node's side of the cluster's blob fills: asking peers before upstream, and answering peers.
+//!
+//! For a cold blob the sources are tried in placement order: the nodes ranked above this one are
+//! asked as fill leaders (a leader that lacks the blob fetches it from upstream once, for everyone,
+//! and streams it while it writes); the nodes ranked below are asked only for what they hold; then
+//! upstream. A source that fails, even mid-stream, is replaced by the next one from the byte reached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use hfm_cluster::peer::protocol::FillRequest;
+use hfm_cluster::peer::tls::PeerTls;
+use hfm_cluster::peer::{LocalBlobs, PeerAddress, PeerEndpoint, PeerOpen, peer_alpn};
+use hfm_cluster::placement::{Placement, WeightedNode};
+use tracing::{debug, info, warn};
+
+use crate::config::ClusterConfig;
+use crate::mirror::Mirror;
+use crate::store::{BlobSource, ByteStream, FillOutcome, SourceError, is_valid_etag, read_range};
+use crate::upstream::UpstreamBlob;
+
+/// This node's membership in the cluster, for blob fills.
+pub struct ClusterFill {
+    endpoint: PeerEndpoint,
+    placement: Placement,
+    self_name: String,
+    addresses: HashMap<String, PeerAddress>,
+}
+
+impl ClusterFill {
+    /// Loads the node's TLS identity, binds its QUIC endpoint and resolves every peer's address.
+    pub async fn start(config: &ClusterConfig, self_name: &str) -> anyhow::Result<ClusterFill> {
+        let tls = PeerTls::load(&config.certs_dir, self_name, &peer_alpn()).context("loading the peer certificates")?;
+        let endpoint = PeerEndpoint::bind(config.peer_listen, &tls)?;
+        let mut addresses = HashMap::new();
+        for peer in &config.peers {
+            let resolved = tokio::net::lookup_host(&peer.peer_address)
+                .await
+                .with_context(|| format!("resolving the peer address {} of {}", peer.peer_address, peer.name))?
+                .next()
+                .with_context(|| format!("{} resolves to no address", peer.peer_address))?;
+            addresses.insert(peer.name.clone(), PeerAddress { name: peer.name.clone(), address: resolved });
+        }
+        let placement =
+            Placement::new(config.peers.iter().map(|peer| WeightedNode { name: peer.name.clone(), weight: peer.weight }).collect())?;
+        info!(node = self_name, peer_address = %endpoint.local_addr()?, peers = config.peers.len(), "peer endpoint ready");
+        Ok(ClusterFill { endpoint, placement, self_name: self_name.to_owned(), addresses })
+    }
+
+    pub fn endpoint(&self) -> &PeerEndpoint {
+        &self.endpoint
+    }
+
+    /// The sources of a blob, in the order they are tried (see the module doc).
+    pub fn source_for(&self, etag: &str, size: u64, origin: &str, upstream: Arc<UpstreamBlob>) -> Arc<dyn BlobSource> {
+        let preference = self.placement.preference_list(etag);
+        let position = preference.iter().position(|name| *name == self.self_name).unwrap_or(preference.len());
+        let mut leaders = Vec::new();
+        let mut holders = Vec::new();
+        for (rank, name) in preference.iter().enumerate() {
+            let Some(address) = self.addresses.get(*name) else { continue };
+            if rank < position {
+                leaders.push(Candidate::Peer { address: address.clone(), origin: Some(origin.to_owned()) });
+            } else if rank > position {
+                holders.push(Candidate::Peer { address: address.clone(), origin: None });
+            }
+        }
+        let mut candidates = leaders;
+        candidates.extend(holders);
+        candidates.push(Candidate::Upstream(upstream));
+        Arc::new(ClusterSource { endpoint: self.endpoint.clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
+    }
+}
+
+enum Candidate {
+    Peer { address: PeerAddress, origin: Option<String> },
+    Upstream(Arc<UpstreamBlob>),
+}
+
+/// Tries its candidates in order, staying with the one that last worked.
+struct ClusterSource {
+    endpoint: PeerEndpoint,
+    etag: String,
+    size: u64,
+    candidates: Vec<Candidate>,
+    current: Mutex<usize>,
+}
+
+#[async_trait::async_trait]
+impl BlobSource for ClusterSource {
+    async fn open(&self, offset: u64) -> Result<(u64, ByteStream), SourceError> {
+        let first = *self.current.lock().expect("source index poisoned");
+        for index in first..self.candidates.len() {
+            *self.current.lock().expect("source index poisoned") = index;
+            match &self.candidates[index] {
+                Candidate::Peer { address, origin } => {
+                    let request = FillRequest { etag: self.etag.clone(), size: self.size, start: offset, origin: origin.clone() };
+                    match self.endpoint.fetch(address, &request).await {
+                        Ok((start, bytes)) => {
+                            debug!(etag = %self.etag, peer = %address.name, offset, "filling from a peer");
+                            let bytes = bytes.map(|chunk| chunk.map_err(|error| SourceError::Transient(error.to_string())));
+                            return Ok((start, Box::pin(bytes)));
+                        }
+                        Err(error) => debug!(etag = %self.etag, %error, "peer cannot serve; trying the next source"),
+                    }
+                }
+                Candidate::Upstream(upstream) => return upstream.open(offset).await,
+            }
+        }
+        Err(SourceError::Transient("no source left".into()))
+    }
+
+    fn describe(&self) -> String {
+        let index = *self.current.lock().expect("source index poisoned");
+        match self.candidates.get(index) {
+            Some(Candidate::Peer { address, .. }) => format!("peer {}", address.name),
+            Some(Candidate::Upstream(upstream)) => upstream.describe(),
+            None => "no source".into(),
+        }
+    }
+}
+
+/// Answers peers from this node's store, and fetches from upstream when asked as fill leader.
+pub struct PeerService {
+    mirror: Mirror,
+}
+
+impl PeerService {
+    pub fn new(mirror: Mirror) -> PeerService {
+        PeerService { mirror }
+    }
+}
+
+/// An origin a peer may ask us to fetch: a `/resolve/` path of our upstream, nothing else.
+fn is_acceptable_origin(origin: &str) -> bool {
+    origin.starts_with('/') && origin.contains("/resolve/") && !origin.contains("..") && !origin.contains("//") && origin.len() < 4096
+}
+
+#[async_trait::async_trait]
+impl LocalBlobs for PeerService {
+    async fn open_for_peer(&self, request: &FillRequest) -> PeerOpen {
+        if !is_valid_etag(&request.etag) {
+            return PeerOpen::Unavailable("not an etag".into());
+        }
+        let store = self.mirror.store();
+        let (start, size) = (request.start, request.size);
+        if let Some(blob) = store.get(&request.etag) {
+            if blob.size == size {
+                if let Ok(file) = std::fs::File::open(&blob.path) {
+                    return PeerOpen::Sending { size, start, bytes: Box::pin(read_range(Arc::new(file), start, size)) };
+                }
+            }
+        }
+        if let Some(fill) = store.fill_in_progress(&request.etag) {
+            if fill.size == size {
+                return PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) };
+            }
+        }
+        let Some(origin) = &request.origin else { return PeerOpen::NotHere };
+        if !is_acceptable_origin(origin) {
+            warn!(etag = %request.etag, "a peer asked for an unacceptable origin");
+            return PeerOpen::Unavailable("unacceptable origin".into());
+        }
+        let source = Arc::new(UpstreamBlob::new(self.mirror.upstream().clone(), origin.clone()));
+        match store.fill_or_join(&request.etag, size, source) {
+            Ok(FillOutcome::Filling(fill)) => PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) },
+            Ok(FillOutcome::Stored(blob)) => match std::fs::File::open(&blob.path) {
+                Ok(file) => PeerOpen::Sending { size, start, bytes: Box::pin(read_range(Arc::new(file), start, size)) },
+                Err(error) => PeerOpen::Unavailable(error.to_string()),
+            },
+            Ok(FillOutcome::NoRoom) => PeerOpen::Unavailable("no room to store".into()),
+            Err(error) => PeerOpen::Unavailable(error.to_string()),
+        }
+    }
+}
