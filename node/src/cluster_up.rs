@@ -2,7 +2,8 @@
 //!
 //! Every node runs as its own `hf-mirror serve` process, as in production, on 127.0.0.1 with ports
 //! picked free; certificates are made once under the data directory. Once every node is ready the
-//! command prints `node NAME http://ADDR:PORT` per node, and it stops them all on SIGINT/SIGTERM.
+//! command prints `node NAME http://ADDR:PORT` per node, and it stops them all on SIGINT/SIGTERM. A node
+//! that dies is reported and the others keep running.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -160,20 +161,25 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
             stdout.flush()?;
         }
         info!(nodes = names.len(), logs = %data_dir.display(), "cluster up; SIGINT or SIGTERM stops it");
-        let died = async {
-            loop {
-                for (name, child) in &mut children {
+        // A node that dies is reported and the others keep serving, so failures can be tried out;
+        // the command ends on a signal, or when no node is left.
+        let mut alive: Vec<bool> = vec![true; children.len()];
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            for (index, (name, child)) in children.iter_mut().enumerate() {
+                if alive[index] {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return (name.clone(), status);
+                        warn!(node = %name, %status, "node exited; the others keep running");
+                        alive[index] = false;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            (name, status) = died => {
-                outcome = Err(anyhow::anyhow!("node {name} exited ({status}); stopping the others"));
+            if alive.iter().all(|alive| !alive) {
+                outcome = Err(anyhow::anyhow!("every node exited"));
+                break;
             }
         }
     }

@@ -153,12 +153,15 @@ impl LocalBlobs for PeerService {
                 }
             }
         }
+        // Only a node asked as fill leader shares a fill in progress. A node asked merely whether it
+        // holds the blob (a node ranked below the asker) answers from complete blobs only: its own
+        // fill may be fed by the asker, and sharing it would make the two wait on each other.
+        let Some(origin) = &request.origin else { return PeerOpen::NotHere };
         if let Some(fill) = store.fill_in_progress(&request.etag) {
             if fill.size == size {
                 return PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) };
             }
         }
-        let Some(origin) = &request.origin else { return PeerOpen::NotHere };
         if !is_acceptable_origin(origin) {
             warn!(etag = %request.etag, "a peer asked for an unacceptable origin");
             return PeerOpen::Unavailable("unacceptable origin".into());

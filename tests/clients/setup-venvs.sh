@@ -2,7 +2,7 @@
 # Creates the three client venvs used by tests/clients (idempotent).
 #   hub036: huggingface_hub 0.36.2 (last 0.x, requests) + transformers 4.x + tokenizers
 #   hub1:   huggingface_hub 1.33.0 (newest 1.x, httpx)
-#   hub2:   huggingface_hub 2.4.0 (httpx2, pulls hf_xet) + transformers 5.x + requests
+#   hub2:   huggingface_hub 2.4.0 (httpx2, pulls hf_xet) + transformers 5.x + requests + xxhash (placement cross-check)
 # Each venv gets a marker file named after the exact package set; when it exists
 # the venv is left alone. No torch, no extras.
 set -euo pipefail
@@ -16,7 +16,7 @@ PYTHON="${PYTHON:-python3}"
 declare -A SPECS=(
   [hub036]="huggingface_hub==0.36.2 transformers==4.57.6 tokenizers==0.22.2 pytest"
   [hub1]="huggingface_hub==1.33.0 pytest"
-  [hub2]="huggingface_hub==2.4.0 hf_xet transformers==5.24.0 tokenizers pytest requests"
+  [hub2]="huggingface_hub==2.4.0 hf_xet transformers==5.24.0 tokenizers pytest requests xxhash"
 )
 NAMES=(${VENV_NAMES:-hub036 hub1 hub2})
 

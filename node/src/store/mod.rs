@@ -290,6 +290,7 @@ impl BlobStore {
         };
         fills.insert(etag.to_owned(), fill.clone());
         drop(fills);
+        info!(%etag, size, source = %source.describe(), "fill started");
         let store = self.clone();
         let running = fill.clone();
         self.inner.tasks.spawn(async move {

@@ -1,0 +1,195 @@
+"""The four-node cluster from `hf-mirror cluster up` (topology.toml) against the fake Hub: any node
+answers, a blob crosses the upstream link once for the whole cluster, and a peer dying mid-transfer
+does not fail the download.
+
+The cluster suite runs once, in the newest client's venv: it tests the nodes, not the client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HUB_VERSION, ROOT, clean_env, http_request, mirror_bin, stop_process
+
+pytestmark = pytest.mark.skipif(HUB_VERSION < (2, 0, 0), reason="the cluster suite runs once, in the newest client's venv")
+
+LFS = "/org/model/resolve/main/model.safetensors"
+NODE_LINE = re.compile(r"^node (\S+) (http://\S+)$")
+
+
+class Cluster:
+    def __init__(self, upstream: str, workdir: Path):
+        self.workdir = workdir
+        self.data_dir = workdir / "cluster"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.out = workdir / "up.out"
+        self.proc = subprocess.Popen(
+            [str(mirror_bin()), "cluster", "up", "--config", str(ROOT / "topology.toml"), "--data-dir", str(self.data_dir),
+             "--upstream", upstream, "--ref-ttl", "5s"],
+            stdout=open(self.out, "wb"), stderr=open(workdir / "up.err", "wb"), stdin=subprocess.DEVNULL, env=clean_env(),
+        )
+        deadline = time.monotonic() + 90
+        self.nodes: dict[str, str] = {}
+        while len(self.nodes) < 4:
+            assert self.proc.poll() is None, f"cluster up exited: {(workdir / 'up.err').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "cluster up did not print four node lines"
+            self.nodes = {m.group(1): m.group(2) for m in map(NODE_LINE.match, self.out.read_text().splitlines()) if m}
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=30)
+
+    def log(self, name: str) -> str:
+        return (self.data_dir / f"{name}.log").read_text(errors="replace")
+
+    def node_pid(self, name: str) -> int:
+        local = str(self.data_dir / "topology.local.toml")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if local in args and "--node" in args and args[args.index("--node") + 1] == name:
+                return int(entry.name)
+        raise AssertionError(f"no process for node {name}")
+
+    def has_blob(self, name: str, etag: str) -> bool:
+        return (self.data_dir / name / "blobs" / etag[:2] / etag).exists()
+
+
+@pytest.fixture
+def cluster(fake_hub, tmp_path):
+    c = Cluster(fake_hub.url, tmp_path / "c")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def cdn_gets(fake_hub, sha256: str) -> list[dict]:
+    return [r for r in fake_hub.requests() if r["server"] == "cdn" and r["method"] == "GET" and sha256 in r["path"]]
+
+
+def wait_until(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
+    assert sorted(cluster.nodes) == ["ams1", "fra1", "sto1", "waw1"]
+    for url in cluster.nodes.values():
+        r = http_request(url, "HEAD", "/org/model/resolve/main/config.json")
+        assert r.status == 200 and r.header("X-Repo-Commit") == fake_hub.sha()
+
+
+def test_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    data = fake_hub.file("org/model", "model.safetensors")
+    fake_hub.reset()
+    for name, url in cluster.nodes.items():
+        r = http_request(url, "GET", LFS)
+        assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == meta["sha256"], name
+        wait_until(lambda: cluster.has_blob(name, meta["sha256"]), f"{name} to store the blob")
+    assert len(cdn_gets(fake_hub, meta["sha256"])) == 1, cdn_gets(fake_hub, meta["sha256"])
+    assert all(r["range"] is None for r in cdn_gets(fake_hub, meta["sha256"]))
+    assert r.body == data
+
+
+def test_four_nodes_times_eight_clients_on_one_cold_blob_fetch_it_once(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    fake_hub.throttle(1 << 20)  # ~3 s for the blob, so the 32 downloads overlap
+    fake_hub.reset()
+    digests: list[str | None] = []
+    lock = threading.Lock()
+
+    def download(url: str):
+        r = http_request(url, "GET", LFS, timeout=120)
+        with lock:
+            digests.append(hashlib.sha256(r.body).hexdigest() if r.status == 200 else f"status {r.status}")
+
+    threads = [threading.Thread(target=download, args=(url,)) for url in cluster.nodes.values() for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        fake_hub.throttle(0)
+    assert digests == [meta["sha256"]] * 32
+    gets = cdn_gets(fake_hub, meta["sha256"])
+    assert len(gets) == 1, gets
+
+
+# The topology's storage, the placement weights (bytes).
+WEIGHTS = {"fra1": 1.8e15, "ams1": 6e14, "waw1": 4e14, "sto1": 4e14}
+
+
+def preference_list(key: str) -> list[str]:
+    """Weighted rendezvous hashing exactly as cluster/src/placement.rs specifies it, computed here
+    independently (xxh3_64 of `node ‖ 0x00 ‖ key`, score = -weight / ln(u))."""
+    import math
+
+    import xxhash
+
+    def score(node: str) -> float:
+        hashed = xxhash.xxh3_64_intdigest(node.encode() + b"\0" + key.encode())
+        unit = ((hashed >> 11) + 0.5) / float(1 << 53)
+        return -WEIGHTS[node] / math.log(unit)
+
+    return sorted(WEIGHTS, key=lambda node: (-score(node), node))
+
+
+def test_the_fill_leader_is_the_node_placement_names(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    ranking = preference_list(meta["sha256"])
+    last = ranking[-1]
+    r = http_request(cluster.nodes[last], "GET", LFS)
+    assert r.status == 200
+    wait_until(lambda: "fill started" in cluster.log(ranking[0]), "the leader to fill")
+    assert "source=upstream" in cluster.log(ranking[0]), f"{ranking[0]} should have fetched from upstream"
+    for name in ranking[1:]:
+        assert "source=upstream" not in cluster.log(name), f"{name} fetched from upstream, not the leader"
+
+
+def test_a_peer_killed_mid_transfer_does_not_fail_the_download(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    ranking = preference_list(meta["sha256"])
+    leader, client_node = ranking[0], ranking[-1]
+    fake_hub.throttle(256 * 1024)  # ~12 s for the blob through the leader
+    result: dict = {}
+
+    def download():
+        r = http_request(cluster.nodes[client_node], "GET", LFS, timeout=180)
+        result["status"], result["body"] = r.status, r.body
+
+    thread = threading.Thread(target=download)
+    try:
+        thread.start()
+        wait_until(lambda: cdn_gets(fake_hub, meta["sha256"]), "the leader to reach the CDN")
+        wait_until(lambda: (cluster.data_dir / client_node / "tmp").exists() and any((cluster.data_dir / client_node / "tmp").iterdir()),
+                   "the client's node to fill from the leader")
+        time.sleep(1.0)  # bytes are on their way through the leader
+        os.kill(cluster.node_pid(leader), signal.SIGKILL)
+    finally:
+        fake_hub.throttle(0)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    assert result["status"] == 200
+    assert hashlib.sha256(result["body"]).hexdigest() == meta["sha256"], "the download went on from another source"
+    wait_until(lambda: cluster.has_blob(client_node, meta["sha256"]), "the client's node to store the blob")
