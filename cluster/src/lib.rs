@@ -12,6 +12,7 @@
 //! - `types`: repository keys and commit shas, pure values.
 //! - `catalog/`: the `Catalog` trait, its records and the redb-backed local implementation.
 //! - `placement`: weighted rendezvous hashing of keys over nodes; pure.
+//! - `membership/`: gossip (chitchat): live, ready and draining nodes as a watched `ClusterView`.
 //! - `peer/`: QUIC with mutual TLS between nodes (quinn): blob fills, the cluster CA.
 //!
 //! # Dependency rule
@@ -20,6 +21,7 @@
 //! it stores what the node gives it, keyed by repository, revision and commit.
 
 pub mod catalog;
+pub mod membership;
 pub mod peer;
 pub mod placement;
 pub mod types;

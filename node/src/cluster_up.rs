@@ -54,6 +54,9 @@ fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path) ->
     if let Some(replicas) = topology.cluster.replicas {
         writeln!(text, "replicas = {replicas}")?;
     }
+    if let Some(interval) = &topology.cluster.gossip_interval {
+        writeln!(text, "gossip_interval = {}", toml_string(interval)?)?;
+    }
     text.push_str("\n[defaults]\n");
     let defaults = &topology.defaults;
     for (key, value) in [
@@ -69,7 +72,7 @@ fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path) ->
     // A try-out shares one disk: leave 1 GiB free rather than the production reserve.
     text.push_str("min_free_disk = \"1GiB\"\n");
     for node in &topology.nodes {
-        let (http_port, peer_port) = (free_tcp_port()?, free_udp_port()?);
+        let (http_port, peer_port, gossip_port) = (free_tcp_port()?, free_udp_port()?, free_udp_port()?);
         text.push_str("\n[[nodes]]\n");
         writeln!(text, "name = {}", toml_string(&node.name)?)?;
         writeln!(text, "city = {}", toml_string(&node.city)?)?;
@@ -83,8 +86,41 @@ fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path) ->
         writeln!(text, "data_dir = {}", toml_string(&data_dir.join(&node.name).display().to_string())?)?;
         writeln!(text, "peer_address = \"127.0.0.1:{peer_port}\"")?;
         writeln!(text, "peer_listen = \"127.0.0.1:{peer_port}\"")?;
+        writeln!(text, "gossip_address = \"127.0.0.1:{gossip_port}\"")?;
+        writeln!(text, "gossip_listen = \"127.0.0.1:{gossip_port}\"")?;
     }
     Ok(text)
+}
+
+/// Waits until every node's gossip sees every node live, so the printed cluster is whole.
+async fn wait_for_gossip(urls: &[String], num_nodes: usize) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let mut converged = true;
+        for url in urls {
+            let live = match client.get(format!("{url}/_hfm/status")).send().await {
+                Ok(response) => response
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                    .map_or(0, |status| {
+                        status["members"].as_array().map_or(0, |members| members.iter().filter(|member| member["state"] == "live").count())
+                    }),
+                Err(_) => 0,
+            };
+            converged &= live == num_nodes;
+        }
+        if converged {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the nodes did not all see each other through gossip in time");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn terminate(child: &Child) {
@@ -149,6 +185,12 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
                 outcome = Err(anyhow::anyhow!("node {name} did not become ready; see {}", data_dir.join(format!("{name}.log")).display()));
                 break;
             }
+        }
+    }
+    if outcome.is_ok() {
+        let urls: Vec<String> = ready_lines.iter().filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned)).collect();
+        if let Err(error) = wait_for_gossip(&urls, names.len()).await {
+            outcome = Err(error);
         }
     }
     if outcome.is_ok() {

@@ -38,6 +38,8 @@ pub struct NodeConfig {
 /// What a node of a multi-node topology needs to reach its peers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
+    /// The cluster's name; gossip ignores nodes of another cluster.
+    pub cluster_name: String,
     /// The cluster CA and this node's certificate and key (`hf-mirror cluster certs`).
     pub certs_dir: PathBuf,
     /// The UDP address the node's QUIC peer endpoint binds.
@@ -46,6 +48,10 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// Every node of the topology, this one included, in file order.
     pub peers: Vec<PeerConfig>,
+    /// The UDP address gossip binds.
+    pub gossip_listen: SocketAddr,
+    /// How often a node gossips with its peers.
+    pub gossip_interval: Duration,
 }
 
 /// A node as its peers see it.
@@ -54,6 +60,8 @@ pub struct PeerConfig {
     pub name: String,
     /// `host:port` of its QUIC endpoint.
     pub peer_address: String,
+    /// `host:port` of its gossip endpoint (UDP).
+    pub gossip_address: String,
     /// Its placement weight: its raw storage in bytes.
     pub weight: f64,
 }
@@ -116,6 +124,8 @@ pub struct NodeSettingsFile {
     pub tree_page_size: Option<String>,
     /// The UDP address the QUIC peer endpoint binds (default: all interfaces, the port of `peer_address`).
     pub peer_listen: Option<String>,
+    /// The UDP address gossip binds (default: all interfaces, the port of `gossip_address`).
+    pub gossip_listen: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -139,6 +149,8 @@ pub struct ClusterSection {
     pub certs_dir: Option<PathBuf>,
     /// How many nodes keep each blob (default 2).
     pub replicas: Option<usize>,
+    /// How often nodes gossip (default 500ms; a dead node is noticed after about ten rounds).
+    pub gossip_interval: Option<String>,
 }
 
 /// One peer of the cluster: where it is, what it has, and its own settings.
@@ -156,6 +168,8 @@ pub struct NodeEntry {
     pub storage: String,
     /// `host:port` where the other nodes reach this node's QUIC peer endpoint.
     pub peer_address: Option<String>,
+    /// `host:port` where the other nodes reach this node's gossip (UDP).
+    pub gossip_address: Option<String>,
     #[serde(flatten)]
     pub settings: NodeSettingsFile,
 }
@@ -355,6 +369,7 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         public_url: overrides.public_url.clone(),
         tree_page_size: overrides.tree_page_size.clone(),
         peer_listen: None,
+        gossip_listen: None,
     };
     apply_layer(&mut config, &flags, "flag or environment", "--")?;
     Ok(config)
@@ -377,28 +392,48 @@ fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> 
     }
     let mut peers = Vec::new();
     for (index, node) in topology.nodes.iter().enumerate() {
-        let peer_address = node.peer_address.clone().ok_or_else(|| {
-            fail(format!("nodes[{index}].peer_address"), "every node of a cluster needs a peer address (host:port)".into())
-        })?;
-        let port_ok = peer_address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_some_and(|port| port != 0);
-        if !port_ok {
-            return Err(fail(format!("nodes[{index}].peer_address"), format!("{peer_address:?} is not host:port")));
-        }
+        let host_port = |value: &Option<String>, key: &str| -> Result<String, ConfigError> {
+            let field = format!("nodes[{index}].{key}");
+            let value = value.clone().ok_or_else(|| fail(field.clone(), format!("every node of a cluster needs a {key} (host:port)")))?;
+            let port_ok = value.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_some_and(|port| port != 0);
+            if !port_ok {
+                return Err(fail(field, format!("{value:?} is not host:port")));
+            }
+            Ok(value)
+        };
+        let peer_address = host_port(&node.peer_address, "peer_address")?;
+        let gossip_address = host_port(&node.gossip_address, "gossip_address")?;
         let weight = parse_size(&node.storage).map_err(|message| fail(format!("nodes[{index}].storage"), message))? as f64;
-        peers.push(PeerConfig { name: node.name.clone(), peer_address, weight });
+        peers.push(PeerConfig { name: node.name.clone(), peer_address, gossip_address, weight });
     }
     let node = &topology.nodes[node_index];
-    let listen_text = node.settings.peer_listen.clone().or_else(|| topology.defaults.peer_listen.clone());
-    let peer_listen = match listen_text {
-        Some(text) => {
-            text.parse().map_err(|_| fail(format!("nodes[{node_index}].peer_listen"), format!("invalid socket address {text:?}")))?
-        }
-        None => {
-            let port = peers[node_index].peer_address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(7443);
-            SocketAddr::from(([0, 0, 0, 0], port))
+    // A bind address defaults to every interface on the port the node is reached at.
+    let bind_address = |own: &Option<String>, shared: &Option<String>, key: &str, advertised: &str| -> Result<SocketAddr, ConfigError> {
+        match own.clone().or_else(|| shared.clone()) {
+            Some(text) => text.parse().map_err(|_| fail(format!("nodes[{node_index}].{key}"), format!("invalid socket address {text:?}"))),
+            None => {
+                let port = advertised.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(0);
+                Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+            }
         }
     };
-    Ok(Some(ClusterConfig { certs_dir, peer_listen, replicas, peers }))
+    let peer_listen =
+        bind_address(&node.settings.peer_listen, &topology.defaults.peer_listen, "peer_listen", &peers[node_index].peer_address)?;
+    let gossip_listen =
+        bind_address(&node.settings.gossip_listen, &topology.defaults.gossip_listen, "gossip_listen", &peers[node_index].gossip_address)?;
+    let gossip_interval = match &topology.cluster.gossip_interval {
+        Some(text) => parse_duration(text).map_err(|message| fail("cluster.gossip_interval".into(), message))?,
+        None => Duration::from_millis(500),
+    };
+    Ok(Some(ClusterConfig {
+        cluster_name: topology.cluster.name.clone(),
+        certs_dir,
+        peer_listen,
+        replicas,
+        peers,
+        gossip_listen,
+        gossip_interval,
+    }))
 }
 
 #[cfg(test)]
@@ -427,6 +462,7 @@ storage = "1.8PB"
 listen = "127.0.0.1:9001"
 max_disk = "1.7PB"
 peer_address = "fra1.test:7443"
+gossip_address = "fra1.test:7946"
 
 [[nodes]]
 name = "ams1"
@@ -439,6 +475,7 @@ bandwidth_gbps = 40
 storage = "600TB"
 peer_address = "ams1.test:7444"
 peer_listen = "127.0.0.1:7444"
+gossip_address = "ams1.test:7947"
 "#;
 
     #[test]

@@ -84,6 +84,7 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
     let reads = [Method::GET, Method::HEAD];
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
+        Route::Status => Ok(json_response(&method, Bytes::from(status_json(&state.mirror)), CacheStatus::Hit, HeaderMap::new())),
         Route::AgentHarnesses => Err(HubError::route_not_found()),
         Route::Resolve { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
@@ -117,6 +118,34 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
             pass_through(state, &parts, body, authorization.as_ref(), None).await
         }
     }
+}
+
+/// The node's own view: its store, and the cluster's members as gossip sees them.
+fn status_json(mirror: &Mirror) -> Vec<u8> {
+    let usage = mirror.store().usage();
+    let (hits, revalidated, misses) = mirror.answers().snapshot();
+    let mut status = serde_json::json!({
+        "node": mirror.config().name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": {"blobs": usage.num_blobs, "stored_bytes": usage.stored_bytes, "reserved_bytes": usage.reserved_bytes},
+        "answers": {"hit": hits, "revalidated": revalidated, "miss": misses},
+    });
+    if let Some(cluster) = mirror.cluster() {
+        let view = cluster.view();
+        let members: Vec<Value> = cluster
+            .topology_names()
+            .into_iter()
+            .map(|name| match view.members.get(&name) {
+                Some(member) => serde_json::json!({
+                    "name": name, "state": if member.draining { "draining" } else if member.ready { "live" } else { "starting" },
+                    "generation": member.generation, "free_disk": member.free_disk, "version": member.version, "http_url": member.http_url,
+                }),
+                None => serde_json::json!({"name": name, "state": "dead"}),
+            })
+            .collect();
+        status["members"] = Value::Array(members);
+    }
+    serde_json::to_vec_pretty(&status).unwrap_or_default()
 }
 
 /// Reads a request body for methods that carry one, bounded by [`MAX_BODY_BYTES`].
@@ -285,6 +314,7 @@ async fn resolve(state: &EdgeState, request: Request, repo: &RepoKey, revision: 
     } else {
         blob_body(mirror, repo, &commit, path, &etag, size, start, end, metadata_status).await?
     };
+    mirror.answers().record(cache);
     let mut response = Response::new(body);
     *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     *response.headers_mut() = headers;

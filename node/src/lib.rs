@@ -12,6 +12,7 @@
 //! - `upstream`: the upstream Hub client (manual redirects, anonymous blob fetches).
 //! - `peers`: blob fills across the cluster: peers before upstream, and answering peers.
 //! - `singleflight`: coalescing of identical concurrent work.
+//! - `status`: `hf-mirror status`, a table of the cluster's nodes from their `/_hfm/status`.
 //!
 //! # Dependency rule
 //!
@@ -26,5 +27,6 @@ pub mod mirror;
 pub mod peers;
 pub mod serve;
 pub mod singleflight;
+pub mod status;
 pub mod store;
 pub mod upstream;

@@ -29,6 +29,12 @@ enum Command {
     /// Runs one node. Without arguments: the embedded default (127.0.0.1:8080, ./hf-mirror-data,
     /// upstream https://huggingface.co).
     Serve(ServeArgs),
+    /// Shows a node's (and its cluster's) members, disk use and hit ratio.
+    Status {
+        /// The node to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        url: String,
+    },
     /// Cluster operations: certificates, a local four-node try-out.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -183,6 +189,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
+            Command::Status { url } => hfm_node::status::print_status(&url).await,
         }
     });
     match result {

@@ -48,6 +48,31 @@ impl CacheStatus {
     }
 }
 
+/// Counts of answered requests by `X-Cache` result, for status and hit ratios.
+#[derive(Default)]
+pub struct AnswerCounters {
+    hit: std::sync::atomic::AtomicU64,
+    revalidated: std::sync::atomic::AtomicU64,
+    miss: std::sync::atomic::AtomicU64,
+}
+
+impl AnswerCounters {
+    pub fn record(&self, status: CacheStatus) {
+        let counter = match status {
+            CacheStatus::Hit => &self.hit,
+            CacheStatus::Revalidated => &self.revalidated,
+            CacheStatus::Miss => &self.miss,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (hits, revalidations, misses).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hit.load(Relaxed), self.revalidated.load(Relaxed), self.miss.load(Relaxed))
+    }
+}
+
 /// Whether a repository's content may be stored and shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -81,6 +106,7 @@ struct MirrorInner {
     upstream: Upstream,
     store: BlobStore,
     cluster: Option<Arc<ClusterFill>>,
+    answers: AnswerCounters,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
     manifests: SingleFlight<Arc<Manifest>>,
@@ -107,6 +133,7 @@ impl Mirror {
                 upstream,
                 store,
                 cluster,
+                answers: AnswerCounters::default(),
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
                 manifests: SingleFlight::default(),
@@ -125,6 +152,11 @@ impl Mirror {
 
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+
+    /// How many answers were hits, revalidations and misses since start.
+    pub fn answers(&self) -> &AnswerCounters {
+        &self.inner.answers
     }
 
     /// The cluster this node fills blobs with, if it is part of one.

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use hfm_cluster::membership::ClusterView;
 use hfm_cluster::peer::protocol::FillRequest;
 use hfm_cluster::peer::tls::PeerTls;
 use hfm_cluster::peer::{LocalBlobs, PeerAddress, PeerEndpoint, PeerOpen, peer_alpn};
 use hfm_cluster::placement::{Placement, WeightedNode};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
@@ -24,6 +26,8 @@ use crate::upstream::UpstreamBlob;
 /// This node's membership in the cluster, for blob fills.
 pub struct ClusterFill {
     endpoint: PeerEndpoint,
+    /// Who is alive and serving, from gossip; dead and draining nodes are not asked.
+    view: watch::Receiver<ClusterView>,
     placement: Placement,
     self_name: String,
     addresses: HashMap<String, PeerAddress>,
@@ -31,7 +35,7 @@ pub struct ClusterFill {
 
 impl ClusterFill {
     /// Loads the node's TLS identity, binds its QUIC endpoint and resolves every peer's address.
-    pub async fn start(config: &ClusterConfig, self_name: &str) -> anyhow::Result<ClusterFill> {
+    pub async fn start(config: &ClusterConfig, self_name: &str, view: watch::Receiver<ClusterView>) -> anyhow::Result<ClusterFill> {
         let tls = PeerTls::load(&config.certs_dir, self_name, &peer_alpn()).context("loading the peer certificates")?;
         let endpoint = PeerEndpoint::bind(config.peer_listen, &tls)?;
         let mut addresses = HashMap::new();
@@ -46,11 +50,21 @@ impl ClusterFill {
         let placement =
             Placement::new(config.peers.iter().map(|peer| WeightedNode { name: peer.name.clone(), weight: peer.weight }).collect())?;
         info!(node = self_name, peer_address = %endpoint.local_addr()?, peers = config.peers.len(), "peer endpoint ready");
-        Ok(ClusterFill { endpoint, placement, self_name: self_name.to_owned(), addresses })
+        Ok(ClusterFill { endpoint, view, placement, self_name: self_name.to_owned(), addresses })
     }
 
     pub fn endpoint(&self) -> &PeerEndpoint {
         &self.endpoint
+    }
+
+    /// The latest gossip view of the cluster.
+    pub fn view(&self) -> ClusterView {
+        self.view.borrow().clone()
+    }
+
+    /// Every node of the topology, in file order.
+    pub fn topology_names(&self) -> Vec<String> {
+        self.placement.nodes().iter().map(|node| node.name.clone()).collect()
     }
 
     /// The sources of a blob, in the order they are tried (see the module doc).
@@ -59,14 +73,24 @@ impl ClusterFill {
         let position = preference.iter().position(|name| *name == self.self_name).unwrap_or(preference.len());
         let mut leaders = Vec::new();
         let mut holders = Vec::new();
+        let view = self.view.borrow();
         for (rank, name) in preference.iter().enumerate() {
             let Some(address) = self.addresses.get(*name) else { continue };
+            // The first live, ready, not draining node above us is the fill leader; a dead node
+            // would only cost a connection timeout. A draining node may still hand out what it holds.
+            if rank < position && !view.is_serving(name) {
+                continue;
+            }
+            if rank > position && !view.members.contains_key(*name) {
+                continue;
+            }
             if rank < position {
                 leaders.push(Candidate::Peer { address: address.clone(), origin: Some(origin.to_owned()) });
             } else if rank > position {
                 holders.push(Candidate::Peer { address: address.clone(), origin: None });
             }
         }
+        drop(view);
         let mut candidates = leaders;
         candidates.extend(holders);
         candidates.push(Candidate::Upstream(upstream));

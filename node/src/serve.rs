@@ -7,17 +7,44 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hfm_cluster::catalog::LocalCatalog;
+use hfm_cluster::membership::{Membership, MembershipConfig, keys};
 use hfm_cluster::peer::LocalBlobs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::NodeConfig;
+use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge;
 use crate::mirror::Mirror;
 use crate::peers::{ClusterFill, PeerService};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
+
+/// Starts gossip for this node, publishing its version and addresses; it is not ready yet.
+async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address: std::net::SocketAddr) -> anyhow::Result<Membership> {
+    let own = cluster.peers.iter().find(|peer| peer.name == config.name).context("this node is not in the topology")?;
+    let gossip_advertise = tokio::net::lookup_host(&own.gossip_address)
+        .await
+        .with_context(|| format!("resolving this node's gossip address {}", own.gossip_address))?
+        .next()
+        .context("the gossip address resolves to nothing")?;
+    let http_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local_address}"));
+    let membership = Membership::join(MembershipConfig {
+        node_name: config.name.clone(),
+        cluster_id: cluster.cluster_name.clone(),
+        gossip_listen: cluster.gossip_listen,
+        gossip_advertise,
+        seeds: cluster.peers.iter().filter(|peer| peer.name != config.name).map(|peer| peer.gossip_address.clone()).collect(),
+        gossip_interval: cluster.gossip_interval,
+        advertised: vec![
+            (keys::VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (keys::HTTP_URL.to_owned(), http_url),
+            (keys::PEER_ADDRESS.to_owned(), own.peer_address.clone()),
+        ],
+    })
+    .await?;
+    Ok(membership)
+}
 
 /// How long in-flight requests may run after shutdown starts before they are cut.
 const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -33,9 +60,16 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
         .context("opening the blob store")?;
     let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
-    let cluster = match &config.cluster {
-        Some(cluster_config) => Some(Arc::new(ClusterFill::start(cluster_config, &config.name).await?)),
+    let local_address = listener.local_addr()?;
+    let membership = match &config.cluster {
+        Some(cluster_config) => Some(join_gossip(&config, cluster_config, local_address).await?),
         None => None,
+    };
+    let cluster = match (&config.cluster, &membership) {
+        (Some(cluster_config), Some(membership)) => {
+            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, membership.view()).await?))
+        }
+        _ => None,
     };
     let mirror = Mirror::new(config.clone(), Arc::new(catalog), upstream, store.clone(), cluster.clone());
     let peer_shutdown = shutdown.child_token();
@@ -46,7 +80,6 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     });
     let app = edge::router(mirror);
 
-    let local_address = listener.local_addr()?;
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
     {
         let mut stdout = std::io::stdout().lock();
@@ -54,7 +87,43 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
         stdout.flush()?;
     }
 
-    let graceful = shutdown.clone();
+    // Free disk goes into gossip every few seconds, for status and for placement decisions.
+    let disk_reporter = membership.as_ref().map(|membership| {
+        let state = membership.state();
+        let data_dir = config.data_dir.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(stats) = rustix::fs::statvfs(&data_dir) {
+                    state.set_free_disk(stats.f_bavail.saturating_mul(stats.f_frsize)).await;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        })
+    });
+    if let Some(membership) = &membership {
+        membership.set_ready(true).await;
+    }
+    // Leave in order: out of gossip's ready set first, so peers stop choosing this node, then stop
+    // accepting requests.
+    let http_shutdown = CancellationToken::new();
+    let leaving = {
+        let http_shutdown = http_shutdown.clone();
+        let shutdown = shutdown.clone();
+        let membership_state = membership.as_ref().map(|membership| (membership.state(), membership.gossip_interval()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            if let Some((state, interval)) = membership_state {
+                state.set_ready(false).await;
+                tokio::time::sleep(interval * 2).await;
+            }
+            http_shutdown.cancel();
+        })
+    };
+    let graceful = http_shutdown.clone();
     // Without TCP_NODELAY a body written after its headers waits for the client's delayed ACK
     // (~40 ms per small response).
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
@@ -77,6 +146,13 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     }
     store_shutdown.cancel();
     store.close().await;
+    leaving.abort();
+    if let Some(disk_reporter) = disk_reporter {
+        let _ = disk_reporter.await;
+    }
+    if let Some(membership) = membership {
+        membership.leave().await;
+    }
     info!(node = %config.name, "node stopped");
     Ok(())
 }

@@ -46,6 +46,8 @@ pub enum Route {
     ApiPassthrough { repo: Option<RepoKey> },
     /// The node's own liveness probe.
     Health,
+    /// The node's status for operators and `hf-mirror status` (JSON).
+    Status,
 }
 
 /// The sub-routes of `/api/{t}s/{repo}/…`; they tell a one-segment legacy repo id from a two-segment one.
@@ -152,6 +154,9 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     };
     if rest == "healthz" {
         return Ok(Route::Health);
+    }
+    if rest == "_hfm/status" {
+        return Ok(Route::Status);
     }
     let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).

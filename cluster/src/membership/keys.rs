@@ -1,0 +1,15 @@
+//! The gossip keys every node publishes about itself. Kept in one place so that every reader and
+//! writer agrees on the spelling.
+
+/// `true` once the node serves traffic; `false` while starting or leaving.
+pub const READY: &str = "ready";
+/// `true` while the node is being drained: out of placement and DNS, finishing its fills.
+pub const DRAINING: &str = "draining";
+/// Free bytes on the node's data file system.
+pub const FREE_DISK: &str = "free_disk";
+/// The node's build version.
+pub const VERSION: &str = "version";
+/// `http://host:port` of the node's Hub edge.
+pub const HTTP_URL: &str = "http_url";
+/// `host:port` of the node's QUIC peer endpoint.
+pub const PEER_ADDRESS: &str = "peer_address";

@@ -1,0 +1,69 @@
+//! `hf-mirror status`: asks a node for its status and, in a cluster, every live member for theirs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let response =
+        client.get(format!("{}/_hfm/status", url.trim_end_matches('/'))).send().await.with_context(|| format!("asking {url}"))?;
+    response.error_for_status_ref().with_context(|| format!("{url} answered an error"))?;
+    Ok(serde_json::from_slice(&response.bytes().await?)?)
+}
+
+fn hit_ratio(status: &Value) -> String {
+    let answers = &status["answers"];
+    let count = |key: &str| answers[key].as_u64().unwrap_or(0);
+    let (hit, revalidated, miss) = (count("hit"), count("revalidated"), count("miss"));
+    let total = hit + revalidated + miss;
+    if total == 0 {
+        return "-".into();
+    }
+    format!("{:.1}% of {total}", 100.0 * (hit + revalidated) as f64 / total as f64)
+}
+
+fn gib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".into(), |bytes| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64))
+}
+
+/// Prints one line per node: state, stored bytes, free disk and the hit ratio of file downloads.
+pub async fn print_status(url: &str) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let own = fetch(&client, url).await?;
+    println!("{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}", "node", "state", "blobs", "stored", "free disk", "hits (downloads)");
+    let Some(members) = own["members"].as_array() else {
+        let store = &own["store"];
+        println!(
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}",
+            own["node"].as_str().unwrap_or("?"),
+            "live",
+            store["blobs"].as_u64().unwrap_or(0),
+            gib(store["stored_bytes"].as_u64()),
+            "-",
+            hit_ratio(&own)
+        );
+        return Ok(());
+    };
+    for member in members {
+        let name = member["name"].as_str().unwrap_or("?");
+        let state = member["state"].as_str().unwrap_or("?");
+        let remote = match member["http_url"].as_str() {
+            Some(member_url) if state != "dead" => fetch(&client, member_url).await.ok(),
+            _ => None,
+        };
+        let store = remote.as_ref().map(|status| status["store"].clone()).unwrap_or(Value::Null);
+        println!(
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}",
+            name,
+            state,
+            store["blobs"].as_u64().map_or_else(|| "-".into(), |blobs| blobs.to_string()),
+            gib(store["stored_bytes"].as_u64()),
+            gib(member["free_disk"].as_u64()),
+            remote.as_ref().map_or_else(|| "-".into(), hit_ratio)
+        );
+    }
+    println!("catalog: per-node (the Raft catalog is not built yet)");
+    Ok(())
+}
