@@ -16,6 +16,11 @@ const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests"
 const REPO_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_info");
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+/// The Raft state machine's own bookkeeping (last applied log id, membership, current snapshot).
+const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+/// Every table whose rows a snapshot carries.
+const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 5] =
+    [("refs", REFS), ("manifests", MANIFESTS), ("repo_info", REPO_INFO), ("policies", POLICIES), ("documents", DOCUMENTS)];
 
 /// How many decoded manifests stay in memory; a resolve request looks its path up in one, and a
 /// large repo's manifest is megabytes of postcard that should not be decoded per request.
@@ -74,7 +79,7 @@ impl LocalCatalog {
     pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
         let database = Database::create(path).map_err(storage_error)?;
         let transaction = database.begin_write().map_err(storage_error)?;
-        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS] {
+        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, RAFT_STATE] {
             transaction.open_table(table).map_err(storage_error)?;
         }
         transaction.commit().map_err(storage_error)?;
@@ -111,6 +116,61 @@ impl LocalCatalog {
                 opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
             }
             transaction.commit().map_err(storage_error)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    /// Reads a row of the Raft state machine's bookkeeping.
+    pub(crate) async fn read_raft_state(&self, key: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.read_raw(RAFT_STATE, key.to_owned()).await
+    }
+
+    pub(crate) async fn write_raft_state(&self, key: &str, value: Vec<u8>) -> Result<(), CatalogError> {
+        self.write_raw(RAFT_STATE, key.to_owned(), value).await
+    }
+
+    /// Every row of every data table, for a snapshot: (table, key, value).
+    pub(crate) async fn export_rows(&self) -> Result<Vec<(String, String, Vec<u8>)>, CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_read().map_err(storage_error)?;
+            let mut rows = Vec::new();
+            for (name, definition) in DATA_TABLES {
+                let table = transaction.open_table(definition).map_err(storage_error)?;
+                for item in redb::ReadableTable::iter(&table).map_err(storage_error)? {
+                    let (key, value) = item.map_err(storage_error)?;
+                    rows.push((name.to_owned(), key.value().to_owned(), value.value().to_vec()));
+                }
+            }
+            Ok(rows)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    /// Replaces every data table with the rows of a snapshot, in one transaction.
+    pub(crate) async fn import_rows(&self, rows: Vec<(String, String, Vec<u8>)>) -> Result<(), CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_write().map_err(storage_error)?;
+            for (_, definition) in DATA_TABLES {
+                transaction.open_table(definition).map_err(storage_error)?.retain(|_, _| false).map_err(storage_error)?;
+            }
+            for (name, key, value) in &rows {
+                let Some((_, definition)) = DATA_TABLES.iter().find(|(table, _)| table == name) else {
+                    return Err(CatalogError::Codec(format!("snapshot names an unknown table {name:?}")));
+                };
+                transaction
+                    .open_table(*definition)
+                    .map_err(storage_error)?
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(storage_error)?;
+            }
+            transaction.commit().map_err(storage_error)?;
+            let mut memory = inner.manifest_memory.lock().expect("manifest memory poisoned");
+            *memory = ManifestMemory::default();
+            Ok(())
         })
         .await
         .map_err(|_| CatalogError::Closed)?

@@ -8,6 +8,7 @@
 //! (redb); the Raft catalog of the cluster will implement the same trait.
 
 mod local;
+pub mod raft;
 mod records;
 
 use std::sync::Arc;

@@ -1,0 +1,69 @@
+//! The Raft catalog's storage: the replicated log and the state machine, both on redb (openraft).
+//!
+//! The state machine applies [`CatalogCommand`]s to the same tables [`LocalCatalog`] reads, so a
+//! node's reads stay local while its writes go through the log. Snapshots are the whole catalog.
+//! This is the only module of the crate that imports openraft.
+//!
+//! Not wired into the node yet: the network (Raft RPCs over the peer QUIC endpoint) and the
+//! `Catalog` implementation that proposes writes to the leader come next.
+//!
+//! [`LocalCatalog`]: super::LocalCatalog
+
+mod log_store;
+mod state_machine;
+
+use std::fmt;
+
+pub use log_store::RedbLogStore;
+use serde::{Deserialize, Serialize};
+pub use state_machine::CatalogStateMachine;
+
+use super::{DocumentRecord, Manifest, PolicyRecord, RefRecord};
+use crate::types::RepoKey;
+
+/// A write to the catalog, as it travels through the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    PutRef { repo: RepoKey, revision: String, record: RefRecord },
+    PutManifest { repo: RepoKey, commit: String, manifest: Manifest },
+    PutRepoInfo { repo: RepoKey, commit: String, variant: String, body: Vec<u8> },
+    PutPolicy { repo: RepoKey, record: PolicyRecord },
+    PutDocument { key: String, record: DocumentRecord },
+}
+
+impl fmt::Display for CatalogCommand {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogCommand::PutRef { repo, revision, record } => write!(formatter, "ref {repo}@{revision} -> {}", record.commit),
+            CatalogCommand::PutManifest { repo, commit, manifest } => {
+                write!(formatter, "manifest {repo}@{commit} ({} entries)", manifest.entries().len())
+            }
+            CatalogCommand::PutRepoInfo { repo, commit, variant, .. } => write!(formatter, "repo info {repo}@{commit} [{variant}]"),
+            CatalogCommand::PutPolicy { repo, record } => write!(formatter, "policy {repo}: {}", record.reason),
+            CatalogCommand::PutDocument { key, .. } => write!(formatter, "document {}", key.replace('\0', "/")),
+        }
+    }
+}
+
+/// What applying a command answers; writes carry no result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogResponse;
+
+openraft::declare_raft_types!(
+    /// The openraft types of the catalog: node ids are the topology's node numbers (from 1).
+    pub CatalogTypes:
+        D = CatalogCommand,
+        R = CatalogResponse,
+);
+
+fn io_error(error: impl fmt::Display) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+/// Runs blocking redb work off the async runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io_error)?
+}
+
+#[cfg(test)]
+mod tests;
