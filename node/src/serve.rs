@@ -76,7 +76,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     let peer_server = cluster.map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
         let token = peer_shutdown.clone();
-        tokio::spawn(async move { cluster.endpoint().serve(service, token).await })
+        tokio::spawn(async move { cluster.endpoint().serve(service, None, token).await })
     });
     let app = edge::router(mirror);
 

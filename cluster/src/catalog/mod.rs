@@ -31,6 +31,10 @@ pub enum CatalogError {
     /// The catalog task is gone (shutdown in progress).
     #[error("catalog is shut down")]
     Closed,
+    /// The replicated catalog cannot accept a write now (no leader, no quorum, a timeout). Callers
+    /// serve what they fetched without recording it.
+    #[error("catalog unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The interface the node reads and writes the catalog through.

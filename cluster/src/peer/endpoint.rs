@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::protocol::{FILL_ALPN, FillRequest, FillResponse, FrameError, read_frame, write_frame};
+use super::protocol::{FillRequest, FillResponse, FrameError, PEER_ALPN, PeerRequest, RpcResponse, read_frame, write_frame};
 use super::tls::PeerTls;
 
 /// A stream of blob bytes.
@@ -39,6 +39,12 @@ pub trait LocalBlobs: Send + Sync + 'static {
     async fn open_for_peer(&self, request: &FillRequest) -> PeerOpen;
 }
 
+/// Answers opaque RPCs from peers (the Raft catalog's messages).
+#[async_trait::async_trait]
+pub trait RpcHandler: Send + Sync + 'static {
+    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("peer endpoint: {0}")]
@@ -51,6 +57,8 @@ pub enum PeerError {
     NotHere { peer: String },
     #[error("peer {peer} cannot serve now: {reason}")]
     Unavailable { peer: String, reason: String },
+    #[error("peer {peer} failed the call: {reason}")]
+    Remote { peer: String, reason: String },
 }
 
 /// Where a peer is: its topology name (the TLS server name) and its QUIC address.
@@ -99,7 +107,7 @@ impl PeerEndpoint {
 
     /// Serves peers until `shutdown`; every connection and stream task is owned by a tracker and
     /// awaited before returning.
-    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, shutdown: CancellationToken) {
+    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, rpc: Option<Arc<dyn RpcHandler>>, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         loop {
             let incoming = tokio::select! {
@@ -108,6 +116,7 @@ impl PeerEndpoint {
             };
             let Some(incoming) = incoming else { break };
             let blobs = blobs.clone();
+            let rpc = rpc.clone();
             let shutdown = shutdown.clone();
             let stream_tasks = tasks.clone();
             tasks.spawn(async move {
@@ -126,8 +135,9 @@ impl PeerEndpoint {
                     };
                     let Ok((send, receive)) = stream else { break };
                     let blobs = blobs.clone();
+                    let rpc = rpc.clone();
                     stream_tasks.spawn(async move {
-                        if let Err(error) = serve_stream(blobs.as_ref(), send, receive).await {
+                        if let Err(error) = serve_stream(blobs.as_ref(), rpc.as_deref(), send, receive).await {
                             debug!(%remote, %error, "peer fill stream ended with an error");
                         }
                     });
@@ -156,6 +166,22 @@ impl PeerEndpoint {
         Ok(connection)
     }
 
+    /// Sends an opaque RPC to a peer and returns its answer, within `timeout`.
+    pub async fn call(&self, peer: &PeerAddress, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerError> {
+        let unreachable = |reason: String| PeerError::Unreachable { peer: peer.name.clone(), reason };
+        let exchange = async {
+            let connection = self.connection(peer).await?;
+            let (mut send, mut receive) = connection.open_bi().await.map_err(|error| unreachable(error.to_string()))?;
+            write_frame(&mut send, &PeerRequest::Rpc(request)).await.map_err(|error| unreachable(error.to_string()))?;
+            send.finish().map_err(|error| unreachable(error.to_string()))?;
+            read_frame::<RpcResponse>(&mut receive).await.map_err(|error| unreachable(error.to_string()))
+        };
+        match tokio::time::timeout(timeout, exchange).await.map_err(|_| unreachable("no answer in time".into()))?? {
+            RpcResponse::Ok(bytes) => Ok(bytes),
+            RpcResponse::Failed(reason) => Err(PeerError::Remote { peer: peer.name.clone(), reason }),
+        }
+    }
+
     /// Asks a peer for a blob. Returns the offset the bytes start at and the bytes.
     pub async fn fetch(&self, peer: &PeerAddress, request: &FillRequest) -> Result<(u64, BlobBytes), PeerError> {
         let connection = self.connection(peer).await?;
@@ -165,7 +191,7 @@ impl PeerEndpoint {
                 .open_bi()
                 .await
                 .map_err(|error| PeerError::Unreachable { peer: peer.name.clone(), reason: error.to_string() })?;
-            write_frame(&mut send, request).await.map_err(|error| protocol(error.to_string()))?;
+            write_frame(&mut send, &PeerRequest::Fill(request.clone())).await.map_err(|error| protocol(error.to_string()))?;
             send.finish().map_err(|error| protocol(error.to_string()))?;
             let response: FillResponse = read_frame(&mut receive).await.map_err(|error| match error {
                 FrameError::Io(io) => PeerError::Unreachable { peer: peer.name.clone(), reason: io.to_string() },
@@ -196,9 +222,27 @@ impl PeerEndpoint {
     }
 }
 
-/// Answers one fill request on its stream.
-async fn serve_stream(blobs: &dyn LocalBlobs, mut send: quinn::SendStream, mut receive: quinn::RecvStream) -> Result<(), String> {
-    let request: FillRequest = read_frame(&mut receive).await.map_err(|error| error.to_string())?;
+/// Answers one request on its stream.
+async fn serve_stream(
+    blobs: &dyn LocalBlobs,
+    rpc: Option<&dyn RpcHandler>,
+    mut send: quinn::SendStream,
+    mut receive: quinn::RecvStream,
+) -> Result<(), String> {
+    let request = match read_frame::<PeerRequest>(&mut receive).await.map_err(|error| error.to_string())? {
+        PeerRequest::Fill(request) => request,
+        PeerRequest::Rpc(bytes) => {
+            let response = match rpc {
+                Some(handler) => match handler.handle(bytes).await {
+                    Ok(answer) => RpcResponse::Ok(answer),
+                    Err(reason) => RpcResponse::Failed(reason),
+                },
+                None => RpcResponse::Failed("this node takes no RPCs".into()),
+            };
+            write_frame(&mut send, &response).await.map_err(|error| error.to_string())?;
+            return send.finish().map_err(|error| error.to_string());
+        }
+    };
     if request.start > request.size {
         write_frame(&mut send, &FillResponse::Unavailable { reason: "start past the end".into() })
             .await
@@ -234,5 +278,5 @@ async fn serve_stream(blobs: &dyn LocalBlobs, mut send: quinn::SendStream, mut r
 
 /// The ALPN list of the peer endpoint.
 pub fn peer_alpn() -> Vec<&'static [u8]> {
-    vec![FILL_ALPN]
+    vec![PEER_ALPN]
 }

@@ -1,5 +1,5 @@
 //! The peer transport: QUIC (quinn) between nodes with mutual TLS from a cluster CA. It carries
-//! blob fills, streamed from an offset; Raft RPCs will share the endpoint under their own ALPN.
+//! blob fills, streamed from an offset, and opaque RPCs (the Raft catalog's messages).
 //!
 //! This is the only module of the crate that imports quinn.
 
@@ -8,7 +8,7 @@ mod endpoint;
 pub mod protocol;
 pub mod tls;
 
-pub use endpoint::{BlobBytes, LocalBlobs, PeerAddress, PeerEndpoint, PeerError, PeerOpen, peer_alpn};
+pub use endpoint::{BlobBytes, LocalBlobs, PeerAddress, PeerEndpoint, PeerError, PeerOpen, RpcHandler, peer_alpn};
 
 #[cfg(test)]
 mod tests;

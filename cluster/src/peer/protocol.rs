@@ -1,10 +1,14 @@
-//! The peer fill protocol, one QUIC bidirectional stream per request (ALPN `hfm-fill/1`):
+//! The peer protocol, one QUIC bidirectional stream per request (ALPN `hfm-peer/1`). The first frame
+//! says what the stream is for: a blob fill, or an opaque RPC (the Raft catalog's messages, which
+//! this module does not interpret).
 //!
 //! ```text
-//! client → server: u32 big-endian length ‖ postcard(FillRequest), then FIN
+//! client → server: u32 big-endian length ‖ postcard(PeerRequest::Fill(FillRequest)), then FIN
 //! server → client: u32 big-endian length ‖ postcard(FillResponse), then (on `Sending`) the raw bytes
 //!                  start..size of the blob, then FIN; a reset stream means the server failed mid-way
 //! ```
+//!
+//! An RPC stream carries `PeerRequest::Rpc(bytes)` one way and `RpcResponse` the other.
 //!
 //! The receiver checks the byte count and the content hash itself (a fill verifies whatever its
 //! source), so a lying or broken peer costs a retry, never a corrupt blob.
@@ -12,10 +16,25 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The ALPN of blob fills between peers.
-pub const FILL_ALPN: &[u8] = b"hfm-fill/1";
-/// The largest frame either side accepts; requests and responses are tiny.
-pub const MAX_FRAME: usize = 64 << 10;
+/// The ALPN of the peer protocol.
+pub const PEER_ALPN: &[u8] = b"hfm-peer/1";
+/// The largest frame either side accepts. Fill frames are tiny; RPC frames carry Raft entries and
+/// snapshots of the catalog.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// What a stream is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    Fill(FillRequest),
+    Rpc(Vec<u8>),
+}
+
+/// The answer to an RPC: the handler's bytes, or why it failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcResponse {
+    Ok(Vec<u8>),
+    Failed(String),
+}
 
 /// Asks a peer for a blob's bytes from `start` on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,8 +89,12 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(reader: &mut (impl AsyncRe
     if length > MAX_FRAME {
         return Err(FrameError::TooLarge(length));
     }
-    let mut bytes = vec![0u8; length];
-    reader.read_exact(&mut bytes).await?;
+    // Grow as bytes arrive rather than trusting the announced length with a large allocation.
+    let mut bytes = Vec::with_capacity(length.min(1 << 20));
+    let read = reader.take(length as u64).read_to_end(&mut bytes).await?;
+    if read != length {
+        return Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "frame cut short")));
+    }
     postcard::from_bytes(&bytes).map_err(|error| FrameError::Codec(error.to_string()))
 }
 

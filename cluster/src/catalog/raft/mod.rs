@@ -4,17 +4,21 @@
 //! node's reads stay local while its writes go through the log. Snapshots are the whole catalog.
 //! This is the only module of the crate that imports openraft.
 //!
-//! Not wired into the node yet: the network (Raft RPCs over the peer QUIC endpoint) and the
-//! `Catalog` implementation that proposes writes to the leader come next.
+//! `RaftCatalog` is the `Catalog` a cluster node uses: reads come from its own tables, writes are
+//! proposed to the leader (forwarded over the peer endpoint when this node follows).
 //!
 //! [`LocalCatalog`]: super::LocalCatalog
 
 mod log_store;
+mod network;
+mod node;
 mod state_machine;
 
 use std::fmt;
 
 pub use log_store::RedbLogStore;
+pub use network::CatalogNetwork;
+pub use node::{CatalogMember, RaftCatalog};
 use serde::{Deserialize, Serialize};
 pub use state_machine::CatalogStateMachine;
 

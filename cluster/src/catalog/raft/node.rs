@@ -1,0 +1,190 @@
+//! A node of the Raft catalog: the openraft instance, the `Catalog` it offers the node (reads local,
+//! writes through the leader), and the handler of its peers' RPCs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, Raft};
+use tracing::{debug, info, warn};
+
+use super::network::{CatalogNetwork, RaftRpc};
+use super::{CatalogCommand, CatalogStateMachine, CatalogTypes, RedbLogStore};
+use crate::catalog::{Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, PolicyRecord, RefRecord};
+use crate::peer::{PeerAddress, PeerEndpoint, RpcHandler};
+use crate::types::RepoKey;
+
+/// How long a write waits for the catalog to accept it. A write that cannot reach a quorum in this
+/// time fails, and the node serves what it fetched without recording it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One member of the catalog cluster.
+pub struct CatalogMember {
+    pub id: u64,
+    pub name: String,
+    pub peer: PeerAddress,
+}
+
+/// The Raft catalog of this node; a cheap handle.
+#[derive(Clone)]
+pub struct RaftCatalog {
+    raft: Raft<CatalogTypes, CatalogStateMachine>,
+    self_id: u64,
+    local: LocalCatalog,
+    network: CatalogNetwork,
+}
+
+fn raft_config() -> Config {
+    Config {
+        cluster_name: "hf-mirror-catalog".into(),
+        // Tuned for a few tens of milliseconds between European sites.
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        // A snapshot every 5000 entries; followers that fall further behind get the snapshot.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Config::default()
+    }
+}
+
+impl RaftCatalog {
+    /// Opens the log and the state machine under `data_dir` and starts Raft. `members` are every
+    /// voter of the topology (four voters: any one may fail; see docs/operations.md).
+    pub async fn start(
+        data_dir: &Path,
+        local: LocalCatalog,
+        self_id: u64,
+        members: &[CatalogMember],
+        endpoint: PeerEndpoint,
+    ) -> anyhow::Result<RaftCatalog> {
+        let config = Arc::new(raft_config().validate()?);
+        let log = RedbLogStore::open(&data_dir.join("raft-log.redb"))?;
+        let state_machine = CatalogStateMachine::new(local.clone());
+        let peers: HashMap<u64, PeerAddress> = members.iter().map(|member| (member.id, member.peer.clone())).collect();
+        let network = CatalogNetwork::new(endpoint, peers);
+        let raft = Raft::new(self_id, config, network.clone(), log, state_machine).await?;
+        // The first node of the topology bootstraps the cluster once; everyone else (and every later
+        // start) finds it initialized and joins through the log.
+        if self_id == members.iter().map(|member| member.id).min().unwrap_or(self_id) {
+            let voters: BTreeMap<u64, BasicNode> = members.iter().map(|member| (member.id, BasicNode::new(member.name.clone()))).collect();
+            match raft.initialize(voters).await {
+                Ok(()) => info!(voters = members.len(), "catalog cluster initialized"),
+                Err(error) => debug!(%error, "catalog already initialized"),
+            }
+        }
+        Ok(RaftCatalog { raft, self_id, local, network })
+    }
+
+    /// The Raft instance, for metrics and status.
+    pub fn raft(&self) -> &Raft<CatalogTypes, CatalogStateMachine> {
+        &self.raft
+    }
+
+    /// The handler the peer endpoint gives Raft messages to.
+    pub fn rpc_handler(&self) -> Arc<dyn RpcHandler> {
+        Arc::new(self.clone())
+    }
+
+    /// Proposes a write: on the leader directly, else forwarded to the leader. While an election is
+    /// under way (no leader known, or the known one just failed) it retries until [`WRITE_TIMEOUT`].
+    async fn write(&self, command: CatalogCommand) -> Result<(), CatalogError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let mut last_error = "no catalog leader (no quorum?)".to_owned();
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(CatalogError::Unavailable(last_error));
+            }
+            if let Some(leader) = self.raft.current_leader().await {
+                let attempt = async {
+                    if leader == self.self_id {
+                        self.raft.client_write(command.clone()).await.map(|_| ()).map_err(|error| error.to_string())
+                    } else {
+                        self.network.call::<()>(leader, &RaftRpc::Write(command.clone()), remaining).await
+                    }
+                };
+                match tokio::time::timeout(remaining, attempt).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(reason)) => last_error = reason,
+                    Err(_) => last_error = "catalog write timed out".into(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(remaining)).await;
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RpcHandler for RaftCatalog {
+    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+        let message: RaftRpc = serde_json::from_slice(&request).map_err(|error| format!("undecodable raft message: {error}"))?;
+        let answer = match message {
+            RaftRpc::AppendEntries(rpc) => serde_json::to_vec(&self.raft.append_entries(rpc).await.map_err(|error| error.to_string())?),
+            RaftRpc::Vote(rpc) => serde_json::to_vec(&self.raft.vote(rpc).await.map_err(|error| error.to_string())?),
+            RaftRpc::Snapshot { vote, meta, data } => {
+                let snapshot =
+                    openraft::type_config::alias::SnapshotOf::<CatalogTypes, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) };
+                serde_json::to_vec(&self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string())?)
+            }
+            RaftRpc::Write(command) => {
+                self.raft.client_write(command).await.map_err(|error| error.to_string())?;
+                serde_json::to_vec(&())
+            }
+        };
+        answer.map_err(|error| error.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for RaftCatalog {
+    async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
+        self.local.get_ref(repo, revision).await
+    }
+
+    async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::PutRef { repo: repo.clone(), revision: revision.to_owned(), record }).await
+    }
+
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
+        self.local.get_manifest(repo, commit).await
+    }
+
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError> {
+        let shared = Arc::new(manifest.clone());
+        self.write(CatalogCommand::PutManifest { repo: repo.clone(), commit: commit.to_owned(), manifest }).await?;
+        Ok(shared)
+    }
+
+    async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.local.get_repo_info(repo, commit, variant).await
+    }
+
+    async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::PutRepoInfo { repo: repo.clone(), commit: commit.to_owned(), variant: variant.to_owned(), body }).await
+    }
+
+    async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError> {
+        self.local.get_policy(repo).await
+    }
+
+    async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::PutPolicy { repo: repo.clone(), record }).await
+    }
+
+    async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError> {
+        self.local.get_document(key).await
+    }
+
+    async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::PutDocument { key: key.to_owned(), record }).await
+    }
+}
