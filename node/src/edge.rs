@@ -145,6 +145,10 @@ fn status_json(mirror: &Mirror) -> Vec<u8> {
             .collect();
         status["members"] = Value::Array(members);
     }
+    if let Some(raft) = mirror.raft() {
+        let raft = raft.status();
+        status["raft"] = serde_json::json!({"id": raft.id, "state": raft.state, "term": raft.term, "leader": raft.leader, "last_applied": raft.last_applied});
+    }
     serde_json::to_vec_pretty(&status).unwrap_or_default()
 }
 
@@ -594,7 +598,7 @@ mod tests {
         let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
-        router(Mirror::new(config, Arc::new(catalog), upstream, store, None))
+        router(Mirror::new(config, Arc::new(catalog), upstream, store, None, None))
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

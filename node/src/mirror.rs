@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hfm_cluster::catalog::raft::RaftCatalog;
 use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord};
 use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
 use serde_json::Value;
@@ -90,6 +91,14 @@ fn is_fresh(checked_at_ms: u64, ttl: Duration) -> bool {
     now_ms().saturating_sub(checked_at_ms) < ttl.as_millis() as u64
 }
 
+/// Logs a catalog write that did not happen. A cache never fails a download because it could not
+/// record something (no Raft quorum, a full disk): the answer is served unrecorded.
+fn note_unrecorded(result: Result<(), hfm_cluster::catalog::CatalogError>, what: &str) {
+    if let Err(error) = result {
+        warn!(%error, what, "serving without recording in the catalog");
+    }
+}
+
 fn catalog_error(error: hfm_cluster::catalog::CatalogError) -> HubError {
     HubError::internal(error)
 }
@@ -106,6 +115,7 @@ struct MirrorInner {
     upstream: Upstream,
     store: BlobStore,
     cluster: Option<Arc<ClusterFill>>,
+    raft: Option<RaftCatalog>,
     answers: AnswerCounters,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
@@ -125,6 +135,7 @@ impl Mirror {
         upstream: Upstream,
         store: BlobStore,
         cluster: Option<Arc<ClusterFill>>,
+        raft: Option<RaftCatalog>,
     ) -> Mirror {
         Mirror {
             inner: Arc::new(MirrorInner {
@@ -133,6 +144,7 @@ impl Mirror {
                 upstream,
                 store,
                 cluster,
+                raft,
                 answers: AnswerCounters::default(),
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
@@ -157,6 +169,11 @@ impl Mirror {
     /// How many answers were hits, revalidations and misses since start.
     pub fn answers(&self) -> &AnswerCounters {
         &self.inner.answers
+    }
+
+    /// The Raft catalog of the cluster, if this node is part of one.
+    pub fn raft(&self) -> Option<&RaftCatalog> {
+        self.inner.raft.as_ref()
     }
 
     /// The cluster this node fills blobs with, if it is part of one.
@@ -226,7 +243,7 @@ impl Mirror {
         };
         let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
         debug!(%repo, cacheable, reason, "repo policy checked");
-        self.inner.catalog.put_policy(repo, record.clone()).await.map_err(catalog_error)?;
+        note_unrecorded(self.inner.catalog.put_policy(repo, record.clone()).await, "repo policy");
         Ok(record)
     }
 
@@ -242,9 +259,9 @@ impl Mirror {
         strip_xet_fields(&mut info);
         let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
         let catalog = &self.inner.catalog;
-        catalog.put_repo_info(repo, &commit, "", body).await.map_err(catalog_error)?;
+        note_unrecorded(catalog.put_repo_info(repo, &commit, "", body).await, "repo info");
         if !is_commit_sha(revision) {
-            catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await.map_err(catalog_error)?;
+            note_unrecorded(catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await, "ref");
         }
         Ok(commit)
     }
@@ -330,7 +347,13 @@ impl Mirror {
                 Some(next) => path_and_query = next,
                 None => {
                     let manifest = Manifest::new(entries);
-                    return self.inner.catalog.put_manifest(repo, commit, manifest).await.map_err(catalog_error);
+                    return match self.inner.catalog.put_manifest(repo, commit, manifest.clone()).await {
+                        Ok(recorded) => Ok(recorded),
+                        Err(error) => {
+                            note_unrecorded(Err(error), "manifest");
+                            Ok(Arc::new(manifest))
+                        }
+                    };
                 }
             }
         }
@@ -367,12 +390,10 @@ impl Mirror {
                     .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
                 strip_xet_fields(&mut info);
                 let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
-                mirror
-                    .inner
-                    .catalog
-                    .put_repo_info(&repo_owned, &commit_owned, &variant_owned, body.clone())
-                    .await
-                    .map_err(catalog_error)?;
+                note_unrecorded(
+                    mirror.inner.catalog.put_repo_info(&repo_owned, &commit_owned, &variant_owned, body.clone()).await,
+                    "repo info",
+                );
                 Ok(Bytes::from(body))
             })
             .await;
@@ -413,7 +434,7 @@ impl Mirror {
                 strip_xet_fields(&mut listing);
                 let body = serde_json::to_vec(&listing).map_err(HubError::internal)?;
                 let record = DocumentRecord { body: body.clone(), checked_at_ms: now_ms() };
-                mirror.inner.catalog.put_document(&key_owned, record).await.map_err(catalog_error)?;
+                note_unrecorded(mirror.inner.catalog.put_document(&key_owned, record).await, "refs listing");
                 Ok(Bytes::from(body))
             })
             .await;

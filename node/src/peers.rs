@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use hfm_cluster::catalog::raft::CatalogMember;
 use hfm_cluster::membership::ClusterView;
 use hfm_cluster::peer::protocol::FillRequest;
 use hfm_cluster::peer::tls::PeerTls;
@@ -60,6 +61,19 @@ impl ClusterFill {
     /// The latest gossip view of the cluster.
     pub fn view(&self) -> ClusterView {
         self.view.borrow().clone()
+    }
+
+    /// The Raft catalog's members: every node of the topology, numbered from 1 in file order.
+    pub fn catalog_members(&self, config: &ClusterConfig) -> Vec<CatalogMember> {
+        config
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, peer)| {
+                let address = self.addresses.get(&peer.name)?;
+                Some(CatalogMember { id: index as u64 + 1, name: peer.name.clone(), peer: address.clone() })
+            })
+            .collect()
     }
 
     /// Every node of the topology, in file order.

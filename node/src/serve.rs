@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hfm_cluster::catalog::LocalCatalog;
+use hfm_cluster::catalog::raft::RaftCatalog;
+use hfm_cluster::catalog::{Catalog, LocalCatalog};
 use hfm_cluster::membership::{Membership, MembershipConfig, keys};
 use hfm_cluster::peer::LocalBlobs;
 use tokio::net::TcpListener;
@@ -71,12 +72,34 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
         }
         _ => None,
     };
-    let mirror = Mirror::new(config.clone(), Arc::new(catalog), upstream, store.clone(), cluster.clone());
+    // In a cluster the catalog is replicated by Raft (reads stay local); alone, it is the local one.
+    let raft_catalog = match (&config.cluster, &cluster) {
+        (Some(cluster_config), Some(cluster)) => {
+            let members = cluster.catalog_members(cluster_config);
+            let self_id = members
+                .iter()
+                .find(|member| member.name == config.name)
+                .map(|member| member.id)
+                .context("this node is not a catalog member")?;
+            Some(
+                RaftCatalog::start(&config.data_dir, catalog.clone(), self_id, &members, cluster.endpoint().clone())
+                    .await
+                    .context("starting the Raft catalog")?,
+            )
+        }
+        _ => None,
+    };
+    let shared_catalog: Arc<dyn Catalog> = match &raft_catalog {
+        Some(raft_catalog) => Arc::new(raft_catalog.clone()),
+        None => Arc::new(catalog),
+    };
+    let mirror = Mirror::new(config.clone(), shared_catalog, upstream, store.clone(), cluster.clone(), raft_catalog.clone());
     let peer_shutdown = shutdown.child_token();
     let peer_server = cluster.map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
         let token = peer_shutdown.clone();
-        tokio::spawn(async move { cluster.endpoint().serve(service, None, token).await })
+        let rpc = raft_catalog.as_ref().map(RaftCatalog::rpc_handler);
+        tokio::spawn(async move { cluster.endpoint().serve(service, rpc, token).await })
     });
     let app = edge::router(mirror);
 
@@ -139,6 +162,9 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     tokio::select! {
         result = server => result.context("serving HTTP")?,
         () = cut_off => warn!("grace period over; cutting open connections"),
+    }
+    if let Some(raft_catalog) = &raft_catalog {
+        raft_catalog.shutdown().await;
     }
     peer_shutdown.cancel();
     if let Some(peer_server) = peer_server {

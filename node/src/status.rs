@@ -32,17 +32,18 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let own = fetch(&client, url).await?;
-    println!("{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}", "node", "state", "blobs", "stored", "free disk", "hits (downloads)");
+    println!("{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}", "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "raft");
     let Some(members) = own["members"].as_array() else {
         let store = &own["store"];
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}",
             own["node"].as_str().unwrap_or("?"),
             "live",
             store["blobs"].as_u64().unwrap_or(0),
             gib(store["stored_bytes"].as_u64()),
             "-",
-            hit_ratio(&own)
+            hit_ratio(&own),
+            "single node"
         );
         return Ok(());
     };
@@ -54,16 +55,30 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
             _ => None,
         };
         let store = remote.as_ref().map(|status| status["store"].clone()).unwrap_or(Value::Null);
+        let raft = remote.as_ref().map(|status| status["raft"].clone()).unwrap_or(Value::Null);
+        let raft_text = match (raft["state"].as_str(), raft["term"].as_u64()) {
+            (Some(role), Some(term)) => {
+                format!("{role}, term {term}, applied {}", raft["last_applied"].as_u64().map_or("-".into(), |index| index.to_string()))
+            }
+            _ => "-".into(),
+        };
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}",
             name,
             state,
             store["blobs"].as_u64().map_or_else(|| "-".into(), |blobs| blobs.to_string()),
             gib(store["stored_bytes"].as_u64()),
             gib(member["free_disk"].as_u64()),
-            remote.as_ref().map_or_else(|| "-".into(), hit_ratio)
+            remote.as_ref().map_or_else(|| "-".into(), hit_ratio),
+            raft_text
         );
     }
-    println!("catalog: per-node (the Raft catalog is not built yet)");
+    match own["raft"]["leader"].as_u64() {
+        Some(leader) => {
+            let name = members.get(leader as usize - 1).and_then(|member| member["name"].as_str()).unwrap_or("?");
+            println!("catalog leader: {name} (raft id {leader}), term {}", own["raft"]["term"].as_u64().unwrap_or(0));
+        }
+        None => println!("catalog leader: none (no quorum)"),
+    }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::fmt;
 
 pub use log_store::RedbLogStore;
 pub use network::CatalogNetwork;
-pub use node::{CatalogMember, RaftCatalog};
+pub use node::{CatalogMember, RaftCatalog, RaftStatus};
 use serde::{Deserialize, Serialize};
 pub use state_machine::CatalogStateMachine;
 

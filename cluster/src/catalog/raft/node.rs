@@ -20,6 +20,17 @@ use crate::types::RepoKey;
 /// time fails, and the node serves what it fetched without recording it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A node's view of the Raft catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_applied: Option<u64>,
+}
+
 /// One member of the catalog cluster.
 pub struct CatalogMember {
     pub id: u64,
@@ -81,6 +92,20 @@ impl RaftCatalog {
     /// The Raft instance, for metrics and status.
     pub fn raft(&self) -> &Raft<CatalogTypes, CatalogStateMachine> {
         &self.raft
+    }
+
+    /// The node's Raft role, term and leader, for status.
+    pub fn status(&self) -> RaftStatus {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        RaftStatus {
+            id: metrics.id,
+            state: format!("{:?}", metrics.state),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_applied: metrics.last_applied.map(|log_id| log_id.index),
+        }
     }
 
     /// The handler the peer endpoint gives Raft messages to.
