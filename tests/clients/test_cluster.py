@@ -1,6 +1,7 @@
 """The four-node cluster from `hf-mirror cluster up` (topology.toml) against the fake Hub: any node
-answers, a blob crosses the upstream link once for the whole cluster, and a peer dying mid-transfer
-does not fail the download.
+answers, a blob crosses the upstream link once for the whole cluster, a peer dying mid-transfer does
+not fail the download, metadata recorded through one node is known to all (Raft catalog), and losing
+the catalog leader elects another without losing writes.
 
 The cluster suite runs once, in the newest client's venv: it tests the nodes, not the client."""
 
@@ -193,3 +194,50 @@ def test_a_peer_killed_mid_transfer_does_not_fail_the_download(cluster, fake_hub
     assert result["status"] == 200
     assert hashlib.sha256(result["body"]).hexdigest() == meta["sha256"], "the download went on from another source"
     wait_until(lambda: cluster.has_blob(client_node, meta["sha256"]), "the client's node to store the blob")
+
+
+def node_status(url: str) -> dict:
+    r = http_request(url, "GET", "/_hfm/status")
+    assert r.status == 200, r
+    return r.json()
+
+
+def wait_for_applied_everywhere(cluster, names) -> None:
+    def converged():
+        applied = {node_status(cluster.nodes[name])["raft"]["last_applied"] for name in names}
+        return len(applied) == 1 and None not in applied
+    wait_until(converged, "every node to apply the same catalog log")
+
+
+def test_metadata_fetched_through_one_node_is_known_to_all(cluster, fake_hub):
+    names = list(cluster.nodes)
+    r = http_request(cluster.nodes[names[0]], "HEAD", "/org/model/resolve/main/config.json")
+    assert r.status == 200
+    wait_for_applied_everywhere(cluster, names)
+    fake_hub.reset()
+    for name in names[1:]:
+        r = http_request(cluster.nodes[name], "HEAD", "/org/model/resolve/main/config.json")
+        assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
+    assert fake_hub.requests() == [], "the other nodes asked upstream for what the catalog already knew"
+
+
+def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, fake_hub):
+    names = list(cluster.nodes)
+    leader_id = wait_until(lambda: node_status(cluster.nodes[names[0]])["raft"]["leader"], "a catalog leader")
+    leader = names[leader_id - 1]
+    survivors = [name for name in names if name != leader]
+    os.kill(cluster.node_pid(leader), signal.SIGKILL)
+    new_leader = wait_until(
+        lambda: (lambda status: status["raft"]["leader"] if status["raft"]["leader"] not in (None, leader_id) else None)(
+            node_status(cluster.nodes[survivors[0]])),
+        "a new catalog leader")
+    assert names[new_leader - 1] in survivors
+    # A write after the election (a new ref) reaches every survivor's catalog.
+    r = http_request(cluster.nodes[survivors[0]], "HEAD", "/org/model/resolve/v1.0/config.json")
+    assert r.status == 200
+    wait_for_applied_everywhere(cluster, survivors)
+    fake_hub.reset()
+    for name in survivors[1:]:
+        r = http_request(cluster.nodes[name], "HEAD", "/org/model/resolve/v1.0/config.json")
+        assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
+    assert fake_hub.requests() == []
