@@ -1,12 +1,13 @@
 //! The HTTP edge: one handler that routes on the raw path and answers every Hub route, either from
 //! the mirror (cacheable repos) or by passing the request through to upstream (everything else).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -85,6 +86,19 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
         Route::Status => Ok(json_response(&method, Bytes::from(status_json(&state.mirror)), CacheStatus::Hit, HeaderMap::new())),
+        Route::Drain => {
+            require_method(&method, &[Method::POST])?;
+            let from_loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|info| info.0.ip().is_loopback());
+            if !from_loopback {
+                return Err(HubError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Draining is for the node's own operators",
+                    ErrorSource::Client,
+                ));
+            }
+            Ok(json_response(&method, Bytes::from(drain(&state.mirror).await), CacheStatus::Hit, HeaderMap::new()))
+        }
         Route::AgentHarnesses => Err(HubError::route_not_found()),
         Route::Resolve { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
@@ -118,6 +132,35 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
             pass_through(state, &parts, body, authorization.as_ref(), None).await
         }
     }
+}
+
+/// Drains the node: gossip says draining (peers stop choosing it as leader; DNS will stop naming
+/// it), catalog leadership moves to another voter, and the fills in progress finish.
+async fn drain(mirror: &Mirror) -> Vec<u8> {
+    const FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+    if let Some(cluster) = mirror.cluster() {
+        cluster.state().set_draining(true).await;
+    }
+    let handed_to = match mirror.raft() {
+        Some(raft) => {
+            let voters: Vec<u64> = (1..=mirror.cluster().map_or(0, |cluster| cluster.topology_names().len() as u64)).collect();
+            raft.step_down(&voters).await
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    while mirror.store().usage().reserved_bytes > 0 && started.elapsed() < FILL_WAIT {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let fills_left = mirror.store().usage().reserved_bytes > 0;
+    info!(handed_to, fills_left, "node drained");
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "node": mirror.config().name,
+        "draining": true,
+        "catalog_leadership_handed_to": handed_to,
+        "fills_finished": !fills_left,
+    }))
+    .unwrap_or_default()
 }
 
 /// The node's own view: its store, and the cluster's members as gossip sees them.
@@ -649,6 +692,11 @@ mod tests {
         let response = send(&router, oversized).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error_code(&response), "PayloadTooLarge");
+        // Draining is for the node's own operators: a caller that is not on loopback is refused.
+        let drain = http::Request::post("/_hfm/drain").body(Body::empty()).unwrap();
+        let response = send(&router, drain).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(error_code(&response), "Forbidden");
         // The node keeps answering after all of that.
         assert_eq!(send(&router, get("/healthz")).await.status(), StatusCode::OK);
     }

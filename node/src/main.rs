@@ -35,6 +35,13 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
         url: String,
     },
+    /// Drains a node: out of placement and DNS, catalog leadership handed over, fills finished;
+    /// then it can be stopped. Must be run on the node itself (loopback).
+    Drain {
+        /// The node to drain.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        url: String,
+    },
     /// Cluster operations: certificates, a local four-node try-out.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -190,6 +197,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
             Command::Status { url } => hfm_node::status::print_status(&url).await,
+            Command::Drain { url } => hfm_node::status::drain(&url).await,
         }
     });
     match result {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use futures_util::StreamExt;
 use hfm_cluster::catalog::raft::CatalogMember;
-use hfm_cluster::membership::ClusterView;
+use hfm_cluster::membership::{ClusterView, StateHandle};
 use hfm_cluster::peer::protocol::FillRequest;
 use hfm_cluster::peer::tls::PeerTls;
 use hfm_cluster::peer::{LocalBlobs, PeerAddress, PeerEndpoint, PeerOpen, peer_alpn};
@@ -29,6 +29,8 @@ pub struct ClusterFill {
     endpoint: PeerEndpoint,
     /// Who is alive and serving, from gossip; dead and draining nodes are not asked.
     view: watch::Receiver<ClusterView>,
+    /// This node's own gossip state (draining).
+    state: StateHandle,
     placement: Placement,
     self_name: String,
     addresses: HashMap<String, PeerAddress>,
@@ -36,7 +38,12 @@ pub struct ClusterFill {
 
 impl ClusterFill {
     /// Loads the node's TLS identity, binds its QUIC endpoint and resolves every peer's address.
-    pub async fn start(config: &ClusterConfig, self_name: &str, view: watch::Receiver<ClusterView>) -> anyhow::Result<ClusterFill> {
+    pub async fn start(
+        config: &ClusterConfig,
+        self_name: &str,
+        view: watch::Receiver<ClusterView>,
+        state: StateHandle,
+    ) -> anyhow::Result<ClusterFill> {
         let tls = PeerTls::load(&config.certs_dir, self_name, &peer_alpn()).context("loading the peer certificates")?;
         let endpoint = PeerEndpoint::bind(config.peer_listen, &tls)?;
         let mut addresses = HashMap::new();
@@ -51,11 +58,16 @@ impl ClusterFill {
         let placement =
             Placement::new(config.peers.iter().map(|peer| WeightedNode { name: peer.name.clone(), weight: peer.weight }).collect())?;
         info!(node = self_name, peer_address = %endpoint.local_addr()?, peers = config.peers.len(), "peer endpoint ready");
-        Ok(ClusterFill { endpoint, view, placement, self_name: self_name.to_owned(), addresses })
+        Ok(ClusterFill { endpoint, view, state, placement, self_name: self_name.to_owned(), addresses })
     }
 
     pub fn endpoint(&self) -> &PeerEndpoint {
         &self.endpoint
+    }
+
+    /// This node's gossip state, to announce draining.
+    pub fn state(&self) -> &StateHandle {
+        &self.state
     }
 
     /// The latest gossip view of the cluster.

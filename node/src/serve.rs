@@ -68,7 +68,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     };
     let cluster = match (&config.cluster, &membership) {
         (Some(cluster_config), Some(membership)) => {
-            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, membership.view()).await?))
+            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, membership.view(), membership.state()).await?))
         }
         _ => None,
     };
@@ -154,7 +154,8 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
             warn!(%error, "cannot set TCP_NODELAY");
         }
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
     let cut_off = async {
         shutdown.cancelled().await;
         tokio::time::sleep(GRACE_PERIOD).await;

@@ -1,4 +1,5 @@
-//! `hf-mirror status`: asks a node for its status and, in a cluster, every live member for theirs.
+//! `hf-mirror status` and `hf-mirror drain`: the operator's view of the nodes, through their
+//! `/_hfm/` endpoints.
 
 use std::time::Duration;
 
@@ -80,5 +81,21 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
         }
         None => println!("catalog leader: none (no quorum)"),
     }
+    Ok(())
+}
+
+/// Asks a node to drain and prints what it did.
+pub async fn drain(url: &str) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Draining waits for the node's fills, which may take minutes.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
+    let response =
+        client.post(format!("{}/_hfm/drain", url.trim_end_matches('/'))).send().await.with_context(|| format!("asking {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    println!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }

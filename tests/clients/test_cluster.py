@@ -241,3 +241,39 @@ def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, f
         r = http_request(cluster.nodes[name], "HEAD", "/org/model/resolve/v1.0/config.json")
         assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
     assert fake_hub.requests() == []
+
+
+def test_a_drained_node_leaves_placement_and_catalog_leadership(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    ranking = preference_list(meta["sha256"])
+    drained, client_node = ranking[0], ranking[-1]
+    # Drain the blob's first-choice node.
+    r = http_request(cluster.nodes[drained], "POST", "/_hfm/drain", timeout=120)
+    assert r.status == 200, r
+    answer = r.json()
+    assert answer["draining"] is True and answer["fills_finished"] is True
+    wait_until(lambda: next(m for m in node_status(cluster.nodes[client_node])["members"] if m["name"] == drained)["state"] == "draining",
+               "the others to see the node draining")
+    # If the drained node led the catalog, it handed leadership over.
+    names = list(cluster.nodes)
+    wait_until(lambda: (lambda leader: leader is not None and names[leader - 1] != drained)(
+        node_status(cluster.nodes[client_node])["raft"]["leader"]), "a catalog leader other than the drained node")
+    r = http_request(cluster.nodes[client_node], "GET", LFS)
+    assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == meta["sha256"]
+    assert "source=upstream" not in cluster.log(drained), "a draining node was chosen as fill leader"
+    assert "source=upstream" in cluster.log(ranking[1]), "the next node in placement order leads the fill"
+    # Draining is a POST (and, from other hosts, refused: see the edge's unit tests).
+    r = http_request(cluster.nodes[client_node], "GET", "/_hfm/drain")
+    assert r.status == 405
+
+
+def test_draining_the_catalog_leader_hands_leadership_over(cluster):
+    names = list(cluster.nodes)
+    leader_id = wait_until(lambda: node_status(cluster.nodes[names[0]])["raft"]["leader"], "a catalog leader")
+    leader = names[leader_id - 1]
+    r = http_request(cluster.nodes[leader], "POST", "/_hfm/drain", timeout=120)
+    assert r.status == 200, r
+    assert r.json()["catalog_leadership_handed_to"] is not None
+    other = next(name for name in names if name != leader)
+    wait_until(lambda: (lambda new: new is not None and new != leader_id)(node_status(cluster.nodes[other])["raft"]["leader"]),
+               "leadership to move off the drained node")

@@ -48,6 +48,9 @@ pub enum Route {
     Health,
     /// The node's status for operators and `hf-mirror status` (JSON).
     Status,
+    /// `POST`: takes the node out of placement and DNS, hands over catalog leadership and waits for
+    /// its fills (`hf-mirror drain`); loopback callers only.
+    Drain,
 }
 
 /// The sub-routes of `/api/{t}s/{repo}/…`; they tell a one-segment legacy repo id from a two-segment one.
@@ -157,6 +160,9 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     }
     if rest == "_hfm/status" {
         return Ok(Route::Status);
+    }
+    if rest == "_hfm/drain" {
+        return Ok(Route::Drain);
     }
     let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).

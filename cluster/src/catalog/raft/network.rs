@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
@@ -26,6 +28,7 @@ pub(super) enum RaftRpc {
         meta: SnapshotMetaOf<CatalogTypes>,
         data: Vec<u8>,
     },
+    TransferLeader(TransferLeaderRequest<CatalogTypes>),
     /// A follower forwarding a catalog write to the leader.
     Write(CatalogCommand),
 }
@@ -91,6 +94,14 @@ impl RaftNetworkV2<CatalogTypes> for CatalogPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<CatalogTypes>, RPCError<CatalogTypes>> {
         self.call(RaftRpc::Vote(rpc), &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<CatalogTypes>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<CatalogTypes>, RPCError<CatalogTypes>> {
+        self.call(RaftRpc::TransferLeader(request), &option).await
     }
 
     async fn full_snapshot(

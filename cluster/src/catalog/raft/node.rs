@@ -141,6 +141,22 @@ impl RaftCatalog {
         }
     }
 
+    /// Hands leadership to another voter if this node leads (before it drains or stops).
+    /// Returns the node it was handed to.
+    pub async fn step_down(&self, voters: &[u64]) -> Option<u64> {
+        if self.raft.current_leader().await != Some(self.self_id) {
+            return None;
+        }
+        let successor = voters.iter().copied().find(|id| *id != self.self_id)?;
+        match self.raft.trigger().transfer_leader(successor).await {
+            Ok(()) => Some(successor),
+            Err(error) => {
+                warn!(%error, "could not hand over catalog leadership");
+                None
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
             warn!(%error, "raft did not shut down cleanly");
@@ -159,6 +175,9 @@ impl RpcHandler for RaftCatalog {
                 let snapshot =
                     openraft::type_config::alias::SnapshotOf::<CatalogTypes, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) };
                 serde_json::to_vec(&self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string())?)
+            }
+            RaftRpc::TransferLeader(request) => {
+                serde_json::to_vec(&self.raft.handle_transfer_leader(request).await.map_err(|error| error.to_string())?)
             }
             RaftRpc::Write(command) => {
                 self.raft.client_write(command).await.map_err(|error| error.to_string())?;
