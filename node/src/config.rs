@@ -95,19 +95,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Values given on the command line or in the environment; each overrides the file.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub upstream: Option<String>,
-    pub ref_ttl: Option<String>,
-    pub policy_ttl: Option<String>,
-    pub max_disk: Option<String>,
-    pub min_free_disk: Option<String>,
-    pub public_url: Option<String>,
-    pub tree_page_size: Option<String>,
-}
+/// Values given on the command line or in the environment; each overrides the file. They are the
+/// same settings a node's section of `topology.toml` has.
+pub type Overrides = NodeSettingsFile;
 
 /// The part of `topology.toml` shared by every node, and per-node settings.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -358,20 +348,7 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
     } else if let Some(name) = node_name {
         config.name = name.to_owned();
     }
-    let flags = NodeSettingsFile {
-        listen: overrides.listen.clone(),
-        data_dir: overrides.data_dir.clone(),
-        upstream: overrides.upstream.clone(),
-        ref_ttl: overrides.ref_ttl.clone(),
-        policy_ttl: overrides.policy_ttl.clone(),
-        max_disk: overrides.max_disk.clone(),
-        min_free_disk: overrides.min_free_disk.clone(),
-        public_url: overrides.public_url.clone(),
-        tree_page_size: overrides.tree_page_size.clone(),
-        peer_listen: None,
-        gossip_listen: None,
-    };
-    apply_layer(&mut config, &flags, "flag or environment", "--")?;
+    apply_layer(&mut config, overrides, "flag or environment", "--")?;
     Ok(config)
 }
 

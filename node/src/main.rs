@@ -174,6 +174,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         min_free_disk: args.min_free_disk,
         public_url: args.public_url,
         tree_page_size: args.tree_page_size,
+        // Bind addresses of the cluster plane come from the topology only.
+        peer_listen: None,
+        gossip_listen: None,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?;

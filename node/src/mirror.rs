@@ -382,14 +382,7 @@ impl Mirror {
                 if !variant_owned.is_empty() {
                     path = format!("{path}?{variant_owned}");
                 }
-                let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
-                if !reply.status.is_success() {
-                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
-                }
-                let mut info: Value = serde_json::from_slice(&reply.body)
-                    .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
-                strip_xet_fields(&mut info);
-                let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
+                let body = mirror.fetch_stripped_json(&path, "repo info").await?;
                 note_unrecorded(
                     mirror.inner.catalog.put_repo_info(&repo_owned, &commit_owned, &variant_owned, body.clone()).await,
                     "repo info",
@@ -398,6 +391,19 @@ impl Mirror {
             })
             .await;
         fetched.map(|body| (body, commit, CacheStatus::Miss))
+    }
+
+    /// Fetches a JSON document from upstream anonymously and returns it with every Xet field removed;
+    /// an upstream error answer becomes the same error for the client.
+    async fn fetch_stripped_json(&self, path: &str, what: &str) -> Result<Vec<u8>, HubError> {
+        let reply = self.inner.upstream.get_buffered(path, None).await?;
+        if !reply.status.is_success() {
+            return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+        }
+        let mut document: Value =
+            serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("{what} is not JSON: {error}")))?;
+        strip_xet_fields(&mut document);
+        serde_json::to_vec(&document).map_err(HubError::internal)
     }
 
     /// Returns the refs listing of a repo; mutable, so cached under the ref TTL and served stale
@@ -425,14 +431,7 @@ impl Mirror {
                 if include_pull_requests {
                     path.push_str("?include_prs=1");
                 }
-                let reply = mirror.inner.upstream.get_buffered(&path, None).await?;
-                if !reply.status.is_success() {
-                    return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
-                }
-                let mut listing: Value = serde_json::from_slice(&reply.body)
-                    .map_err(|error| HubError::upstream_invalid(format!("refs listing is not JSON: {error}")))?;
-                strip_xet_fields(&mut listing);
-                let body = serde_json::to_vec(&listing).map_err(HubError::internal)?;
+                let body = mirror.fetch_stripped_json(&path, "refs listing").await?;
                 let record = DocumentRecord { body: body.clone(), checked_at_ms: now_ms() };
                 note_unrecorded(mirror.inner.catalog.put_document(&key_owned, record).await, "refs listing");
                 Ok(Bytes::from(body))

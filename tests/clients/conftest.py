@@ -212,6 +212,18 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
+def wait_until(predicate, what: str, timeout: float = 60.0):
+    """Polls `predicate` until it returns something truthy, and returns that; fails after `timeout`.
+    A bound on waiting, never an assertion about how long something took."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return

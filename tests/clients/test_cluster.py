@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HUB_VERSION, ROOT, clean_env, http_request, mirror_bin, stop_process
+from conftest import HUB_VERSION, ROOT, clean_env, http_request, mirror_bin, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(HUB_VERSION < (2, 0, 0), reason="the cluster suite runs once, in the newest client's venv")
 
@@ -82,14 +82,6 @@ def cdn_gets(fake_hub, sha256: str) -> list[dict]:
     return [r for r in fake_hub.requests() if r["server"] == "cdn" and r["method"] == "GET" and sha256 in r["path"]]
 
 
-def wait_until(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from conftest import OTHER_TOKEN, VALID_TOKEN, Mirror
+from conftest import OTHER_TOKEN, VALID_TOKEN, Mirror, wait_until
 
 LFS = "/org/model/resolve/main/model.safetensors"
 
@@ -34,14 +34,6 @@ def open_stream(base_url: str, path: str, headers: dict | None = None):
     return conn, conn.getresponse()
 
 
-def wait_until(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_kill_9_mid_fill_leaves_no_complete_looking_blob(fake_hub, mirror):
