@@ -74,6 +74,47 @@ impl AnswerCounters {
     }
 }
 
+/// Whether a metadata miss may be handed to the cluster's metadata leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forwarding {
+    AskCluster,
+    /// The question came from a peer: answer it here, so questions never travel in circles.
+    Local,
+}
+
+/// How long a node waits for the metadata leader (a big repo's tree is many upstream pages).
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The name of the metadata service on the peer endpoint.
+pub const METADATA_SERVICE: &str = "metadata";
+
+/// A metadata question one node asks the node that leads its key.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum MetadataRequest {
+    Policy { repo: RepoKey },
+    Revision { repo: RepoKey, revision: String },
+    Manifest { repo: RepoKey, commit: String },
+}
+
+impl MetadataRequest {
+    /// The key placement assigns a leader for: one per repo policy, per ref, per commit.
+    fn placement_key(&self) -> String {
+        match self {
+            MetadataRequest::Policy { repo } => format!("policy\0{repo}"),
+            MetadataRequest::Revision { repo, revision } => format!("ref\0{repo}\0{revision}"),
+            MetadataRequest::Manifest { repo, commit } => format!("manifest\0{repo}\0{commit}"),
+        }
+    }
+}
+
+/// The answer to a [`MetadataRequest`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum MetadataAnswer {
+    Policy(PolicyRecord),
+    Revision(String),
+    Manifest(Manifest),
+    Error { status: u16, code: Option<String>, message: String, repo_commit: Option<String> },
+}
+
 /// Whether a repository's content may be stored and shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -184,38 +225,51 @@ impl Mirror {
     /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is
     /// public and not gated, re-checked every `policy_ttl`. Spaces and kernels always pass through.
     pub async fn policy(&self, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
+        self.policy_with(repo, Forwarding::AskCluster).await
+    }
+
+    async fn policy_with(&self, repo: &RepoKey, forwarding: Forwarding) -> Result<(Access, CacheStatus), HubError> {
+        let (record, status) = self.policy_record(repo, forwarding).await?;
+        Ok((if record.cacheable { Access::Cacheable } else { Access::PassThrough }, status))
+    }
+
+    async fn policy_record(&self, repo: &RepoKey, forwarding: Forwarding) -> Result<(PolicyRecord, CacheStatus), HubError> {
         if matches!(repo.repo_type, RepoType::Space | RepoType::Kernel) {
-            return Ok((Access::PassThrough, CacheStatus::Miss));
+            let record = PolicyRecord { cacheable: false, reason: format!("{}s pass through", repo.repo_type), checked_at_ms: now_ms() };
+            return Ok((record, CacheStatus::Miss));
         }
         let cached = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)?;
-        let access_of = |record: &PolicyRecord| {
-            if record.cacheable { Access::Cacheable } else { Access::PassThrough }
-        };
         if let Some(record) = &cached {
             if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
-                return Ok((access_of(record), CacheStatus::Hit));
+                return Ok((record.clone(), CacheStatus::Hit));
             }
         }
         let mirror = self.clone();
         let key = format!("policy\0{repo}");
         let repo_owned = repo.clone();
-        let (fetched, _) = self.inner.policies.run(key, async move { mirror.fetch_policy(&repo_owned).await }).await;
+        let (fetched, _) = self.inner.policies.run(key, async move { mirror.fetch_policy(&repo_owned, forwarding).await }).await;
         match (fetched, cached) {
-            (Ok(record), _) => Ok((access_of(&record), CacheStatus::Revalidated)),
+            (Ok(record), _) => Ok((record, CacheStatus::Revalidated)),
             (Err(error), Some(stale)) if error.is_upstream_outage() => {
                 warn!(%repo, %error, "upstream down; using the stale repo policy");
-                Ok((access_of(&stale), CacheStatus::Hit))
+                Ok((stale, CacheStatus::Hit))
             }
             (Err(error), _) => Err(error),
         }
     }
 
-    async fn fetch_policy(&self, repo: &RepoKey) -> Result<PolicyRecord, HubError> {
+    async fn fetch_policy(&self, repo: &RepoKey, forwarding: Forwarding) -> Result<PolicyRecord, HubError> {
         // A flight that finished between our caller's catalog read and the start of this one has
         // already done the work.
         if let Some(record) = self.inner.catalog.get_policy(repo).await.map_err(catalog_error)? {
             if is_fresh(record.checked_at_ms, self.inner.config.policy_ttl) {
                 return Ok(record);
+            }
+        }
+        if let Some(answer) = self.ask_cluster(forwarding, MetadataRequest::Policy { repo: repo.clone() }).await {
+            match answer? {
+                MetadataAnswer::Policy(record) => return Ok(record),
+                _ => return Err(HubError::internal("the metadata leader answered another question")),
             }
         }
         let reply = self.inner.upstream.get_buffered(&api_repo_path(repo), None).await?;
@@ -269,6 +323,15 @@ impl Mirror {
     /// Resolves a revision to a commit: a full sha is final; a branch or tag comes from the catalog
     /// while fresh, is revalidated upstream when stale, and is served stale when upstream is down.
     pub async fn resolve_revision(&self, repo: &RepoKey, revision: &str) -> Result<(String, CacheStatus), HubError> {
+        self.resolve_revision_with(repo, revision, Forwarding::AskCluster).await
+    }
+
+    async fn resolve_revision_with(
+        &self,
+        repo: &RepoKey,
+        revision: &str,
+        forwarding: Forwarding,
+    ) -> Result<(String, CacheStatus), HubError> {
         if is_commit_sha(revision) {
             return Ok((revision.to_owned(), CacheStatus::Hit));
         }
@@ -289,6 +352,13 @@ impl Mirror {
                 if let Some(record) = catalog.get_ref(&repo_owned, &revision_owned).await.map_err(catalog_error)? {
                     if is_fresh(record.checked_at_ms, mirror.inner.config.ref_ttl) {
                         return Ok(record.commit);
+                    }
+                }
+                let question = MetadataRequest::Revision { repo: repo_owned.clone(), revision: revision_owned.clone() };
+                if let Some(answer) = mirror.ask_cluster(forwarding, question).await {
+                    match answer? {
+                        MetadataAnswer::Revision(commit) if is_commit_sha(&commit) => return Ok(commit),
+                        _ => return Err(HubError::internal("the metadata leader answered another question")),
                     }
                 }
                 let path = if revision_owned == DEFAULT_REVISION {
@@ -316,6 +386,10 @@ impl Mirror {
 
     /// Returns the full file list of a commit, fetching every tree page once when it is not known.
     pub async fn manifest(&self, repo: &RepoKey, commit: &str) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
+        self.manifest_with(repo, commit, Forwarding::AskCluster).await
+    }
+
+    async fn manifest_with(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
         debug_assert!(is_commit_sha(commit));
         if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
             return Ok((manifest, CacheStatus::Hit));
@@ -323,13 +397,22 @@ impl Mirror {
         let mirror = self.clone();
         let key = format!("manifest\0{repo}\0{commit}");
         let (repo_owned, commit_owned) = (repo.clone(), commit.to_owned());
-        let (fetched, _) = self.inner.manifests.run(key, async move { mirror.fetch_manifest(&repo_owned, &commit_owned).await }).await;
+        let (fetched, _) =
+            self.inner.manifests.run(key, async move { mirror.fetch_manifest(&repo_owned, &commit_owned, forwarding).await }).await;
         fetched.map(|manifest| (manifest, CacheStatus::Miss))
     }
 
-    async fn fetch_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Arc<Manifest>, HubError> {
+    async fn fetch_manifest(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<Arc<Manifest>, HubError> {
         if let Some(manifest) = self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
             return Ok(manifest);
+        }
+        if let Some(answer) =
+            self.ask_cluster(forwarding, MetadataRequest::Manifest { repo: repo.clone(), commit: commit.to_owned() }).await
+        {
+            match answer? {
+                MetadataAnswer::Manifest(manifest) => return Ok(Arc::new(manifest)),
+                _ => return Err(HubError::internal("the metadata leader answered another question")),
+            }
         }
         let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
         let mut entries: Vec<ManifestEntry> = Vec::new();
@@ -358,6 +441,62 @@ impl Mirror {
             }
         }
         Err(HubError::upstream_invalid("tree has too many pages"))
+    }
+
+    /// Asks the cluster's metadata leader for this key (the first serving node of its placement), so
+    /// that a cold repo or commit is fetched from upstream once for the whole cluster. `None` when this
+    /// node is the leader, has no cluster, was itself asked by a peer, or the leader cannot be reached
+    /// (then the caller fetches from upstream itself).
+    async fn ask_cluster(&self, forwarding: Forwarding, request: MetadataRequest) -> Option<Result<MetadataAnswer, HubError>> {
+        if forwarding == Forwarding::Local {
+            return None;
+        }
+        let cluster = self.cluster()?;
+        let leader = cluster.metadata_leader(&request.placement_key())?;
+        let body = serde_json::to_vec(&request).ok()?;
+        match cluster.endpoint().call(&leader, METADATA_SERVICE, body, METADATA_TIMEOUT).await {
+            Ok(answer) => match serde_json::from_slice::<MetadataAnswer>(&answer) {
+                Ok(MetadataAnswer::Error { status, code, message, repo_commit }) => {
+                    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+                    let mut error =
+                        HubError::new(status, code.as_deref().unwrap_or("UpstreamError"), message, crate::hub::ErrorSource::Upstream);
+                    error.code = code;
+                    error.repo_commit = repo_commit;
+                    Some(Err(error))
+                }
+                Ok(answer) => Some(Ok(answer)),
+                Err(error) => {
+                    warn!(leader = %leader.name, %error, "undecodable metadata answer; asking upstream");
+                    None
+                }
+            },
+            Err(error) => {
+                debug!(leader = %leader.name, %error, "metadata leader unreachable; asking upstream");
+                None
+            }
+        }
+    }
+
+    /// Answers a peer's metadata question from this node's catalog or upstream, never forwarding it.
+    pub async fn answer_peer(&self, request: MetadataRequest) -> MetadataAnswer {
+        let result = match request {
+            MetadataRequest::Policy { repo } => {
+                self.policy_record(&repo, Forwarding::Local).await.map(|(record, _)| MetadataAnswer::Policy(record))
+            }
+            MetadataRequest::Revision { repo, revision } => {
+                self.resolve_revision_with(&repo, &revision, Forwarding::Local).await.map(|(commit, _)| MetadataAnswer::Revision(commit))
+            }
+            MetadataRequest::Manifest { repo, commit } => self
+                .manifest_with(&repo, &commit, Forwarding::Local)
+                .await
+                .map(|(manifest, _)| MetadataAnswer::Manifest((*manifest).clone())),
+        };
+        result.unwrap_or_else(|error| MetadataAnswer::Error {
+            status: error.status.as_u16(),
+            code: error.code,
+            message: error.message,
+            repo_commit: error.repo_commit,
+        })
     }
 
     /// Returns the repo-info JSON of a revision (`None`: the default branch) for one query variant.

@@ -65,6 +65,17 @@ impl ClusterFill {
         &self.endpoint
     }
 
+    /// The node that answers metadata misses for `key`: the first serving node of its placement.
+    /// `None` when that is this node (or no node is serving), so the caller asks upstream itself.
+    pub fn metadata_leader(&self, key: &str) -> Option<PeerAddress> {
+        let view = self.view.borrow();
+        let leader = self.placement.preference_list(key).into_iter().find(|name| *name == self.self_name || view.is_serving(name))?;
+        if leader == self.self_name {
+            return None;
+        }
+        self.addresses.get(leader).cloned()
+    }
+
     /// This node's gossip state, to announce draining.
     pub fn state(&self) -> &StateHandle {
         &self.state
@@ -226,5 +237,28 @@ impl LocalBlobs for PeerService {
             Ok(FillOutcome::NoRoom) => PeerOpen::Unavailable("no room to store".into()),
             Err(error) => PeerOpen::Unavailable(error.to_string()),
         }
+    }
+}
+
+pub use crate::mirror::METADATA_SERVICE;
+
+/// Answers the metadata questions of peers that found this node to lead the key.
+pub struct MetadataService {
+    mirror: Mirror,
+}
+
+impl MetadataService {
+    pub fn new(mirror: Mirror) -> MetadataService {
+        MetadataService { mirror }
+    }
+}
+
+#[async_trait::async_trait]
+impl hfm_cluster::peer::RpcHandler for MetadataService {
+    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+        let request: crate::mirror::MetadataRequest =
+            serde_json::from_slice(&request).map_err(|error| format!("undecodable metadata request: {error}"))?;
+        let answer = self.mirror.answer_peer(request).await;
+        serde_json::to_vec(&answer).map_err(|error| error.to_string())
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hfm_cluster::catalog::raft::RaftCatalog;
+use hfm_cluster::catalog::raft::{RAFT_SERVICE, RaftCatalog};
 use hfm_cluster::catalog::{Catalog, LocalCatalog};
 use hfm_cluster::membership::{Membership, MembershipConfig, keys};
-use hfm_cluster::peer::LocalBlobs;
+use hfm_cluster::peer::{LocalBlobs, RpcServices};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge;
 use crate::mirror::Mirror;
-use crate::peers::{ClusterFill, PeerService};
+use crate::peers::{ClusterFill, METADATA_SERVICE, MetadataService, PeerService};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
 
@@ -98,8 +98,12 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     let peer_server = cluster.map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
         let token = peer_shutdown.clone();
-        let rpc = raft_catalog.as_ref().map(RaftCatalog::rpc_handler);
-        tokio::spawn(async move { cluster.endpoint().serve(service, rpc, token).await })
+        let mut services = RpcServices::new();
+        if let Some(raft_catalog) = &raft_catalog {
+            services.insert(RAFT_SERVICE.to_owned(), raft_catalog.rpc_handler());
+        }
+        services.insert(METADATA_SERVICE.to_owned(), Arc::new(MetadataService::new(mirror.clone())));
+        tokio::spawn(async move { cluster.endpoint().serve(service, services, token).await })
     });
     let app = edge::router(mirror);
 

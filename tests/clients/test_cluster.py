@@ -269,3 +269,27 @@ def test_draining_the_catalog_leader_hands_leadership_over(cluster):
     other = next(name for name in names if name != leader)
     wait_until(lambda: (lambda new: new is not None and new != leader_id)(node_status(cluster.nodes[other])["raft"]["leader"]),
                "leadership to move off the drained node")
+
+
+def test_concurrent_cold_metadata_misses_on_every_node_reach_upstream_once(cluster, fake_hub):
+    fake_hub.reset()
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def head(url: str):
+        r = http_request(url, "HEAD", "/org/model/resolve/feature%2Fx/config.json")
+        with lock:
+            statuses.append(r.status)
+
+    threads = [threading.Thread(target=head, args=(url,)) for url in cluster.nodes.values() for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 16
+    seen: dict[tuple[str, str], int] = {}
+    for record in fake_hub.requests():
+        key = (record["path"], record["query"])
+        seen[key] = seen.get(key, 0) + 1
+    assert seen, "nobody asked upstream"
+    assert all(count == 1 for count in seen.values()), f"the cluster asked upstream more than once: {seen}"

@@ -39,7 +39,10 @@ pub trait LocalBlobs: Send + Sync + 'static {
     async fn open_for_peer(&self, request: &FillRequest) -> PeerOpen;
 }
 
-/// Answers opaque RPCs from peers (the Raft catalog's messages).
+/// The RPC services a node offers its peers, by name.
+pub type RpcServices = HashMap<String, Arc<dyn RpcHandler>>;
+
+/// Answers opaque RPCs from peers (the Raft catalog's messages, metadata requests).
 #[async_trait::async_trait]
 pub trait RpcHandler: Send + Sync + 'static {
     async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String>;
@@ -107,7 +110,8 @@ impl PeerEndpoint {
 
     /// Serves peers until `shutdown`; every connection and stream task is owned by a tracker and
     /// awaited before returning.
-    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, rpc: Option<Arc<dyn RpcHandler>>, shutdown: CancellationToken) {
+    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, services: RpcServices, shutdown: CancellationToken) {
+        let rpc = Arc::new(services);
         let tasks = TaskTracker::new();
         loop {
             let incoming = tokio::select! {
@@ -137,7 +141,7 @@ impl PeerEndpoint {
                     let blobs = blobs.clone();
                     let rpc = rpc.clone();
                     stream_tasks.spawn(async move {
-                        if let Err(error) = serve_stream(blobs.as_ref(), rpc.as_deref(), send, receive).await {
+                        if let Err(error) = serve_stream(blobs.as_ref(), &rpc, send, receive).await {
                             debug!(%remote, %error, "peer fill stream ended with an error");
                         }
                     });
@@ -167,12 +171,14 @@ impl PeerEndpoint {
     }
 
     /// Sends an opaque RPC to a peer and returns its answer, within `timeout`.
-    pub async fn call(&self, peer: &PeerAddress, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerError> {
+    pub async fn call(&self, peer: &PeerAddress, service: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable { peer: peer.name.clone(), reason };
         let exchange = async {
             let connection = self.connection(peer).await?;
             let (mut send, mut receive) = connection.open_bi().await.map_err(|error| unreachable(error.to_string()))?;
-            write_frame(&mut send, &PeerRequest::Rpc(request)).await.map_err(|error| unreachable(error.to_string()))?;
+            write_frame(&mut send, &PeerRequest::Rpc { service: service.to_owned(), body: request })
+                .await
+                .map_err(|error| unreachable(error.to_string()))?;
             send.finish().map_err(|error| unreachable(error.to_string()))?;
             read_frame::<RpcResponse>(&mut receive).await.map_err(|error| unreachable(error.to_string()))
         };
@@ -225,19 +231,19 @@ impl PeerEndpoint {
 /// Answers one request on its stream.
 async fn serve_stream(
     blobs: &dyn LocalBlobs,
-    rpc: Option<&dyn RpcHandler>,
+    rpc: &RpcServices,
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
 ) -> Result<(), String> {
     let request = match read_frame::<PeerRequest>(&mut receive).await.map_err(|error| error.to_string())? {
         PeerRequest::Fill(request) => request,
-        PeerRequest::Rpc(bytes) => {
-            let response = match rpc {
-                Some(handler) => match handler.handle(bytes).await {
+        PeerRequest::Rpc { service, body } => {
+            let response = match rpc.get(&service) {
+                Some(handler) => match handler.handle(body).await {
                     Ok(answer) => RpcResponse::Ok(answer),
                     Err(reason) => RpcResponse::Failed(reason),
                 },
-                None => RpcResponse::Failed("this node takes no RPCs".into()),
+                None => RpcResponse::Failed(format!("this node has no {service:?} service")),
             };
             write_frame(&mut send, &response).await.map_err(|error| error.to_string())?;
             return send.finish().map_err(|error| error.to_string());

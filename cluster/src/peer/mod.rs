@@ -8,7 +8,7 @@ mod endpoint;
 pub mod protocol;
 pub mod tls;
 
-pub use endpoint::{BlobBytes, LocalBlobs, PeerAddress, PeerEndpoint, PeerError, PeerOpen, RpcHandler, peer_alpn};
+pub use endpoint::{BlobBytes, LocalBlobs, PeerAddress, PeerEndpoint, PeerError, PeerOpen, RpcHandler, RpcServices, peer_alpn};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@
 //!                  start..size of the blob, then FIN; a reset stream means the server failed mid-way
 //! ```
 //!
-//! An RPC stream carries `PeerRequest::Rpc(bytes)` one way and `RpcResponse` the other.
+//! An RPC stream carries `PeerRequest::Rpc { service, body }` one way and `RpcResponse` the other.
 //!
 //! The receiver checks the byte count and the content hash itself (a fill verifies whatever its
 //! source), so a lying or broken peer costs a retry, never a corrupt blob.
@@ -26,7 +26,11 @@ pub const MAX_FRAME: usize = 256 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
     Fill(FillRequest),
-    Rpc(Vec<u8>),
+    /// An RPC to one of the node's services (`raft`, `metadata`, …), with an opaque body.
+    Rpc {
+        service: String,
+        body: Vec<u8>,
+    },
 }
 
 /// The answer to an RPC: the handler's bytes, or why it failed.

@@ -61,7 +61,7 @@ async fn a_peer_serves_ranges_of_what_it_holds() {
     let serving = tokio::spawn({
         let server = server.clone();
         let shutdown = shutdown.clone();
-        async move { server.serve(blobs, None, shutdown).await }
+        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
     });
     let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
     let (start, bytes) = client.fetch(&peer, &request("e1", blob.len() as u64, 0)).await.unwrap();
@@ -89,7 +89,7 @@ async fn a_peer_failing_mid_stream_is_an_error_not_a_short_blob() {
     let serving = tokio::spawn({
         let server = server.clone();
         let shutdown = shutdown.clone();
-        async move { server.serve(blobs, None, shutdown).await }
+        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
     });
     let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
     // The reset may overtake the header (then fetch fails) or cut the bytes (then the stream fails);
@@ -115,7 +115,7 @@ async fn a_node_of_another_cluster_is_refused() {
     let serving = tokio::spawn({
         let server = server.clone();
         let shutdown = shutdown.clone();
-        async move { server.serve(blobs, None, shutdown).await }
+        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
     });
     let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
     let result = intruder.fetch(&peer, &request("e1", 6, 0)).await;

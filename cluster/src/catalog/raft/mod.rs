@@ -17,7 +17,7 @@ mod state_machine;
 use std::fmt;
 
 pub use log_store::RedbLogStore;
-pub use network::CatalogNetwork;
+pub use network::{CatalogNetwork, RAFT_SERVICE};
 pub use node::{CatalogMember, RaftCatalog, RaftStatus};
 use serde::{Deserialize, Serialize};
 pub use state_machine::CatalogStateMachine;

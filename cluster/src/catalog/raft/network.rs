@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{CatalogCommand, CatalogTypes};
 use crate::peer::{PeerAddress, PeerEndpoint};
 
+/// The name of the catalog's service on the peer endpoint.
+pub const RAFT_SERVICE: &str = "raft";
+
 /// Every message one catalog node sends another.
 #[derive(Serialize, Deserialize)]
 pub(super) enum RaftRpc {
@@ -49,7 +52,7 @@ impl CatalogNetwork {
     pub(super) async fn call<T: DeserializeOwned>(&self, target: u64, message: &RaftRpc, timeout: Duration) -> Result<T, String> {
         let peer = self.peers.get(&target).ok_or_else(|| format!("no catalog node {target}"))?;
         let request = serde_json::to_vec(message).map_err(|error| error.to_string())?;
-        let answer = self.endpoint.call(peer, request, timeout).await.map_err(|error| error.to_string())?;
+        let answer = self.endpoint.call(peer, RAFT_SERVICE, request, timeout).await.map_err(|error| error.to_string())?;
         serde_json::from_slice(&answer).map_err(|error| error.to_string())
     }
 }

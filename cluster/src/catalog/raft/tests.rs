@@ -105,7 +105,9 @@ mod cluster {
             let serving = endpoint.clone();
             let handler = catalog.rpc_handler();
             let token = stop.clone();
-            tokio::spawn(async move { serving.serve(Arc::new(NoBlobs), Some(handler), token).await });
+            tokio::spawn(async move {
+                serving.serve(Arc::new(NoBlobs), [(crate::catalog::raft::RAFT_SERVICE.to_owned(), handler)].into(), token).await
+            });
             nodes.push(TestNode { catalog, stop, _directory: directory });
         }
         let repo = RepoKey::new(RepoType::Model, "org/model");
