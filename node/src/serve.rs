@@ -169,6 +169,11 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
         () = cut_off => warn!("grace period over; cutting open connections"),
     }
     if let Some(raft_catalog) = &raft_catalog {
+        // Hand catalog leadership over first, so the others need no election timeout to go on.
+        let voters: Vec<u64> = (1..=config.cluster.as_ref().map_or(0, |cluster| cluster.peers.len() as u64)).collect();
+        if let Some(successor) = raft_catalog.step_down(&voters).await {
+            info!(successor, "handed catalog leadership over");
+        }
         raft_catalog.shutdown().await;
     }
     peer_shutdown.cancel();
