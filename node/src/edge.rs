@@ -25,7 +25,7 @@ use crate::hub::range::parse_range;
 use crate::hub::route::{Route, encode_path, encode_segment, route, validate_relative_path};
 use crate::hub::{ErrorSource, HubError};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
-use crate::store::{BlobSource, ContentHasher, FillOutcome, StoredBlob, read_range};
+use crate::store::{BlobSource, ContentHasher, FillOutcome};
 use crate::upstream::{UpstreamBlob, read_buffered};
 
 /// The most header bytes a request may carry; beyond, 431 in the Hub's format.
@@ -382,14 +382,8 @@ async fn blob_body(
     metadata_status: CacheStatus,
 ) -> Result<(Body, CacheStatus), HubError> {
     let store = mirror.store();
-    if let Some(blob) = store.get(etag) {
-        match stored_blob_stream(&blob, size, start, end).await {
-            Ok(stream) => return Ok((Body::from_stream(stream), metadata_status)),
-            Err(error) => {
-                warn!(%etag, %error, "stored blob unreadable or of the wrong size; dropping it");
-                store.remove(etag);
-            }
-        }
+    if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
+        return Ok((Body::from_stream(stream), metadata_status));
     }
     let resolve_path = format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path));
     let upstream = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path.clone()));
@@ -399,29 +393,13 @@ async fn blob_body(
         None => upstream,
     };
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
-        FillOutcome::Stored(blob) => {
-            let stream = stored_blob_stream(&blob, size, start, end).await.map_err(HubError::internal)?;
-            Ok((Body::from_stream(stream), metadata_status))
-        }
+        FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
+            Some(stream) => Ok((Body::from_stream(stream), metadata_status)),
+            None => Err(HubError::internal("a blob vanished as it was stored; retry")),
+        },
         FillOutcome::Filling(fill) => Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss)),
         FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
     }
-}
-
-/// Streams part of a stored blob, after checking that the file still has the size the catalog says.
-async fn stored_blob_stream(
-    blob: &StoredBlob,
-    size: u64,
-    start: u64,
-    end: u64,
-) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
-    let path = blob.path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(std::io::Error::other)??;
-    let length = file.metadata()?.len();
-    if length != size || blob.size != size {
-        return Err(std::io::Error::other(format!("blob has {length} bytes, expected {size}")));
-    }
-    Ok(read_range(Arc::new(file), start, end))
 }
 
 /// Streams a blob straight from its source to one client, without storing it (no room on disk).

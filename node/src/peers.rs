@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
 use crate::mirror::Mirror;
-use crate::store::{BlobSource, ByteStream, FillOutcome, SourceError, is_valid_etag, read_range};
+use crate::store::{BlobSource, ByteStream, FillOutcome, SourceError, is_valid_etag};
 use crate::upstream::UpstreamBlob;
 
 /// This node's membership in the cluster, for blob fills.
@@ -207,12 +207,10 @@ impl LocalBlobs for PeerService {
         }
         let store = self.mirror.store();
         let (start, size) = (request.start, request.size);
-        if let Some(blob) = store.get(&request.etag) {
-            if blob.size == size {
-                if let Ok(file) = std::fs::File::open(&blob.path) {
-                    return PeerOpen::Sending { size, start, bytes: Box::pin(read_range(Arc::new(file), start, size)) };
-                }
-            }
+        match store.stream_verified(&request.etag, size, start, size).await {
+            Ok(Some(bytes)) => return PeerOpen::Sending { size, start, bytes: Box::pin(bytes) },
+            Ok(None) => {}
+            Err(error) => return PeerOpen::Unavailable(error.to_string()),
         }
         // Only a node asked as fill leader shares a fill in progress. A node asked merely whether it
         // holds the blob (a node ranked below the asker) answers from complete blobs only: its own
@@ -230,8 +228,9 @@ impl LocalBlobs for PeerService {
         let source = Arc::new(UpstreamBlob::new(self.mirror.upstream().clone(), origin.clone()));
         match store.fill_or_join(&request.etag, size, source) {
             Ok(FillOutcome::Filling(fill)) => PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) },
-            Ok(FillOutcome::Stored(blob)) => match std::fs::File::open(&blob.path) {
-                Ok(file) => PeerOpen::Sending { size, start, bytes: Box::pin(read_range(Arc::new(file), start, size)) },
+            Ok(FillOutcome::Stored(_)) => match store.stream_verified(&request.etag, size, start, size).await {
+                Ok(Some(bytes)) => PeerOpen::Sending { size, start, bytes: Box::pin(bytes) },
+                Ok(None) => PeerOpen::NotHere,
                 Err(error) => PeerOpen::Unavailable(error.to_string()),
             },
             Ok(FillOutcome::NoRoom) => PeerOpen::Unavailable("no room to store".into()),

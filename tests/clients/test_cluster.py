@@ -293,3 +293,30 @@ def test_concurrent_cold_metadata_misses_on_every_node_reach_upstream_once(clust
         seen[key] = seen.get(key, 0) + 1
     assert seen, "nobody asked upstream"
     assert all(count == 1 for count in seen.values()), f"the cluster asked upstream more than once: {seen}"
+
+
+def test_a_corrupted_blob_on_one_node_is_refilled_from_a_replica(cluster, fake_hub):
+    meta = fake_hub.files()["model.safetensors"]
+    data = fake_hub.file("org/model", "model.safetensors")
+    ranking = preference_list(meta["sha256"])
+    victim = ranking[-1]
+    # The blob lands on the leader (from upstream) and on the victim (from the leader).
+    r = http_request(cluster.nodes[victim], "GET", LFS)
+    assert r.status == 200 and r.body == data
+    wait_until(lambda: cluster.has_blob(victim, meta["sha256"]) and cluster.has_blob(ranking[0], meta["sha256"]), "both copies")
+    blob = cluster.data_dir / victim / "blobs" / meta["sha256"][:2] / meta["sha256"]
+    with open(blob, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    fake_hub.reset()
+    try:
+        r = http_request(cluster.nodes[victim], "GET", LFS)
+        served_whole = r.status == 200 and len(r.body) == meta["size"]
+        assert not served_whole or r.body == data, "corrupt bytes were served"
+    except Exception:  # the connection was aborted: the corrupt chunk never went out
+        pass
+    r = http_request(cluster.nodes[victim], "GET", LFS)
+    assert r.status == 200 and r.body == data
+    assert not cdn_gets(fake_hub, meta["sha256"]), "refilled from a replica, not from upstream"

@@ -157,3 +157,35 @@ def test_tokens_never_reach_the_logs_or_upstream_for_public_repos(fake_hub, mirr
     assert "answered" in logs, "the mirror logged no requests at all"
     for token in (VALID_TOKEN, OTHER_TOKEN):
         assert token not in logs
+
+
+def test_a_corrupted_stored_blob_is_detected_not_served_and_filled_again(fake_hub, mirror):
+    meta = fake_hub.files()["model.safetensors"]
+    data = fake_hub.file("org/model", "model.safetensors")
+    r = mirror.request("GET", LFS)
+    assert r.status == 200 and r.body == data
+    blob = wait_until(lambda: next((p for p in (mirror.data_dir / "blobs").rglob(meta["sha256"]) if p.is_file()), None), "the blob on disk")
+    # Flip one byte in the middle of the stored file, as a bad sector would.
+    with open(blob, "r+b") as handle:
+        handle.seek(meta["size"] // 2)
+        byte = handle.read(1)
+        handle.seek(meta["size"] // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    fake_hub.reset()
+    conn, resp = open_stream(mirror.url, LFS)
+    received = b""
+    try:
+        while True:
+            chunk = resp.read(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    except (http.client.IncompleteRead, ConnectionError) as error:
+        received += getattr(error, "partial", b"")
+    conn.close()
+    assert len(received) < meta["size"], "the corrupt blob must not be served as a whole file"
+    assert data.startswith(received), "every byte that went out is a good byte: the bad chunk was never sent"
+    # The next request fills the blob again from a good source and serves the right bytes.
+    r = mirror.request("GET", LFS)
+    assert r.status == 200 and r.body == data
+    assert any(meta["sha256"] in entry["path"] for entry in fake_hub.requests() if entry["server"] == "cdn"), "refilled from upstream"

@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::integrity::ChunkSummer;
 use super::source::{BlobSource, SourceError};
 use super::verify::ContentHasher;
 
@@ -128,14 +129,18 @@ pub fn read_range(file: Arc<std::fs::File>, start: u64, end: u64) -> impl Stream
 
 /// Writes the batches it receives, in order, on a blocking thread, so the network side of a fill
 /// never waits for the disk; readers see each batch once it is written.
-fn write_batches(fill: Arc<Fill>, mut batches: tokio::sync::mpsc::Receiver<Bytes>) -> Result<(), String> {
+fn write_batches(fill: Arc<Fill>, mut batches: tokio::sync::mpsc::Receiver<Bytes>) -> Result<Vec<u64>, String> {
     let mut written: u64 = 0;
+    // The chunk sums ride along with the write: the bytes are in the cache already, and xxh3 costs
+    // a small fraction of the copy.
+    let mut summer = ChunkSummer::default();
     while let Some(batch) = batches.blocking_recv() {
         fill.file.write_all_at(&batch, written).map_err(|error| format!("writing the temp file: {error}"))?;
+        summer.update(&batch);
         written += batch.len() as u64;
         fill.advance(written);
     }
-    Ok(())
+    Ok(summer.finish())
 }
 
 /// Hashes the batches it receives on another blocking thread: on a memory-bound machine the page
@@ -150,7 +155,7 @@ fn hash_batches(etag: String, size: u64, mut batches: tokio::sync::mpsc::Receive
 
 /// Streams the blob from `source` into the fill's temp file, reopening the source at the byte
 /// reached when it is interrupted. Succeeds only if the length and hash match the etag.
-pub(super) async fn run(fill: &Arc<Fill>, source: &dyn BlobSource) -> Result<(), String> {
+pub(super) async fn run(fill: &Arc<Fill>, source: &dyn BlobSource) -> Result<Vec<u64>, String> {
     let (write_tx, write_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let (hash_tx, hash_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let writer_fill = fill.clone();
@@ -160,14 +165,14 @@ pub(super) async fn run(fill: &Arc<Fill>, source: &dyn BlobSource) -> Result<(),
     let received = receive(fill, source, [write_tx, hash_tx]).await;
     // Both threads end once the senders are dropped (by `receive` returning); a writer error
     // explains a failed send, so it is looked at first.
-    writer.await.map_err(|error| error.to_string())??;
+    let sums = writer.await.map_err(|error| error.to_string())??;
     let digest = hasher.await.map_err(|error| error.to_string())??;
     received?;
     if digest != fill.etag {
         return Err(format!("content hash {digest} does not match the etag (from {})", source.describe()));
     }
     debug!(etag = %fill.etag, size = fill.size, "fill verified");
-    Ok(())
+    Ok(sums)
 }
 
 /// Hands one batch to the writer and the hasher.

@@ -9,6 +9,7 @@
 //! still does not fit the caller streams without storing.
 
 mod fill;
+mod integrity;
 mod source;
 mod verify;
 
@@ -17,7 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use fill::{Fill, FillProgress, FillState, read_range};
+pub use fill::{Fill, FillProgress, FillState};
+pub use integrity::{VerifiedBlob, verified_range};
 pub use source::{BlobSource, ByteStream, SourceError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -141,6 +143,9 @@ impl BlobStore {
             for blob in std::fs::read_dir(shard.path())? {
                 let blob = blob?;
                 let name = blob.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".sums") {
+                    continue;
+                }
                 let metadata = blob.metadata()?;
                 if !metadata.is_file() || !is_valid_etag(&name) || !shard.file_name().to_string_lossy().eq(&name[..2]) {
                     warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
@@ -188,6 +193,30 @@ impl BlobStore {
         Some(StoredBlob { path: self.blob_path(etag), size })
     }
 
+    /// Streams `start..end` of a stored blob, every chunk checked against its sum first; a corrupt
+    /// chunk removes the blob (so it is filled again) and aborts the stream. `Ok(None)`: not held,
+    /// or held with another size than the catalog says (then it is dropped).
+    pub async fn stream_verified(
+        &self,
+        etag: &str,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
+        let Some(blob) = self.open_verified(etag).await? else { return Ok(None) };
+        if blob.size != size {
+            warn!(%etag, stored = blob.size, expected = size, "stored blob has another size than the catalog says; dropping it");
+            self.remove(etag);
+            return Ok(None);
+        }
+        let store = self.clone();
+        let etag_owned = etag.to_owned();
+        Ok(Some(verified_range(blob, start, end, move || {
+            warn!(etag = %etag_owned, "corrupt chunk in a stored blob; removing it so it is filled again");
+            store.remove(&etag_owned);
+        })))
+    }
+
     /// Returns the fill of `etag` in progress, if any.
     pub fn fill_in_progress(&self, etag: &str) -> Option<Arc<Fill>> {
         self.inner.fills.lock().expect("fills poisoned").get(etag).cloned()
@@ -205,10 +234,67 @@ impl BlobStore {
             return;
         }
         self.inner.accounting.lock().expect("accounting poisoned").remove(etag);
-        if let Err(error) = std::fs::remove_file(self.blob_path(etag)) {
-            if error.kind() != io::ErrorKind::NotFound {
-                warn!(%etag, %error, "could not remove blob");
+        self.delete_files(etag);
+    }
+
+    fn delete_files(&self, etag: &str) {
+        let path = self.blob_path(etag);
+        for file in [integrity::sums_path(&path), path] {
+            if let Err(error) = std::fs::remove_file(&file) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    warn!(%etag, %error, path = %file.display(), "could not remove blob file");
+                }
             }
+        }
+    }
+
+    /// Opens a stored blob for serving with its chunk sums. A blob stored before sums existed (or
+    /// whose sums file is lost) is rehashed once in full against its etag first; one that fails is
+    /// removed. `Ok(None)`: the node does not hold it.
+    pub async fn open_verified(&self, etag: &str) -> io::Result<Option<VerifiedBlob>> {
+        let Some(stored) = self.get(etag) else { return Ok(None) };
+        let (path, size, etag_owned) = (stored.path.clone(), stored.size, etag.to_owned());
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<VerifiedBlob> {
+            let file = std::fs::File::open(&path)?;
+            let length = file.metadata()?.len();
+            if length != size {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob has {length} bytes, expected {size}")));
+            }
+            let sums_file = integrity::sums_path(&path);
+            let sums = match integrity::read_sums(&sums_file, size)? {
+                Some(sums) => sums,
+                None => {
+                    let mut hasher = ContentHasher::for_etag(&etag_owned, size).ok_or_else(|| io::Error::other("not an etag"))?;
+                    let mut summer = integrity::ChunkSummer::default();
+                    let mut buffer = vec![0u8; integrity::CHUNK as usize];
+                    let mut offset = 0u64;
+                    while offset < size {
+                        let length = integrity::CHUNK.min(size - offset) as usize;
+                        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buffer[..length], offset)?;
+                        hasher.update(&buffer[..length]);
+                        summer.update(&buffer[..length]);
+                        offset += length as u64;
+                    }
+                    if hasher.finish() != etag_owned {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "blob does not match its etag"));
+                    }
+                    let sums = summer.finish();
+                    std::fs::write(&sums_file, integrity::encode_sums(&sums))?;
+                    sums
+                }
+            };
+            Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums: std::sync::Arc::new(sums) })
+        })
+        .await
+        .map_err(io::Error::other)?;
+        match opened {
+            Ok(blob) => Ok(Some(blob)),
+            Err(error) if error.kind() == io::ErrorKind::InvalidData || error.kind() == io::ErrorKind::NotFound => {
+                warn!(%etag, %error, "stored blob is damaged; removing it so it is filled again");
+                self.remove(etag);
+                Ok(None)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -248,9 +334,7 @@ impl BlobStore {
         };
         for (etag, victim_size) in evicted {
             info!(%etag, size = victim_size, "evicting least recently used blob");
-            if let Err(error) = std::fs::remove_file(self.blob_path(&etag)) {
-                warn!(%etag, %error, "could not delete evicted blob");
-            }
+            self.delete_files(&etag);
         }
         if !reserved {
             warn!(size, "no room to store a blob; streaming it without storing");
@@ -305,10 +389,10 @@ impl BlobStore {
     }
 
     /// Publishes a verified fill as a blob (fsync, rename, fsync the directory) or discards it.
-    async fn finish_fill(&self, fill: &Arc<Fill>, outcome: Result<(), String>) {
+    async fn finish_fill(&self, fill: &Arc<Fill>, outcome: Result<Vec<u64>, String>) {
         let final_path = self.blob_path(&fill.etag);
         let published = match outcome {
-            Ok(()) => {
+            Ok(sums) => {
                 let temp_path = fill.temp_path.clone();
                 let file = fill.file.clone();
                 let target = final_path.clone();
@@ -316,6 +400,11 @@ impl BlobStore {
                     file.sync_all()?;
                     let shard = target.parent().expect("blob path has a shard directory");
                     std::fs::create_dir_all(shard)?;
+                    // The sums go in place before the blob: a blob never appears without them.
+                    let sums_temp = temp_path.with_extension("sums");
+                    std::fs::write(&sums_temp, integrity::encode_sums(&sums))?;
+                    std::fs::File::open(&sums_temp)?.sync_all()?;
+                    std::fs::rename(&sums_temp, integrity::sums_path(&target))?;
                     std::fs::rename(&temp_path, &target)?;
                     std::fs::File::open(shard)?.sync_all()
                 })

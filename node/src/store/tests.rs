@@ -218,3 +218,53 @@ async fn least_recently_used_blobs_are_evicted_when_full() {
     let reopened = open_store(directory.path(), Some(250_000));
     assert_eq!(reopened.usage().stored_bytes, 200_000);
 }
+
+#[tokio::test]
+async fn a_corrupted_stored_chunk_is_never_sent_and_the_blob_is_dropped() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes(3 << 20);
+    let etag = sha256_hex(&bytes);
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    let size = bytes.len() as u64;
+    let whole = read_all(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap()).await.unwrap();
+    assert_eq!(whole, bytes);
+    // Flip a byte in the second chunk.
+    let path = store.get(&etag).unwrap().path;
+    let mut on_disk = std::fs::read(&path).unwrap();
+    on_disk[1_500_000] ^= 0xff;
+    std::fs::write(&path, &on_disk).unwrap();
+    let mut stream = Box::pin(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap());
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first, bytes[..1 << 20], "the good first chunk goes out");
+    assert!(stream.next().await.unwrap().is_err(), "the corrupt chunk does not");
+    assert!(store.get(&etag).is_none(), "the corrupt blob is dropped");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_blob_without_sums_is_checked_in_full_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let bytes = test_bytes(2 << 20);
+    let etag = sha256_hex(&bytes);
+    {
+        let store = open_store(directory.path(), None);
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(wait_done(&fill).await, FillState::Complete);
+        let path = store.get(&etag).unwrap().path;
+        std::fs::remove_file(integrity::sums_path(&path)).unwrap();
+        // And damage it, as a blob from before sums existed might be.
+        let mut on_disk = std::fs::read(&path).unwrap();
+        on_disk[10] ^= 1;
+        std::fs::write(&path, &on_disk).unwrap();
+    }
+    let store = open_store(directory.path(), None);
+    let size = bytes.len() as u64;
+    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none(), "a blob that fails its etag is not served");
+    assert!(store.get(&etag).is_none());
+}
