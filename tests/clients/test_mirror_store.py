@@ -36,6 +36,25 @@ def open_stream(base_url: str, path: str, headers: dict | None = None):
 
 
 
+def read_until_cut(base_url: str, path: str) -> bytes:
+    """GETs `path` and returns every body byte received until the body ended or the connection was
+    cut; a cut is how the mirror refuses to finish a response it cannot vouch for."""
+    conn, resp = open_stream(base_url, path)
+    assert resp.status == 200
+    received = b""
+    try:
+        while True:
+            chunk = resp.read(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    except (http.client.IncompleteRead, ConnectionError) as error:
+        received += getattr(error, "partial", b"")
+    finally:
+        conn.close()
+    return received
+
+
 def test_kill_9_mid_fill_leaves_no_complete_looking_blob(fake_hub, mirror):
     meta = fake_hub.files()["model.safetensors"]
     fake_hub.throttle(256 * 1024)  # ~12 s for the whole file: the kill lands mid-transfer
@@ -60,18 +79,7 @@ def test_corrupt_upstream_bytes_are_neither_stored_nor_served_as_complete(fake_h
     meta = fake_hub.files()["model.safetensors"]
     fake_hub.corrupt(True)
     try:
-        conn, resp = open_stream(mirror.url, LFS)
-        assert resp.status == 200
-        received = b""
-        try:
-            while True:
-                chunk = resp.read(1 << 16)
-                if not chunk:
-                    break
-                received += chunk
-        except (http.client.IncompleteRead, ConnectionError) as error:
-            received += getattr(error, "partial", b"")
-        conn.close()
+        received = read_until_cut(mirror.url, LFS)
         # The response must not end cleanly with the full (corrupt) length.
         assert len(received) < meta["size"], "a corrupt blob was served as complete"
         time.sleep(0.5)
@@ -172,17 +180,7 @@ def test_a_corrupted_stored_blob_is_detected_not_served_and_filled_again(fake_hu
         handle.seek(meta["size"] // 2)
         handle.write(bytes([byte[0] ^ 0xFF]))
     fake_hub.reset()
-    conn, resp = open_stream(mirror.url, LFS)
-    received = b""
-    try:
-        while True:
-            chunk = resp.read(1 << 16)
-            if not chunk:
-                break
-            received += chunk
-    except (http.client.IncompleteRead, ConnectionError) as error:
-        received += getattr(error, "partial", b"")
-    conn.close()
+    received = read_until_cut(mirror.url, LFS)
     assert len(received) < meta["size"], "the corrupt blob must not be served as a whole file"
     assert data.startswith(received), "every byte that went out is a good byte: the bad chunk was never sent"
     # The next request fills the blob again from a good source and serves the right bytes.

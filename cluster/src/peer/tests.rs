@@ -45,6 +45,21 @@ async fn collect(mut bytes: BlobBytes) -> std::io::Result<Vec<u8>> {
     Ok(all)
 }
 
+/// Serves `blobs` from `server` until the returned token is cancelled.
+fn serve_in_background(
+    server: &PeerEndpoint,
+    name: &str,
+    blobs: Arc<MemoryBlobs>,
+) -> (PeerAddress, CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn({
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
+    });
+    (PeerAddress { name: name.into(), address: server.local_addr().unwrap() }, shutdown, serving)
+}
+
 fn request(etag: &str, size: u64, start: u64) -> FillRequest {
     FillRequest { etag: etag.into(), size, start, origin: None }
 }
@@ -57,13 +72,7 @@ async fn a_peer_serves_ranges_of_what_it_holds() {
     let (client, server) = (endpoint(directory.path(), "a"), endpoint(directory.path(), "b"));
     let blob: Bytes = (0..1_000_000u32).map(|index| (index % 251) as u8).collect::<Vec<_>>().into();
     let blobs = Arc::new(MemoryBlobs { blobs: HashMap::from([("e1".to_owned(), blob.clone())]), broken: false });
-    let shutdown = CancellationToken::new();
-    let serving = tokio::spawn({
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
-    });
-    let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
+    let (peer, shutdown, serving) = serve_in_background(&server, "b", blobs);
     let (start, bytes) = client.fetch(&peer, &request("e1", blob.len() as u64, 0)).await.unwrap();
     assert_eq!(start, 0);
     assert_eq!(collect(bytes).await.unwrap(), blob);
@@ -85,13 +94,7 @@ async fn a_peer_failing_mid_stream_is_an_error_not_a_short_blob() {
     let (client, server) = (endpoint(directory.path(), "a"), endpoint(directory.path(), "b"));
     let blob = Bytes::from(vec![7u8; 800_000]);
     let blobs = Arc::new(MemoryBlobs { blobs: HashMap::from([("e1".to_owned(), blob.clone())]), broken: true });
-    let shutdown = CancellationToken::new();
-    let serving = tokio::spawn({
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
-    });
-    let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
+    let (peer, shutdown, serving) = serve_in_background(&server, "b", blobs);
     // The reset may overtake the header (then fetch fails) or cut the bytes (then the stream fails);
     // either way the caller never sees a clean end.
     match client.fetch(&peer, &request("e1", blob.len() as u64, 0)).await {
@@ -111,13 +114,7 @@ async fn a_node_of_another_cluster_is_refused() {
     generate_cluster_certs(theirs.path(), "theirs", &["a".into()]).unwrap();
     let (intruder, server) = (endpoint(theirs.path(), "a"), endpoint(ours.path(), "b"));
     let blobs = Arc::new(MemoryBlobs { blobs: HashMap::from([("e1".to_owned(), Bytes::from_static(b"secret"))]), broken: false });
-    let shutdown = CancellationToken::new();
-    let serving = tokio::spawn({
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
-    });
-    let peer = PeerAddress { name: "b".into(), address: server.local_addr().unwrap() };
+    let (peer, shutdown, serving) = serve_in_background(&server, "b", blobs);
     let result = intruder.fetch(&peer, &request("e1", 6, 0)).await;
     assert!(matches!(result, Err(PeerError::Unreachable { .. })), "got {:?}", result.err());
     shutdown.cancel();
