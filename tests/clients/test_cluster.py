@@ -201,16 +201,22 @@ def wait_for_applied_everywhere(cluster, names) -> None:
     wait_until(converged, "every node to apply the same catalog log")
 
 
+def assert_known_without_upstream(cluster, fake_hub, names, path: str) -> None:
+    """A HEAD of `path` on each of `names` is answered from the replicated catalog: a HIT, with no
+    request to upstream."""
+    fake_hub.reset()
+    for name in names:
+        r = http_request(cluster.nodes[name], "HEAD", path)
+        assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
+    assert fake_hub.requests() == [], "a node asked upstream for what the catalog already knew"
+
+
 def test_metadata_fetched_through_one_node_is_known_to_all(cluster, fake_hub):
     names = list(cluster.nodes)
     r = http_request(cluster.nodes[names[0]], "HEAD", "/org/model/resolve/main/config.json")
     assert r.status == 200
     wait_for_applied_everywhere(cluster, names)
-    fake_hub.reset()
-    for name in names[1:]:
-        r = http_request(cluster.nodes[name], "HEAD", "/org/model/resolve/main/config.json")
-        assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
-    assert fake_hub.requests() == [], "the other nodes asked upstream for what the catalog already knew"
+    assert_known_without_upstream(cluster, fake_hub, names[1:], "/org/model/resolve/main/config.json")
 
 
 def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, fake_hub):
@@ -228,11 +234,7 @@ def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, f
     r = http_request(cluster.nodes[survivors[0]], "HEAD", "/org/model/resolve/v1.0/config.json")
     assert r.status == 200
     wait_for_applied_everywhere(cluster, survivors)
-    fake_hub.reset()
-    for name in survivors[1:]:
-        r = http_request(cluster.nodes[name], "HEAD", "/org/model/resolve/v1.0/config.json")
-        assert r.status == 200 and r.header("X-Cache") == "HIT", (name, r.headers)
-    assert fake_hub.requests() == []
+    assert_known_without_upstream(cluster, fake_hub, survivors[1:], "/org/model/resolve/v1.0/config.json")
 
 
 def test_a_drained_node_leaves_placement_and_catalog_leadership(cluster, fake_hub):

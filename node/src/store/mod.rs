@@ -26,6 +26,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 pub use verify::{ContentHasher, is_valid_etag};
 
+/// How many blobs' chunk sums are kept in memory (8 bytes per MiB of blob each).
+const SUMS_MEMORY_ENTRIES: usize = 4096;
+
 /// A verified blob on disk.
 #[derive(Clone, Debug)]
 pub struct StoredBlob {
@@ -56,6 +59,8 @@ struct StoreInner {
     min_free_bytes: u64,
     accounting: Mutex<Accounting>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Chunk sums of recently served blobs, so a hot blob's `.sums` file is not read per request.
+    sums_memory: Mutex<HashMap<String, Arc<Vec<u64>>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -168,6 +173,7 @@ impl BlobStore {
                 min_free_bytes,
                 accounting: Mutex::new(accounting),
                 fills: Mutex::new(HashMap::new()),
+                sums_memory: Mutex::new(HashMap::new()),
                 tasks: TaskTracker::new(),
                 shutdown,
             }),
@@ -238,6 +244,7 @@ impl BlobStore {
     }
 
     fn delete_files(&self, etag: &str) {
+        self.inner.sums_memory.lock().expect("sums memory poisoned").remove(etag);
         let path = self.blob_path(etag);
         for file in [integrity::sums_path(&path), path] {
             if let Err(error) = std::fs::remove_file(&file) {
@@ -254,6 +261,7 @@ impl BlobStore {
     pub async fn open_verified(&self, etag: &str) -> io::Result<Option<VerifiedBlob>> {
         let Some(stored) = self.get(etag) else { return Ok(None) };
         let (path, size, etag_owned) = (stored.path.clone(), stored.size, etag.to_owned());
+        let remembered = self.inner.sums_memory.lock().expect("sums memory poisoned").get(etag).cloned();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<VerifiedBlob> {
             let file = std::fs::File::open(&path)?;
             let length = file.metadata()?.len();
@@ -261,6 +269,9 @@ impl BlobStore {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob has {length} bytes, expected {size}")));
             }
             let sums_file = integrity::sums_path(&path);
+            if let Some(sums) = remembered.filter(|sums| sums.len() as u64 == size.div_ceil(integrity::CHUNK)) {
+                return Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums });
+            }
             let sums = match integrity::read_sums(&sums_file, size)? {
                 Some(sums) => sums,
                 None => {
@@ -288,7 +299,16 @@ impl BlobStore {
         .await
         .map_err(io::Error::other)?;
         match opened {
-            Ok(blob) => Ok(Some(blob)),
+            Ok(blob) => {
+                let mut memory = self.inner.sums_memory.lock().expect("sums memory poisoned");
+                // A small bounded memory: forgetting everything at the bound is simpler than an LRU,
+                // and a forgotten entry costs one small file read.
+                if memory.len() >= SUMS_MEMORY_ENTRIES && !memory.contains_key(etag) {
+                    memory.clear();
+                }
+                memory.insert(etag.to_owned(), blob.sums.clone());
+                Ok(Some(blob))
+            }
             Err(error) if error.kind() == io::ErrorKind::InvalidData || error.kind() == io::ErrorKind::NotFound => {
                 warn!(%etag, %error, "stored blob is damaged; removing it so it is filled again");
                 self.remove(etag);
