@@ -54,8 +54,12 @@ fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path) ->
     if let Some(replicas) = topology.cluster.replicas {
         writeln!(text, "replicas = {replicas}")?;
     }
-    if let Some(interval) = &topology.cluster.gossip_interval {
-        writeln!(text, "gossip_interval = {}", toml_string(interval)?)?;
+    for (key, value) in
+        [("gossip_interval", &topology.cluster.gossip_interval), ("replica_check_interval", &topology.cluster.replica_check_interval)]
+    {
+        if let Some(value) = value {
+            writeln!(text, "{key} = {}", toml_string(value)?)?;
+        }
     }
     text.push_str("\n[defaults]\n");
     let defaults = &topology.defaults;

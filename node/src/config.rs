@@ -52,6 +52,8 @@ pub struct ClusterConfig {
     pub gossip_listen: SocketAddr,
     /// How often a node gossips with its peers.
     pub gossip_interval: Duration,
+    /// How often a node compares the catalog's replica records with its store and catches up.
+    pub replica_check_interval: Duration,
 }
 
 /// A node as its peers see it.
@@ -141,6 +143,8 @@ pub struct ClusterSection {
     pub replicas: Option<usize>,
     /// How often nodes gossip (default 500ms; a dead node is noticed after about ten rounds).
     pub gossip_interval: Option<String>,
+    /// How often each node checks that it holds the blobs placement gives it (default 60s).
+    pub replica_check_interval: Option<String>,
 }
 
 /// One peer of the cluster: where it is, what it has, and its own settings.
@@ -402,6 +406,10 @@ fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> 
         Some(text) => parse_duration(text).map_err(|message| fail("cluster.gossip_interval".into(), message))?,
         None => Duration::from_millis(500),
     };
+    let replica_check_interval = match &topology.cluster.replica_check_interval {
+        Some(text) => parse_duration(text).map_err(|message| fail("cluster.replica_check_interval".into(), message))?,
+        None => Duration::from_secs(60),
+    };
     Ok(Some(ClusterConfig {
         cluster_name: topology.cluster.name.clone(),
         certs_dir,
@@ -410,6 +418,7 @@ fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> 
         peers,
         gossip_listen,
         gossip_interval,
+        replica_check_interval,
     }))
 }
 

@@ -22,7 +22,7 @@ use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, 
 use crate::hub::json::{strip_xet_from_body, tree_entry_json};
 use crate::hub::query::{flag, parse_pairs, values};
 use crate::hub::range::parse_range;
-use crate::hub::route::{Route, encode_path, encode_segment, route, validate_relative_path};
+use crate::hub::route::{Route, encode_segment, resolve_origin, route, validate_relative_path};
 use crate::hub::{ErrorSource, HubError};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
 use crate::store::{BlobSource, ContentHasher, FillOutcome};
@@ -82,6 +82,20 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
     }
     let route = route(request.uri().path())?;
     let method = request.method().clone();
+    let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
+    let answered = answer(state, request, route, method).await;
+    if let Ok(response) = &answered {
+        if is_metadata && response.status().is_success() {
+            let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?));
+            if let Some(cache) = cache {
+                state.mirror.metadata_answers().record(cache);
+            }
+        }
+    }
+    answered
+}
+
+async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {
     let reads = [Method::GET, Method::HEAD];
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
@@ -167,12 +181,17 @@ async fn drain(mirror: &Mirror) -> Vec<u8> {
 fn status_json(mirror: &Mirror) -> Vec<u8> {
     let usage = mirror.store().usage();
     let (hits, revalidated, misses) = mirror.answers().snapshot();
+    let (metadata_hits, metadata_revalidated, metadata_misses) = mirror.metadata_answers().snapshot();
     let mut status = serde_json::json!({
         "node": mirror.config().name,
         "version": env!("CARGO_PKG_VERSION"),
         "store": {"blobs": usage.num_blobs, "stored_bytes": usage.stored_bytes, "reserved_bytes": usage.reserved_bytes},
         "answers": {"hit": hits, "revalidated": revalidated, "miss": misses},
+        "metadata_answers": {"hit": metadata_hits, "revalidated": metadata_revalidated, "miss": metadata_misses},
     });
+    if let Some(replicas) = mirror.replicas() {
+        status["replicas"] = serde_json::to_value(replicas.counters()).unwrap_or_default();
+    }
     if let Some(cluster) = mirror.cluster() {
         let view = cluster.view();
         let members: Vec<Value> = cluster
@@ -385,11 +404,17 @@ async fn blob_body(
     if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
         return Ok((Body::from_stream(stream), metadata_status));
     }
-    let resolve_path = format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path));
+    let resolve_path = resolve_origin(repo, commit, path);
     let upstream = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path.clone()));
     // In a cluster, peers come before upstream; alone, upstream is the only source.
     let source: Arc<dyn BlobSource> = match mirror.cluster() {
-        Some(cluster) => cluster.source_for(etag, size, &resolve_path, upstream),
+        Some(cluster) => {
+            let holders = match mirror.catalog().get_replicas(etag).await {
+                Ok(record) => record.map(|record| record.holders).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            cluster.source_for(etag, size, &resolve_path, &holders, upstream)
+        }
         None => upstream,
     };
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
@@ -619,7 +644,7 @@ mod tests {
         let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
-        router(Mirror::new(config, Arc::new(catalog), upstream, store, None, None))
+        router(Mirror::new(config, Arc::new(catalog), upstream, store, None))
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

@@ -19,6 +19,7 @@ use crate::hub::HubError;
 use crate::hub::json::{parse_tree_entry, strip_xet_fields};
 use crate::hub::route::encode_segment;
 use crate::peers::ClusterFill;
+use crate::replicas::Replicas;
 use crate::singleflight::SingleFlight;
 use crate::store::BlobStore;
 use crate::upstream::{BufferedReply, Upstream};
@@ -40,6 +41,11 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Reads an `X-Cache` value back.
+    pub fn parse(text: &str) -> Option<CacheStatus> {
+        [CacheStatus::Hit, CacheStatus::Revalidated, CacheStatus::Miss].into_iter().find(|status| status.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
@@ -155,13 +161,20 @@ struct MirrorInner {
     catalog: Arc<dyn Catalog>,
     upstream: Upstream,
     store: BlobStore,
-    cluster: Option<Arc<ClusterFill>>,
-    raft: Option<RaftCatalog>,
+    cluster: Option<ClusterRole>,
     answers: AnswerCounters,
+    metadata_answers: AnswerCounters,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
     manifests: SingleFlight<Arc<Manifest>>,
     documents: SingleFlight<Bytes>,
+}
+
+/// What a cluster node has beyond a single node: its peers, the replicated catalog, its replica keeper.
+pub struct ClusterRole {
+    pub fill: Arc<ClusterFill>,
+    pub raft: RaftCatalog,
+    pub replicas: Replicas,
 }
 
 /// The upstream API path of a repository: `/api/{t}s/{repo}`.
@@ -175,8 +188,7 @@ impl Mirror {
         catalog: Arc<dyn Catalog>,
         upstream: Upstream,
         store: BlobStore,
-        cluster: Option<Arc<ClusterFill>>,
-        raft: Option<RaftCatalog>,
+        cluster: Option<ClusterRole>,
     ) -> Mirror {
         Mirror {
             inner: Arc::new(MirrorInner {
@@ -185,8 +197,8 @@ impl Mirror {
                 upstream,
                 store,
                 cluster,
-                raft,
                 answers: AnswerCounters::default(),
+                metadata_answers: AnswerCounters::default(),
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
                 manifests: SingleFlight::default(),
@@ -207,19 +219,35 @@ impl Mirror {
         &self.inner.store
     }
 
-    /// How many answers were hits, revalidations and misses since start.
+    /// How many file downloads were hits, revalidations and misses since start.
     pub fn answers(&self) -> &AnswerCounters {
         &self.inner.answers
     }
 
+    /// How many metadata answers (repo info, trees, paths-info, refs) were hits, revalidations and
+    /// misses since start.
+    pub fn metadata_answers(&self) -> &AnswerCounters {
+        &self.inner.metadata_answers
+    }
+
     /// The Raft catalog of the cluster, if this node is part of one.
     pub fn raft(&self) -> Option<&RaftCatalog> {
-        self.inner.raft.as_ref()
+        self.inner.cluster.as_ref().map(|role| &role.raft)
     }
 
     /// The cluster this node fills blobs with, if it is part of one.
     pub fn cluster(&self) -> Option<&Arc<ClusterFill>> {
-        self.inner.cluster.as_ref()
+        self.inner.cluster.as_ref().map(|role| &role.fill)
+    }
+
+    /// The replica keeper, if this node is part of a cluster.
+    pub fn replicas(&self) -> Option<&Replicas> {
+        self.inner.cluster.as_ref().map(|role| &role.replicas)
+    }
+
+    /// The catalog (replicated in a cluster).
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.inner.catalog
     }
 
     /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is

@@ -104,32 +104,76 @@ impl ClusterFill {
         self.placement.nodes().iter().map(|node| node.name.clone()).collect()
     }
 
-    /// The sources of a blob, in the order they are tried (see the module doc).
-    pub fn source_for(&self, etag: &str, size: u64, origin: &str, upstream: Arc<UpstreamBlob>) -> Arc<dyn BlobSource> {
+    /// The nodes that should hold `etag`: the first `replicas` serving nodes of its placement
+    /// (this node counts when it serves).
+    pub fn replica_targets(&self, etag: &str, replicas: usize) -> Vec<String> {
+        let view = self.view.borrow();
+        self.placement.preference_list(etag).into_iter().filter(|name| view.is_serving(name)).take(replicas).map(str::to_owned).collect()
+    }
+
+    /// Every serving node: where a pinned blob belongs.
+    pub fn serving_nodes(&self) -> Vec<String> {
+        let view = self.view.borrow();
+        self.placement.nodes().iter().map(|node| node.name.clone()).filter(|name| view.is_serving(name)).collect()
+    }
+
+    pub fn self_name(&self) -> &str {
+        &self.self_name
+    }
+
+    pub fn peer_address(&self, name: &str) -> Option<PeerAddress> {
+        self.addresses.get(name).cloned()
+    }
+
+    /// A source that copies a blob from the nodes holding it (live ones, in the order given), and
+    /// never from upstream: replication must not cost upstream traffic.
+    pub fn holders_source(&self, etag: &str, size: u64, holders: &[String]) -> Arc<dyn BlobSource> {
+        let view = self.view.borrow();
+        let candidates = holders
+            .iter()
+            .filter(|name| **name != self.self_name && view.members.contains_key(*name))
+            .filter_map(|name| self.addresses.get(name))
+            .map(|address| Candidate::Peer { address: address.clone(), origin: None })
+            .collect();
+        Arc::new(ClusterSource { endpoint: self.endpoint.clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
+    }
+
+    /// The sources of a blob, in the order they are tried (see the module doc). `holders` are the
+    /// nodes the catalog's replica record names; they are asked first.
+    pub fn source_for(&self, etag: &str, size: u64, origin: &str, holders: &[String], upstream: Arc<UpstreamBlob>) -> Arc<dyn BlobSource> {
         let preference = self.placement.preference_list(etag);
         let position = preference.iter().position(|name| *name == self.self_name).unwrap_or(preference.len());
-        let mut leaders = Vec::new();
-        let mut holders = Vec::new();
         let view = self.view.borrow();
+        let mut first = Vec::new();
+        let mut leaders = Vec::new();
+        let mut below = Vec::new();
         for (rank, name) in preference.iter().enumerate() {
             let Some(address) = self.addresses.get(*name) else { continue };
+            if rank == position {
+                continue;
+            }
             // The first live, ready, not draining node above us is the fill leader; a dead node
             // would only cost a connection timeout. A draining node may still hand out what it holds.
-            if rank < position && !view.is_serving(name) {
+            let usable = if rank < position { view.is_serving(name) } else { view.members.contains_key(*name) };
+            if !usable {
                 continue;
             }
-            if rank > position && !view.members.contains_key(*name) {
-                continue;
-            }
-            if rank < position {
-                leaders.push(Candidate::Peer { address: address.clone(), origin: Some(origin.to_owned()) });
-            } else if rank > position {
-                holders.push(Candidate::Peer { address: address.clone(), origin: None });
+            // Only nodes ranked above are asked as leaders (with the origin): a node below would
+            // answer from a fill that may itself be fed by us.
+            let origin = (rank < position).then(|| origin.to_owned());
+            let candidate = Candidate::Peer { address: address.clone(), origin };
+            if holders.iter().any(|holder| holder == name) {
+                first.push(candidate);
+            } else if rank < position {
+                leaders.push(candidate);
+            } else {
+                below.push(candidate);
             }
         }
         drop(view);
-        let mut candidates = leaders;
-        candidates.extend(holders);
+        let mut candidates = first;
+        candidates.extend(leaders);
+        candidates.extend(below);
         candidates.push(Candidate::Upstream(upstream));
         Arc::new(ClusterSource { endpoint: self.endpoint.clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
     }

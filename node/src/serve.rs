@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge;
-use crate::mirror::Mirror;
+use crate::mirror::{ClusterRole, Mirror};
 use crate::peers::{ClusterFill, METADATA_SERVICE, MetadataService, PeerService};
+use crate::replicas::{REPLICA_SERVICE, ReplicaService, Replicas};
 use crate::store::BlobStore;
 use crate::upstream::Upstream;
 
@@ -93,16 +94,36 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
         Some(raft_catalog) => Arc::new(raft_catalog.clone()),
         None => Arc::new(catalog),
     };
-    let mirror = Mirror::new(config.clone(), shared_catalog, upstream, store.clone(), cluster.clone(), raft_catalog.clone());
+    let role = match (&config.cluster, cluster, raft_catalog) {
+        (Some(cluster_config), Some(fill), Some(raft)) => {
+            let replicas = Replicas::new(
+                shared_catalog.clone(),
+                store.clone(),
+                fill.clone(),
+                upstream.clone(),
+                cluster_config.replicas,
+                cluster_config.replica_check_interval,
+            );
+            Some(ClusterRole { fill, raft, replicas })
+        }
+        _ => None,
+    };
+    let mirror = Mirror::new(config.clone(), shared_catalog, upstream, store.clone(), role);
+    let raft_catalog = mirror.raft().cloned();
+    let replicas_shutdown = shutdown.child_token();
+    let replica_keeper = mirror.replicas().map(|replicas| replicas.spawn(replicas_shutdown.clone()));
     let peer_shutdown = shutdown.child_token();
-    let peer_server = cluster.map(|cluster| {
+    let peer_server = mirror.cluster().cloned().map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
         let token = peer_shutdown.clone();
         let mut services = RpcServices::new();
-        if let Some(raft_catalog) = &raft_catalog {
+        if let Some(raft_catalog) = mirror.raft() {
             services.insert(RAFT_SERVICE.to_owned(), raft_catalog.rpc_handler());
         }
         services.insert(METADATA_SERVICE.to_owned(), Arc::new(MetadataService::new(mirror.clone())));
+        if let Some(replicas) = mirror.replicas() {
+            services.insert(REPLICA_SERVICE.to_owned(), Arc::new(ReplicaService::new(replicas.clone())));
+        }
         tokio::spawn(async move { cluster.endpoint().serve(service, services, token).await })
     });
     let app = edge::router(mirror);
@@ -175,6 +196,11 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
             info!(successor, "handed catalog leadership over");
         }
         raft_catalog.shutdown().await;
+    }
+    // Replica copies stop before the peer endpoint they read from.
+    replicas_shutdown.cancel();
+    if let Some(replica_keeper) = replica_keeper {
+        let _ = replica_keeper.await;
     }
     peer_shutdown.cancel();
     if let Some(peer_server) = peer_server {

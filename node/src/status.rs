@@ -13,8 +13,10 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&response.bytes().await?)?)
 }
 
-fn hit_ratio(status: &Value) -> String {
-    let answers = &status["answers"];
+/// The share of answers of one kind (`answers`: downloads, `metadata_answers`) served without asking
+/// upstream for data.
+fn hit_ratio(status: &Value, kind: &str) -> String {
+    let answers = &status[kind];
     let count = |key: &str| answers[key].as_u64().unwrap_or(0);
     let (hit, revalidated, miss) = (count("hit"), count("revalidated"), count("miss"));
     let total = hit + revalidated + miss;
@@ -28,22 +30,27 @@ fn gib(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".into(), |bytes| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64))
 }
 
-/// Prints one line per node: state, stored bytes, free disk and the hit ratio of file downloads.
+/// Prints one line per node: state, stored bytes, free disk, the hit ratios of file downloads and of
+/// metadata, and its Raft role.
 pub async fn print_status(url: &str) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let own = fetch(&client, url).await?;
-    println!("{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}", "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "raft");
+    println!(
+        "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
+        "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "hits (metadata)", "raft"
+    );
     let Some(members) = own["members"].as_array() else {
         let store = &own["store"];
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
             own["node"].as_str().unwrap_or("?"),
             "live",
             store["blobs"].as_u64().unwrap_or(0),
             gib(store["stored_bytes"].as_u64()),
             "-",
-            hit_ratio(&own),
+            hit_ratio(&own, "answers"),
+            hit_ratio(&own, "metadata_answers"),
             "single node"
         );
         return Ok(());
@@ -64,13 +71,14 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18}  {}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
             name,
             state,
             store["blobs"].as_u64().map_or_else(|| "-".into(), |blobs| blobs.to_string()),
             gib(store["stored_bytes"].as_u64()),
             gib(member["free_disk"].as_u64()),
-            remote.as_ref().map_or_else(|| "-".into(), hit_ratio),
+            remote.as_ref().map_or_else(|| "-".into(), |status| hit_ratio(status, "answers")),
+            remote.as_ref().map_or_else(|| "-".into(), |status| hit_ratio(status, "metadata_answers")),
             raft_text
         );
     }

@@ -8,7 +8,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Catalog, CatalogError, DocumentRecord, Manifest, PolicyRecord, RefRecord};
+use super::{Catalog, CatalogError, DocumentRecord, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 use crate::types::RepoKey;
 
 const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
@@ -16,11 +16,22 @@ const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests"
 const REPO_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_info");
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
+/// Replica records, keyed by etag.
+const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
+/// Pins, keyed by repository; the value carries the repository too, for listing.
+const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
 /// The Raft state machine's own bookkeeping (last applied log id, membership, current snapshot).
 const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 /// Every table whose rows a snapshot carries.
-const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 5] =
-    [("refs", REFS), ("manifests", MANIFESTS), ("repo_info", REPO_INFO), ("policies", POLICIES), ("documents", DOCUMENTS)];
+const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 7] = [
+    ("refs", REFS),
+    ("manifests", MANIFESTS),
+    ("repo_info", REPO_INFO),
+    ("policies", POLICIES),
+    ("documents", DOCUMENTS),
+    ("replicas", REPLICAS),
+    ("pins", PINS),
+];
 
 /// How many decoded manifests stay in memory; a resolve request looks its path up in one, and a
 /// large repo's manifest is megabytes of postcard that should not be decoded per request.
@@ -79,7 +90,7 @@ impl LocalCatalog {
     pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
         let database = Database::create(path).map_err(storage_error)?;
         let transaction = database.begin_write().map_err(storage_error)?;
-        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, RAFT_STATE] {
+        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, RAFT_STATE] {
             transaction.open_table(table).map_err(storage_error)?;
         }
         transaction.commit().map_err(storage_error)?;
@@ -116,6 +127,65 @@ impl LocalCatalog {
                 opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
             }
             transaction.commit().map_err(storage_error)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    /// Reads, changes and writes back (or deletes, when `change` leaves `None`) one record in a single
+    /// write transaction, so concurrent updates of the same key cannot lose each other.
+    async fn update_record<T: Serialize + DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: String,
+        change: impl FnOnce(&mut Option<T>) + Send + 'static,
+    ) -> Result<(), CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_write().map_err(storage_error)?;
+            {
+                let mut opened = transaction.open_table(table).map_err(storage_error)?;
+                let current: Option<Vec<u8>> =
+                    redb::ReadableTable::get(&opened, key.as_str()).map_err(storage_error)?.map(|guard| guard.value().to_vec());
+                let mut record = match current {
+                    // An undecodable record is replaced rather than blocking every later update.
+                    Some(bytes) => postcard::from_bytes::<T>(&bytes).ok(),
+                    None => None,
+                };
+                change(&mut record);
+                match record {
+                    Some(record) => {
+                        let bytes = postcard::to_stdvec(&record).map_err(|error| CatalogError::Codec(error.to_string()))?;
+                        opened.insert(key.as_str(), bytes.as_slice()).map_err(storage_error)?;
+                    }
+                    None => {
+                        opened.remove(key.as_str()).map_err(storage_error)?;
+                    }
+                }
+            }
+            transaction.commit().map_err(storage_error)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    /// Every decodable record of a table with its key; undecodable rows are skipped.
+    async fn scan_records<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_read().map_err(storage_error)?;
+            let opened = transaction.open_table(table).map_err(storage_error)?;
+            let mut records = Vec::new();
+            for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
+                let (key, value) = item.map_err(storage_error)?;
+                if let Ok(record) = postcard::from_bytes::<T>(value.value()) {
+                    records.push((key.value().to_owned(), record));
+                }
+            }
+            Ok(records)
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -252,6 +322,49 @@ impl Catalog for LocalCatalog {
     async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError> {
         self.write_record(DOCUMENTS, key.to_owned(), &record).await
     }
+
+    async fn get_replicas(&self, etag: &str) -> Result<Option<ReplicaRecord>, CatalogError> {
+        self.read_record(REPLICAS, etag.to_owned()).await
+    }
+
+    async fn list_replicas(&self) -> Result<Vec<(String, ReplicaRecord)>, CatalogError> {
+        self.scan_records(REPLICAS).await
+    }
+
+    async fn add_replica(&self, etag: &str, node: &str, size: u64) -> Result<(), CatalogError> {
+        let node = node.to_owned();
+        self.update_record(REPLICAS, etag.to_owned(), move |record: &mut Option<ReplicaRecord>| {
+            let record = record.get_or_insert_with(ReplicaRecord::default);
+            record.size = size;
+            record.add(&node);
+        })
+        .await
+    }
+
+    async fn remove_replica(&self, etag: &str, node: &str) -> Result<(), CatalogError> {
+        let node = node.to_owned();
+        self.update_record(REPLICAS, etag.to_owned(), move |record: &mut Option<ReplicaRecord>| {
+            if let Some(current) = record {
+                current.remove(&node);
+                if current.holders.is_empty() {
+                    *record = None;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError> {
+        Ok(self.scan_records::<(RepoKey, PinRecord)>(PINS).await?.into_iter().map(|(_, pin)| pin).collect())
+    }
+
+    async fn put_pin(&self, repo: &RepoKey, record: PinRecord) -> Result<(), CatalogError> {
+        self.write_record(PINS, repo_key(repo, &[]), &(repo.clone(), record)).await
+    }
+
+    async fn remove_pin(&self, repo: &RepoKey) -> Result<(), CatalogError> {
+        self.update_record(PINS, repo_key(repo, &[]), |record: &mut Option<(RepoKey, PinRecord)>| *record = None).await
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +397,29 @@ mod tests {
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
         let dataset = RepoKey::new(RepoType::Dataset, "org/model");
         assert!(catalog.get_ref(&dataset, "main").await.unwrap().is_none(), "repo types are separate keys");
+    }
+
+    #[tokio::test]
+    async fn replica_records_follow_adds_and_removes() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
+        let etag = "a".repeat(64);
+        catalog.add_replica(&etag, "fra1", 10).await.unwrap();
+        catalog.add_replica(&etag, "ams1", 10).await.unwrap();
+        catalog.add_replica(&etag, "fra1", 10).await.unwrap();
+        assert_eq!(catalog.get_replicas(&etag).await.unwrap().unwrap().holders, ["ams1", "fra1"]);
+        catalog.remove_replica(&etag, "fra1").await.unwrap();
+        catalog.remove_replica(&"b".repeat(64), "fra1").await.unwrap();
+        assert_eq!(catalog.list_replicas().await.unwrap(), [(etag.clone(), ReplicaRecord { size: 10, holders: vec!["ams1".into()] })]);
+        catalog.remove_replica(&etag, "ams1").await.unwrap();
+        assert!(catalog.get_replicas(&etag).await.unwrap().is_none(), "the record goes with its last holder");
+
+        let repo = RepoKey::new(RepoType::Dataset, "org/data");
+        let pin = PinRecord { revision: "main".into(), commit: "c".repeat(40), pinned_at_ms: 1 };
+        catalog.put_pin(&repo, pin.clone()).await.unwrap();
+        assert_eq!(catalog.list_pins().await.unwrap(), [(repo.clone(), pin)]);
+        catalog.remove_pin(&repo).await.unwrap();
+        assert!(catalog.list_pins().await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ mod records;
 use std::sync::Arc;
 
 pub use local::LocalCatalog;
-pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PolicyRecord, RefRecord};
+pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 
 use crate::types::RepoKey;
 
@@ -62,4 +62,20 @@ pub trait Catalog: Send + Sync + 'static {
     /// Returns a mutable cached document (a refs listing, …) under a caller-chosen key.
     async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError>;
     async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError>;
+
+    /// Returns which nodes hold a verified copy of a blob.
+    async fn get_replicas(&self, etag: &str) -> Result<Option<ReplicaRecord>, CatalogError>;
+    /// Every blob's replica record, for the periodic catch-up.
+    async fn list_replicas(&self) -> Result<Vec<(String, ReplicaRecord)>, CatalogError>;
+    /// Records that `node` holds a verified copy of `etag` (of `size` bytes).
+    async fn add_replica(&self, etag: &str, node: &str, size: u64) -> Result<(), CatalogError>;
+    /// Records that `node` no longer holds `etag` (evicted, found corrupt); the record goes with its
+    /// last holder.
+    async fn remove_replica(&self, etag: &str, node: &str) -> Result<(), CatalogError>;
+
+    /// Every pin: (repository, pin).
+    async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError>;
+    /// Pins a repository (one pin per repository; a new one replaces the old).
+    async fn put_pin(&self, repo: &RepoKey, record: PinRecord) -> Result<(), CatalogError>;
+    async fn remove_pin(&self, repo: &RepoKey) -> Result<(), CatalogError>;
 }

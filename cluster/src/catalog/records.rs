@@ -26,6 +26,53 @@ pub struct DocumentRecord {
     pub checked_at_ms: u64,
 }
 
+/// Which nodes hold a verified copy of a blob, and its size. Kept so that nodes the placement names
+/// can catch up from a holder, and so that an evicted copy stops being asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub size: u64,
+    /// Node names, sorted, without duplicates.
+    pub holders: Vec<String>,
+}
+
+impl ReplicaRecord {
+    /// Adds a holder; false when it was already listed.
+    pub fn add(&mut self, node: &str) -> bool {
+        match self.holders.binary_search_by(|holder| holder.as_str().cmp(node)) {
+            Ok(_) => false,
+            Err(index) => {
+                self.holders.insert(index, node.to_owned());
+                true
+            }
+        }
+    }
+
+    /// Removes a holder; false when it was not listed.
+    pub fn remove(&mut self, node: &str) -> bool {
+        match self.holders.binary_search_by(|holder| holder.as_str().cmp(node)) {
+            Ok(index) => {
+                self.holders.remove(index);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn holds(&self, node: &str) -> bool {
+        self.holders.binary_search_by(|holder| holder.as_str().cmp(node)).is_ok()
+    }
+}
+
+/// A repository kept whole on every node at one revision: its files are never evicted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The revision as asked (a branch follows upstream; a commit stays).
+    pub revision: String,
+    /// The commit the pin currently stands on.
+    pub commit: String,
+    pub pinned_at_ms: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     File,
@@ -133,6 +180,19 @@ mod tests {
         assert!(manifest.list("config.json", true).is_none(), "a file is not a directory");
         assert_eq!(manifest.find("sub/dir/file.txt").unwrap().path, "sub/dir/file.txt");
         assert!(manifest.find("sub/dir/missing").is_none());
+    }
+
+    #[test]
+    fn replica_holders_stay_sorted_and_unique() {
+        let mut record = ReplicaRecord { size: 3, holders: Vec::new() };
+        assert!(record.add("waw1"));
+        assert!(record.add("ams1"));
+        assert!(!record.add("waw1"));
+        assert_eq!(record.holders, ["ams1", "waw1"]);
+        assert!(record.holds("ams1") && !record.holds("fra1"));
+        assert!(record.remove("ams1"));
+        assert!(!record.remove("ams1"));
+        assert_eq!(record.holders, ["waw1"]);
     }
 
     #[test]

@@ -66,6 +66,20 @@ impl Fill {
         *self.progress.borrow()
     }
 
+    /// Waits until the fill is complete or has failed.
+    pub async fn finished(&self) -> FillState {
+        let mut receiver = self.progress.subscribe();
+        loop {
+            let state = receiver.borrow_and_update().state;
+            if state != FillState::Running {
+                return state;
+            }
+            if receiver.changed().await.is_err() {
+                return FillState::Failed;
+            }
+        }
+    }
+
     /// Streams `start..end` of the blob as the fill writes it. The stream ends with an error if the
     /// fill fails, so the client's connection is aborted instead of ending cleanly.
     pub fn reader(self: &Arc<Fill>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {

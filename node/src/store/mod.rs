@@ -13,7 +13,7 @@ mod integrity;
 mod source;
 mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ pub use integrity::{VerifiedBlob, verified_range};
 pub use source::{BlobSource, ByteStream, SourceError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 pub use verify::{ContentHasher, is_valid_etag};
 
 /// How many blobs' chunk sums are kept in memory (8 bytes per MiB of blob each).
@@ -46,6 +46,19 @@ pub enum FillOutcome {
     NoRoom,
 }
 
+/// A change of what the store holds, for the cluster's replica records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A verified blob was published.
+    Stored { etag: String, size: u64 },
+    /// A blob was removed (evicted, or found damaged).
+    Removed { etag: String },
+}
+
+/// How many store events may wait for their consumer; beyond that they are dropped (the cluster's
+/// periodic reconciliation repairs whatever a dropped event would have recorded).
+const EVENT_BACKLOG: usize = 4096;
+
 /// The blob store; a cheap handle.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -61,6 +74,9 @@ struct StoreInner {
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// Chunk sums of recently served blobs, so a hot blob's `.sums` file is not read per request.
     sums_memory: Mutex<HashMap<String, Arc<Vec<u64>>>>,
+    /// Blobs that are never evicted (the files of pinned repositories).
+    protected: Mutex<Arc<HashSet<String>>>,
+    events: Mutex<Option<tokio::sync::mpsc::Sender<StoreEvent>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -109,8 +125,8 @@ impl Accounting {
         Some(entry.size)
     }
 
-    fn least_recently_used(&self) -> Option<String> {
-        self.by_tick.values().next().cloned()
+    fn least_recently_used(&self, protected: &HashSet<String>) -> Option<String> {
+        self.by_tick.values().find(|etag| !protected.contains(*etag)).cloned()
     }
 }
 
@@ -174,6 +190,8 @@ impl BlobStore {
                 accounting: Mutex::new(accounting),
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
+                protected: Mutex::new(Arc::new(HashSet::new())),
+                events: Mutex::new(None),
                 tasks: TaskTracker::new(),
                 shutdown,
             }),
@@ -241,6 +259,34 @@ impl BlobStore {
         }
         self.inner.accounting.lock().expect("accounting poisoned").remove(etag);
         self.delete_files(etag);
+        self.emit(StoreEvent::Removed { etag: etag.to_owned() });
+    }
+
+    /// Every blob held, with its size.
+    pub fn blobs(&self) -> Vec<(String, u64)> {
+        let accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        accounting.entries.iter().map(|(etag, entry)| (etag.clone(), entry.size)).collect()
+    }
+
+    /// Replaces the set of blobs that eviction must leave alone.
+    pub fn set_protected(&self, etags: HashSet<String>) {
+        *self.inner.protected.lock().expect("protected set poisoned") = Arc::new(etags);
+    }
+
+    /// Returns the store's events from now on (blobs stored and removed). One subscriber: a second
+    /// call replaces the first.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<StoreEvent> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_BACKLOG);
+        *self.inner.events.lock().expect("events poisoned") = Some(sender);
+        receiver
+    }
+
+    fn emit(&self, event: StoreEvent) {
+        if let Some(sender) = self.inner.events.lock().expect("events poisoned").as_ref() {
+            if let Err(error) = sender.try_send(event) {
+                debug!(%error, "store event dropped");
+            }
+        }
     }
 
     fn delete_files(&self, etag: &str) {
@@ -329,6 +375,7 @@ impl BlobStore {
             }
         };
         let mut evicted = Vec::new();
+        let protected = self.inner.protected.lock().expect("protected set poisoned").clone();
         let reserved = {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
             // Evict nothing for a blob that could not fit even in an empty store.
@@ -344,7 +391,7 @@ impl BlobStore {
                     accounting.reserved_bytes += size;
                     break true;
                 }
-                let Some(victim) = accounting.least_recently_used() else {
+                let Some(victim) = accounting.least_recently_used(&protected) else {
                     break false;
                 };
                 let victim_size = accounting.remove(&victim).unwrap_or(0);
@@ -355,6 +402,7 @@ impl BlobStore {
         for (etag, victim_size) in evicted {
             info!(%etag, size = victim_size, "evicting least recently used blob");
             self.delete_files(&etag);
+            self.emit(StoreEvent::Removed { etag });
         }
         if !reserved {
             warn!(size, "no room to store a blob; streaming it without storing");
@@ -440,6 +488,7 @@ impl BlobStore {
                 self.inner.accounting.lock().expect("accounting poisoned").insert(&fill.etag, fill.size);
                 info!(etag = %fill.etag, size = fill.size, "blob stored");
                 fill.publish(FillState::Complete);
+                self.emit(StoreEvent::Stored { etag: fill.etag.clone(), size: fill.size });
             }
             Err(reason) => {
                 warn!(etag = %fill.etag, %reason, "fill failed; nothing stored");

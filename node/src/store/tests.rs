@@ -220,6 +220,47 @@ async fn least_recently_used_blobs_are_evicted_when_full() {
 }
 
 #[tokio::test]
+async fn protected_blobs_are_never_evicted_and_every_change_is_an_event() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), Some(250_000));
+    let mut events = store.subscribe();
+    let mut etags = Vec::new();
+    for seed in 0..3u8 {
+        let bytes: Vec<u8> = test_bytes(100_000).into_iter().map(|byte| byte ^ seed).collect();
+        let etag = sha256_hex(&bytes);
+        if seed == 0 {
+            // The oldest blob is pinned: the second goes instead.
+            store.set_protected([etag.clone()].into_iter().collect());
+        }
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(fill.finished().await, FillState::Complete);
+        etags.push(etag);
+    }
+    assert!(store.get(&etags[0]).is_some(), "the protected blob stayed although least recently used");
+    assert!(store.get(&etags[1]).is_none());
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert_eq!(
+        seen,
+        [
+            StoreEvent::Stored { etag: etags[0].clone(), size: 100_000 },
+            StoreEvent::Stored { etag: etags[1].clone(), size: 100_000 },
+            StoreEvent::Removed { etag: etags[1].clone() },
+            StoreEvent::Stored { etag: etags[2].clone(), size: 100_000 },
+        ]
+    );
+    // With everything protected there is no room, and the blob is streamed without storing.
+    store.set_protected(etags.iter().cloned().collect());
+    let other = test_bytes(100_001);
+    let outcome = store.fill_or_join(&sha256_hex(&other), other.len() as u64, Arc::new(MemorySource::new(&other))).unwrap();
+    assert!(matches!(outcome, FillOutcome::NoRoom));
+}
+
+#[tokio::test]
 async fn a_corrupted_stored_chunk_is_never_sent_and_the_blob_is_dropped() {
     let directory = tempfile::tempdir().unwrap();
     let store = open_store(directory.path(), None);

@@ -22,7 +22,7 @@ pub use node::{CatalogMember, RaftCatalog, RaftStatus};
 use serde::{Deserialize, Serialize};
 pub use state_machine::CatalogStateMachine;
 
-use super::{DocumentRecord, Manifest, PolicyRecord, RefRecord};
+use super::{DocumentRecord, Manifest, PinRecord, PolicyRecord, RefRecord};
 use crate::types::RepoKey;
 
 /// A write to the catalog, as it travels through the Raft log.
@@ -33,6 +33,10 @@ pub enum CatalogCommand {
     PutRepoInfo { repo: RepoKey, commit: String, variant: String, body: Vec<u8> },
     PutPolicy { repo: RepoKey, record: PolicyRecord },
     PutDocument { key: String, record: DocumentRecord },
+    AddReplica { etag: String, node: String, size: u64 },
+    RemoveReplica { etag: String, node: String },
+    PutPin { repo: RepoKey, record: PinRecord },
+    RemovePin { repo: RepoKey },
 }
 
 impl fmt::Display for CatalogCommand {
@@ -45,6 +49,10 @@ impl fmt::Display for CatalogCommand {
             CatalogCommand::PutRepoInfo { repo, commit, variant, .. } => write!(formatter, "repo info {repo}@{commit} [{variant}]"),
             CatalogCommand::PutPolicy { repo, record } => write!(formatter, "policy {repo}: {}", record.reason),
             CatalogCommand::PutDocument { key, .. } => write!(formatter, "document {}", key.replace('\0', "/")),
+            CatalogCommand::AddReplica { etag, node, .. } => write!(formatter, "replica of {etag} on {node}"),
+            CatalogCommand::RemoveReplica { etag, node } => write!(formatter, "no replica of {etag} on {node}"),
+            CatalogCommand::PutPin { repo, record } => write!(formatter, "pin {repo}@{} ({})", record.revision, record.commit),
+            CatalogCommand::RemovePin { repo } => write!(formatter, "unpin {repo}"),
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::network::{CatalogNetwork, RaftRpc};
 use super::{CatalogCommand, CatalogStateMachine, CatalogTypes, RedbLogStore};
-use crate::catalog::{Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, PolicyRecord, RefRecord};
+use crate::catalog::{Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 use crate::peer::{PeerAddress, PeerEndpoint, RpcHandler};
 use crate::types::RepoKey;
 
@@ -230,5 +230,33 @@ impl Catalog for RaftCatalog {
 
     async fn put_document(&self, key: &str, record: DocumentRecord) -> Result<(), CatalogError> {
         self.write(CatalogCommand::PutDocument { key: key.to_owned(), record }).await
+    }
+
+    async fn get_replicas(&self, etag: &str) -> Result<Option<ReplicaRecord>, CatalogError> {
+        self.local.get_replicas(etag).await
+    }
+
+    async fn list_replicas(&self) -> Result<Vec<(String, ReplicaRecord)>, CatalogError> {
+        self.local.list_replicas().await
+    }
+
+    async fn add_replica(&self, etag: &str, node: &str, size: u64) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::AddReplica { etag: etag.to_owned(), node: node.to_owned(), size }).await
+    }
+
+    async fn remove_replica(&self, etag: &str, node: &str) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::RemoveReplica { etag: etag.to_owned(), node: node.to_owned() }).await
+    }
+
+    async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError> {
+        self.local.list_pins().await
+    }
+
+    async fn put_pin(&self, repo: &RepoKey, record: PinRecord) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::PutPin { repo: repo.clone(), record }).await
+    }
+
+    async fn remove_pin(&self, repo: &RepoKey) -> Result<(), CatalogError> {
+        self.write(CatalogCommand::RemovePin { repo: repo.clone() }).await
     }
 }

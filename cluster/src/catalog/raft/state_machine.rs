@@ -59,6 +59,10 @@ impl CatalogStateMachine {
             CatalogCommand::PutRepoInfo { repo, commit, variant, body } => catalog.put_repo_info(&repo, &commit, &variant, body).await,
             CatalogCommand::PutPolicy { repo, record } => catalog.put_policy(&repo, record).await,
             CatalogCommand::PutDocument { key, record } => catalog.put_document(&key, record).await,
+            CatalogCommand::AddReplica { etag, node, size } => catalog.add_replica(&etag, &node, size).await,
+            CatalogCommand::RemoveReplica { etag, node } => catalog.remove_replica(&etag, &node).await,
+            CatalogCommand::PutPin { repo, record } => catalog.put_pin(&repo, record).await,
+            CatalogCommand::RemovePin { repo } => catalog.remove_pin(&repo).await,
         };
         result.map_err(io_error)
     }
@@ -95,7 +99,8 @@ impl RaftStateMachine<CatalogTypes> for CatalogStateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             match entry.payload {
                 EntryPayload::Blank => {}
-                // Every command is a put, so applying one twice after a crash is harmless.
+                // Every command is idempotent (a put, or adding to / removing from a set), so applying a
+                // suffix of the log twice after a crash is harmless.
                 EntryPayload::Normal(command) => self.execute(command).await?,
                 EntryPayload::Membership(membership) => applied.membership = StoredMembership::new(Some(entry.log_id), membership),
             }
