@@ -28,6 +28,7 @@ pub mod peers;
 pub mod replicas;
 pub mod serve;
 pub mod singleflight;
+pub mod sockets;
 pub mod status;
 pub mod store;
 pub mod upstream;

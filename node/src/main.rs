@@ -159,6 +159,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let handed_over = hfm_node::sockets::take_handed_over()?;
     let topology = match &args.config {
         Some(path) => Some(config::read_topology(path)?),
         None => None,
@@ -179,10 +180,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         gossip_listen: None,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
-    let listener = tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?;
+    let listener = match handed_over.http {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)?
+        }
+        None => tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?,
+    };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    hfm_node::serve::run(node_config, listener, shutdown).await
+    hfm_node::serve::run(node_config, listener, handed_over.peer, shutdown).await
 }
 
 fn main() -> std::process::ExitCode {

@@ -41,11 +41,15 @@ impl ClusterFill {
     pub async fn start(
         config: &ClusterConfig,
         self_name: &str,
+        peer_socket: Option<std::net::UdpSocket>,
         view: watch::Receiver<ClusterView>,
         state: StateHandle,
     ) -> anyhow::Result<ClusterFill> {
         let tls = PeerTls::load(&config.certs_dir, self_name, &peer_alpn()).context("loading the peer certificates")?;
-        let endpoint = PeerEndpoint::bind(config.peer_listen, &tls)?;
+        let endpoint = match peer_socket {
+            Some(socket) => PeerEndpoint::on_socket(socket, &tls)?,
+            None => PeerEndpoint::bind(config.peer_listen, &tls)?,
+        };
         let mut addresses = HashMap::new();
         for peer in &config.peers {
             let resolved = tokio::net::lookup_host(&peer.peer_address)

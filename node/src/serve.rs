@@ -55,7 +55,14 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 ///
 /// Prints `node NAME http://ADDR` on standard output once it accepts connections; scripts and the
 /// test harnesses wait for that line.
-pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+///
+/// `peer_socket` is the QUIC peer endpoint's socket when it was handed over (see [`crate::sockets`]).
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    peer_socket: Option<std::net::UdpSocket>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let catalog = LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
     let store_shutdown = shutdown.child_token();
@@ -69,7 +76,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: Cancellati
     };
     let cluster = match (&config.cluster, &membership) {
         (Some(cluster_config), Some(membership)) => {
-            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, membership.view(), membership.state()).await?))
+            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, peer_socket, membership.view(), membership.state()).await?))
         }
         _ => None,
     };

@@ -92,14 +92,21 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 impl PeerEndpoint {
     /// Binds the UDP socket and sets up both directions with the node's TLS identity.
     pub fn bind(address: SocketAddr, tls: &PeerTls) -> Result<PeerEndpoint, PeerError> {
+        let socket = std::net::UdpSocket::bind(address).map_err(|error| PeerError::Setup(format!("binding {address}: {error}")))?;
+        PeerEndpoint::on_socket(socket, tls)
+    }
+
+    /// Serves and dials on a socket bound before (handed over by a supervisor or a test harness).
+    pub fn on_socket(socket: std::net::UdpSocket, tls: &PeerTls) -> Result<PeerEndpoint, PeerError> {
         let server_crypto = QuicServerConfig::try_from(tls.server.clone()).map_err(|error| PeerError::Setup(error.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport_config());
         let client_crypto = QuicClientConfig::try_from(tls.client.clone()).map_err(|error| PeerError::Setup(error.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport_config());
-        let mut endpoint =
-            quinn::Endpoint::server(server, address).map_err(|error| PeerError::Setup(format!("binding {address}: {error}")))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| PeerError::Setup("no async runtime for QUIC".into()))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+            .map_err(|error| PeerError::Setup(format!("opening the QUIC endpoint: {error}")))?;
         endpoint.set_default_client_config(client);
         Ok(PeerEndpoint { endpoint, connections: Arc::new(Mutex::new(HashMap::new())) })
     }

@@ -1,0 +1,221 @@
+//! The network the harness's nodes live on: one network namespace per node, joined by veth pairs to
+//! a bridge in the harness's own namespace (where the fake Hub and the test client are), or — where
+//! namespaces cannot be made — distinct loopback addresses.
+//!
+//! A link between two nodes is cut by pointing each node's neighbour entry for the other at a MAC
+//! address nobody has: frames are sent and silently lost, as on a real partition (no error comes
+//! back to the sender), while both nodes still reach the Hub and the clients.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, bail};
+
+static NETWORKS_MADE: AtomicU32 = AtomicU32::new(0);
+
+/// A MAC address no interface has: frames to it vanish.
+const NOWHERE_MAC: &str = "02:00:5e:00:de:ad";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkKind {
+    Namespaces,
+    Loopback,
+}
+
+pub struct Network {
+    kind: NetworkKind,
+    tag: String,
+    /// The first three octets of the nodes' addresses.
+    prefix: [u8; 3],
+    nodes: usize,
+    /// Why namespaces were not used, for the test output.
+    fallback_reason: Option<String>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("ip").args(args).output().context("running ip")?;
+    if !output.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Network {
+    /// Makes a network for `nodes` nodes: namespaces when possible (and not disabled with
+    /// `HFM_HARNESS_NET=loopback`), else loopback addresses.
+    pub fn create(nodes: usize) -> Network {
+        let serial = NETWORKS_MADE.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{:04x}", (pid.wrapping_mul(31).wrapping_add(serial.wrapping_mul(7919))) & 0xffff);
+        let third = 1 + ((pid.wrapping_add(serial.wrapping_mul(37))) % 250) as u8;
+        let namespaces = Network { kind: NetworkKind::Namespaces, tag: tag.clone(), prefix: [10, 213, third], nodes, fallback_reason: None };
+        let reason = if std::env::var("HFM_HARNESS_NET").as_deref() == Ok("loopback") {
+            "HFM_HARNESS_NET=loopback".to_owned()
+        } else {
+            match namespaces.build() {
+                Ok(()) => return namespaces,
+                Err(error) => {
+                    namespaces.teardown();
+                    format!("{error:#}")
+                }
+            }
+        };
+        Network { kind: NetworkKind::Loopback, tag, prefix: [127, 100 + (third % 100), (pid % 250) as u8 + 1], nodes, fallback_reason: Some(reason) }
+    }
+
+    fn bridge(&self) -> String {
+        format!("hfm{}br", self.tag)
+    }
+
+    /// The namespace of node `index`, when nodes run in namespaces.
+    pub fn namespace(&self, index: usize) -> Option<String> {
+        (self.kind == NetworkKind::Namespaces).then(|| format!("hfm{}n{index}", self.tag))
+    }
+
+    fn host_veth(&self, index: usize) -> String {
+        format!("hfm{}v{index}", self.tag)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        let bridge = self.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{}/24", self.hub_ip()), "dev", &bridge])?;
+        ip(&["addr", "add", &format!("{}/24", self.cdn_ip()), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for index in 0..self.nodes {
+            let namespace = self.namespace(index).expect("namespaces");
+            let veth = self.host_veth(index);
+            ip(&["netns", "add", &namespace])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
+            ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+            ip(&["-n", &namespace, "addr", "add", &format!("{}/24", self.node_ip(index)), "dev", "eth0"])?;
+            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&self) {
+        for index in 0..self.nodes {
+            if let Some(namespace) = self.namespace(index) {
+                let _ = ip(&["netns", "del", &namespace]);
+            }
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+
+    pub fn kind(&self) -> NetworkKind {
+        self.kind
+    }
+
+    /// One line for the test output saying which network ran.
+    pub fn describe(&self) -> String {
+        match (&self.kind, &self.fallback_reason) {
+            (NetworkKind::Namespaces, _) => format!(
+                "cluster harness: network namespaces hfm{}n0..{} on bridge {} ({}.{}.{}.0/24); partitions are real",
+                self.tag,
+                self.nodes - 1,
+                self.bridge(),
+                self.prefix[0],
+                self.prefix[1],
+                self.prefix[2]
+            ),
+            (NetworkKind::Loopback, reason) => format!(
+                "cluster harness: loopback fallback ({}.{}.{}.x), partitions cannot be made here (namespaces unavailable: {})",
+                self.prefix[0],
+                self.prefix[1],
+                self.prefix[2],
+                reason.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+
+    pub fn node_ip(&self, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], index as u8 + 1)
+    }
+
+    /// Where the fake Hub listens: reachable from every node and from the test.
+    pub fn hub_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], 254)
+    }
+
+    /// Where the fake Hub's CDN listens (another host, as upstream's CDN is).
+    pub fn cdn_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], 253)
+    }
+
+    /// Runs `work` inside node `index`'s namespace (on a thread of its own, which is what `setns`
+    /// moves), so sockets it binds belong to that namespace.
+    pub fn run_in<T: Send>(&self, index: usize, work: impl FnOnce() -> std::io::Result<T> + Send) -> anyhow::Result<T> {
+        let Some(namespace) = self.namespace(index) else { return Ok(work()?) };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<T> {
+                    let handle = std::fs::File::open(format!("/var/run/netns/{namespace}")).context("opening the namespace")?;
+                    rustix::thread::move_into_link_name_space(handle.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                        .context("entering the namespace")?;
+                    Ok(work()?)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+        })
+    }
+
+    /// Cuts the link between two nodes, both ways.
+    pub fn cut(&self, first: usize, second: usize) -> anyhow::Result<()> {
+        self.set_neighbour(first, second, true)?;
+        self.set_neighbour(second, first, true)
+    }
+
+    /// Restores the link between two nodes.
+    pub fn heal(&self, first: usize, second: usize) -> anyhow::Result<()> {
+        self.set_neighbour(first, second, false)?;
+        self.set_neighbour(second, first, false)
+    }
+
+    /// Cuts every link between nodes on different sides.
+    pub fn partition(&self, sides: &[&[usize]]) -> anyhow::Result<()> {
+        for (number, side) in sides.iter().enumerate() {
+            for other in &sides[number + 1..] {
+                for &first in *side {
+                    for &second in *other {
+                        self.cut(first, second)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores every link between nodes.
+    pub fn heal_all(&self) -> anyhow::Result<()> {
+        for first in 0..self.nodes {
+            for second in first + 1..self.nodes {
+                self.heal(first, second)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_neighbour(&self, from: usize, to: usize, cut: bool) -> anyhow::Result<()> {
+        let Some(namespace) = self.namespace(from) else { bail!("links can only be cut between network namespaces") };
+        let target = self.node_ip(to).to_string();
+        if cut {
+            ip(&["-n", &namespace, "neigh", "replace", &target, "lladdr", NOWHERE_MAC, "nud", "permanent", "dev", "eth0"])
+        } else {
+            // Absent already is fine (never cut).
+            let _ = ip(&["-n", &namespace, "neigh", "del", &target, "dev", "eth0"]);
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if self.kind == NetworkKind::Namespaces {
+            self.teardown();
+        }
+    }
+}
