@@ -1,1 +1,432 @@
-//! placeholder
+//! Multi-node test harness for hf-mirror.
+//!
+//! [`Cluster::start`] runs the nodes of `topology.toml` as real `hf-mirror serve` processes (the
+//! built binary), each with its own data directory, on a [`Network`] of their own: one network
+//! namespace per node joined by veth pairs to a bridge where the fake Hub and the test client live,
+//! or loopback addresses where namespaces cannot be made (the test output says which ran). Each
+//! node's HTTP and peer sockets are bound by the harness inside the node's namespace and handed over
+//! to the process (`HF_MIRROR_LISTEN_FDS`), so a restarted node gets the same ports back.
+//!
+//! Helpers kill a node with SIGKILL, restart it, pause it (SIGSTOP/SIGCONT), and cut and heal links
+//! between nodes. Scenarios live in `tests/scenarios.rs`; they assert counts, bytes and hashes, never
+//! wall-clock times, but print the durations they observe (`measure:` lines) for the benchmarks.
+
+pub mod hub;
+pub mod net;
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hfm_node::cluster_up::{NodeAddresses, local_topology};
+use hfm_node::sockets::{ChildSockets, LISTEN_FDS_VARIABLE};
+pub use hub::{FakeHub, HubFile};
+pub use net::{Network, NetworkKind};
+use serde_json::Value;
+use sha2::Digest;
+
+/// Held while a child is spawned with inheritable sockets, so no other child of this process
+/// inherits them by accident.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+const HTTP_PORT: u16 = 8080;
+const PEER_PORT: u16 = 7443;
+const GOSSIP_PORT: u16 = 7946;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// The `hf-mirror` binary under test: `HF_MIRROR_BIN`, else the one built beside this test.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("HF_MIRROR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let test = std::env::current_exe()?;
+    // target/debug/deps/scenarios-… → target/debug/hf-mirror
+    let candidate = test.parent().and_then(Path::parent).map(|dir| dir.join("hf-mirror")).context("no target directory")?;
+    if !candidate.exists() {
+        bail!("{} is not built; run `cargo build --workspace` first", candidate.display());
+    }
+    Ok(candidate)
+}
+
+/// What a cluster is started with.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// A big LFS file (`bench/big`, `big.bin`) of this many bytes on the fake Hub; 0: none.
+    pub big_size: u64,
+    /// How often nodes reconcile their replicas.
+    pub replica_check_interval: &'static str,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions { big_size: 0, replica_check_interval: "2s" }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub addresses: NodeAddresses,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    placement: hfm_cluster::placement::Placement,
+    pub hub: FakeHub,
+    pub client: reqwest::Client,
+    binary: PathBuf,
+    topology_path: PathBuf,
+    // Dropped last: the nodes and the Hub go before their network and directory.
+    pub net: Network,
+    pub dir: tempfile::TempDir,
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+impl Cluster {
+    /// Starts the fake Hub and the four nodes of `topology.toml`, and waits until each node's gossip
+    /// sees all four.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = root();
+        let binary = binary()?;
+        let mut topology = hfm_node::config::read_topology(&root.join("topology.toml"))?;
+        topology.cluster.replica_check_interval = Some(options.replica_check_interval.to_owned());
+        let names: Vec<String> = topology.nodes.iter().map(|node| node.name.clone()).collect();
+        let net = Network::create(names.len());
+        println!("{}", net.describe());
+        let dir = tempfile::Builder::new().prefix("hfm-cluster-").tempdir()?;
+        let hub = FakeHub::start(&root, net.hub_ip(), net.cdn_ip(), options.big_size, dir.path())?;
+        let certs_dir = dir.path().join("certs");
+        hfm_cluster::peer::certs::generate_cluster_certs(&certs_dir, &topology.cluster.name, &names)?;
+        let addresses: Vec<NodeAddresses> = (0..names.len())
+            .map(|index| {
+                let ip = net.node_ip(index);
+                NodeAddresses {
+                    http: SocketAddr::from((ip, HTTP_PORT)),
+                    peer: SocketAddr::from((ip, PEER_PORT)),
+                    gossip: SocketAddr::from((ip, GOSSIP_PORT)),
+                }
+            })
+            .collect();
+        let topology_path = dir.path().join("topology.toml");
+        std::fs::write(&topology_path, local_topology(&topology, dir.path(), &certs_dir, &addresses)?)?;
+        // The placement the nodes compute, from the same file.
+        let local = hfm_node::config::read_topology(&topology_path)?;
+        let origin = topology_path.display().to_string();
+        let resolved = hfm_node::config::resolve(Some((&local, origin.as_str())), Some(&names[0]), &Default::default())?;
+        let peers = resolved.cluster.context("the topology has no cluster")?.peers;
+        let placement = hfm_cluster::placement::Placement::new(
+            peers.iter().map(|peer| hfm_cluster::placement::WeightedNode { name: peer.name.clone(), weight: peer.weight }).collect(),
+        )?;
+        let nodes = names
+            .iter()
+            .zip(&addresses)
+            .map(|(name, addresses)| Node {
+                name: name.clone(),
+                addresses: *addresses,
+                url: format!("http://{}", addresses.http),
+                data_dir: dir.path().join(name),
+                log: dir.path().join(format!("{name}.log")),
+                child: None,
+                paused: false,
+            })
+            .collect();
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
+        let mut cluster = Cluster { nodes, placement, hub, client, binary, topology_path, net, dir };
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index)?;
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.wait_started(index).await?;
+        }
+        cluster.wait_live_everywhere().await?;
+        Ok(cluster)
+    }
+
+    /// The node indexes in a blob's placement order (the first is its fill leader).
+    pub fn preference(&self, etag: &str) -> Vec<usize> {
+        self.placement.preference_list(etag).into_iter().map(|name| self.index(name)).collect()
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|node| node.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[index];
+        let (http, peer) = (node.addresses.http, node.addresses.peer);
+        let sockets = self.net.run_in(index, move || ChildSockets::bind(http, peer))?;
+        let stdout = self.dir.path().join(format!("{}.stdout", node.name));
+        let log = OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let mut command = match self.net.namespace(index) {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &namespace]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.topology_path)
+            .args(["--node", &node.name, "--upstream", &self.hub.url, "--ref-ttl", "5s"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout)?)
+            .stderr(log);
+        let child = {
+            let _spawning = SPAWN_LOCK.lock().expect("spawn lock poisoned");
+            command.env(LISTEN_FDS_VARIABLE, sockets.inheritable()?);
+            let child = command.spawn().with_context(|| format!("starting {}", node.name))?;
+            drop(sockets);
+            child
+        };
+        self.nodes[index].child = Some(child);
+        self.nodes[index].paused = false;
+        Ok(())
+    }
+
+    /// Waits for the node's `node NAME URL` line.
+    async fn wait_started(&mut self, index: usize) -> anyhow::Result<()> {
+        let name = self.nodes[index].name.clone();
+        let stdout = self.dir.path().join(format!("{name}.stdout"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if text.lines().any(|line| line.starts_with(&format!("node {name} "))) {
+                return Ok(());
+            }
+            if let Some(child) = self.nodes[index].child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("{name} exited ({status}) before it was ready:\n{}", self.log_tail(index));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not start:\n{}", self.log_tail(index));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default()
+    }
+
+    fn log_tail(&self, index: usize) -> String {
+        let log = self.log(index);
+        log[log.len().saturating_sub(4000)..].to_owned()
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to gossip; the data directory stays.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again, on the same addresses and data directory.
+    pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.kill(index);
+        self.spawn(index)?;
+        self.wait_started(index).await
+    }
+
+    fn signal(&self, index: usize, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let pid = self.nodes[index].pid().context("node not running")?;
+        let pid = rustix::process::Pid::from_raw(pid as i32).context("bad pid")?;
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
+
+    /// SIGSTOP: the process freezes with every socket open, like a node stuck in a long pause.
+    pub fn pause(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, rustix::process::Signal::STOP)?;
+        self.nodes[index].paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, index: usize) -> anyhow::Result<()> {
+        self.signal(index, rustix::process::Signal::CONT)?;
+        self.nodes[index].paused = false;
+        Ok(())
+    }
+
+    /// A node's `/_hfm/status`.
+    pub async fn status(&self, index: usize) -> anyhow::Result<Value> {
+        let response = self.client.get(format!("{}/_hfm/status", self.nodes[index].url)).timeout(Duration::from_secs(3)).send().await?;
+        Ok(serde_json::from_slice(&response.bytes().await?)?)
+    }
+
+    /// The names a node's gossip sees live (ready, not draining).
+    pub async fn live_seen_by(&self, index: usize) -> anyhow::Result<Vec<String>> {
+        let status = self.status(index).await?;
+        Ok(status["members"]
+            .as_array()
+            .map(|members| {
+                members.iter().filter(|member| member["state"] == "live").filter_map(|member| member["name"].as_str().map(str::to_owned)).collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|index| self.nodes[*index].is_running() && !self.nodes[*index].paused).collect()
+    }
+
+    /// Waits until every running node sees every running node live.
+    pub async fn wait_live_everywhere(&self) -> anyhow::Result<()> {
+        let running = self.running();
+        let expected: Vec<String> = running.iter().map(|index| self.nodes[*index].name.clone()).collect();
+        wait_until("every running node sees the others live", Duration::from_secs(60), || async {
+            for index in &running {
+                let mut live = self.live_seen_by(*index).await.unwrap_or_default();
+                live.sort();
+                let mut wanted = expected.clone();
+                wanted.sort();
+                if live != wanted {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    /// The catalog leader's name as `index` sees it.
+    pub async fn raft_leader_seen_by(&self, index: usize) -> Option<String> {
+        let status = self.status(index).await.ok()?;
+        let leader = status["raft"]["leader"].as_u64()?;
+        status["members"][leader as usize - 1]["name"].as_str().map(str::to_owned)
+    }
+
+    /// A node's Raft term and last applied log index.
+    pub async fn raft_progress(&self, index: usize) -> Option<(u64, u64)> {
+        let status = self.status(index).await.ok()?;
+        Some((status["raft"]["term"].as_u64()?, status["raft"]["last_applied"].as_u64().unwrap_or(0)))
+    }
+
+    /// A GET through node `index`, read whole; a body cut short is an error.
+    pub async fn get(&self, index: usize, path: &str) -> anyhow::Result<Answer> {
+        self.request(index, reqwest::Method::GET, path).await
+    }
+
+    pub async fn request(&self, index: usize, method: reqwest::Method, path: &str) -> anyhow::Result<Answer> {
+        let response = self.client.request(method, format!("{}{path}", self.nodes[index].url)).send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?.to_vec();
+        Ok(Answer { status, headers, body })
+    }
+
+    /// Whether node `index` holds a blob on disk.
+    pub fn holds(&self, index: usize, etag: &str) -> bool {
+        self.nodes[index].data_dir.join("blobs").join(&etag[..2]).join(etag).exists()
+    }
+
+    pub fn blob_path(&self, index: usize, etag: &str) -> PathBuf {
+        self.nodes[index].data_dir.join("blobs").join(&etag[..2]).join(etag)
+    }
+
+    /// Checks every blob on every node's disk against its name: sha256 for LFS etags, the git blob
+    /// sha1 otherwise. Returns how many were checked; a blob that does not match is an error (a
+    /// half-written or corrupt blob published as complete).
+    pub fn verify_disks(&self) -> anyhow::Result<usize> {
+        let mut checked = 0;
+        for node in &self.nodes {
+            let Ok(shards) = std::fs::read_dir(node.data_dir.join("blobs")) else { continue };
+            for shard in shards {
+                for blob in std::fs::read_dir(shard?.path())? {
+                    let path = blob?.path();
+                    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
+                    if name.ends_with(".sums") {
+                        continue;
+                    }
+                    let bytes = std::fs::read(&path)?;
+                    let actual = if name.len() == 64 {
+                        sha256_hex(&bytes)
+                    } else {
+                        let mut hasher = sha1::Sha1::new();
+                        hasher.update(format!("blob {}\0", bytes.len()).as_bytes());
+                        hasher.update(&bytes);
+                        hex::encode(hasher.finalize())
+                    };
+                    if actual != name {
+                        bail!("{} holds {} whose bytes hash to {actual}", node.name, path.display());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        Ok(checked)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].paused {
+                let _ = self.resume(index);
+            }
+            self.kill(index);
+        }
+    }
+}
+
+/// Polls `condition` until it holds, or fails after `timeout` naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,324 @@
+//! The cluster's failure scenarios, on real processes (see the harness crate doc). Each test starts its
+//! own four-node cluster and fake Hub; they run one at a time (a cluster is four processes on a
+//! two-core machine). Assertions are on counts, bytes and hashes; the durations printed as
+//! `measure:` lines feed docs/benchmarks.md and are never asserted.
+
+use std::time::{Duration, Instant};
+
+use hfm_cluster_tests::{Cluster, ClusterOptions, HubFile, NetworkKind, sha256_hex, wait_until};
+use tokio::sync::Mutex;
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const LFS_PATH: &str = "model.safetensors";
+
+fn resolve_path(repo: &str, revision: &str, file: &str) -> String {
+    match repo.strip_prefix("datasets/") {
+        Some(dataset) => format!("/datasets/{dataset}/resolve/{revision}/{file}"),
+        None => format!("/{repo}/resolve/{revision}/{file}"),
+    }
+}
+
+/// Fetches a file through a node and checks its bytes against the Hub's etag.
+async fn fetch_and_check(cluster: &Cluster, node: usize, repo: &str, file: &HubFile) -> anyhow::Result<()> {
+    let answer = cluster.get(node, &resolve_path(repo, "main", &file.path)).await?;
+    anyhow::ensure!(answer.status == 200, "{} answered {} for {repo}/{}", cluster.nodes[node].name, answer.status, file.path);
+    anyhow::ensure!(answer.body.len() as u64 == file.size, "{}: {} bytes, expected {}", file.path, answer.body.len(), file.size);
+    if file.etag.len() == 64 {
+        anyhow::ensure!(sha256_hex(&answer.body) == file.etag, "{}: wrong bytes from {}", file.path, cluster.nodes[node].name);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_four_nodes_times_eight_clients_on_one_cold_blob_fetch_it_once() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
+    // About three seconds per copy, so the 32 downloads overlap.
+    cluster.hub.throttle(1 << 20).await?;
+    cluster.hub.reset().await?;
+    let path = resolve_path("org/model", "main", LFS_PATH);
+    let downloads = (0..32).map(|client| {
+        let (cluster, path) = (&cluster, &path);
+        async move { cluster.get(client % 4, path).await }
+    });
+    let answers = futures_util::future::join_all(downloads).await;
+    for answer in answers {
+        let answer = answer?;
+        assert_eq!(answer.status, 200);
+        assert_eq!(sha256_hex(&answer.body), blob.etag, "every node serves identical, correct bytes");
+    }
+    assert_eq!(cluster.hub.cdn_gets(&blob.etag).await?, 1, "one upstream fetch for 32 clients on 4 nodes");
+    println!("measure: upstream bytes per blob for 4x8 cold clients = {} ({} byte blob)", blob.size, blob.size);
+    cluster.hub.throttle(0).await?;
+    cluster.verify_disks()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once_and_replicas_catch_up() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
+    let preference = cluster.preference(&blob.etag);
+    cluster.hub.reset().await?;
+    // Start at the node placement ranks last: it is not a replica, so the copies on the first two
+    // nodes come from the fill leader and from replication.
+    let first = *preference.last().expect("four nodes");
+    fetch_and_check(&cluster, first, "org/model", &blob).await?;
+    let targets = [preference[0], preference[1]];
+    wait_until("both replicas placement names hold the blob", Duration::from_secs(60), || async {
+        targets.iter().all(|target| cluster.holds(*target, &blob.etag))
+    })
+    .await?;
+    for node in 0..4 {
+        fetch_and_check(&cluster, node, "org/model", &blob).await?;
+    }
+    assert_eq!(cluster.hub.cdn_gets(&blob.etag).await?, 1, "the other nodes filled from peers");
+    // The replica record names every holder.
+    let status = cluster.status(targets[1]).await?;
+    assert!(status["replicas"]["reconciliations"].as_u64().unwrap_or(0) > 0, "{status}");
+    cluster.verify_disks()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_a_replica_holder_killed_mid_transfer_does_not_fail_the_download_and_catches_up_after() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions { big_size: 24 << 20, ..ClusterOptions::default() }).await?;
+    let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
+    let preference = cluster.preference(&blob.etag);
+    let (leader, client_node) = (preference[0], preference[3]);
+    cluster.hub.throttle(4 << 20).await?;
+    cluster.hub.reset().await?;
+    let url = format!("{}{}", cluster.nodes[client_node].url, resolve_path("bench/big", "main", "big.bin"));
+    let response = cluster.client.get(&url).send().await?;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = Vec::new();
+    let mut killed = false;
+    while let Some(chunk) = stream.next().await {
+        received.extend_from_slice(&chunk?);
+        if !killed && received.len() >= 4 << 20 {
+            // The fill leader, which streams to the client's node as it fetches, dies mid-transfer.
+            cluster.kill(leader);
+            killed = true;
+        }
+    }
+    assert!(killed, "the download ended before the leader could be killed");
+    assert_eq!(received.len() as u64, blob.size);
+    assert_eq!(sha256_hex(&received), blob.etag, "the download completed from another source");
+    cluster.hub.throttle(0).await?;
+    // The leader comes back and catches up without help: the catalog by Raft, the blob by its
+    // replica reconciliation.
+    cluster.restart(leader).await?;
+    cluster.wait_live_everywhere().await?;
+    wait_until("the restarted leader holds the blob again", Duration::from_secs(90), || async { cluster.holds(leader, &blob.etag) }).await?;
+    let other = preference[1];
+    wait_until("the restarted node's catalog caught up", Duration::from_secs(60), || async {
+        match (cluster.raft_progress(leader).await, cluster.raft_progress(other).await) {
+            (Some((_, mine)), Some((_, theirs))) => mine >= theirs,
+            _ => false,
+        }
+    })
+    .await?;
+    cluster.verify_disks()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_4_killing_the_raft_leader_elects_another_and_no_acknowledged_write_is_lost() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader_name = cluster.raft_leader_seen_by(0).await.expect("a catalog leader");
+    let leader = cluster.index(&leader_name);
+    let survivors: Vec<usize> = (0..4).filter(|node| *node != leader).collect();
+    // Acknowledged writes: metadata recorded through a survivor before the kill.
+    let before = cluster.hub.files("org/model", "main").await?;
+    let small = before.iter().find(|file| file.path == "config.json").expect("config.json").clone();
+    fetch_and_check(&cluster, survivors[0], "org/model", &small).await?;
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    wait_until("a new catalog leader among the survivors", Duration::from_secs(60), || async {
+        match cluster.raft_leader_seen_by(survivors[0]).await {
+            Some(name) => name != leader_name,
+            None => false,
+        }
+    })
+    .await?;
+    println!("measure: new catalog leader {} ms after kill -9 of the leader", killed_at.elapsed().as_millis());
+    // Writes go on: metadata of another repo recorded through one survivor is known to the others.
+    let dataset = cluster.hub.files("datasets/org/dataset", "main").await?;
+    let data_file = dataset.iter().find(|file| file.size > 0).expect("a dataset file").clone();
+    fetch_and_check(&cluster, survivors[1], "datasets/org/dataset", &data_file).await?;
+    cluster.hub.reset().await?;
+    for &node in &survivors {
+        fetch_and_check(&cluster, node, "org/model", &small).await?;
+        fetch_and_check(&cluster, node, "datasets/org/dataset", &data_file).await?;
+    }
+    let api = cluster.hub.api_requests().await?;
+    assert!(api.is_empty(), "every survivor knew both repos' metadata from the catalog: {api:?}");
+
+    // The old leader restarts and has every acknowledged write.
+    cluster.restart(leader).await?;
+    cluster.wait_live_everywhere().await?;
+    let reference = survivors[0];
+    wait_until("the restarted node's catalog caught up", Duration::from_secs(60), || async {
+        match (cluster.raft_progress(leader).await, cluster.raft_progress(reference).await) {
+            (Some((_, mine)), Some((_, theirs))) => mine >= theirs,
+            _ => false,
+        }
+    })
+    .await?;
+    cluster.hub.reset().await?;
+    let answer = cluster.request(leader, reqwest::Method::HEAD, &resolve_path("datasets/org/dataset", "main", &data_file.path)).await?;
+    assert_eq!(answer.status, 200);
+    let api = cluster.hub.api_requests().await?;
+    assert!(
+        api.iter().all(|request| !request.contains("/api/datasets/org/dataset/tree") && !request.contains("paths-info")),
+        "the restarted node knew the manifest written while it was dead: {api:?}"
+    );
+    Ok(())
+}
+
+/// Waits until every node applied the same catalog log and agrees on the leader.
+async fn wait_catalogs_converged(cluster: &Cluster) -> anyhow::Result<()> {
+    wait_until("the catalogs converged", Duration::from_secs(90), || async {
+        let mut applied = Vec::new();
+        let mut leaders = Vec::new();
+        for node in 0..4 {
+            let Some((_, last)) = cluster.raft_progress(node).await else { return false };
+            applied.push(last);
+            leaders.push(cluster.raft_leader_seen_by(node).await);
+        }
+        applied.windows(2).all(|pair| pair[0] == pair[1]) && leaders[0].is_some() && leaders.windows(2).all(|pair| pair[0] == pair[1])
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_5_partitions_keep_every_side_serving_and_heal_into_one_catalog() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    if cluster.net.kind() != NetworkKind::Namespaces {
+        println!("SKIPPED scenario 5: partitions need network namespaces ({})", cluster.net.describe());
+        return Ok(());
+    }
+    let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
+    let preference = cluster.preference(&blob.etag);
+    fetch_and_check(&cluster, preference[0], "org/model", &blob).await?;
+    wait_until("two replicas hold the warm blob", Duration::from_secs(60), || async {
+        cluster.holds(preference[0], &blob.etag) && cluster.holds(preference[1], &blob.etag)
+    })
+    .await?;
+    let mut cold: Vec<(String, HubFile)> = Vec::new();
+    for repo in ["gpt2", "org/tiny-tokenizer", "datasets/org/dataset", "org/model"] {
+        for file in cluster.hub.files(repo, "main").await? {
+            if file.path != LFS_PATH {
+                cold.push((repo.to_owned(), file));
+            }
+        }
+    }
+    let mut next_cold = cold.into_iter();
+
+    // 1 | 3: a replica holder alone on its side; nobody else is reachable to it.
+    let alone = preference[1];
+    let rest: Vec<usize> = (0..4).filter(|node| *node != alone).collect();
+    cluster.net.partition(&[&[alone], &rest])?;
+    let cut_at = Instant::now();
+    wait_until("the isolated node is dead to the others", Duration::from_secs(60), || async {
+        !cluster.live_seen_by(rest[0]).await.unwrap_or_default().contains(&cluster.nodes[alone].name)
+    })
+    .await?;
+    println!("measure: a cut-off node left the others' live set after {} ms", cut_at.elapsed().as_millis());
+    fetch_and_check(&cluster, alone, "org/model", &blob).await?;
+    let (repo, file) = next_cold.next().expect("cold files");
+    fetch_and_check(&cluster, alone, &repo, &file).await?;
+    let (majority_repo, majority_file) = next_cold.next().expect("cold files");
+    for &node in &rest {
+        fetch_and_check(&cluster, node, "org/model", &blob).await?;
+        fetch_and_check(&cluster, node, &majority_repo, &majority_file).await?;
+    }
+    cluster.net.heal_all()?;
+    cluster.wait_live_everywhere().await?;
+    wait_catalogs_converged(&cluster).await?;
+    // What the majority recorded during the partition reached the healed node.
+    cluster.hub.reset().await?;
+    let answer = cluster.request(alone, reqwest::Method::HEAD, &resolve_path(&majority_repo, "main", &majority_file.path)).await?;
+    assert_eq!(answer.status, 200);
+    let api = cluster.hub.api_requests().await?;
+    assert!(!api.iter().any(|request| request.contains("/tree/") || request.contains("paths-info")), "healed node asked upstream: {api:?}");
+    cluster.verify_disks()?;
+
+    // 2 | 2: no side has a quorum (four voters need three); both keep serving.
+    let (left, right) = ([preference[0], preference[2]], [preference[1], preference[3]]);
+    cluster.net.partition(&[&left, &right])?;
+    wait_until("the halves see each other dead", Duration::from_secs(60), || async {
+        let seen = cluster.live_seen_by(left[0]).await.unwrap_or_default();
+        !seen.contains(&cluster.nodes[right[0]].name) && !seen.contains(&cluster.nodes[right[1]].name)
+    })
+    .await?;
+    for side in [left, right] {
+        for node in side {
+            fetch_and_check(&cluster, node, "org/model", &blob).await?;
+            let (repo, file) = next_cold.next().expect("cold files");
+            fetch_and_check(&cluster, node, &repo, &file).await?;
+        }
+    }
+    // A paused node (SIGSTOP) is declared dead and comes back when continued.
+    cluster.net.heal_all()?;
+    cluster.wait_live_everywhere().await?;
+    wait_catalogs_converged(&cluster).await?;
+    let paused = preference[3];
+    cluster.pause(paused)?;
+    let paused_at = Instant::now();
+    wait_until("the paused node is dead to the others", Duration::from_secs(60), || async {
+        !cluster.live_seen_by(preference[0]).await.unwrap_or_default().contains(&cluster.nodes[paused].name)
+    })
+    .await?;
+    println!("measure: a paused node left the live set after {} ms", paused_at.elapsed().as_millis());
+    let (repo, file) = next_cold.next().expect("cold files");
+    fetch_and_check(&cluster, preference[0], &repo, &file).await?;
+    cluster.resume(paused)?;
+    cluster.wait_live_everywhere().await?;
+    wait_catalogs_converged(&cluster).await?;
+    let checked = cluster.verify_disks()?;
+    assert!(checked > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_a_corrupted_blob_on_one_node_is_detected_and_refilled_from_a_replica() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
+    let preference = cluster.preference(&blob.etag);
+    fetch_and_check(&cluster, preference[0], "org/model", &blob).await?;
+    wait_until("two replicas hold the blob", Duration::from_secs(60), || async {
+        cluster.holds(preference[0], &blob.etag) && cluster.holds(preference[1], &blob.etag)
+    })
+    .await?;
+    let damaged = preference[1];
+    let path = cluster.blob_path(damaged, &blob.etag);
+    let mut bytes = std::fs::read(&path)?;
+    bytes[1000] ^= 0xff;
+    std::fs::write(&path, &bytes)?;
+    cluster.hub.reset().await?;
+    // The damaged copy is never served as a clean response.
+    // The damaged copy is never served as a clean, complete response; a cut response (an error
+    // here) is what the client must see.
+    if let Ok(answer) = cluster.get(damaged, &resolve_path("org/model", "main", LFS_PATH)).await {
+        let complete = answer.status == 200 && answer.body.len() as u64 == blob.size;
+        assert!(!complete || sha256_hex(&answer.body) == blob.etag, "corrupt bytes served as a clean response");
+    }
+    wait_until("the damaged node serves the right bytes again", Duration::from_secs(60), || async {
+        fetch_and_check(&cluster, damaged, "org/model", &blob).await.is_ok()
+    })
+    .await?;
+    assert_eq!(cluster.hub.cdn_gets(&blob.etag).await?, 0, "refilled from a replica, not upstream");
+    cluster.verify_disks()?;
+    Ok(())
+}
