@@ -26,7 +26,7 @@ use crate::hub::route::{Route, encode_segment, resolve_origin, route, validate_r
 use crate::hub::{ErrorSource, HubError};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
 use crate::store::{BlobSource, ContentHasher, FillOutcome};
-use crate::upstream::{UpstreamBlob, read_buffered};
+use crate::upstream::read_buffered;
 
 /// The most header bytes a request may carry; beyond, 431 in the Hub's format.
 const MAX_HEADER_BYTES: usize = 16 << 10;
@@ -404,19 +404,7 @@ async fn blob_body(
     if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
         return Ok((Body::from_stream(stream), metadata_status));
     }
-    let resolve_path = resolve_origin(repo, commit, path);
-    let upstream = Arc::new(UpstreamBlob::new(mirror.upstream().clone(), resolve_path.clone()));
-    // In a cluster, peers come before upstream; alone, upstream is the only source.
-    let source: Arc<dyn BlobSource> = match mirror.cluster() {
-        Some(cluster) => {
-            let holders = match mirror.catalog().get_replicas(etag).await {
-                Ok(record) => record.map(|record| record.holders).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            cluster.source_for(etag, size, &resolve_path, &holders, upstream)
-        }
-        None => upstream,
-    };
+    let source = mirror.blob_source(etag, size, &resolve_origin(repo, commit, path)).await;
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
         FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
             Some(stream) => Ok((Body::from_stream(stream), metadata_status)),

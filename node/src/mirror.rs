@@ -21,8 +21,8 @@ use crate::hub::route::encode_segment;
 use crate::peers::ClusterFill;
 use crate::replicas::Replicas;
 use crate::singleflight::SingleFlight;
-use crate::store::BlobStore;
-use crate::upstream::{BufferedReply, Upstream};
+use crate::store::{BlobSource, BlobStore};
+use crate::upstream::{BufferedReply, Upstream, UpstreamBlob};
 
 /// The revision key under which the default branch of `/api/{t}s/{repo}` (no revision) is kept.
 pub const DEFAULT_REVISION: &str = "@default";
@@ -243,6 +243,23 @@ impl Mirror {
     /// The replica keeper, if this node is part of a cluster.
     pub fn replicas(&self) -> Option<&Replicas> {
         self.inner.cluster.as_ref().map(|role| &role.replicas)
+    }
+
+    /// Where a blob this node lacks comes from: in a cluster, the nodes the replica record names,
+    /// then the placement's fill leaders and other nodes, then upstream (`origin`, a `/resolve/`
+    /// path); alone, upstream.
+    pub async fn blob_source(&self, etag: &str, size: u64, origin: &str) -> Arc<dyn BlobSource> {
+        let upstream = Arc::new(UpstreamBlob::new(self.upstream().clone(), origin.to_owned()));
+        match self.cluster() {
+            Some(cluster) => {
+                let holders = match self.catalog().get_replicas(etag).await {
+                    Ok(record) => record.map(|record| record.holders).unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                cluster.source_for(etag, size, origin, &holders, upstream)
+            }
+            None => upstream,
+        }
     }
 
     /// The catalog (replicated in a cluster).

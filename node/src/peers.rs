@@ -273,7 +273,9 @@ impl LocalBlobs for PeerService {
             warn!(etag = %request.etag, "a peer asked for an unacceptable origin");
             return PeerOpen::Unavailable("unacceptable origin".into());
         }
-        let source = Arc::new(UpstreamBlob::new(self.mirror.upstream().clone(), origin.clone()));
+        // As fill leader: a node holding a complete copy comes before upstream. Only nodes ranked
+        // above this one are asked to fetch (with the origin), so the chain of leaders only climbs.
+        let source = self.mirror.blob_source(&request.etag, size, origin).await;
         match store.fill_or_join(&request.etag, size, source) {
             Ok(FillOutcome::Filling(fill)) => PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) },
             Ok(FillOutcome::Stored(_)) => match store.stream_verified(&request.etag, size, start, size).await {

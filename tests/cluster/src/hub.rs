@@ -29,9 +29,16 @@ impl FakeHub {
     /// file of that many bytes, built under `work_dir`.
     pub fn start(root: &Path, host: Ipv4Addr, cdn_host: Ipv4Addr, big_size: u64, work_dir: &Path) -> anyhow::Result<FakeHub> {
         let mut command = Command::new("python3");
-        command
-            .arg(root.join("tests/fakehub/fake_hub.py"))
-            .args(["--host", &host.to_string(), "--port", "0", "--cdn-host", &cdn_host.to_string(), "--cdn-port", "0"]);
+        command.arg(root.join("tests/fakehub/fake_hub.py")).args([
+            "--host",
+            &host.to_string(),
+            "--port",
+            "0",
+            "--cdn-host",
+            &cdn_host.to_string(),
+            "--cdn-port",
+            "0",
+        ]);
         if big_size > 0 {
             command.args(["--big-size", &big_size.to_string(), "--big-dir"]).arg(work_dir.join("big"));
         }
@@ -69,12 +76,12 @@ impl FakeHub {
             .count())
     }
 
-    /// Requests to the Hub's API (not the CDN) since the last reset.
+    /// Requests to the Hub's `/api/` (metadata, not file bytes) since the last reset.
     pub async fn api_requests(&self) -> anyhow::Result<Vec<String>> {
         let requests = self.requests().await?;
         Ok(requests
             .iter()
-            .filter(|request| request["server"] == "hub")
+            .filter(|request| request["server"] == "hub" && request["path"].as_str().is_some_and(|path| path.starts_with("/api/")))
             .filter_map(|request| Some(format!("{} {}", request["method"].as_str()?, request["path"].as_str()?)))
             .collect())
     }
@@ -86,6 +93,12 @@ impl FakeHub {
     /// Throttles CDN bodies to `bytes_per_sec` (0: off).
     pub async fn throttle(&self, bytes_per_sec: u64) -> anyhow::Result<()> {
         self.control(reqwest::Method::POST, &format!("/_fake/throttle?bytes_per_sec={bytes_per_sec}")).await.map(|_| ())
+    }
+
+    /// The commit a branch or tag of `repo` points to.
+    pub async fn commit(&self, repo: &str, revision: &str) -> anyhow::Result<String> {
+        let state = self.control(reqwest::Method::GET, "/_fake/state").await?;
+        state["repos"][repo]["refs"][revision].as_str().map(str::to_owned).with_context(|| format!("no {revision} in {repo}"))
     }
 
     /// The files of `repo` (`org/model`, `datasets/org/dataset`) at `revision`.

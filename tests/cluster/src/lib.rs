@@ -305,7 +305,11 @@ impl Cluster {
         Ok(status["members"]
             .as_array()
             .map(|members| {
-                members.iter().filter(|member| member["state"] == "live").filter_map(|member| member["name"].as_str().map(str::to_owned)).collect()
+                members
+                    .iter()
+                    .filter(|member| member["state"] == "live")
+                    .filter_map(|member| member["name"].as_str().map(str::to_owned))
+                    .collect()
             })
             .unwrap_or_default())
     }

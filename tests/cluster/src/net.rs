@@ -50,7 +50,8 @@ impl Network {
         let pid = std::process::id();
         let tag = format!("{:04x}", (pid.wrapping_mul(31).wrapping_add(serial.wrapping_mul(7919))) & 0xffff);
         let third = 1 + ((pid.wrapping_add(serial.wrapping_mul(37))) % 250) as u8;
-        let namespaces = Network { kind: NetworkKind::Namespaces, tag: tag.clone(), prefix: [10, 213, third], nodes, fallback_reason: None };
+        let namespaces =
+            Network { kind: NetworkKind::Namespaces, tag: tag.clone(), prefix: [10, 213, third], nodes, fallback_reason: None };
         let reason = if std::env::var("HFM_HARNESS_NET").as_deref() == Ok("loopback") {
             "HFM_HARNESS_NET=loopback".to_owned()
         } else {
@@ -62,7 +63,13 @@ impl Network {
                 }
             }
         };
-        Network { kind: NetworkKind::Loopback, tag, prefix: [127, 100 + (third % 100), (pid % 250) as u8 + 1], nodes, fallback_reason: Some(reason) }
+        Network {
+            kind: NetworkKind::Loopback,
+            tag,
+            prefix: [127, 100 + (third % 100), (pid % 250) as u8 + 1],
+            nodes,
+            fallback_reason: Some(reason),
+        }
     }
 
     fn bridge(&self) -> String {
