@@ -322,3 +322,21 @@ def test_a_corrupted_blob_on_one_node_is_refilled_from_a_replica(cluster, fake_h
     r = http_request(cluster.nodes[victim], "GET", LFS)
     assert r.status == 200 and r.body == data
     assert not cdn_gets(fake_hub, meta["sha256"]), "refilled from a replica, not from upstream"
+
+
+def test_snapshot_download_through_each_node_in_turn(cluster, fake_hub, client):
+    """Scenario 7: the real client (huggingface_hub 2.x) pointed at every node in turn gets the whole
+    repository, byte for byte, and the cluster fetched each LFS blob from upstream once."""
+    from conftest import SNAPSHOT, files_under
+
+    sha = fake_hub.sha()
+    expected = {p: fake_hub.file("org/model", p, rev=sha) for p in fake_hub.files(ref=sha)}
+    fake_hub.reset()
+    for name, url in sorted(cluster.nodes.items()):
+        res = client.run(SNAPSHOT, client.env(url), {"revision": None})
+        root = Path(res.result)
+        assert root.name == sha, name
+        assert files_under(root) == expected, name
+    for path, meta in fake_hub.files().items():
+        if meta["lfs"]:
+            assert len(cdn_gets(fake_hub, meta["sha256"])) == 1, path
