@@ -215,7 +215,10 @@ impl BlobSource for ClusterSource {
                         Err(error) => debug!(etag = %self.etag, %error, "peer cannot serve; trying the next source"),
                     }
                 }
-                Candidate::Upstream(upstream) => return upstream.open(offset).await,
+                Candidate::Upstream(upstream) => {
+                    info!(etag = %self.etag, offset, "no peer has it; filling from upstream");
+                    return upstream.open(offset).await;
+                }
             }
         }
         Err(SourceError::Transient("no source left".into()))

@@ -335,3 +335,39 @@ async fn scenario_6_a_corrupted_blob_on_one_node_is_detected_and_refilled_from_a
     cluster.verify_disks()?;
     Ok(())
 }
+
+/// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
+/// release binary). Prints the time to stream one big blob from local disk and through a peer fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run by bench/cluster.sh"]
+async fn bench_peer_fill_versus_local_disk() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let size: u64 = std::env::var("HFM_BENCH_SIZE").ok().and_then(|text| text.parse().ok()).unwrap_or(256 << 20);
+    let cluster = Cluster::start(ClusterOptions { big_size: size, replica_check_interval: "1h" }).await?;
+    let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
+    let preference = cluster.preference(&blob.etag);
+    let path = resolve_path("bench/big", "main", "big.bin");
+    let timed = |node: usize| {
+        let (cluster, path, blob) = (&cluster, &path, &blob);
+        async move {
+            let started = Instant::now();
+            let answer = cluster.get(node, path).await?;
+            let elapsed = started.elapsed();
+            anyhow::ensure!(answer.status == 200 && answer.body.len() as u64 == blob.size, "bad answer");
+            Ok::<_, anyhow::Error>(elapsed)
+        }
+    };
+    let cold = timed(preference[0]).await?;
+    let disk = timed(preference[0]).await?;
+    // The last-ranked node is no replica: it fills from the leader over QUIC while it serves.
+    let peer = timed(preference[3]).await?;
+    let rate = |elapsed: Duration| size as f64 / elapsed.as_secs_f64() / (1 << 20) as f64;
+    println!("measure: {size} byte blob: cold from upstream {:.0} MiB/s", rate(cold));
+    println!(
+        "measure: local disk {:.0} MiB/s, peer QUIC fill {:.0} MiB/s, ratio {:.2}",
+        rate(disk),
+        rate(peer),
+        disk.as_secs_f64() / peer.as_secs_f64()
+    );
+    Ok(())
+}
