@@ -30,6 +30,22 @@ async fn fetch_and_check(cluster: &Cluster, node: usize, repo: &str, file: &HubF
     Ok(())
 }
 
+/// Waits until `node`'s catalog applied at least as much of the log as `reference`'s.
+async fn wait_caught_up(cluster: &Cluster, node: usize, reference: usize) -> anyhow::Result<()> {
+    wait_until("the node's catalog caught up", Duration::from_secs(60), || async {
+        match (cluster.raft_progress(node).await, cluster.raft_progress(reference).await) {
+            (Some((_, mine)), Some((_, theirs))) => mine >= theirs,
+            _ => false,
+        }
+    })
+    .await
+}
+
+/// Waits until every one of `nodes` holds the blob on disk.
+async fn wait_held(cluster: &Cluster, nodes: &[usize], etag: &str) -> anyhow::Result<()> {
+    wait_until("the nodes hold the blob", Duration::from_secs(60), || async { nodes.iter().all(|node| cluster.holds(*node, etag)) }).await
+}
+
 /// A HEAD through a node that must answer 200.
 async fn head(cluster: &Cluster, node: usize, path: &str) -> anyhow::Result<()> {
     let answer = cluster.request(node, reqwest::Method::HEAD, path).await?;
@@ -75,10 +91,7 @@ async fn scenario_2_a_blob_fetched_through_each_node_in_turn_crosses_upstream_on
     let first = *preference.last().expect("four nodes");
     fetch_and_check(&cluster, first, "org/model", &blob).await?;
     let targets = [preference[0], preference[1]];
-    wait_until("both replicas placement names hold the blob", Duration::from_secs(60), || async {
-        targets.iter().all(|target| cluster.holds(*target, &blob.etag))
-    })
-    .await?;
+    wait_held(&cluster, &targets, &blob.etag).await?;
     for node in 0..4 {
         fetch_and_check(&cluster, node, "org/model", &blob).await?;
     }
@@ -125,13 +138,7 @@ async fn scenario_3_a_replica_holder_killed_mid_transfer_does_not_fail_the_downl
     wait_until("the restarted leader holds the blob again", Duration::from_secs(90), || async { cluster.holds(leader, &blob.etag) })
         .await?;
     let other = preference[1];
-    wait_until("the restarted node's catalog caught up", Duration::from_secs(60), || async {
-        match (cluster.raft_progress(leader).await, cluster.raft_progress(other).await) {
-            (Some((_, mine)), Some((_, theirs))) => mine >= theirs,
-            _ => false,
-        }
-    })
-    .await?;
+    wait_caught_up(&cluster, leader, other).await?;
     cluster.verify_disks()?;
     Ok(())
 }
@@ -182,13 +189,7 @@ async fn scenario_4_killing_the_raft_leader_elects_another_and_no_acknowledged_w
     cluster.restart(leader).await?;
     cluster.wait_live_everywhere().await?;
     let reference = survivors[0];
-    wait_until("the restarted node's catalog caught up", Duration::from_secs(60), || async {
-        match (cluster.raft_progress(leader).await, cluster.raft_progress(reference).await) {
-            (Some((_, mine)), Some((_, theirs))) => mine >= theirs,
-            _ => false,
-        }
-    })
-    .await?;
+    wait_caught_up(&cluster, leader, reference).await?;
     cluster.hub.reset().await?;
     head(&cluster, leader, &model_file).await?;
     head(&cluster, leader, &dataset_file).await?;
@@ -223,10 +224,7 @@ async fn scenario_5_partitions_keep_every_side_serving_and_heal_into_one_catalog
     let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
     let preference = cluster.preference(&blob.etag);
     fetch_and_check(&cluster, preference[0], "org/model", &blob).await?;
-    wait_until("two replicas hold the warm blob", Duration::from_secs(60), || async {
-        cluster.holds(preference[0], &blob.etag) && cluster.holds(preference[1], &blob.etag)
-    })
-    .await?;
+    wait_held(&cluster, &[preference[0], preference[1]], &blob.etag).await?;
     let mut cold: Vec<(String, HubFile)> = Vec::new();
     for repo in ["gpt2", "org/tiny-tokenizer", "datasets/org/dataset", "org/model"] {
         for file in cluster.hub.files(repo, "main").await? {
@@ -310,10 +308,7 @@ async fn scenario_6_a_corrupted_blob_on_one_node_is_detected_and_refilled_from_a
     let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
     let preference = cluster.preference(&blob.etag);
     fetch_and_check(&cluster, preference[0], "org/model", &blob).await?;
-    wait_until("two replicas hold the blob", Duration::from_secs(60), || async {
-        cluster.holds(preference[0], &blob.etag) && cluster.holds(preference[1], &blob.etag)
-    })
-    .await?;
+    wait_held(&cluster, &[preference[0], preference[1]], &blob.etag).await?;
     let damaged = preference[1];
     let path = cluster.blob_path(damaged, &blob.etag);
     let mut bytes = std::fs::read(&path)?;
