@@ -16,7 +16,7 @@ use hfm_cluster::types::RepoKey;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
-use tracing::{Instrument, field, info, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path, forwardable_response_headers};
 use crate::hub::json::{strip_xet_from_body, tree_entry_json};
@@ -404,18 +404,34 @@ async fn blob_body(
     if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
         return Ok((Body::from_stream(stream), metadata_status));
     }
-    let source = mirror.blob_source(etag, size, &resolve_origin(repo, commit, path)).await;
+    let origin = resolve_origin(repo, commit, path);
+    let source = mirror.blob_source(etag, size, &origin).await;
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
         FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
             Some(stream) => Ok((Body::from_stream(stream), metadata_status)),
             None => Err(HubError::internal("a blob vanished as it was stored; retry")),
         },
-        FillOutcome::Filling(fill) => Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss)),
+        FillOutcome::Filling(fill) => {
+            // A range far beyond what the fill has written (a Parquet footer, a tensor at the end of
+            // a huge file) is answered straight from a source, unstored, while the fill goes on:
+            // clients give up when no byte comes for seconds.
+            if start > fill.progress().written.saturating_add(RANGE_FIRST_GAP) {
+                debug!(%etag, start, end, "range ahead of the fill; answering it from a source directly");
+                let range_source = mirror.range_source(etag, size, &origin).await;
+                return Ok((Body::from_stream(direct_stream(range_source, etag.to_owned(), size, start, end)), CacheStatus::Miss));
+            }
+            Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss))
+        }
         FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
     }
 }
 
-/// Streams a blob straight from its source to one client, without storing it (no room on disk).
+/// How far ahead of a fill's progress a range may start and still wait for the fill (at tens of
+/// MB/s from upstream, well under a second).
+const RANGE_FIRST_GAP: u64 = 16 << 20;
+
+/// Streams a blob straight from its source to one client, without storing it (no room on disk, or a
+/// range far ahead of the fill).
 /// A whole-file answer is still verified: its last chunk goes out only if the hash matched.
 fn direct_stream(
     source: Arc<dyn BlobSource>,

@@ -251,14 +251,27 @@ impl Mirror {
     pub async fn blob_source(&self, etag: &str, size: u64, origin: &str) -> Arc<dyn BlobSource> {
         let upstream = Arc::new(UpstreamBlob::new(self.upstream().clone(), origin.to_owned()));
         match self.cluster() {
-            Some(cluster) => {
-                let holders = match self.catalog().get_replicas(etag).await {
-                    Ok(record) => record.map(|record| record.holders).unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                };
-                cluster.source_for(etag, size, origin, &holders, upstream)
-            }
+            Some(cluster) => cluster.source_for(etag, size, origin, &self.replica_holders(etag).await, upstream),
             None => upstream,
+        }
+    }
+
+    /// Where a range of a blob comes from when it cannot wait for the blob's fill: a node holding a
+    /// complete copy, else upstream (a ranged request). Never a fill leader, which would only start
+    /// the same sequential fill.
+    pub async fn range_source(&self, etag: &str, size: u64, origin: &str) -> Arc<dyn BlobSource> {
+        let upstream = Arc::new(UpstreamBlob::new(self.upstream().clone(), origin.to_owned()));
+        match self.cluster() {
+            Some(cluster) => cluster.holders_source(etag, size, &self.replica_holders(etag).await, Some(upstream)),
+            None => upstream,
+        }
+    }
+
+    /// The nodes the catalog's replica record names for a blob (none when unknown or unreadable).
+    async fn replica_holders(&self, etag: &str) -> Vec<String> {
+        match self.catalog().get_replicas(etag).await {
+            Ok(record) => record.map(|record| record.holders).unwrap_or_default(),
+            Err(_) => Vec::new(),
         }
     }
 

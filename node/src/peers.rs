@@ -129,16 +129,24 @@ impl ClusterFill {
         self.addresses.get(name).cloned()
     }
 
-    /// A source that copies a blob from the nodes holding it (live ones, in the order given), and
-    /// never from upstream: replication must not cost upstream traffic.
-    pub fn holders_source(&self, etag: &str, size: u64, holders: &[String]) -> Arc<dyn BlobSource> {
+    /// A source that reads a blob from the nodes holding a complete copy (live ones, in the order
+    /// given), then from `then_upstream` if given. Replication passes no upstream (it must not cost
+    /// upstream traffic); a range answered ahead of a fill passes it.
+    pub fn holders_source(
+        &self,
+        etag: &str,
+        size: u64,
+        holders: &[String],
+        then_upstream: Option<Arc<UpstreamBlob>>,
+    ) -> Arc<dyn BlobSource> {
         let view = self.view.borrow();
-        let candidates = holders
+        let mut candidates: Vec<Candidate> = holders
             .iter()
             .filter(|name| **name != self.self_name && view.members.contains_key(*name))
             .filter_map(|name| self.addresses.get(name))
             .map(|address| Candidate::Peer { address: address.clone(), origin: None })
             .collect();
+        candidates.extend(then_upstream.map(Candidate::Upstream));
         Arc::new(ClusterSource { endpoint: self.endpoint.clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
     }
 

@@ -234,7 +234,7 @@ impl Replicas {
         if let Ok(Some(record)) = self.inner.catalog.get_replicas(&offer.etag).await {
             holders.extend(record.holders.into_iter().filter(|holder| *holder != offer.holder));
         }
-        let source = self.inner.cluster.holders_source(&offer.etag, offer.size, &holders);
+        let source = self.inner.cluster.holders_source(&offer.etag, offer.size, &holders, None);
         self.start_copy(&offer.etag, offer.size, source);
         Ok(())
     }
@@ -297,7 +297,7 @@ impl Replicas {
             if wanted && !here {
                 let source = match pinned.get(etag) {
                     Some(pin) => self.pinned_source(etag, pin, &record.holders),
-                    None => self.inner.cluster.holders_source(etag, record.size, &record.holders),
+                    None => self.inner.cluster.holders_source(etag, record.size, &record.holders, None),
                 };
                 self.start_copy(etag, record.size, source);
             }

@@ -76,6 +76,17 @@ impl FakeHub {
             .count())
     }
 
+    /// The `Range` headers of the CDN GETs of one blob since the last reset (`None`: the whole file).
+    pub async fn cdn_ranges(&self, etag: &str) -> anyhow::Result<Vec<Option<String>>> {
+        let requests = self.requests().await?;
+        Ok(requests
+            .iter()
+            .filter(|request| request["server"] == "cdn" && request["method"] == "GET")
+            .filter(|request| request["path"].as_str().is_some_and(|path| path.contains(etag)))
+            .map(|request| request["range"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Requests to the Hub's `/api/` (metadata, not file bytes) since the last reset.
     pub async fn api_requests(&self) -> anyhow::Result<Vec<String>> {
         let requests = self.requests().await?;

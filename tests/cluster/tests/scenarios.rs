@@ -144,6 +144,42 @@ async fn scenario_3_a_replica_holder_killed_mid_transfer_does_not_fail_the_downl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3b_a_range_far_into_a_cold_huge_blob_is_answered_ahead_of_the_fill() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions { big_size: 48 << 20, ..ClusterOptions::default() }).await?;
+    let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
+    let node = cluster.preference(&blob.etag)[3];
+    // The whole file takes ~24 s at this rate: the footer must not wait for it.
+    cluster.hub.throttle(2 << 20).await?;
+    cluster.hub.reset().await?;
+    let (start, end) = (blob.size - 100_000, blob.size - 1);
+    let url = format!("{}{}", cluster.nodes[node].url, resolve_path("bench/big", "main", "big.bin"));
+    let ranged = |url: String| {
+        let client = cluster.client.clone();
+        async move {
+            let response = client.get(url).header("range", format!("bytes={start}-{end}")).send().await?;
+            anyhow::ensure!(response.status() == 206, "answered {}", response.status());
+            Ok::<_, anyhow::Error>(response.bytes().await?.to_vec())
+        }
+    };
+    let footer = ranged(url.clone()).await?;
+    assert_eq!(footer.len() as u64, end - start + 1);
+    let ranges = cluster.hub.cdn_ranges(&blob.etag).await?;
+    assert!(
+        ranges.iter().any(|range| range.as_deref().is_some_and(|range| range.starts_with(&format!("bytes={start}-")))),
+        "the range was fetched by itself, not after the whole file: {ranges:?}"
+    );
+    // The fill went on in the background; once stored, the same range from disk is identical.
+    cluster.hub.throttle(0).await?;
+    wait_until("the blob is stored after all", Duration::from_secs(120), || async { (0..4).any(|index| cluster.holds(index, &blob.etag)) })
+        .await?;
+    wait_held(&cluster, &[node], &blob.etag).await?;
+    assert_eq!(ranged(url).await?, footer, "the range answered ahead of the fill has the blob's bytes");
+    cluster.verify_disks()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_4_killing_the_raft_leader_elects_another_and_no_acknowledged_write_is_lost() -> anyhow::Result<()> {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
