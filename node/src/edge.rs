@@ -25,7 +25,7 @@ use crate::hub::range::parse_range;
 use crate::hub::route::{Route, encode_segment, resolve_origin, route, validate_relative_path};
 use crate::hub::{ErrorSource, HubError};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
-use crate::store::{BlobSource, ContentHasher, FillOutcome};
+use crate::store::{BlobSource, ContentHasher, FillOutcome, is_valid_etag};
 use crate::upstream::read_buffered;
 
 /// The most header bytes a request may carry; beyond, 431 in the Hub's format.
@@ -112,6 +112,25 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
                 ));
             }
             Ok(json_response(&method, Bytes::from(drain(&state.mirror).await), CacheStatus::Hit, HeaderMap::new()))
+        }
+        Route::Replicas { etag } => {
+            require_method(&method, &reads)?;
+            if !is_valid_etag(&etag) {
+                return Err(HubError::bad_request("Not a blob etag"));
+            }
+            let record = state.mirror.catalog().get_replicas(&etag).await.map_err(HubError::internal)?;
+            let body = serde_json::json!({
+                "etag": etag,
+                "size": record.as_ref().map(|record| record.size),
+                "holders": record.map(|record| record.holders).unwrap_or_default(),
+                "held_here": state.mirror.store().contains(&etag),
+            });
+            Ok(json_response(
+                &method,
+                Bytes::from(serde_json::to_vec_pretty(&body).unwrap_or_default()),
+                CacheStatus::Hit,
+                HeaderMap::new(),
+            ))
         }
         Route::AgentHarnesses => Err(HubError::route_not_found()),
         Route::Resolve { repo, revision, path } => {

@@ -12,7 +12,9 @@
 //! - The files of pinned repositories belong on every serving node and are never evicted; without a
 //!   holder they are filled through the usual cluster path (fill leader, then upstream).
 //!
-//! Copies run in the background, a few at a time, and stop with the node.
+//! Copies run in the background, a few at a time, and stop with the node. They use free room only:
+//! a replica never evicts a blob clients use (else two blobs that do not both fit would push each
+//! other out forever); an evicted copy simply leaves the record. Pinned files may evict.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::hub::route::resolve_origin;
 use crate::peers::ClusterFill;
-use crate::store::{BlobSource, BlobStore, FillOutcome, FillState, StoreEvent, is_valid_etag};
+use crate::store::{BlobSource, BlobStore, FillOutcome, FillState, Room, StoreEvent, is_valid_etag};
 use crate::upstream::{Upstream, UpstreamBlob};
 
 /// The peer service through which a node that stored a blob offers it to the other replicas.
@@ -180,8 +182,9 @@ impl Replicas {
         }
     }
 
-    /// Starts copying a blob in the background unless it is here, being filled or being copied.
-    fn start_copy(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>) {
+    /// Starts copying a blob in the background unless it is here, being filled or being copied. Only
+    /// pinned blobs may evict others to make room.
+    fn start_copy(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>, room: Room) {
         if self.inner.store.get(etag).is_some() || self.inner.store.fill_in_progress(etag).is_some() {
             return;
         }
@@ -192,7 +195,7 @@ impl Replicas {
         let keeper = self.clone();
         let etag = etag.to_owned();
         self.inner.tasks.spawn(async move {
-            let succeeded = keeper.copy(&etag, size, source).await;
+            let succeeded = keeper.copy(&etag, size, source, room).await;
             keeper.inner.copying.lock().expect("copying poisoned").remove(&etag);
             let mut counters = keeper.inner.counters.lock().expect("counters poisoned");
             if succeeded {
@@ -203,9 +206,9 @@ impl Replicas {
         });
     }
 
-    async fn copy(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>) -> bool {
+    async fn copy(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>, room: Room) -> bool {
         let Ok(_slot) = self.inner.copy_slots.clone().acquire_owned().await else { return false };
-        match self.inner.store.fill_or_join(etag, size, source) {
+        match self.inner.store.fill_or_join_with(etag, size, source, room) {
             Ok(FillOutcome::Stored(_)) => true,
             Ok(FillOutcome::Filling(fill)) => {
                 let state = fill.finished().await;
@@ -215,7 +218,7 @@ impl Replicas {
                 state == FillState::Complete
             }
             Ok(FillOutcome::NoRoom) => {
-                warn!(%etag, size, "no room for a replica");
+                debug!(%etag, size, "no free room for a replica");
                 false
             }
             Err(error) => {
@@ -235,7 +238,7 @@ impl Replicas {
             holders.extend(record.holders.into_iter().filter(|holder| *holder != offer.holder));
         }
         let source = self.inner.cluster.holders_source(&offer.etag, offer.size, &holders, None);
-        self.start_copy(&offer.etag, offer.size, source);
+        self.start_copy(&offer.etag, offer.size, source, Room::FreeOnly);
         Ok(())
     }
 
@@ -295,11 +298,13 @@ impl Replicas {
             }
             let wanted = pinned.contains_key(etag) || self.inner.cluster.replica_targets(etag, self.inner.replicas).contains(&self_name);
             if wanted && !here {
-                let source = match pinned.get(etag) {
-                    Some(pin) => self.pinned_source(etag, pin, &record.holders),
-                    None => self.inner.cluster.holders_source(etag, record.size, &record.holders, None),
-                };
-                self.start_copy(etag, record.size, source);
+                match pinned.get(etag) {
+                    Some(pin) => self.start_copy(etag, record.size, self.pinned_source(etag, pin, &record.holders), Room::EvictIfNeeded),
+                    None => {
+                        let source = self.inner.cluster.holders_source(etag, record.size, &record.holders, None);
+                        self.start_copy(etag, record.size, source, Room::FreeOnly);
+                    }
+                }
             }
         }
         for (etag, size) in &held {
@@ -309,7 +314,7 @@ impl Replicas {
         }
         for (etag, pin) in &pinned {
             if !recorded.contains(etag.as_str()) && !held.contains_key(etag) {
-                self.start_copy(etag, pin.size, self.pinned_source(etag, pin, &[]));
+                self.start_copy(etag, pin.size, self.pinned_source(etag, pin, &[]), Room::EvictIfNeeded);
             }
         }
         if unrecorded_writes > 0 {

@@ -56,6 +56,8 @@ pub enum Route {
     /// `POST`: takes the node out of placement and DNS, hands over catalog leadership and waits for
     /// its fills (`hf-mirror drain`); loopback callers only.
     Drain,
+    /// `/_hfm/replicas/{etag}`: which nodes the catalog says hold a blob.
+    Replicas { etag: String },
 }
 
 /// The sub-routes of `/api/{t}s/{repo}/…`; they tell a one-segment legacy repo id from a two-segment one.
@@ -168,6 +170,9 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     }
     if rest == "_hfm/drain" {
         return Ok(Route::Drain);
+    }
+    if let Some(etag) = rest.strip_prefix("_hfm/replicas/") {
+        return Ok(Route::Replicas { etag: etag.to_owned() });
     }
     let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).

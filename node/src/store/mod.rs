@@ -59,6 +59,13 @@ pub enum StoreEvent {
 /// periodic reconciliation repairs whatever a dropped event would have recorded).
 const EVENT_BACKLOG: usize = 4096;
 
+/// Whether making room for a new blob may evict others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    EvictIfNeeded,
+    FreeOnly,
+}
+
 /// The blob store; a cheap handle.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -246,6 +253,11 @@ impl BlobStore {
         self.inner.fills.lock().expect("fills poisoned").get(etag).cloned()
     }
 
+    /// Whether this node holds a verified blob (without marking it used).
+    pub fn contains(&self, etag: &str) -> bool {
+        self.inner.accounting.lock().expect("accounting poisoned").entries.contains_key(etag)
+    }
+
     /// Returns the usage numbers.
     pub fn usage(&self) -> StoreUsage {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
@@ -366,7 +378,7 @@ impl BlobStore {
 
     /// Reserves room for `size` more bytes, evicting least recently used blobs if needed. Returns
     /// false when the blob cannot fit even with everything evicted, or the file system is too full.
-    fn reserve(&self, size: u64) -> bool {
+    fn reserve(&self, size: u64, room: Room) -> bool {
         let mut free_on_disk = match free_bytes(&self.inner.tmp_dir) {
             Ok(free) => free,
             Err(error) => {
@@ -390,6 +402,9 @@ impl BlobStore {
                 if within_limit && within_disk {
                     accounting.reserved_bytes += size;
                     break true;
+                }
+                if room == Room::FreeOnly {
+                    break false;
                 }
                 let Some(victim) = accounting.least_recently_used(&protected) else {
                     break false;
@@ -418,6 +433,13 @@ impl BlobStore {
     /// Joins the fill of `etag` in progress, or starts one from `source`. The fill runs in its own
     /// task, so it goes on when the client that started it leaves.
     pub fn fill_or_join(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>) -> io::Result<FillOutcome> {
+        self.fill_or_join_with(etag, size, source, Room::EvictIfNeeded)
+    }
+
+    /// Like [`BlobStore::fill_or_join`], but a new fill may only use free room (`Room::FreeOnly`):
+    /// background replication must not evict what clients use, or two blobs that do not both fit
+    /// would push each other out forever.
+    pub fn fill_or_join_with(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>, room: Room) -> io::Result<FillOutcome> {
         if !is_valid_etag(etag) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an etag"));
         }
@@ -429,7 +451,7 @@ impl BlobStore {
         if let Some(stored) = self.get(etag) {
             return Ok(FillOutcome::Stored(stored));
         }
-        if !self.reserve(size) {
+        if !self.reserve(size, room) {
             return Ok(FillOutcome::NoRoom);
         }
         let temp_path = self.inner.tmp_dir.join(format!("{etag}.{}.partial", std::process::id() as u64 ^ fastrand_seed()));

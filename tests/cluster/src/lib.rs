@@ -64,11 +64,13 @@ pub struct ClusterOptions {
     pub big_size: u64,
     /// How often nodes reconcile their replicas.
     pub replica_check_interval: &'static str,
+    /// Each node's store limit (`--max-disk`), to make eviction happen.
+    pub max_disk: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { big_size: 0, replica_check_interval: "2s" }
+        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None }
     }
 }
 
@@ -99,6 +101,7 @@ pub struct Cluster {
     pub client: reqwest::Client,
     binary: PathBuf,
     topology_path: PathBuf,
+    max_disk: Option<&'static str>,
     // Dropped last: the nodes and the Hub go before their network and directory.
     pub net: Network,
     pub dir: tempfile::TempDir,
@@ -172,7 +175,7 @@ impl Cluster {
             })
             .collect();
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
-        let mut cluster = Cluster { nodes, placement, hub, client, binary, topology_path, net, dir };
+        let mut cluster = Cluster { nodes, placement, hub, client, binary, topology_path, max_disk: options.max_disk, net, dir };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index)?;
         }
@@ -211,6 +214,7 @@ impl Cluster {
             .arg("--config")
             .arg(&self.topology_path)
             .args(["--node", &node.name, "--upstream", &self.hub.url, "--ref-ttl", "5s"])
+            .args(self.max_disk.iter().flat_map(|max_disk| ["--max-disk", max_disk]))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
@@ -291,6 +295,16 @@ impl Cluster {
         self.signal(index, rustix::process::Signal::CONT)?;
         self.nodes[index].paused = false;
         Ok(())
+    }
+
+    /// The holders of a blob as `index`'s catalog records them.
+    pub async fn replica_holders(&self, index: usize, etag: &str) -> anyhow::Result<Vec<String>> {
+        let response = self.client.get(format!("{}/_hfm/replicas/{etag}", self.nodes[index].url)).send().await?;
+        let record: Value = serde_json::from_slice(&response.bytes().await?)?;
+        Ok(record["holders"]
+            .as_array()
+            .map(|holders| holders.iter().filter_map(|name| name.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
     }
 
     /// A node's `/_hfm/status`.

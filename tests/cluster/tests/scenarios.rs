@@ -144,6 +144,46 @@ async fn scenario_3_a_replica_holder_killed_mid_transfer_does_not_fail_the_downl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2b_an_evicted_copy_leaves_the_replica_set_and_is_not_copied_back_over_what_clients_use() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // Room for the 3 MiB model file or the 4 MiB big file, not both.
+    let cluster = Cluster::start(ClusterOptions { big_size: 4 << 20, max_disk: Some("5MiB"), ..ClusterOptions::default() }).await?;
+    let blob = cluster.hub.file("org/model", "main", LFS_PATH).await?;
+    let big = cluster.hub.file("bench/big", "main", "big.bin").await?;
+    let preference = cluster.preference(&blob.etag);
+    let (first, second) = (preference[0], preference[1]);
+    fetch_and_check(&cluster, first, "org/model", &blob).await?;
+    wait_held(&cluster, &[first, second], &blob.etag).await?;
+    let names = |indexes: &[usize]| {
+        let mut names: Vec<String> = indexes.iter().map(|index| cluster.nodes[*index].name.clone()).collect();
+        names.sort();
+        names
+    };
+    let observer = preference[3];
+    wait_until("the record names both holders", Duration::from_secs(30), || async {
+        cluster.replica_holders(observer, &blob.etag).await.unwrap_or_default() == names(&[first, second])
+    })
+    .await?;
+    // A client of the first node needs the big file: the model file is evicted there.
+    fetch_and_check(&cluster, first, "bench/big", &big).await?;
+    assert!(!cluster.holds(first, &blob.etag), "the least recently used blob was evicted");
+    wait_until("the evicted copy leaves the record", Duration::from_secs(30), || async {
+        cluster.replica_holders(observer, &blob.etag).await.unwrap_or_default() == names(&[second])
+    })
+    .await?;
+    // Two reconciliation rounds later the first node still holds what its client used: replication
+    // does not evict to put the model file back.
+    let rounds = cluster.status(first).await?["replicas"]["reconciliations"].as_u64().unwrap_or(0);
+    wait_until("two more reconciliation rounds", Duration::from_secs(30), || async {
+        cluster.status(first).await.ok().and_then(|status| status["replicas"]["reconciliations"].as_u64()).unwrap_or(0) >= rounds + 2
+    })
+    .await?;
+    assert!(cluster.holds(first, &big.etag) && !cluster.holds(first, &blob.etag));
+    cluster.verify_disks()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_3b_a_range_far_into_a_cold_huge_blob_is_answered_ahead_of_the_fill() -> anyhow::Result<()> {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Cluster::start(ClusterOptions { big_size: 48 << 20, ..ClusterOptions::default() }).await?;
@@ -374,7 +414,7 @@ async fn scenario_6_a_corrupted_blob_on_one_node_is_detected_and_refilled_from_a
 async fn bench_peer_fill_versus_local_disk() -> anyhow::Result<()> {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let size: u64 = std::env::var("HFM_BENCH_SIZE").ok().and_then(|text| text.parse().ok()).unwrap_or(256 << 20);
-    let cluster = Cluster::start(ClusterOptions { big_size: size, replica_check_interval: "1h" }).await?;
+    let cluster = Cluster::start(ClusterOptions { big_size: size, replica_check_interval: "1h", max_disk: None }).await?;
     let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
     let preference = cluster.preference(&blob.etag);
     let path = resolve_path("bench/big", "main", "big.bin");
