@@ -14,6 +14,9 @@ command -v curl >/dev/null || needed+=(curl)
 command -v python3 >/dev/null || needed+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || needed+=(python3-venv)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || needed+=(ca-certificates)
+# dig, the real DNS client of the DNS tests; ip, for the cluster harness's network namespaces.
+command -v dig >/dev/null || needed+=(bind9-dnsutils)
+command -v ip >/dev/null || needed+=(iproute2)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"

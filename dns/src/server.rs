@@ -41,7 +41,7 @@ const CLASSIC_UDP_PAYLOAD: u16 = 512;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// How a node's DNS server runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DnsSettings {
     /// UDP and TCP address (port 53 in production).
     pub listen: SocketAddr,

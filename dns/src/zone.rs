@@ -33,7 +33,7 @@ pub struct ZoneNode {
 }
 
 /// Everything the zone is built from (the node parses it out of `topology.toml`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ZoneConfig {
     /// The zone apex, e.g. `hf-mirror.eu`.
     pub apex: String,

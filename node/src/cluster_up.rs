@@ -50,6 +50,8 @@ pub struct NodeAddresses {
     pub http: std::net::SocketAddr,
     pub peer: std::net::SocketAddr,
     pub gossip: std::net::SocketAddr,
+    /// UDP and TCP, when the topology has a `[dns]` section.
+    pub dns: std::net::SocketAddr,
 }
 
 /// Writes the local variant of the topology: the same nodes (names, weights, places) with the given
@@ -87,6 +89,14 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     }
     // A try-out shares one disk: leave 1 GiB free rather than the production reserve.
     text.push_str("min_free_disk = \"1GiB\"\n");
+    if let Some(dns) = &topology.dns {
+        #[derive(serde::Serialize)]
+        struct DnsOnly<'a> {
+            dns: &'a crate::config::DnsSection,
+        }
+        text.push('\n');
+        text.push_str(&toml::to_string(&DnsOnly { dns })?);
+    }
     for (node, address) in topology.nodes.iter().zip(addresses) {
         text.push_str("\n[[nodes]]\n");
         writeln!(text, "name = {}", toml_string(&node.name)?)?;
@@ -103,6 +113,12 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
         writeln!(text, "peer_listen = \"{}\"", address.peer)?;
         writeln!(text, "gossip_address = \"{}\"", address.gossip)?;
         writeln!(text, "gossip_listen = \"{}\"", address.gossip)?;
+        writeln!(text, "dns_listen = \"{}\"", address.dns)?;
+        // Locally the node's DNS name points at its own address.
+        match address.http.ip() {
+            std::net::IpAddr::V4(ip) => writeln!(text, "ipv4 = \"{ip}\"")?,
+            std::net::IpAddr::V6(ip) => writeln!(text, "ipv6 = \"{ip}\"")?,
+        }
     }
     Ok(text)
 }
@@ -170,7 +186,8 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
     let mut addresses = Vec::new();
     for sockets in &sockets {
         let gossip = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_udp_port()?));
-        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip });
+        let dns = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_udp_port()?));
+        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns });
     }
     std::fs::write(&local_path, local_topology(&topology, &data_dir, &certs_dir, &addresses)?)?;
 
@@ -194,20 +211,26 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
     }
 
     let mut ready_lines = Vec::new();
+    let mut dns_lines = Vec::new();
     let mut outcome = Ok(());
     for (name, child) in &mut children {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let expected = format!("node {name} ");
+        let dns_expected = format!("dns {name} ");
+        let mut dns_line = None;
         let line = tokio::time::timeout(READY_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
-                if line.starts_with(&expected) {
+                if line.starts_with(&dns_expected) {
+                    dns_line = Some(line);
+                } else if line.starts_with(&expected) {
                     return Ok::<_, std::io::Error>(Some(line));
                 }
             }
             Ok(None)
         })
         .await;
+        dns_lines.push(dns_line);
         match line {
             Ok(Ok(Some(line))) => ready_lines.push(line),
             _ => {
@@ -226,8 +249,11 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         {
             use std::io::Write;
             let mut stdout = std::io::stdout().lock();
-            for line in &ready_lines {
+            for (line, dns_line) in ready_lines.iter().zip(&dns_lines) {
                 writeln!(stdout, "{line}")?;
+                if let Some(dns_line) = dns_line {
+                    writeln!(stdout, "{dns_line}")?;
+                }
             }
             stdout.flush()?;
         }

@@ -33,6 +33,15 @@ pub struct NodeConfig {
     pub tree_page_size: usize,
     /// The cluster this node belongs to; `None` for a single node.
     pub cluster: Option<ClusterConfig>,
+    /// The zone this node answers DNS for, when the topology has a `[dns]` section (cluster only).
+    pub dns: Option<DnsConfig>,
+}
+
+/// A node's authoritative DNS: the zone and how its server listens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsConfig {
+    pub zone: hfm_dns::ZoneConfig,
+    pub settings: hfm_dns::DnsSettings,
 }
 
 /// What a node of a multi-node topology needs to reach its peers.
@@ -83,6 +92,7 @@ impl NodeConfig {
             public_url: None,
             tree_page_size: 1000,
             cluster: None,
+            dns: None,
         }
     }
 }
@@ -118,6 +128,8 @@ pub struct NodeSettingsFile {
     pub peer_listen: Option<String>,
     /// The UDP address gossip binds (default: all interfaces, the port of `gossip_address`).
     pub gossip_listen: Option<String>,
+    /// The UDP and TCP address the DNS server binds (default `[dns] listen`, else `0.0.0.0:53`).
+    pub dns_listen: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -125,6 +137,9 @@ pub struct NodeSettingsFile {
 #[serde(deny_unknown_fields)]
 pub struct TopologyFile {
     pub cluster: ClusterSection,
+    /// The authoritative DNS every node serves for `cluster.zone`.
+    #[serde(default)]
+    pub dns: Option<DnsSection>,
     #[serde(default)]
     pub defaults: NodeSettingsFile,
     #[serde(default)]
@@ -147,6 +162,46 @@ pub struct ClusterSection {
     pub replica_check_interval: Option<String>,
 }
 
+/// `[dns]`: how the nodes answer for the zone.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// TTL of every answer (default 30s).
+    pub ttl: Option<String>,
+    /// The UDP and TCP address each node's DNS server binds (default `0.0.0.0:53`).
+    pub listen: Option<String>,
+    /// The SOA's responsible mailbox as a name (default `hostmaster.ZONE`).
+    pub hostmaster: Option<String>,
+    /// The geo-routed name for rsync users (default `rsync`).
+    pub rsync_name: Option<String>,
+    /// How many nodes the rsync name answers, nearest first (default 1).
+    pub rsync_answers: Option<usize>,
+    /// Names answering every ready node; `@` is the apex (default `["@", "www"]`).
+    pub http_names: Option<Vec<String>>,
+    /// Nodes answered when none is ready (default: every node).
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// The order for clients of unknown location (default: the topology's order).
+    #[serde(default)]
+    pub default_order: Vec<String>,
+    /// UDP responses per second per client network, /24 or /56 (default 20; 0 turns limiting off).
+    pub rate_limit: Option<u32>,
+    /// A MaxMind-format City database consulted after the prefix table.
+    pub geoip_database: Option<PathBuf>,
+    /// Prefix → location: a node's place (`node`) or coordinates (`latitude`, `longitude`).
+    #[serde(default)]
+    pub prefixes: Vec<PrefixEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixEntry {
+    pub prefix: String,
+    pub node: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+}
+
 /// One peer of the cluster: where it is, what it has, and its own settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +219,10 @@ pub struct NodeEntry {
     pub peer_address: Option<String>,
     /// `host:port` where the other nodes reach this node's gossip (UDP).
     pub gossip_address: Option<String>,
+    /// The node's public IPv4 address, answered in DNS.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// The node's public IPv6 address, answered in DNS.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     #[serde(flatten)]
     pub settings: NodeSettingsFile,
 }
@@ -349,11 +408,81 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         config.name = node.name.clone();
         apply_layer(&mut config, &node.settings, origin, &format!("nodes[{node_index}]."))?;
         config.cluster = resolve_cluster(topology, origin, node_index)?;
+        if config.cluster.is_some() {
+            config.dns = resolve_dns(topology, origin, node_index, overrides)?;
+        }
     } else if let Some(name) = node_name {
         config.name = name.to_owned();
     }
     apply_layer(&mut config, overrides, "flag or environment", "--")?;
     Ok(config)
+}
+
+/// Resolves a node's DNS server from `[dns]` (none without that section).
+fn resolve_dns(topology: &TopologyFile, origin: &str, node_index: usize, overrides: &Overrides) -> Result<Option<DnsConfig>, ConfigError> {
+    let Some(section) = &topology.dns else { return Ok(None) };
+    let fail = |field: String, message: String| ConfigError { origin: origin.to_owned(), field, message };
+    let ttl = match &section.ttl {
+        Some(text) => parse_duration(text).map_err(|message| fail("dns.ttl".into(), message))?,
+        None => Duration::from_secs(30),
+    };
+    let ttl = u32::try_from(ttl.as_secs()).map_err(|_| fail("dns.ttl".into(), "too long".into()))?;
+    let node_settings = &topology.nodes[node_index].settings;
+    let (listen_text, listen_field) =
+        match (&overrides.dns_listen, &node_settings.dns_listen, &topology.defaults.dns_listen, &section.listen) {
+            (Some(text), ..) => (text.clone(), "--dns-listen".to_owned()),
+            (None, Some(text), ..) => (text.clone(), format!("nodes[{node_index}].dns_listen")),
+            (None, None, Some(text), _) => (text.clone(), "defaults.dns_listen".to_owned()),
+            (None, None, None, Some(text)) => (text.clone(), "dns.listen".to_owned()),
+            (None, None, None, None) => ("0.0.0.0:53".to_owned(), "dns.listen".to_owned()),
+        };
+    let listen: SocketAddr = listen_text.parse().map_err(|_| fail(listen_field, format!("invalid socket address {listen_text:?}")))?;
+    let location_of = |name: &str| topology.nodes.iter().find(|node| node.name == name).map(|node| (node.latitude, node.longitude));
+    let mut prefixes = Vec::new();
+    for (index, entry) in section.prefixes.iter().enumerate() {
+        let field = |key: &str| format!("dns.prefixes[{index}].{key}");
+        let prefix = hfm_dns::geo::Prefix::parse(&entry.prefix).map_err(|error| fail(field("prefix"), error.to_string()))?;
+        let (latitude, longitude) = match (&entry.node, entry.latitude, entry.longitude) {
+            (Some(node), None, None) => {
+                location_of(node).ok_or_else(|| fail(field("node"), format!("{node:?} is not a node of the topology")))?
+            }
+            (None, Some(latitude), Some(longitude)) if (-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude) => {
+                (latitude, longitude)
+            }
+            _ => return Err(fail(field("location"), "give either node = NAME or latitude and longitude (degrees)".into())),
+        };
+        prefixes.push((prefix, hfm_dns::geo::Location { latitude, longitude }));
+    }
+    let mut nodes = Vec::new();
+    for (index, node) in topology.nodes.iter().enumerate() {
+        let weight = parse_size(&node.storage).map_err(|message| fail(format!("nodes[{index}].storage"), message))?;
+        nodes.push(hfm_dns::ZoneNode {
+            name: node.name.clone(),
+            ipv4: node.ipv4,
+            ipv6: node.ipv6,
+            location: hfm_dns::geo::Location { latitude: node.latitude, longitude: node.longitude },
+            weight,
+        });
+    }
+    let zone = hfm_dns::ZoneConfig {
+        apex: topology.cluster.zone.clone(),
+        ttl,
+        hostmaster: section.hostmaster.clone().unwrap_or_else(|| format!("hostmaster.{}", topology.cluster.zone)),
+        // The start time: a later start never has a smaller serial (valid until 2106).
+        serial: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_secs() as u32),
+        nodes,
+        rsync_label: section.rsync_name.clone().unwrap_or_else(|| "rsync".into()),
+        rsync_answers: section.rsync_answers.unwrap_or(1),
+        http_labels: section.http_names.clone().unwrap_or_else(|| vec!["@".into(), "www".into()]),
+        fallback: section.fallback.clone(),
+        default_order: section.default_order.clone(),
+        prefixes,
+        geoip_database: section.geoip_database.clone(),
+    };
+    // Names, fallback and default order are checked by building the zone once now.
+    hfm_dns::Zone::new(&zone).map_err(|error| fail("dns".into(), error.to_string()))?;
+    let settings = hfm_dns::DnsSettings { listen, rate_limit: section.rate_limit.unwrap_or(20), slip: 2 };
+    Ok(Some(DnsConfig { zone, settings }))
 }
 
 /// Resolves the cluster part of a node's configuration: only for topologies of more than one node.
@@ -513,6 +642,33 @@ gossip_address = "ams1.test:7947"
         assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--upstream");
         let overrides = Overrides { ref_ttl: Some("soon".into()), ..Overrides::default() };
         assert_eq!(resolve(None, None, &overrides).unwrap_err().field, "--ref-ttl");
+    }
+
+    #[test]
+    fn the_dns_section_resolves_and_its_errors_name_the_field() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology.toml");
+        let topology = read_topology(&root).unwrap();
+        let config = resolve(Some((&topology, "topology.toml")), Some("waw1"), &Overrides::default()).unwrap();
+        let dns = config.dns.expect("the real topology serves DNS");
+        assert_eq!(dns.settings.listen, "0.0.0.0:53".parse().unwrap());
+        assert_eq!(dns.zone.apex, "hf-mirror.eu");
+        assert_eq!(dns.zone.nodes.len(), 4);
+        assert!(dns.zone.nodes.iter().all(|node| node.ipv4.is_some()));
+        let overrides = Overrides { dns_listen: Some("127.0.0.1:5353".into()), ..Overrides::default() };
+        let config = resolve(Some((&topology, "topology.toml")), Some("waw1"), &overrides).unwrap();
+        assert_eq!(config.dns.unwrap().settings.listen, "127.0.0.1:5353".parse().unwrap());
+
+        let broken = |edit: &dyn Fn(&mut TopologyFile)| {
+            let mut copy = topology.clone();
+            edit(&mut copy);
+            resolve(Some((&copy, "t")), Some("fra1"), &Overrides::default()).unwrap_err().field
+        };
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().prefixes[0].prefix = "10.0.0.0/99".into()), "dns.prefixes[0].prefix");
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().prefixes[0].node = Some("lon1".into())), "dns.prefixes[0].node");
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().prefixes[0].latitude = Some(91.0)), "dns.prefixes[0].location");
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().fallback = vec!["lon1".into()]), "dns");
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().ttl = Some("soon".into())), "dns.ttl");
+        assert_eq!(broken(&|t| t.dns.as_mut().unwrap().listen = Some("53".into())), "dns.listen");
     }
 
     #[test]

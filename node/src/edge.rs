@@ -102,8 +102,14 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         Route::Status => Ok(json_response(&method, Bytes::from(status_json(&state.mirror)), CacheStatus::Hit, HeaderMap::new())),
         Route::Drain => {
             require_method(&method, &[Method::POST])?;
-            let from_loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|info| info.0.ip().is_loopback());
-            if !from_loopback {
+            // The node's own host: loopback, or the address the node listens on (a node bound to one
+            // address, e.g. in its own network namespace, is asked from that address).
+            let own_address = state.mirror.config().listen.ip();
+            let from_own_host = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|info| info.0.ip().is_loopback() || (!own_address.is_unspecified() && info.0.ip() == own_address));
+            if !from_own_host {
                 return Err(HubError::new(
                     StatusCode::FORBIDDEN,
                     "Forbidden",

@@ -127,6 +127,9 @@ struct ServeArgs {
     /// Entries per page of tree listings.
     #[arg(long, env = "HF_MIRROR_TREE_PAGE_SIZE")]
     tree_page_size: Option<String>,
+    /// The UDP and TCP address of the node's DNS server (cluster with a `[dns]` section only).
+    #[arg(long, env = "HF_MIRROR_DNS_LISTEN")]
+    dns_listen: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -178,6 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Bind addresses of the cluster plane come from the topology only.
         peer_listen: None,
         gossip_listen: None,
+        dns_listen: args.dns_listen,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = match handed_over.http {

@@ -53,8 +53,8 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Runs one node on an already-bound listener until `shutdown` is cancelled.
 ///
-/// Prints `node NAME http://ADDR` on standard output once it accepts connections; scripts and the
-/// test harnesses wait for that line.
+/// Prints `node NAME http://ADDR` on standard output once it accepts connections (after
+/// `dns NAME ADDR:PORT` when it serves DNS); scripts and the test harnesses wait for that line.
 ///
 /// `peer_socket` is the QUIC peer endpoint's socket when it was handed over (see [`crate::sockets`]).
 pub async fn run(
@@ -135,9 +135,24 @@ pub async fn run(
     });
     let app = edge::router(mirror);
 
+    // Every node answers DNS for the zone, from the membership it sees.
+    let dns_server = match (&config.dns, &membership) {
+        (Some(dns), Some(membership)) => {
+            let zone = Arc::new(hfm_dns::Zone::new(&dns.zone).context("building the DNS zone")?);
+            let server = hfm_dns::DnsServer::start(zone, membership.view(), &dns.settings)
+                .await
+                .with_context(|| format!("starting the DNS server on {}", dns.settings.listen))?;
+            Some(server)
+        }
+        _ => None,
+    };
+
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
     {
         let mut stdout = std::io::stdout().lock();
+        if let Some(dns_server) = &dns_server {
+            writeln!(stdout, "dns {} {}", config.name, dns_server.local_addr())?;
+        }
         writeln!(stdout, "node {} http://{local_address}", config.name)?;
         stdout.flush()?;
     }
@@ -203,6 +218,9 @@ pub async fn run(
             info!(successor, "handed catalog leadership over");
         }
         raft_catalog.shutdown().await;
+    }
+    if let Some(dns_server) = dns_server {
+        dns_server.shutdown().await;
     }
     // Replica copies stop before the peer endpoint they read from.
     replicas_shutdown.cancel();

@@ -36,6 +36,7 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 const HTTP_PORT: u16 = 8080;
 const PEER_PORT: u16 = 7443;
 const GOSSIP_PORT: u16 = 7946;
+const DNS_PORT: u16 = 5353;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository root.
@@ -148,6 +149,7 @@ impl Cluster {
                     http: SocketAddr::from((ip, HTTP_PORT)),
                     peer: SocketAddr::from((ip, PEER_PORT)),
                     gossip: SocketAddr::from((ip, GOSSIP_PORT)),
+                    dns: SocketAddr::from((ip, DNS_PORT)),
                 }
             })
             .collect();
@@ -305,6 +307,42 @@ impl Cluster {
             .as_array()
             .map(|holders| holders.iter().filter_map(|name| name.as_str().map(str::to_owned)).collect())
             .unwrap_or_default())
+    }
+
+    /// `hf-mirror drain` run on the node's own host (inside its namespace).
+    pub async fn drain(&self, index: usize) -> anyhow::Result<()> {
+        let url = self.nodes[index].url.clone();
+        let mut command = match self.net.namespace(index) {
+            Some(namespace) => {
+                let mut command = tokio::process::Command::new("ip");
+                command.args(["netns", "exec", &namespace]).arg(&self.binary);
+                command
+            }
+            None => tokio::process::Command::new(&self.binary),
+        };
+        let output = command.args(["drain", "--url", &url]).output().await?;
+        if !output.status.success() {
+            bail!("drain of {} failed: {}", self.nodes[index].name, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    /// The addresses node `index`'s DNS server answers for `name` (type A), with `dig`.
+    pub async fn dns_answers(&self, index: usize, name: &str) -> anyhow::Result<Vec<String>> {
+        let address = self.nodes[index].addresses.dns;
+        let output = tokio::process::Command::new("dig")
+            .args([format!("@{}", address.ip()), "-p".into(), address.port().to_string()])
+            .args(["+short", "+tries=1", "+time=1", name, "A"])
+            .output()
+            .await
+            .context("dig is missing (apt-get install bind9-dnsutils)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if text.contains("timed out") || text.contains("no servers") {
+            bail!("{} did not answer DNS", self.nodes[index].name);
+        }
+        let mut answers: Vec<String> = text.lines().map(str::to_owned).filter(|line| !line.is_empty()).collect();
+        answers.sort();
+        Ok(answers)
     }
 
     /// A node's `/_hfm/status`.

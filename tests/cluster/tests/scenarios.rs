@@ -407,6 +407,64 @@ async fn scenario_6_a_corrupted_blob_on_one_node_is_detected_and_refilled_from_a
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_8_dns_answers_follow_membership_kill_restart_and_drain() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let ip = |index: usize| cluster.net.node_ip(index).to_string();
+    let all: Vec<String> = {
+        let mut all: Vec<String> = (0..4).map(ip).collect();
+        all.sort();
+        all
+    };
+    for node in 0..4 {
+        assert_eq!(cluster.dns_answers(node, "www.hf-mirror.eu").await?, all, "every node answers every ready node");
+    }
+    let victim = 3;
+    let others = [0, 1, 2];
+    let victim_ip = ip(victim);
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    wait_until("no node answers the dead node", Duration::from_secs(20), || async {
+        let mut gone = true;
+        for node in others {
+            gone &= cluster
+                .dns_answers(node, "www.hf-mirror.eu")
+                .await
+                .is_ok_and(|answers| !answers.contains(&victim_ip) && answers.len() == 3);
+        }
+        gone
+    })
+    .await?;
+    println!("measure: a killed node left every DNS answer after {} ms", killed_at.elapsed().as_millis());
+    // Its own name stays: operators and the rollout need it.
+    assert_eq!(cluster.dns_answers(0, &format!("{}.hf-mirror.eu", cluster.nodes[victim].name)).await?, [victim_ip.clone()]);
+
+    cluster.restart(victim).await?;
+    wait_until("the restarted node is answered again", Duration::from_secs(30), || async {
+        let mut back = true;
+        for node in 0..4 {
+            back &= cluster.dns_answers(node, "www.hf-mirror.eu").await.is_ok_and(|answers| answers == all);
+        }
+        back
+    })
+    .await?;
+
+    // Draining takes the node out of the answers while it still runs and serves.
+    cluster.drain(victim).await?;
+    wait_until("the drained node leaves the answers", Duration::from_secs(20), || async {
+        let mut gone = true;
+        for node in 0..4 {
+            gone &= cluster.dns_answers(node, "www.hf-mirror.eu").await.is_ok_and(|answers| !answers.contains(&victim_ip));
+        }
+        gone
+    })
+    .await?;
+    assert!(cluster.nodes[victim].is_running());
+    assert_eq!(cluster.get(victim, "/healthz").await?.status, 200, "a drained node still answers while it drains");
+    Ok(())
+}
+
 /// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
 /// release binary). Prints the time to stream one big blob from local disk and through a peer fill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
