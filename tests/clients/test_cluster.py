@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(HUB_VERSION < (2, 0, 0), reason="the cluster sui
 
 LFS = "/org/model/resolve/main/model.safetensors"
 NODE_LINE = re.compile(r"^node (\S+) (http://\S+)$")
+DNS_LINE = re.compile(r"^dns (\S+) (\S+:\d+)$")
 
 
 class Cluster:
@@ -94,6 +95,14 @@ def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
     for url in cluster.nodes.values():
         r = http_request(url, "HEAD", "/org/model/resolve/main/config.json")
         assert r.status == 200 and r.header("X-Repo-Commit") == fake_hub.sha()
+    # Each node's DNS server, printed beside its node line, answers the zone (with the real dig).
+    dns = {m.group(1): m.group(2) for m in map(DNS_LINE.match, cluster.out.read_text().splitlines()) if m}
+    assert sorted(dns) == sorted(cluster.nodes)
+    for name, address in dns.items():
+        host, port = address.rsplit(":", 1)
+        out = subprocess.run(["dig", f"@{host}", "-p", port, "+short", "+tries=2", f"{name}.hf-mirror.eu", "A"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+        assert out == ["127.0.0.1"], (name, out)
 
 
 def test_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once(cluster, fake_hub):
