@@ -388,6 +388,98 @@ pub(crate) mod tests {
         assert_eq!(zone.answer(&lower("eu."), RecordType::A, None, &live), Answer::Refused);
     }
 
+    /// Writes a minimal MaxMind DB (format 2.0, IPv4 tree, 24-bit records) with one network whose
+    /// record is `{location: {latitude, longitude}}`, as GeoLite2-City has it.
+    fn write_mmdb(path: &std::path::Path, network: Ipv4Addr, prefix_length: u8, latitude: f64, longitude: f64) {
+        fn control(kind: u8, size: usize, out: &mut Vec<u8>) {
+            assert!(size < 29);
+            if kind <= 7 {
+                out.push((kind << 5) | size as u8);
+            } else {
+                out.push(size as u8);
+                out.push(kind - 7);
+            }
+        }
+        fn string(text: &str, out: &mut Vec<u8>) {
+            control(2, text.len(), out);
+            out.extend_from_slice(text.as_bytes());
+        }
+        fn double(value: f64, out: &mut Vec<u8>) {
+            control(3, 8, out);
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        fn unsigned(kind: u8, value: u64, width: usize, out: &mut Vec<u8>) {
+            control(kind, width, out);
+            out.extend_from_slice(&value.to_be_bytes()[8 - width..]);
+        }
+        let node_count = u32::from(prefix_length);
+        let bits = u32::from(network);
+        let mut tree = Vec::new();
+        for depth in 0..node_count {
+            let bit = (bits >> (31 - depth)) & 1;
+            // Following the network's bit leads on (or to the data, at offset 0); the other side has nothing.
+            let onward = if depth + 1 == node_count { node_count + 16 } else { depth + 1 };
+            let (left, right) = if bit == 0 { (onward, node_count) } else { (node_count, onward) };
+            for record in [left, right] {
+                tree.extend_from_slice(&record.to_be_bytes()[1..]);
+            }
+        }
+        let mut data = Vec::new();
+        control(7, 1, &mut data);
+        string("location", &mut data);
+        control(7, 2, &mut data);
+        string("latitude", &mut data);
+        double(latitude, &mut data);
+        string("longitude", &mut data);
+        double(longitude, &mut data);
+        let mut metadata = b"\xAB\xCD\xEFMaxMind.com".to_vec();
+        control(7, 9, &mut metadata);
+        string("binary_format_major_version", &mut metadata);
+        unsigned(5, 2, 2, &mut metadata);
+        string("binary_format_minor_version", &mut metadata);
+        unsigned(5, 0, 2, &mut metadata);
+        string("build_epoch", &mut metadata);
+        unsigned(9, 1_700_000_000, 8, &mut metadata);
+        string("database_type", &mut metadata);
+        string("GeoLite2-City", &mut metadata);
+        string("description", &mut metadata);
+        control(7, 0, &mut metadata);
+        string("ip_version", &mut metadata);
+        unsigned(5, 4, 2, &mut metadata);
+        string("languages", &mut metadata);
+        control(11, 0, &mut metadata);
+        string("node_count", &mut metadata);
+        unsigned(6, u64::from(node_count), 4, &mut metadata);
+        string("record_size", &mut metadata);
+        unsigned(5, 24, 2, &mut metadata);
+        let mut file = tree;
+        file.extend_from_slice(&[0; 16]);
+        file.extend_from_slice(&data);
+        file.extend_from_slice(&metadata);
+        std::fs::write(path, file).unwrap();
+    }
+
+    #[test]
+    fn a_geoip_database_locates_clients_the_prefix_table_does_not_know() {
+        let directory = std::env::temp_dir().join(format!("hfm-dns-geoip-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("City.mmdb");
+        // 203.0.113.0/24 is in Stockholm according to the database.
+        write_mmdb(&path, Ipv4Addr::new(203, 0, 113, 0), 24, 59.3, 18.1);
+        let mut config = test_config();
+        config.geoip_database = Some(path.clone());
+        let zone = Zone::new(&config).unwrap();
+        let place = zone.locate("203.0.113.77".parse().unwrap()).expect("located by the database");
+        assert_eq!(place.prefix_length, 24);
+        assert!((place.location.latitude - 59.3).abs() < 1e-9);
+        let answer = zone.answer(&lower("rsync.hf-mirror.eu."), RecordType::A, Some("203.0.113.77".parse().unwrap()), &|_: &str| true);
+        assert_eq!(addresses(&answer), ["192.0.2.4"]);
+        assert!(zone.locate("198.51.100.1".parse().unwrap()).is_none(), "outside the database's networks");
+        // The operator's table still wins over the database.
+        assert_eq!(zone.locate("10.1.0.1".parse().unwrap()).unwrap().prefix_length, 16);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
     #[test]
     fn configuration_errors_name_what_is_wrong() {
         let mut config = test_config();
