@@ -206,9 +206,24 @@ impl DnsServer {
     /// Binds UDP and TCP on `settings.listen` (the same port for both: with port 0, the UDP port the
     /// system picks is then bound for TCP too) and starts answering.
     pub async fn start(zone: Arc<Zone>, view: watch::Receiver<ClusterView>, settings: &DnsSettings) -> std::io::Result<DnsServer> {
-        let udp = tokio::net::UdpSocket::bind(settings.listen).await?;
+        let udp = std::net::UdpSocket::bind(settings.listen)?;
+        let tcp = std::net::TcpListener::bind(udp.local_addr()?)?;
+        DnsServer::start_on(zone, view, settings, udp, tcp)
+    }
+
+    /// Starts answering on sockets bound before (handed over by a supervisor or a test harness).
+    pub fn start_on(
+        zone: Arc<Zone>,
+        view: watch::Receiver<ClusterView>,
+        settings: &DnsSettings,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> std::io::Result<DnsServer> {
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
         let local_addr = udp.local_addr()?;
-        let tcp = tokio::net::TcpListener::bind(local_addr).await?;
         let mut server = hickory_server::Server::new(GeoHandler::new(zone.clone(), view, settings.rate_limit, settings.slip));
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, usize::from(u16::MAX));

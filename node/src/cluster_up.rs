@@ -176,17 +176,21 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         info!(certs_dir = %certs_dir.display(), "made the cluster CA and node certificates");
     }
     let local_path = data_dir.join("topology.local.toml");
-    // The HTTP and peer sockets are bound here and handed to the nodes (no port can be taken by
+    // The HTTP, peer and DNS sockets are bound here and handed to the nodes (no port can be taken by
     // someone else between choosing and binding).
     let mut sockets = Vec::new();
     for _ in &names {
         let any_port = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
-        sockets.push(ChildSockets::bind(any_port, any_port)?);
+        sockets.push(ChildSockets::bind(any_port, any_port, topology.dns.is_some().then_some(any_port))?);
     }
     let mut addresses = Vec::new();
     for sockets in &sockets {
         let gossip = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_udp_port()?));
-        let dns = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_udp_port()?));
+        // Without a [dns] section the address is written but never bound.
+        let dns = match &sockets.dns {
+            Some(dns) => dns.udp.local_addr()?,
+            None => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        };
         addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns });
     }
     std::fs::write(&local_path, local_topology(&topology, &data_dir, &certs_dir, &addresses)?)?;

@@ -60,6 +60,21 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     response
 }
 
+/// Operator actions (drain, pins) are taken only from the node's own host: loopback, or the address
+/// the node listens on (a node bound to one address, e.g. in its own network namespace, is asked from
+/// that address).
+fn require_own_host(state: &EdgeState, request: &Request, action: &str) -> Result<(), HubError> {
+    let own_address = state.mirror.config().listen.ip();
+    let from_own_host = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|info| info.0.ip().is_loopback() || (!own_address.is_unspecified() && info.0.ip() == own_address));
+    if from_own_host {
+        return Ok(());
+    }
+    Err(HubError::new(StatusCode::FORBIDDEN, "Forbidden", format!("{action} is for the node's own operators"), ErrorSource::Client))
+}
+
 fn require_method(method: &Method, allowed: &[Method]) -> Result<(), HubError> {
     if allowed.contains(method) { Ok(()) } else { Err(HubError::method_not_allowed()) }
 }
@@ -102,22 +117,30 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         Route::Status => Ok(json_response(&method, Bytes::from(status_json(&state.mirror)), CacheStatus::Hit, HeaderMap::new())),
         Route::Drain => {
             require_method(&method, &[Method::POST])?;
-            // The node's own host: loopback, or the address the node listens on (a node bound to one
-            // address, e.g. in its own network namespace, is asked from that address).
-            let own_address = state.mirror.config().listen.ip();
-            let from_own_host = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|info| info.0.ip().is_loopback() || (!own_address.is_unspecified() && info.0.ip() == own_address));
-            if !from_own_host {
-                return Err(HubError::new(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    "Draining is for the node's own operators",
-                    ErrorSource::Client,
-                ));
-            }
+            require_own_host(state, &request, "Draining")?;
             Ok(json_response(&method, Bytes::from(drain(&state.mirror).await), CacheStatus::Hit, HeaderMap::new()))
+        }
+        Route::Pins => {
+            require_method(&method, &[Method::GET, Method::HEAD, Method::POST, Method::DELETE])?;
+            let mirror = &state.mirror;
+            let answer = if method == Method::GET || method == Method::HEAD {
+                crate::pins::pins_status(mirror).await?
+            } else {
+                require_own_host(state, &request, "Pinning")?;
+                let (repo, revision) = crate::pins::pin_target(request.uri().query().unwrap_or(""))?;
+                record_span(&repo, Some(&revision), None);
+                if method == Method::POST {
+                    crate::pins::pin(mirror, &repo, &revision).await?
+                } else {
+                    crate::pins::unpin(mirror, &repo).await?
+                }
+            };
+            Ok(json_response(
+                &method,
+                Bytes::from(serde_json::to_vec_pretty(&answer).unwrap_or_default()),
+                CacheStatus::Hit,
+                HeaderMap::new(),
+            ))
         }
         Route::Replicas { etag } => {
             require_method(&method, &reads)?;
@@ -178,7 +201,7 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
 async fn drain(mirror: &Mirror) -> Vec<u8> {
     const FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
     if let Some(cluster) = mirror.cluster() {
-        cluster.state().set_draining(true).await;
+        cluster.start_draining().await;
     }
     let handed_to = match mirror.raft() {
         Some(raft) => {

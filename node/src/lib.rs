@@ -25,6 +25,7 @@ pub mod edge;
 pub mod hub;
 pub mod mirror;
 pub mod peers;
+pub mod pins;
 pub mod replicas;
 pub mod serve;
 pub mod singleflight;

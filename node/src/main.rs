@@ -42,6 +42,30 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
         url: String,
     },
+    /// Pins a repository at a revision and fills every file onto every node (kept, never evicted),
+    /// showing progress until done. Safe to interrupt and re-run. Run on a node (loopback).
+    Mirror {
+        /// The repository, ORG/NAME.
+        #[arg(long)]
+        repo: String,
+        #[arg(long = "type", default_value = "model", value_parser = ["model", "dataset"])]
+        repo_type: String,
+        /// A branch (followed), a tag or a commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Removes the pin instead.
+        #[arg(long)]
+        unpin: bool,
+        /// The node to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        url: String,
+    },
+    /// Lists the pins with their commit and how complete each node is.
+    Pins {
+        /// The node to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        url: String,
+    },
     /// Cluster operations: certificates, a local four-node try-out.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -133,8 +157,8 @@ struct ServeArgs {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -193,7 +217,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    hfm_node::serve::run(node_config, listener, handed_over.peer, shutdown).await
+    hfm_node::serve::run(node_config, listener, handed_over.peer, handed_over.dns, shutdown).await
 }
 
 fn main() -> std::process::ExitCode {
@@ -212,6 +236,10 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(command) => cluster(command).await,
             Command::Status { url } => hfm_node::status::print_status(&url).await,
             Command::Drain { url } => hfm_node::status::drain(&url).await,
+            Command::Mirror { repo, repo_type, revision, unpin, url } => {
+                hfm_node::pins::mirror_command(&url, &repo, &repo_type, &revision, unpin).await
+            }
+            Command::Pins { url } => hfm_node::pins::print_pins(&url).await,
         }
     });
     match result {

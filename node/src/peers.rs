@@ -34,6 +34,8 @@ pub struct ClusterFill {
     placement: Placement,
     self_name: String,
     addresses: HashMap<String, PeerAddress>,
+    /// Set once `drain` starts: the node leads no new fills.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterFill {
@@ -62,7 +64,15 @@ impl ClusterFill {
         let placement =
             Placement::new(config.peers.iter().map(|peer| WeightedNode { name: peer.name.clone(), weight: peer.weight }).collect())?;
         info!(node = self_name, peer_address = %endpoint.local_addr()?, peers = config.peers.len(), "peer endpoint ready");
-        Ok(ClusterFill { endpoint, view, state, placement, self_name: self_name.to_owned(), addresses })
+        Ok(ClusterFill {
+            endpoint,
+            view,
+            state,
+            placement,
+            self_name: self_name.to_owned(),
+            addresses,
+            draining: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     pub fn endpoint(&self) -> &PeerEndpoint {
@@ -80,9 +90,20 @@ impl ClusterFill {
         self.addresses.get(leader).cloned()
     }
 
-    /// This node's gossip state, to announce draining.
+    /// This node's gossip state.
     pub fn state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// Starts draining: announced in gossip (peers stop choosing this node), and from now on the
+    /// node leads no new fill for a peer, even one whose view still lags.
+    pub async fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.set_draining(true).await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The latest gossip view of the cluster.
@@ -279,6 +300,10 @@ impl LocalBlobs for PeerService {
             if fill.size == size {
                 return PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) };
             }
+        }
+        // A draining node hands out what it has but starts nothing new: the asker's view of it lags.
+        if self.mirror.cluster().is_some_and(|cluster| cluster.is_draining()) {
+            return PeerOpen::NotHere;
         }
         if !is_acceptable_origin(origin) {
             warn!(etag = %request.etag, "a peer asked for an unacceptable origin");

@@ -50,6 +50,14 @@ pub struct ReplicaOffer {
     pub holder: String,
 }
 
+/// What nodes tell each other through the `replica` service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReplicaMessage {
+    Offer(ReplicaOffer),
+    /// "The pins changed: reconcile now rather than at your next round."
+    Reconcile,
+}
+
 /// Counters for `status`.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ReplicaCounters {
@@ -77,6 +85,8 @@ struct Inner {
     copying: Mutex<HashSet<String>>,
     counters: Mutex<ReplicaCounters>,
     tasks: TaskTracker,
+    /// Wakes the keeper for a reconciliation round before its interval is up.
+    wake: tokio::sync::Notify,
 }
 
 /// A pinned file: where its bytes come from when nobody holds it.
@@ -106,6 +116,7 @@ impl Replicas {
                 copying: Mutex::new(HashSet::new()),
                 counters: Mutex::new(ReplicaCounters::default()),
                 tasks: TaskTracker::new(),
+                wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -137,6 +148,10 @@ impl Replicas {
                         keeper.reconcile(&shutdown).await;
                         next_round = tokio::time::Instant::now() + keeper.inner.interval;
                     }
+                    () = keeper.inner.wake.notified() => {
+                        keeper.reconcile(&shutdown).await;
+                        next_round = tokio::time::Instant::now() + keeper.inner.interval;
+                    }
                 }
             }
             keeper.inner.tasks.close();
@@ -162,6 +177,27 @@ impl Replicas {
         }
     }
 
+    /// Runs a reconciliation round here soon.
+    pub fn kick(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs a reconciliation round on every node now (after a pin changed); a node that cannot be
+    /// reached catches up at its next round.
+    pub async fn reconcile_everywhere(&self) {
+        self.kick();
+        let Ok(body) = serde_json::to_vec(&ReplicaMessage::Reconcile) else { return };
+        for name in self.inner.cluster.topology_names() {
+            if name == self.self_name() {
+                continue;
+            }
+            let Some(address) = self.inner.cluster.peer_address(&name) else { continue };
+            if let Err(error) = self.inner.cluster.endpoint().call(&address, REPLICA_SERVICE, body.clone(), OFFER_TIMEOUT).await {
+                debug!(node = %name, %error, "cannot ask for a reconciliation now");
+            }
+        }
+    }
+
     /// Tells the placement's other replicas of `etag` that this node holds it.
     async fn offer(&self, etag: &str, size: u64) {
         let holders = match self.inner.catalog.get_replicas(etag).await {
@@ -169,7 +205,7 @@ impl Replicas {
             Err(_) => ReplicaRecord::default(),
         };
         let offer = ReplicaOffer { etag: etag.to_owned(), size, holder: self.self_name().to_owned() };
-        let Ok(body) = serde_json::to_vec(&offer) else { return };
+        let Ok(body) = serde_json::to_vec(&ReplicaMessage::Offer(offer)) else { return };
         for target in self.inner.cluster.replica_targets(etag, self.inner.replicas) {
             if target == self.self_name() || holders.holds(&target) {
                 continue;
@@ -331,7 +367,8 @@ impl Replicas {
     }
 }
 
-/// The `replica` peer service: offers from peers that stored a blob this node should hold.
+/// The `replica` peer service: offers from peers that stored a blob this node should hold, and
+/// requests to reconcile now.
 pub struct ReplicaService {
     replicas: Replicas,
 }
@@ -345,8 +382,11 @@ impl ReplicaService {
 #[async_trait::async_trait]
 impl hfm_cluster::peer::RpcHandler for ReplicaService {
     async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
-        let offer: ReplicaOffer = serde_json::from_slice(&request).map_err(|error| format!("undecodable replica offer: {error}"))?;
-        self.replicas.accept_offer(offer).await?;
+        let message: ReplicaMessage = serde_json::from_slice(&request).map_err(|error| format!("undecodable replica message: {error}"))?;
+        match message {
+            ReplicaMessage::Offer(offer) => self.replicas.accept_offer(offer).await?,
+            ReplicaMessage::Reconcile => self.replicas.kick(),
+        }
         Ok(Vec::new())
     }
 }

@@ -48,6 +48,19 @@ async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address
     Ok(membership)
 }
 
+/// The SOA serial for this start: the start time in seconds, but always above the last one used
+/// (kept in the data directory), so it never goes backwards even if the clock does.
+fn next_zone_serial(data_dir: &std::path::Path, now: u32) -> anyhow::Result<u32> {
+    let path = data_dir.join("dns-serial");
+    let last: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
+    let serial = match last {
+        Some(last) if last >= now => last.wrapping_add(1).max(1),
+        _ => now,
+    };
+    std::fs::write(&path, format!("{serial}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(serial)
+}
+
 /// How long in-flight requests may run after shutdown starts before they are cut.
 const GRACE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -56,11 +69,13 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// Prints `node NAME http://ADDR` on standard output once it accepts connections (after
 /// `dns NAME ADDR:PORT` when it serves DNS); scripts and the test harnesses wait for that line.
 ///
-/// `peer_socket` is the QUIC peer endpoint's socket when it was handed over (see [`crate::sockets`]).
+/// `peer_socket` and `dns_sockets` are the QUIC peer endpoint's socket and the DNS server's pair when
+/// they were handed over (see [`crate::sockets`]).
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
     peer_socket: Option<std::net::UdpSocket>,
+    dns_sockets: Option<crate::sockets::DnsSockets>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
@@ -138,10 +153,14 @@ pub async fn run(
     // Every node answers DNS for the zone, from the membership it sees.
     let dns_server = match (&config.dns, &membership) {
         (Some(dns), Some(membership)) => {
-            let zone = Arc::new(hfm_dns::Zone::new(&dns.zone).context("building the DNS zone")?);
-            let server = hfm_dns::DnsServer::start(zone, membership.view(), &dns.settings)
-                .await
-                .with_context(|| format!("starting the DNS server on {}", dns.settings.listen))?;
+            let mut zone_config = dns.zone.clone();
+            zone_config.serial = next_zone_serial(&config.data_dir, zone_config.serial)?;
+            let zone = Arc::new(hfm_dns::Zone::new(&zone_config).context("building the DNS zone")?);
+            let started = match dns_sockets {
+                Some(sockets) => hfm_dns::DnsServer::start_on(zone, membership.view(), &dns.settings, sockets.udp, sockets.tcp),
+                None => hfm_dns::DnsServer::start(zone, membership.view(), &dns.settings).await,
+            };
+            let server = started.with_context(|| format!("starting the DNS server on {}", dns.settings.listen))?;
             Some(server)
         }
         _ => None,

@@ -56,6 +56,9 @@ pub enum Route {
     /// `POST`: takes the node out of placement and DNS, hands over catalog leadership and waits for
     /// its fills (`hf-mirror drain`); loopback callers only.
     Drain,
+    /// `/_hfm/pins`: the pins (GET), pin (POST) or unpin (DELETE) a repository; changes from the
+    /// node's own host only.
+    Pins,
     /// `/_hfm/replicas/{etag}`: which nodes the catalog says hold a blob.
     Replicas { etag: String },
 }
@@ -170,6 +173,9 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     }
     if rest == "_hfm/drain" {
         return Ok(Route::Drain);
+    }
+    if rest == "_hfm/pins" {
+        return Ok(Route::Pins);
     }
     if let Some(etag) = rest.strip_prefix("_hfm/replicas/") {
         return Ok(Route::Replicas { etag: etag.to_owned() });

@@ -199,8 +199,8 @@ impl Cluster {
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &self.nodes[index];
-        let (http, peer) = (node.addresses.http, node.addresses.peer);
-        let sockets = self.net.run_in(index, move || ChildSockets::bind(http, peer))?;
+        let (http, peer, dns) = (node.addresses.http, node.addresses.peer, node.addresses.dns);
+        let sockets = self.net.run_in(index, move || ChildSockets::bind(http, peer, Some(dns)))?;
         let stdout = self.dir.path().join(format!("{}.stdout", node.name));
         let log = OpenOptions::new().create(true).append(true).open(&node.log)?;
         let mut command = match self.net.namespace(index) {
@@ -312,6 +312,12 @@ impl Cluster {
     /// `hf-mirror drain` run on the node's own host (inside its namespace).
     pub async fn drain(&self, index: usize) -> anyhow::Result<()> {
         let url = self.nodes[index].url.clone();
+        self.run_on(index, &["drain", "--url", &url]).await.map(|_| ())
+    }
+
+    /// Runs an `hf-mirror` subcommand on node `index`'s own host (inside its namespace); returns its
+    /// standard output, or an error with its standard error.
+    pub async fn run_on(&self, index: usize, args: &[&str]) -> anyhow::Result<String> {
         let mut command = match self.net.namespace(index) {
             Some(namespace) => {
                 let mut command = tokio::process::Command::new("ip");
@@ -320,11 +326,11 @@ impl Cluster {
             }
             None => tokio::process::Command::new(&self.binary),
         };
-        let output = command.args(["drain", "--url", &url]).output().await?;
+        let output = command.args(args).output().await?;
         if !output.status.success() {
-            bail!("drain of {} failed: {}", self.nodes[index].name, String::from_utf8_lossy(&output.stderr));
+            bail!("hf-mirror {} on {} failed: {}", args.join(" "), self.nodes[index].name, String::from_utf8_lossy(&output.stderr));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The addresses node `index`'s DNS server answers for `name` (type A), with `dig`.

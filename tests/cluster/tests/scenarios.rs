@@ -465,6 +465,35 @@ async fn scenario_8_dns_answers_follow_membership_kill_restart_and_drain() -> an
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let files = cluster.hub.files("org/model", "main").await?;
+    let url = cluster.nodes[0].url.clone();
+    cluster.hub.reset().await?;
+    // `hf-mirror mirror` returns once every live node holds every file.
+    let output = cluster.run_on(0, &["mirror", "--repo", "org/model", "--url", &url]).await?;
+    assert!(output.contains("is on every live node"), "{output}");
+    for node in 0..4 {
+        for file in &files {
+            assert!(cluster.holds(node, &file.etag), "{} lacks {}", cluster.nodes[node].name, file.path);
+        }
+    }
+    for file in files.iter().filter(|file| file.etag.len() == 64) {
+        assert_eq!(cluster.hub.cdn_gets(&file.etag).await?, 1, "{}: one upstream fetch for four copies", file.path);
+    }
+    let listing = cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await?;
+    assert!(listing.contains("model org/model@main") && listing.matches("complete").count() == 4, "{listing}");
+    // Pinning from another host is refused; unpinning from the node works.
+    let refused = cluster.client.post(format!("{url}/_hfm/pins?repo=org/model")).send().await?;
+    assert_eq!(refused.status(), 403);
+    cluster.run_on(0, &["mirror", "--repo", "org/model", "--unpin", "--url", &url]).await?;
+    assert!(cluster.run_on(0, &["pins", "--url", &url]).await?.contains("no pins"));
+    cluster.verify_disks()?;
+    Ok(())
+}
+
 /// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
 /// release binary). Prints the time to stream one big blob from local disk and through a peer fill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,295 @@
+//! Pins: repositories kept whole on every node at one revision (for rsync users and downstream
+//! mirrors). A pin is a catalog record; every node's replica keeper fills the pinned files and never
+//! evicts them (see [`crate::replicas`]). This module is the node's side of `/_hfm/pins` and the
+//! `hf-mirror mirror` / `hf-mirror pins` commands that drive it.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hfm_cluster::catalog::{EntryKind, PinRecord};
+use hfm_cluster::types::{RepoKey, RepoType};
+use serde_json::{Value, json};
+
+use crate::hub::HubError;
+use crate::mirror::{Access, Mirror, now_ms};
+use crate::store::is_valid_etag;
+
+/// Pins `repo` at `revision`: checks it may be stored, resolves the revision to a commit, records the
+/// commit's manifest and the pin, and asks every node to start filling.
+pub async fn pin(mirror: &Mirror, repo: &RepoKey, revision: &str) -> Result<Value, HubError> {
+    if mirror.replicas().is_none() {
+        return Err(HubError::new(
+            http::StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "Pins are kept by a cluster's replica keepers; this node runs alone",
+            crate::hub::error::ErrorSource::Client,
+        ));
+    }
+    let (access, _) = mirror.policy(repo).await?;
+    if access != Access::Cacheable {
+        return Err(HubError::new(
+            http::StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("{repo} is not public and ungated; only public repositories are mirrored"),
+            crate::hub::error::ErrorSource::Client,
+        ));
+    }
+    let (commit, _) = mirror.resolve_revision(repo, revision).await?;
+    let (manifest, _) = mirror.manifest(repo, &commit).await?;
+    let record = PinRecord { revision: revision.to_owned(), commit: commit.clone(), pinned_at_ms: now_ms() };
+    mirror.catalog().put_pin(repo, record).await.map_err(|error| catalog_unavailable(format!("cannot record the pin: {error}")))?;
+    if let Some(replicas) = mirror.replicas() {
+        replicas.reconcile_everywhere().await;
+    }
+    let files = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).count();
+    let bytes: u64 = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).map(|entry| entry.size).sum();
+    Ok(
+        json!({"repo": repo.repo_id, "type": repo.repo_type.as_str(), "revision": revision, "commit": commit, "files": files, "bytes": bytes}),
+    )
+}
+
+/// A pin change that the catalog cannot take now (no quorum): 503, try again.
+fn catalog_unavailable(message: String) -> HubError {
+    HubError::new(http::StatusCode::SERVICE_UNAVAILABLE, "CatalogUnavailable", message, crate::hub::error::ErrorSource::Internal)
+}
+
+/// Removes a pin; its files become ordinary cached blobs again.
+pub async fn unpin(mirror: &Mirror, repo: &RepoKey) -> Result<Value, HubError> {
+    mirror.catalog().remove_pin(repo).await.map_err(|error| catalog_unavailable(format!("cannot remove the pin: {error}")))?;
+    Ok(json!({"repo": repo.repo_id, "type": repo.repo_type.as_str(), "unpinned": true}))
+}
+
+/// Every pin with its commit and, per node, how many of its files (and bytes) the catalog records
+/// there.
+pub async fn pins_status(mirror: &Mirror) -> Result<Value, HubError> {
+    let catalog = mirror.catalog();
+    let pins = catalog.list_pins().await.map_err(HubError::internal)?;
+    let nodes: Vec<String> = match mirror.cluster() {
+        Some(cluster) => cluster.topology_names(),
+        None => vec![mirror.config().name.clone()],
+    };
+    let mut listed = Vec::new();
+    for (repo, pin) in pins {
+        let manifest = catalog.get_manifest(&repo, &pin.commit).await.map_err(HubError::internal)?;
+        let mut per_node: BTreeMap<String, (u64, u64)> = nodes.iter().map(|name| (name.clone(), (0, 0))).collect();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for entry in manifest.iter().flat_map(|manifest| manifest.entries()).filter(|entry| entry.kind == EntryKind::File) {
+            files += 1;
+            bytes += entry.size;
+            if !is_valid_etag(entry.etag()) {
+                continue;
+            }
+            let holders = match mirror.cluster() {
+                Some(_) => {
+                    catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default()
+                }
+                None => {
+                    if mirror.store().contains(entry.etag()) {
+                        vec![mirror.config().name.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            for holder in holders {
+                if let Some(count) = per_node.get_mut(&holder) {
+                    count.0 += 1;
+                    count.1 += entry.size;
+                }
+            }
+        }
+        let completeness: Value = per_node
+            .into_iter()
+            .map(|(node, (held_files, held_bytes))| {
+                (node, json!({"files": held_files, "bytes": held_bytes, "complete": manifest.is_some() && held_files == files}))
+            })
+            .collect::<serde_json::Map<String, Value>>()
+            .into();
+        listed.push(json!({
+            "repo": repo.repo_id, "type": repo.repo_type.as_str(), "revision": pin.revision, "commit": pin.commit,
+            "pinned_at_ms": pin.pinned_at_ms, "files": files, "bytes": bytes, "manifest_known": manifest.is_some(), "nodes": completeness,
+        }));
+    }
+    Ok(json!({ "pins": listed }))
+}
+
+/// Reads `type` and `repo` (and `revision`) from a pin request's query.
+pub fn pin_target(query: &str) -> Result<(RepoKey, String), HubError> {
+    let pairs = crate::hub::query::parse_pairs(query);
+    let get = |key: &str| pairs.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone());
+    let repo_id = get("repo").ok_or_else(|| HubError::bad_request("repo=ORG/NAME is required"))?;
+    let parts: Vec<&str> = repo_id.split('/').collect();
+    let well_formed =
+        |part: &str| !part.is_empty() && part.len() <= 96 && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if parts.len() != 2 || !parts.iter().all(|part| well_formed(part)) || parts.iter().any(|part| *part == "." || *part == "..") {
+        return Err(HubError::bad_request(format!("{repo_id:?} is not ORG/NAME")));
+    }
+    let repo_type = match get("type").as_deref().unwrap_or("model") {
+        "model" => RepoType::Model,
+        "dataset" => RepoType::Dataset,
+        other => return Err(HubError::bad_request(format!("type {other:?}: only models and datasets are mirrored"))),
+    };
+    let revision = get("revision").unwrap_or_else(|| "main".into());
+    if revision.is_empty() || revision.len() > 256 || revision.contains("..") {
+        return Err(HubError::bad_request("Invalid revision"));
+    }
+    Ok((RepoKey::new(repo_type, repo_id), revision))
+}
+
+fn admin_client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?)
+}
+
+async fn read_json(response: reqwest::Response, url: &str) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn human_bytes(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// `hf-mirror mirror`: pins a repository through a node and follows the fill until every live node
+/// holds every file (a progress bar on a terminal, plain lines otherwise). Interrupting it stops only
+/// the watching; the nodes go on, and running it again picks up where they are.
+pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &str, unpin_it: bool) -> anyhow::Result<()> {
+    let client = admin_client()?;
+    let base = url.trim_end_matches('/');
+    let query = format!("repo={}&type={}&revision={}", urlencode(repo), urlencode(repo_type), urlencode(revision));
+    if unpin_it {
+        let response = client.delete(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
+        read_json(response, url).await?;
+        println!("unpinned {repo_type} {repo}");
+        return Ok(());
+    }
+    let response = client.post(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
+    let pinned = read_json(response, url).await?;
+    let commit = pinned["commit"].as_str().unwrap_or("?").to_owned();
+    let (files, bytes) = (pinned["files"].as_u64().unwrap_or(0), pinned["bytes"].as_u64().unwrap_or(0));
+    println!("pinned {repo_type} {repo}@{revision} = {commit}: {files} files, {}", human_bytes(bytes as f64));
+    let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    loop {
+        let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await?, url).await?;
+        let live = live_nodes(&client, base).await.unwrap_or_default();
+        let pin = status["pins"]
+            .as_array()
+            .and_then(|pins| pins.iter().find(|pin| pin["repo"] == repo && pin["type"] == repo_type).cloned())
+            .context("the pin is gone (unpinned meanwhile?)")?;
+        let nodes = pin["nodes"].as_object().cloned().unwrap_or_default();
+        let watched: Vec<(&String, &Value)> = nodes.iter().filter(|(name, _)| live.is_empty() || live.contains(*name)).collect();
+        let held_bytes: u64 = watched.iter().map(|(_, node)| node["bytes"].as_u64().unwrap_or(0)).sum();
+        let wanted_bytes = bytes.saturating_mul(watched.len() as u64).max(1);
+        let complete = watched.iter().filter(|(_, node)| node["complete"] == true).count();
+        let elapsed = started.elapsed().as_secs_f64().max(0.001);
+        let rate = held_bytes as f64 / elapsed;
+        let eta = if rate > 0.0 { format!("{:.0}s", (wanted_bytes.saturating_sub(held_bytes)) as f64 / rate) } else { "?".into() };
+        let line = format!(
+            "{complete}/{} nodes complete, {} of {} ({:.0}%), {}/s, ETA {eta}",
+            watched.len(),
+            human_bytes(held_bytes as f64),
+            human_bytes(wanted_bytes as f64),
+            100.0 * held_bytes as f64 / wanted_bytes as f64,
+            human_bytes(rate)
+        );
+        let done = !watched.is_empty() && complete == watched.len();
+        if terminal {
+            print!("\r{line}\x1b[K");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+        } else if done || last_line.elapsed() >= Duration::from_secs(5) {
+            println!("{line}");
+            last_line = Instant::now();
+        }
+        if done {
+            if terminal {
+                println!();
+            }
+            println!("{repo_type} {repo}@{commit} is on every live node");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn live_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
+    let status = read_json(client.get(format!("{base}/_hfm/status")).send().await?, base).await?;
+    Ok(status["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter(|member| member["state"] == "live")
+                .filter_map(|member| member["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `hf-mirror pins`: every pin with its commit and per-node completeness.
+pub async fn print_pins(url: &str) -> anyhow::Result<()> {
+    let client = admin_client()?;
+    let base = url.trim_end_matches('/');
+    let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await.with_context(|| format!("asking {url}"))?, url).await?;
+    let pins = status["pins"].as_array().cloned().unwrap_or_default();
+    if pins.is_empty() {
+        println!("no pins");
+    }
+    for pin in pins {
+        println!(
+            "{} {}@{} = {} ({} files, {})",
+            pin["type"].as_str().unwrap_or("?"),
+            pin["repo"].as_str().unwrap_or("?"),
+            pin["revision"].as_str().unwrap_or("?"),
+            pin["commit"].as_str().unwrap_or("?"),
+            pin["files"].as_u64().unwrap_or(0),
+            human_bytes(pin["bytes"].as_u64().unwrap_or(0) as f64)
+        );
+        for (node, held) in pin["nodes"].as_object().into_iter().flatten() {
+            println!(
+                "  {node:<8} {:>6}/{} files  {}{}",
+                held["files"].as_u64().unwrap_or(0),
+                pin["files"].as_u64().unwrap_or(0),
+                human_bytes(held["bytes"].as_u64().unwrap_or(0) as f64),
+                if held["complete"] == true { "  complete" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_targets_are_parsed_strictly() {
+        let (repo, revision) = pin_target("repo=org%2Fmodel&type=dataset&revision=v1.0").unwrap();
+        assert_eq!((repo.repo_type, repo.repo_id.as_str(), revision.as_str()), (RepoType::Dataset, "org/model", "v1.0"));
+        assert_eq!(pin_target("repo=gpt2/x").unwrap().1, "main");
+        for hostile in
+            ["", "repo=", "repo=a", "repo=a/b/c", "repo=../x", "repo=a/..", "repo=a/b&type=space", "repo=a/b&revision=", "repo=a%00/b"]
+        {
+            assert!(pin_target(hostile).is_err(), "{hostile:?}");
+        }
+    }
+}
