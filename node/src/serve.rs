@@ -262,3 +262,15 @@ pub async fn run(
     info!(node = %config.name, "node stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_zone_serial_never_goes_backwards() {
+        let directory = tempfile::tempdir().unwrap();
+        assert_eq!(super::next_zone_serial(directory.path(), 1000).unwrap(), 1000);
+        assert_eq!(super::next_zone_serial(directory.path(), 1000).unwrap(), 1001, "same second: one more");
+        assert_eq!(super::next_zone_serial(directory.path(), 500).unwrap(), 1002, "the clock went back: still one more");
+        assert_eq!(super::next_zone_serial(directory.path(), 5000).unwrap(), 5000);
+    }
+}
