@@ -38,7 +38,7 @@ pub async fn pin(mirror: &Mirror, repo: &RepoKey, revision: &str) -> Result<Valu
     }
     let (commit, _) = mirror.resolve_revision(repo, revision).await?;
     let (manifest, _) = mirror.manifest(repo, &commit).await?;
-    let record = PinRecord { revision: revision.to_owned(), commit: commit.clone(), pinned_at_ms: now_ms() };
+    let record = PinRecord { revision: revision.to_owned(), commit: commit.clone(), pinned_at_ms: now_ms(), next_commit: None };
     mirror.catalog().put_pin(repo, record).await.map_err(|error| catalog_unavailable(format!("cannot record the pin: {error}")))?;
     if let Some(replicas) = mirror.replicas() {
         replicas.reconcile_everywhere().await;
@@ -109,10 +109,82 @@ pub async fn pins_status(mirror: &Mirror) -> Result<Value, HubError> {
             .into();
         listed.push(json!({
             "repo": repo.repo_id, "type": repo.repo_type.as_str(), "revision": pin.revision, "commit": pin.commit,
-            "pinned_at_ms": pin.pinned_at_ms, "files": files, "bytes": bytes, "manifest_known": manifest.is_some(), "nodes": completeness,
+            "pinned_at_ms": pin.pinned_at_ms, "next_commit": pin.next_commit, "files": files, "bytes": bytes, "manifest_known": manifest.is_some(), "nodes": completeness,
         }));
     }
     Ok(json!({ "pins": listed }))
+}
+
+/// Whether every file of `commit` is held by every serving node, by the catalog's replica records.
+async fn complete_everywhere(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<bool, HubError> {
+    let Some(cluster) = mirror.cluster() else { return Ok(false) };
+    let catalog = mirror.catalog();
+    let Some(manifest) = catalog.get_manifest(repo, commit).await.map_err(HubError::internal)? else { return Ok(false) };
+    let serving = cluster.serving_nodes();
+    for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File && is_valid_etag(entry.etag())) {
+        let holders =
+            catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default();
+        if !serving.iter().all(|node| holders.contains(node)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One round of following pinned branches: a branch that moved upstream gets its new commit as
+/// `next_commit` (filled everywhere by the replica keepers), and the pin switches to it once every
+/// serving node holds all of it. Run by the catalog leader only, so one node asks upstream.
+pub async fn follow_pinned_branches(mirror: &Mirror) -> Result<(), HubError> {
+    let Some(raft) = mirror.raft() else { return Ok(()) };
+    let status = raft.status();
+    if status.leader != Some(status.id) {
+        return Ok(());
+    }
+    let catalog = mirror.catalog();
+    for (repo, pin) in catalog.list_pins().await.map_err(HubError::internal)? {
+        if hfm_cluster::types::is_commit_sha(&pin.revision) {
+            continue;
+        }
+        let (latest, _) = mirror.resolve_revision(&repo, &pin.revision).await?;
+        let record = if latest == pin.commit {
+            if pin.next_commit.is_none() {
+                continue;
+            }
+            // The branch moved back: drop the half-filled commit.
+            PinRecord { next_commit: None, ..pin }
+        } else if pin.next_commit.as_deref() == Some(latest.as_str()) {
+            if !complete_everywhere(mirror, &repo, &latest).await? {
+                continue;
+            }
+            tracing::info!(%repo, revision = %pin.revision, from = %pin.commit, to = %latest, "pinned branch switched to its new commit");
+            PinRecord { commit: latest, next_commit: None, ..pin }
+        } else {
+            mirror.manifest(&repo, &latest).await?;
+            tracing::info!(%repo, revision = %pin.revision, commit = %latest, "pinned branch moved upstream; filling its new commit");
+            PinRecord { next_commit: Some(latest), ..pin }
+        };
+        catalog.put_pin(&repo, record).await.map_err(|error| catalog_unavailable(error.to_string()))?;
+        if let Some(replicas) = mirror.replicas() {
+            replicas.reconcile_everywhere().await;
+        }
+    }
+    Ok(())
+}
+
+/// Follows pinned branches every `ref_ttl` (at least every 5 s) until `shutdown`.
+pub fn spawn_follower(mirror: Mirror, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = mirror.config().ref_ttl.max(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(interval) => {}
+            }
+            if let Err(error) = follow_pinned_branches(&mirror).await {
+                tracing::warn!(%error, "cannot follow pinned branches now");
+            }
+        }
+    })
 }
 
 /// Reads `type` and `repo` (and `revision`) from a pin request's query.

@@ -289,14 +289,17 @@ impl Replicas {
             }
         };
         for (repo, pin) in pins {
-            let Ok(Some(manifest)) = self.inner.catalog.get_manifest(&repo, &pin.commit).await else {
-                debug!(%repo, commit = %pin.commit, "pinned commit has no manifest yet");
-                continue;
-            };
-            for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
-                if is_valid_etag(entry.etag()) {
-                    let origin = resolve_origin(&repo, &pin.commit, &entry.path);
-                    pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
+            // The pinned commit, and the newer one of a followed branch being filled.
+            for commit in std::iter::once(&pin.commit).chain(pin.next_commit.as_ref()) {
+                let Ok(Some(manifest)) = self.inner.catalog.get_manifest(&repo, commit).await else {
+                    debug!(%repo, %commit, "pinned commit has no manifest yet");
+                    continue;
+                };
+                for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                    if is_valid_etag(entry.etag()) {
+                        let origin = resolve_origin(&repo, commit, &entry.path);
+                        pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
+                    }
                 }
             }
         }

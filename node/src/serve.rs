@@ -134,6 +134,7 @@ pub async fn run(
     let raft_catalog = mirror.raft().cloned();
     let replicas_shutdown = shutdown.child_token();
     let replica_keeper = mirror.replicas().map(|replicas| replicas.spawn(replicas_shutdown.clone()));
+    let pin_follower = mirror.replicas().is_some().then(|| crate::pins::spawn_follower(mirror.clone(), replicas_shutdown.clone()));
     let peer_shutdown = shutdown.child_token();
     let peer_server = mirror.cluster().cloned().map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
@@ -245,6 +246,9 @@ pub async fn run(
     replicas_shutdown.cancel();
     if let Some(replica_keeper) = replica_keeper {
         let _ = replica_keeper.await;
+    }
+    if let Some(pin_follower) = pin_follower {
+        let _ = pin_follower.await;
     }
     peer_shutdown.cancel();
     if let Some(peer_server) = peer_server {

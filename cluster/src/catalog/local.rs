@@ -415,7 +415,7 @@ mod tests {
         assert!(catalog.get_replicas(&etag).await.unwrap().is_none(), "the record goes with its last holder");
 
         let repo = RepoKey::new(RepoType::Dataset, "org/data");
-        let pin = PinRecord { revision: "main".into(), commit: "c".repeat(40), pinned_at_ms: 1 };
+        let pin = PinRecord { revision: "main".into(), commit: "c".repeat(40), pinned_at_ms: 1, next_commit: None };
         catalog.put_pin(&repo, pin.clone()).await.unwrap();
         assert_eq!(catalog.list_pins().await.unwrap(), [(repo.clone(), pin)]);
         catalog.remove_pin(&repo).await.unwrap();

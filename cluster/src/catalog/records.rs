@@ -71,6 +71,9 @@ pub struct PinRecord {
     /// The commit the pin currently stands on.
     pub commit: String,
     pub pinned_at_ms: u64,
+    /// A newer commit of a followed branch, being filled; the pin moves to it once every live node
+    /// holds all of its files, so a reader never sees a half-filled commit.
+    pub next_commit: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

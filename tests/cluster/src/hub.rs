@@ -106,6 +106,12 @@ impl FakeHub {
         self.control(reqwest::Method::POST, &format!("/_fake/throttle?bytes_per_sec={bytes_per_sec}")).await.map(|_| ())
     }
 
+    /// Moves a branch of `repo` to its prepared next commit; returns the new commit.
+    pub async fn move_branch(&self, repo: &str, branch: &str) -> anyhow::Result<String> {
+        let answer = self.control(reqwest::Method::POST, &format!("/_fake/move-branch?repo={repo}&branch={branch}")).await?;
+        answer["sha"].as_str().map(str::to_owned).context("move-branch answered no sha")
+    }
+
     /// The commit a branch or tag of `repo` points to.
     pub async fn commit(&self, repo: &str, revision: &str) -> anyhow::Result<String> {
         let state = self.control(reqwest::Method::GET, "/_fake/state").await?;

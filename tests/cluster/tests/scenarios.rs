@@ -485,6 +485,17 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     }
     let listing = cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await?;
     assert!(listing.contains("model org/model@main") && listing.matches("complete").count() == 4, "{listing}");
+    // The pinned branch moves upstream: its new commit is filled everywhere, then the pin switches.
+    let new_commit = cluster.hub.move_branch("org/model", "main").await?;
+    wait_until("the pin switched to the branch's new commit", Duration::from_secs(120), || async {
+        cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await.is_ok_and(|listing| listing.contains(&new_commit))
+    })
+    .await?;
+    for file in cluster.hub.files("org/model", &new_commit).await? {
+        for node in 0..4 {
+            assert!(cluster.holds(node, &file.etag), "{} lacks {} of the new commit", cluster.nodes[node].name, file.path);
+        }
+    }
     // Pinning from another host is refused; unpinning from the node works.
     let refused = cluster.client.post(format!("{url}/_hfm/pins?repo=org/model")).send().await?;
     assert_eq!(refused.status(), 403);
