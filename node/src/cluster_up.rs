@@ -89,14 +89,15 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     }
     // A try-out shares one disk: leave 1 GiB free rather than the production reserve.
     text.push_str("min_free_disk = \"1GiB\"\n");
-    if let Some(dns) = &topology.dns {
-        #[derive(serde::Serialize)]
-        struct DnsOnly<'a> {
-            dns: &'a crate::config::DnsSection,
-        }
-        text.push('\n');
-        text.push_str(&toml::to_string(&DnsOnly { dns })?);
+    // [dns] and [[pins]] are copied as they are.
+    #[derive(serde::Serialize)]
+    struct Copied<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns: Option<&'a crate::config::DnsSection>,
+        pins: &'a [crate::config::PinEntry],
     }
+    text.push('\n');
+    text.push_str(&toml::to_string(&Copied { dns: topology.dns.as_ref(), pins: &topology.pins })?);
     for (node, address) in topology.nodes.iter().zip(addresses) {
         text.push_str("\n[[nodes]]\n");
         writeln!(text, "name = {}", toml_string(&node.name)?)?;

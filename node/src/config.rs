@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// The zone this node answers DNS for, when the topology has a `[dns]` section (cluster only).
     pub dns: Option<DnsConfig>,
+    /// Repositories `topology.toml` pins: (repository, revision).
+    pub pins: Vec<(hfm_cluster::types::RepoKey, String)>,
 }
 
 /// A node's authoritative DNS: the zone and how its server listens.
@@ -93,6 +95,7 @@ impl NodeConfig {
             tree_page_size: 1000,
             cluster: None,
             dns: None,
+            pins: Vec::new(),
         }
     }
 }
@@ -140,6 +143,9 @@ pub struct TopologyFile {
     /// The authoritative DNS every node serves for `cluster.zone`.
     #[serde(default)]
     pub dns: Option<DnsSection>,
+    /// Repositories kept whole on every node (`hf-mirror mirror` does the same at run time).
+    #[serde(default)]
+    pub pins: Vec<PinEntry>,
     #[serde(default)]
     pub defaults: NodeSettingsFile,
     #[serde(default)]
@@ -191,6 +197,25 @@ pub struct DnsSection {
     /// Prefix → location: a node's place (`node`) or coordinates (`latitude`, `longitude`).
     #[serde(default)]
     pub prefixes: Vec<PrefixEntry>,
+}
+
+/// `[[pins]]`: a repository kept whole on every node.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinEntry {
+    pub repo: String,
+    #[serde(rename = "type", default = "default_pin_type")]
+    pub repo_type: String,
+    #[serde(default = "default_pin_revision")]
+    pub revision: String,
+}
+
+fn default_pin_type() -> String {
+    "model".into()
+}
+
+fn default_pin_revision() -> String {
+    "main".into()
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -410,6 +435,14 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         config.cluster = resolve_cluster(topology, origin, node_index)?;
         if config.cluster.is_some() {
             config.dns = resolve_dns(topology, origin, node_index, overrides)?;
+        }
+        for (index, entry) in topology.pins.iter().enumerate() {
+            let pin = crate::pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {
+                origin: origin.to_owned(),
+                field: format!("pins[{index}]"),
+                message,
+            })?;
+            config.pins.push(pin);
         }
     } else if let Some(name) = node_name {
         config.name = name.to_owned();
@@ -669,6 +702,9 @@ gossip_address = "ams1.test:7947"
         assert_eq!(broken(&|t| t.dns.as_mut().unwrap().fallback = vec!["lon1".into()]), "dns");
         assert_eq!(broken(&|t| t.dns.as_mut().unwrap().ttl = Some("soon".into())), "dns.ttl");
         assert_eq!(broken(&|t| t.dns.as_mut().unwrap().listen = Some("53".into())), "dns.listen");
+        let pin = |repo: &str, repo_type: &str| PinEntry { repo: repo.into(), repo_type: repo_type.into(), revision: "main".into() };
+        assert_eq!(broken(&|t| t.pins = vec![pin("org/model", "model"), pin("../etc", "model")]), "pins[1]");
+        assert_eq!(broken(&|t| t.pins = vec![pin("org/space", "space")]), "pins[0]");
     }
 
     #[test]

@@ -141,6 +141,14 @@ pub async fn follow_pinned_branches(mirror: &Mirror) -> Result<(), HubError> {
         return Ok(());
     }
     let catalog = mirror.catalog();
+    // Pins declared in topology.toml are made (or moved to the declared revision) here.
+    let existing = catalog.list_pins().await.map_err(HubError::internal)?;
+    for (repo, revision) in &mirror.config().pins {
+        if !existing.iter().any(|(known, pin)| known == repo && pin.revision == *revision) {
+            tracing::info!(%repo, %revision, "pinning as topology.toml declares");
+            pin(mirror, repo, revision).await?;
+        }
+    }
     for (repo, pin) in catalog.list_pins().await.map_err(HubError::internal)? {
         if hfm_cluster::types::is_commit_sha(&pin.revision) {
             continue;
@@ -171,7 +179,8 @@ pub async fn follow_pinned_branches(mirror: &Mirror) -> Result<(), HubError> {
     Ok(())
 }
 
-/// Follows pinned branches every `ref_ttl` (at least every 5 s) until `shutdown`.
+/// Makes the pins `topology.toml` declares and follows pinned branches, every `ref_ttl` (at least
+/// every 5 s), until `shutdown`.
 pub fn spawn_follower(mirror: Mirror, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = mirror.config().ref_ttl.max(Duration::from_secs(5));
@@ -187,27 +196,32 @@ pub fn spawn_follower(mirror: Mirror, shutdown: tokio_util::sync::CancellationTo
     })
 }
 
+/// Checks what a pin names: `ORG/NAME`, a model or a dataset, a sane revision.
+pub fn validate_pin(repo_id: &str, repo_type: &str, revision: &str) -> Result<(RepoKey, String), String> {
+    let parts: Vec<&str> = repo_id.split('/').collect();
+    let well_formed =
+        |part: &str| !part.is_empty() && part.len() <= 96 && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if parts.len() != 2 || !parts.iter().all(|part| well_formed(part)) || parts.iter().any(|part| *part == "." || *part == "..") {
+        return Err(format!("{repo_id:?} is not ORG/NAME"));
+    }
+    let repo_type = match repo_type {
+        "model" => RepoType::Model,
+        "dataset" => RepoType::Dataset,
+        other => return Err(format!("type {other:?}: only models and datasets are mirrored")),
+    };
+    if revision.is_empty() || revision.len() > 256 || revision.contains("..") || revision.chars().any(char::is_control) {
+        return Err(format!("invalid revision {revision:?}"));
+    }
+    Ok((RepoKey::new(repo_type, repo_id), revision.to_owned()))
+}
+
 /// Reads `type` and `repo` (and `revision`) from a pin request's query.
 pub fn pin_target(query: &str) -> Result<(RepoKey, String), HubError> {
     let pairs = crate::hub::query::parse_pairs(query);
     let get = |key: &str| pairs.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone());
     let repo_id = get("repo").ok_or_else(|| HubError::bad_request("repo=ORG/NAME is required"))?;
-    let parts: Vec<&str> = repo_id.split('/').collect();
-    let well_formed =
-        |part: &str| !part.is_empty() && part.len() <= 96 && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if parts.len() != 2 || !parts.iter().all(|part| well_formed(part)) || parts.iter().any(|part| *part == "." || *part == "..") {
-        return Err(HubError::bad_request(format!("{repo_id:?} is not ORG/NAME")));
-    }
-    let repo_type = match get("type").as_deref().unwrap_or("model") {
-        "model" => RepoType::Model,
-        "dataset" => RepoType::Dataset,
-        other => return Err(HubError::bad_request(format!("type {other:?}: only models and datasets are mirrored"))),
-    };
-    let revision = get("revision").unwrap_or_else(|| "main".into());
-    if revision.is_empty() || revision.len() > 256 || revision.contains("..") {
-        return Err(HubError::bad_request("Invalid revision"));
-    }
-    Ok((RepoKey::new(repo_type, repo_id), revision))
+    validate_pin(&repo_id, get("type").as_deref().unwrap_or("model"), get("revision").as_deref().unwrap_or("main"))
+        .map_err(HubError::bad_request)
 }
 
 fn admin_client() -> anyhow::Result<reqwest::Client> {

@@ -67,11 +67,13 @@ pub struct ClusterOptions {
     pub replica_check_interval: &'static str,
     /// Each node's store limit (`--max-disk`), to make eviction happen.
     pub max_disk: Option<&'static str>,
+    /// Pins declared in the topology: (repository, type).
+    pub pins: &'static [(&'static str, &'static str)],
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None }
+        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None, pins: &[] }
     }
 }
 
@@ -135,6 +137,15 @@ impl Cluster {
         let binary = binary()?;
         let mut topology = hfm_node::config::read_topology(&root.join("topology.toml"))?;
         topology.cluster.replica_check_interval = Some(options.replica_check_interval.to_owned());
+        topology.pins = options
+            .pins
+            .iter()
+            .map(|(repo, repo_type)| hfm_node::config::PinEntry {
+                repo: (*repo).into(),
+                repo_type: (*repo_type).into(),
+                revision: "main".into(),
+            })
+            .collect();
         let names: Vec<String> = topology.nodes.iter().map(|node| node.name.clone()).collect();
         let net = Network::create(names.len());
         println!("{}", net.describe());

@@ -505,6 +505,20 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_9b_pins_declared_in_the_topology_are_made_and_filled_without_a_command() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions { pins: &[("org/tiny-tokenizer", "model")], ..ClusterOptions::default() }).await?;
+    let files = cluster.hub.files("org/tiny-tokenizer", "main").await?;
+    wait_until("every node holds the declared pin's files", Duration::from_secs(90), || async {
+        (0..4).all(|node| files.iter().all(|file| cluster.holds(node, &file.etag)))
+    })
+    .await?;
+    let listing = cluster.run_on(2, &["pins", "--url", &cluster.nodes[2].url]).await?;
+    assert!(listing.contains("model org/tiny-tokenizer@main"), "{listing}");
+    Ok(())
+}
+
 /// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
 /// release binary). Prints the time to stream one big blob from local disk and through a peer fill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,7 +526,7 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
 async fn bench_peer_fill_versus_local_disk() -> anyhow::Result<()> {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let size: u64 = std::env::var("HFM_BENCH_SIZE").ok().and_then(|text| text.parse().ok()).unwrap_or(256 << 20);
-    let cluster = Cluster::start(ClusterOptions { big_size: size, replica_check_interval: "1h", max_disk: None }).await?;
+    let cluster = Cluster::start(ClusterOptions { big_size: size, replica_check_interval: "1h", max_disk: None, pins: &[] }).await?;
     let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
     let preference = cluster.preference(&blob.etag);
     let path = resolve_path("bench/big", "main", "big.bin");
