@@ -138,9 +138,7 @@ async fn wait_for_gossip(urls: &[String], num_nodes: usize) -> anyhow::Result<()
                     .await
                     .ok()
                     .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
-                    .map_or(0, |status| {
-                        status["members"].as_array().map_or(0, |members| members.iter().filter(|member| member["state"] == "live").count())
-                    }),
+                    .map_or(0, |status| crate::status::live_members(&status).len()),
                 Err(_) => 0,
             };
             converged &= live == num_nodes;

@@ -315,16 +315,7 @@ pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &s
 
 async fn live_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
     let status = read_json(client.get(format!("{base}/_hfm/status")).send().await?, base).await?;
-    Ok(status["members"]
-        .as_array()
-        .map(|members| {
-            members
-                .iter()
-                .filter(|member| member["state"] == "live")
-                .filter_map(|member| member["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(crate::status::live_members(&status))
 }
 
 /// `hf-mirror pins`: every pin with its commit and per-node completeness.

@@ -13,6 +13,20 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&response.bytes().await?)?)
 }
 
+/// The names a node's `/_hfm/status` reports live (ready, not draining).
+pub fn live_members(status: &Value) -> Vec<String> {
+    status["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter(|member| member["state"] == "live")
+                .filter_map(|member| member["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The share of answers of one kind (`answers`: downloads, `metadata_answers`) served without asking
 /// upstream for data.
 fn hit_ratio(status: &Value, kind: &str) -> String {

@@ -370,17 +370,7 @@ impl Cluster {
 
     /// The names a node's gossip sees live (ready, not draining).
     pub async fn live_seen_by(&self, index: usize) -> anyhow::Result<Vec<String>> {
-        let status = self.status(index).await?;
-        Ok(status["members"]
-            .as_array()
-            .map(|members| {
-                members
-                    .iter()
-                    .filter(|member| member["state"] == "live")
-                    .filter_map(|member| member["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(hfm_node::status::live_members(&self.status(index).await?))
     }
 
     fn running(&self) -> Vec<usize> {
