@@ -94,6 +94,8 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     struct Copied<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         dns: Option<&'a crate::config::DnsSection>,
+        // Never an inline `pins = []`: after `[defaults]` it would land in that table.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pins: &'a [crate::config::PinEntry],
     }
     text.push('\n');
@@ -296,4 +298,38 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(count: usize) -> Vec<NodeAddresses> {
+        (0..count)
+            .map(|index| {
+                let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port + index as u16));
+                NodeAddresses { http: at(8000), peer: at(9000), gossip: at(10_000), dns: at(11_000) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_local_topology_reads_back_with_every_section() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology.toml");
+        let mut topology = read_topology(&root).unwrap();
+        for pins in
+            [Vec::new(), vec![crate::config::PinEntry { repo: "org/model".into(), repo_type: "model".into(), revision: "main".into() }]]
+        {
+            topology.pins = pins.clone();
+            let text =
+                local_topology(&topology, Path::new("/tmp/data"), Path::new("/tmp/certs"), &addresses(topology.nodes.len())).unwrap();
+            let local = crate::config::parse_topology(&text, "local").unwrap_or_else(|error| panic!("{error}\n{text}"));
+            assert_eq!(local.nodes.len(), topology.nodes.len());
+            assert_eq!(local.pins.len(), pins.len());
+            assert!(local.dns.is_some());
+            let config = crate::config::resolve(Some((&local, "local")), Some("ams1"), &Default::default()).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:8001".parse().unwrap());
+            assert_eq!(config.dns.unwrap().settings.listen, "127.0.0.1:11001".parse().unwrap());
+        }
+    }
 }
