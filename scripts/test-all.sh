@@ -17,6 +17,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || needed+=(python3-venv)
 # dig, the real DNS client of the DNS tests; ip, for the cluster harness's network namespaces.
 command -v dig >/dev/null || needed+=(bind9-dnsutils)
 command -v ip >/dev/null || needed+=(iproute2)
+# rsync, the daemon every node supervises and the real client of its tests.
+command -v rsync >/dev/null || needed+=(rsync)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"

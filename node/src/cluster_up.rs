@@ -52,6 +52,8 @@ pub struct NodeAddresses {
     pub gossip: std::net::SocketAddr,
     /// UDP and TCP, when the topology has a `[dns]` section.
     pub dns: std::net::SocketAddr,
+    /// TCP, when the topology has an `[rsync]` section.
+    pub rsync: std::net::SocketAddr,
 }
 
 /// Writes the local variant of the topology: the same nodes (names, weights, places) with the given
@@ -94,12 +96,14 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     struct Copied<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         dns: Option<&'a crate::config::DnsSection>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rsync: Option<&'a crate::config::RsyncSection>,
         // Never an inline `pins = []`: after `[defaults]` it would land in that table.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pins: &'a [crate::config::PinEntry],
     }
     text.push('\n');
-    text.push_str(&toml::to_string(&Copied { dns: topology.dns.as_ref(), pins: &topology.pins })?);
+    text.push_str(&toml::to_string(&Copied { dns: topology.dns.as_ref(), rsync: topology.rsync.as_ref(), pins: &topology.pins })?);
     for (node, address) in topology.nodes.iter().zip(addresses) {
         text.push_str("\n[[nodes]]\n");
         writeln!(text, "name = {}", toml_string(&node.name)?)?;
@@ -117,6 +121,7 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
         writeln!(text, "gossip_address = \"{}\"", address.gossip)?;
         writeln!(text, "gossip_listen = \"{}\"", address.gossip)?;
         writeln!(text, "dns_listen = \"{}\"", address.dns)?;
+        writeln!(text, "rsync_listen = \"{}\"", address.rsync)?;
         // Locally the node's DNS name points at its own address.
         match address.http.ip() {
             std::net::IpAddr::V4(ip) => writeln!(text, "ipv4 = \"{ip}\"")?,
@@ -192,7 +197,10 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
             Some(dns) => dns.udp.local_addr()?,
             None => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
         };
-        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns });
+        // rsync binds its own port (the daemon is a child of the node): chosen here, released.
+        let rsync =
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()));
+        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns, rsync });
     }
     std::fs::write(&local_path, local_topology(&topology, &data_dir, &certs_dir, &addresses)?)?;
 
@@ -223,11 +231,15 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         let mut lines = BufReader::new(stdout).lines();
         let expected = format!("node {name} ");
         let dns_expected = format!("dns {name} ");
+        let rsync_expected = format!("rsync {name} ");
         let mut dns_line = None;
+        let mut rsync_line = None;
         let line = tokio::time::timeout(READY_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if line.starts_with(&dns_expected) {
                     dns_line = Some(line);
+                } else if line.starts_with(&rsync_expected) {
+                    rsync_line = Some(line);
                 } else if line.starts_with(&expected) {
                     return Ok::<_, std::io::Error>(Some(line));
                 }
@@ -235,7 +247,7 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
             Ok(None)
         })
         .await;
-        dns_lines.push(dns_line);
+        dns_lines.push(dns_line.into_iter().chain(rsync_line).collect::<Vec<_>>());
         match line {
             Ok(Ok(Some(line))) => ready_lines.push(line),
             _ => {
@@ -254,10 +266,10 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         {
             use std::io::Write;
             let mut stdout = std::io::stdout().lock();
-            for (line, dns_line) in ready_lines.iter().zip(&dns_lines) {
+            for (line, extra_lines) in ready_lines.iter().zip(&dns_lines) {
                 writeln!(stdout, "{line}")?;
-                if let Some(dns_line) = dns_line {
-                    writeln!(stdout, "{dns_line}")?;
+                for extra in extra_lines {
+                    writeln!(stdout, "{extra}")?;
                 }
             }
             stdout.flush()?;
@@ -308,7 +320,7 @@ mod tests {
         (0..count)
             .map(|index| {
                 let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port + index as u16));
-                NodeAddresses { http: at(8000), peer: at(9000), gossip: at(10_000), dns: at(11_000) }
+                NodeAddresses { http: at(8000), peer: at(9000), gossip: at(10_000), dns: at(11_000), rsync: at(12_000) }
             })
             .collect()
     }
@@ -330,6 +342,7 @@ mod tests {
             let config = crate::config::resolve(Some((&local, "local")), Some("ams1"), &Default::default()).unwrap();
             assert_eq!(config.listen, "127.0.0.1:8001".parse().unwrap());
             assert_eq!(config.dns.unwrap().settings.listen, "127.0.0.1:11001".parse().unwrap());
+            assert_eq!(config.rsync.unwrap().listen, "127.0.0.1:12001".parse().unwrap());
         }
     }
 }

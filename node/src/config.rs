@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub dns: Option<DnsConfig>,
     /// Repositories `topology.toml` pins: (repository, revision).
     pub pins: Vec<(hfm_cluster::types::RepoKey, String)>,
+    /// The node's rsync daemon, when the topology has an `[rsync]` section.
+    pub rsync: Option<crate::rsyncd::RsyncConfig>,
 }
 
 /// A node's authoritative DNS: the zone and how its server listens.
@@ -96,6 +98,7 @@ impl NodeConfig {
             cluster: None,
             dns: None,
             pins: Vec::new(),
+            rsync: None,
         }
     }
 }
@@ -133,6 +136,8 @@ pub struct NodeSettingsFile {
     pub gossip_listen: Option<String>,
     /// The UDP and TCP address the DNS server binds (default `[dns] listen`, else `0.0.0.0:53`).
     pub dns_listen: Option<String>,
+    /// The TCP address the rsync daemon binds (default `[rsync] listen`, else `0.0.0.0:873`).
+    pub rsync_listen: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -146,6 +151,9 @@ pub struct TopologyFile {
     /// Repositories kept whole on every node (`hf-mirror mirror` does the same at run time).
     #[serde(default)]
     pub pins: Vec<PinEntry>,
+    /// The rsync daemon every node runs for bulk users.
+    #[serde(default)]
+    pub rsync: Option<RsyncSection>,
     #[serde(default)]
     pub defaults: NodeSettingsFile,
     #[serde(default)]
@@ -197,6 +205,18 @@ pub struct DnsSection {
     /// Prefix → location: a node's place (`node`) or coordinates (`latitude`, `longitude`).
     #[serde(default)]
     pub prefixes: Vec<PrefixEntry>,
+}
+
+/// `[rsync]`: the read-only rsync daemon of every node.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsyncSection {
+    /// TCP address (default `0.0.0.0:873`); per node `rsync_listen`.
+    pub listen: Option<String>,
+    /// Concurrent clients per node (default 64).
+    pub max_connections: Option<u32>,
+    /// Seconds of silence before a client is dropped (default 600).
+    pub timeout_secs: Option<u32>,
 }
 
 /// `[[pins]]`: a repository kept whole on every node.
@@ -435,6 +455,25 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         config.cluster = resolve_cluster(topology, origin, node_index)?;
         if config.cluster.is_some() {
             config.dns = resolve_dns(topology, origin, node_index, overrides)?;
+        }
+        if let Some(section) = &topology.rsync {
+            let node_settings = &topology.nodes[node_index].settings;
+            let (text, field) = match (&overrides.rsync_listen, &node_settings.rsync_listen, &section.listen) {
+                (Some(text), ..) => (text.clone(), "--rsync-listen".to_owned()),
+                (None, Some(text), _) => (text.clone(), format!("nodes[{node_index}].rsync_listen")),
+                (None, None, Some(text)) => (text.clone(), "rsync.listen".to_owned()),
+                (None, None, None) => ("0.0.0.0:873".to_owned(), "rsync.listen".to_owned()),
+            };
+            let listen = text.parse().map_err(|_| ConfigError {
+                origin: origin.to_owned(),
+                field,
+                message: format!("invalid socket address {text:?}"),
+            })?;
+            config.rsync = Some(crate::rsyncd::RsyncConfig {
+                listen,
+                max_connections: section.max_connections.unwrap_or(64),
+                timeout_secs: section.timeout_secs.unwrap_or(600),
+            });
         }
         for (index, entry) in topology.pins.iter().enumerate() {
             let pin = crate::pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {

@@ -240,6 +240,9 @@ fn status_json(mirror: &Mirror) -> Vec<u8> {
     if let Some(replicas) = mirror.replicas() {
         status["replicas"] = serde_json::to_value(replicas.counters()).unwrap_or_default();
     }
+    if let Some(rsync) = mirror.rsync() {
+        status["rsync"] = serde_json::to_value(rsync.state()).unwrap_or_default();
+    }
     if let Some(cluster) = mirror.cluster() {
         let view = cluster.view();
         let members: Vec<Value> = cluster

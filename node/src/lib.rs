@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod peers;
 pub mod pins;
 pub mod replicas;
+pub mod rsyncd;
 pub mod serve;
 pub mod singleflight;
 pub mod sockets;

@@ -154,6 +154,9 @@ struct ServeArgs {
     /// The UDP and TCP address of the node's DNS server (cluster with a `[dns]` section only).
     #[arg(long, env = "HF_MIRROR_DNS_LISTEN")]
     dns_listen: Option<String>,
+    /// The TCP address of the node's rsync daemon (topologies with an `[rsync]` section only).
+    #[arg(long, env = "HF_MIRROR_RSYNC_LISTEN")]
+    rsync_listen: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -206,6 +209,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         peer_listen: None,
         gossip_listen: None,
         dns_listen: args.dns_listen,
+        rsync_listen: args.rsync_listen,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = match handed_over.http {

@@ -164,6 +164,8 @@ struct MirrorInner {
     cluster: Option<ClusterRole>,
     answers: AnswerCounters,
     metadata_answers: AnswerCounters,
+    /// The node's rsync daemon, once started.
+    rsync: std::sync::OnceLock<crate::rsyncd::Rsyncd>,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
     manifests: SingleFlight<Arc<Manifest>>,
@@ -199,6 +201,7 @@ impl Mirror {
                 cluster,
                 answers: AnswerCounters::default(),
                 metadata_answers: AnswerCounters::default(),
+                rsync: std::sync::OnceLock::new(),
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
                 manifests: SingleFlight::default(),
@@ -238,6 +241,15 @@ impl Mirror {
     /// The cluster this node fills blobs with, if it is part of one.
     pub fn cluster(&self) -> Option<&Arc<ClusterFill>> {
         self.inner.cluster.as_ref().map(|role| &role.fill)
+    }
+
+    /// Records the node's rsync daemon, for status.
+    pub fn set_rsync(&self, rsync: crate::rsyncd::Rsyncd) {
+        let _ = self.inner.rsync.set(rsync);
+    }
+
+    pub fn rsync(&self) -> Option<&crate::rsyncd::Rsyncd> {
+        self.inner.rsync.get()
     }
 
     /// The replica keeper, if this node is part of a cluster.

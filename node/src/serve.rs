@@ -149,6 +149,7 @@ pub async fn run(
         }
         tokio::spawn(async move { cluster.endpoint().serve(service, services, token).await })
     });
+    let app_mirror = mirror.clone();
     let app = edge::router(mirror);
 
     // Every node answers DNS for the zone, from the membership it sees.
@@ -168,8 +169,20 @@ pub async fn run(
     };
 
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
+    // Bulk users' rsync daemon, supervised; it stops with the node.
+    let rsync_shutdown = shutdown.child_token();
+    let rsync = match &config.rsync {
+        Some(rsync_config) => Some(crate::rsyncd::Rsyncd::spawn(&config.data_dir, rsync_config, rsync_shutdown.clone())?),
+        None => None,
+    };
+    if let Some((rsyncd, _)) = &rsync {
+        app_mirror.set_rsync(rsyncd.clone());
+    }
     {
         let mut stdout = std::io::stdout().lock();
+        if let Some(rsync_config) = &config.rsync {
+            writeln!(stdout, "rsync {} {}", config.name, rsync_config.listen)?;
+        }
         if let Some(dns_server) = &dns_server {
             writeln!(stdout, "dns {} {}", config.name, dns_server.local_addr())?;
         }
@@ -241,6 +254,10 @@ pub async fn run(
     }
     if let Some(dns_server) = dns_server {
         dns_server.shutdown().await;
+    }
+    rsync_shutdown.cancel();
+    if let Some((_, rsync_task)) = rsync {
+        let _ = rsync_task.await;
     }
     // Replica copies stop before the peer endpoint they read from.
     replicas_shutdown.cancel();

@@ -110,6 +110,9 @@ pub fn take_handed_over() -> anyhow::Result<HandedOver> {
     let (mut dns_udp, mut dns_tcp) = (None, None);
     for (name, number) in parse_listen_fds(&text)? {
         let owned = adopt(number).with_context(|| format!("{LISTEN_FDS_VARIABLE}: descriptor {number} ({name})"))?;
+        // Ours now: close it in any child this node starts (the rsync daemon), or a child outliving
+        // the node would keep its ports.
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
         let socket = socket_kind(&owned)?;
         match (name.as_str(), socket) {
             ("http", SocketKind::Stream) => handed.http = Some(std::net::TcpListener::from(owned)),

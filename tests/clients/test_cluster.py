@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(HUB_VERSION < (2, 0, 0), reason="the cluster sui
 LFS = "/org/model/resolve/main/model.safetensors"
 NODE_LINE = re.compile(r"^node (\S+) (http://\S+)$")
 DNS_LINE = re.compile(r"^dns (\S+) (\S+:\d+)$")
+RSYNC_LINE = re.compile(r"^rsync (\S+) (\S+:\d+)$")
 
 
 class Cluster:
@@ -103,6 +104,12 @@ def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
         out = subprocess.run(["dig", f"@{host}", "-p", port, "+short", "+tries=2", f"{name}.hf-mirror.eu", "A"],
                              capture_output=True, text=True, timeout=20).stdout.split()
         assert out == ["127.0.0.1"], (name, out)
+    # And its rsync daemon, printed too, lists the read-only modules.
+    rsyncd = {m.group(1): m.group(2) for m in map(RSYNC_LINE.match, cluster.out.read_text().splitlines()) if m}
+    assert sorted(rsyncd) == sorted(cluster.nodes)
+    for name, address in rsyncd.items():
+        modules = subprocess.run(["rsync", f"rsync://{address}/"], capture_output=True, text=True, timeout=20).stdout
+        assert all(module in modules for module in ("models", "datasets", "indexes")), (name, modules)
 
 
 def test_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once(cluster, fake_hub):

@@ -37,6 +37,7 @@ const HTTP_PORT: u16 = 8080;
 const PEER_PORT: u16 = 7443;
 const GOSSIP_PORT: u16 = 7946;
 const DNS_PORT: u16 = 5353;
+const RSYNC_PORT: u16 = 8873;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository root.
@@ -161,6 +162,7 @@ impl Cluster {
                     peer: SocketAddr::from((ip, PEER_PORT)),
                     gossip: SocketAddr::from((ip, GOSSIP_PORT)),
                     dns: SocketAddr::from((ip, DNS_PORT)),
+                    rsync: SocketAddr::from((ip, RSYNC_PORT)),
                 }
             })
             .collect();

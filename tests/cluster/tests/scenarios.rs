@@ -420,6 +420,12 @@ async fn scenario_8_dns_answers_follow_membership_kill_restart_and_drain() -> an
     for node in 0..4 {
         assert_eq!(cluster.dns_answers(node, "www.hf-mirror.eu").await?, all, "every node answers every ready node");
     }
+    // An rsync user resolves the rsync name through a node's DNS and reaches that node's daemon.
+    let rsync_address = cluster.dns_answers(0, "rsync.hf-mirror.eu").await?;
+    assert_eq!(rsync_address.len(), 1, "{rsync_address:?}");
+    let listing = tokio::process::Command::new("rsync").arg(format!("rsync://{}:8873/", rsync_address[0])).output().await?;
+    let modules = String::from_utf8_lossy(&listing.stdout);
+    assert!(["models", "datasets", "indexes"].iter().all(|module| modules.contains(module)), "{modules}");
     let victim = 3;
     let others = [0, 1, 2];
     let victim_ip = ip(victim);
