@@ -61,74 +61,79 @@ pub async fn unpin(mirror: &Mirror, repo: &RepoKey) -> Result<Value, HubError> {
     Ok(json!({"repo": repo.repo_id, "type": repo.repo_type.as_str(), "unpinned": true}))
 }
 
-/// Every pin with its commit and, per node, how many of its files (and bytes) the catalog records
-/// there.
-pub async fn pins_status(mirror: &Mirror) -> Result<Value, HubError> {
+/// How much of a commit each node holds, by the catalog's replica records (alone: by the store).
+struct Holdings {
+    files: u64,
+    bytes: u64,
+    /// Per node of the topology: (files, bytes) held.
+    per_node: BTreeMap<String, (u64, u64)>,
+}
+
+impl Holdings {
+    fn complete(&self, node: &str) -> bool {
+        self.per_node.get(node).is_some_and(|(files, _)| *files == self.files)
+    }
+}
+
+/// Counts the storable files of `repo@commit` and what each node holds of them; `None` while the
+/// catalog has no manifest for the commit.
+async fn holdings(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<Option<Holdings>, HubError> {
     let catalog = mirror.catalog();
-    let pins = catalog.list_pins().await.map_err(HubError::internal)?;
-    let nodes: Vec<String> = match mirror.cluster() {
+    let Some(manifest) = catalog.get_manifest(repo, commit).await.map_err(HubError::internal)? else { return Ok(None) };
+    let nodes = match mirror.cluster() {
         Some(cluster) => cluster.topology_names(),
         None => vec![mirror.config().name.clone()],
     };
-    let mut listed = Vec::new();
-    for (repo, pin) in pins {
-        let manifest = catalog.get_manifest(&repo, &pin.commit).await.map_err(HubError::internal)?;
-        let mut per_node: BTreeMap<String, (u64, u64)> = nodes.iter().map(|name| (name.clone(), (0, 0))).collect();
-        let (mut files, mut bytes) = (0u64, 0u64);
-        for entry in manifest.iter().flat_map(|manifest| manifest.entries()).filter(|entry| entry.kind == EntryKind::File) {
-            files += 1;
-            bytes += entry.size;
-            if !is_valid_etag(entry.etag()) {
-                continue;
+    let mut held = Holdings { files: 0, bytes: 0, per_node: nodes.into_iter().map(|name| (name, (0, 0))).collect() };
+    for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File && is_valid_etag(entry.etag())) {
+        held.files += 1;
+        held.bytes += entry.size;
+        let holders = match mirror.cluster() {
+            Some(_) => {
+                catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default()
             }
-            let holders = match mirror.cluster() {
-                Some(_) => {
-                    catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default()
-                }
-                None => {
-                    if mirror.store().contains(entry.etag()) {
-                        vec![mirror.config().name.clone()]
-                    } else {
-                        Vec::new()
-                    }
-                }
-            };
-            for holder in holders {
-                if let Some(count) = per_node.get_mut(&holder) {
-                    count.0 += 1;
-                    count.1 += entry.size;
-                }
+            None if mirror.store().contains(entry.etag()) => vec![mirror.config().name.clone()],
+            None => Vec::new(),
+        };
+        for holder in holders {
+            if let Some(count) = held.per_node.get_mut(&holder) {
+                count.0 += 1;
+                count.1 += entry.size;
             }
         }
-        let completeness: Value = per_node
-            .into_iter()
-            .map(|(node, (held_files, held_bytes))| {
-                (node, json!({"files": held_files, "bytes": held_bytes, "complete": manifest.is_some() && held_files == files}))
+    }
+    Ok(Some(held))
+}
+
+/// Every pin with its commit and, per node, how many of its files (and bytes) the catalog records
+/// there.
+pub async fn pins_status(mirror: &Mirror) -> Result<Value, HubError> {
+    let mut listed = Vec::new();
+    for (repo, pin) in mirror.catalog().list_pins().await.map_err(HubError::internal)? {
+        let held = holdings(mirror, &repo, &pin.commit).await?;
+        let (files, bytes) = held.as_ref().map_or((0, 0), |held| (held.files, held.bytes));
+        let completeness: serde_json::Map<String, Value> = held
+            .iter()
+            .flat_map(|held| {
+                held.per_node.iter().map(|(node, (held_files, held_bytes))| {
+                    (node.clone(), json!({"files": held_files, "bytes": held_bytes, "complete": held.complete(node)}))
+                })
             })
-            .collect::<serde_json::Map<String, Value>>()
-            .into();
+            .collect();
         listed.push(json!({
             "repo": repo.repo_id, "type": repo.repo_type.as_str(), "revision": pin.revision, "commit": pin.commit,
-            "pinned_at_ms": pin.pinned_at_ms, "next_commit": pin.next_commit, "files": files, "bytes": bytes, "manifest_known": manifest.is_some(), "nodes": completeness,
+            "pinned_at_ms": pin.pinned_at_ms, "next_commit": pin.next_commit, "files": files, "bytes": bytes,
+            "manifest_known": held.is_some(), "nodes": completeness,
         }));
     }
     Ok(json!({ "pins": listed }))
 }
 
-/// Whether every file of `commit` is held by every serving node, by the catalog's replica records.
+/// Whether every serving node holds every file of `commit`.
 async fn complete_everywhere(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<bool, HubError> {
     let Some(cluster) = mirror.cluster() else { return Ok(false) };
-    let catalog = mirror.catalog();
-    let Some(manifest) = catalog.get_manifest(repo, commit).await.map_err(HubError::internal)? else { return Ok(false) };
-    let serving = cluster.serving_nodes();
-    for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File && is_valid_etag(entry.etag())) {
-        let holders =
-            catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default();
-        if !serving.iter().all(|node| holders.contains(node)) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let Some(held) = holdings(mirror, repo, commit).await? else { return Ok(false) };
+    Ok(cluster.serving_nodes().iter().all(|node| held.complete(node)))
 }
 
 /// One round of following pinned branches: a branch that moved upstream gets its new commit as

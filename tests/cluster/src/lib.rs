@@ -216,14 +216,7 @@ impl Cluster {
         let sockets = self.net.run_in(index, move || ChildSockets::bind(http, peer, Some(dns)))?;
         let stdout = self.dir.path().join(format!("{}.stdout", node.name));
         let log = OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let mut command = match self.net.namespace(index) {
-            Some(namespace) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &namespace]).arg(&self.binary);
-                command
-            }
-            None => Command::new(&self.binary),
-        };
+        let mut command = self.command_on(index);
         command
             .arg("serve")
             .arg("--config")
@@ -328,17 +321,22 @@ impl Cluster {
         self.run_on(index, &["drain", "--url", &url]).await.map(|_| ())
     }
 
-    /// Runs an `hf-mirror` subcommand on node `index`'s own host (inside its namespace); returns its
-    /// standard output, or an error with its standard error.
-    pub async fn run_on(&self, index: usize, args: &[&str]) -> anyhow::Result<String> {
-        let mut command = match self.net.namespace(index) {
+    /// The `hf-mirror` binary as a command run on node `index`'s host (inside its namespace).
+    fn command_on(&self, index: usize) -> Command {
+        match self.net.namespace(index) {
             Some(namespace) => {
-                let mut command = tokio::process::Command::new("ip");
+                let mut command = Command::new("ip");
                 command.args(["netns", "exec", &namespace]).arg(&self.binary);
                 command
             }
-            None => tokio::process::Command::new(&self.binary),
-        };
+            None => Command::new(&self.binary),
+        }
+    }
+
+    /// Runs an `hf-mirror` subcommand on node `index`'s own host (inside its namespace); returns its
+    /// standard output, or an error with its standard error.
+    pub async fn run_on(&self, index: usize, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = tokio::process::Command::from(self.command_on(index));
         let output = command.args(args).output().await?;
         if !output.status.success() {
             bail!("hf-mirror {} on {} failed: {}", args.join(" "), self.nodes[index].name, String::from_utf8_lossy(&output.stderr));
