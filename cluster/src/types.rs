@@ -44,6 +44,11 @@ impl RepoType {
         }
     }
 
+    /// Parses the singular name [`RepoType::as_str`] gives.
+    pub fn parse(name: &str) -> Option<RepoType> {
+        [RepoType::Model, RepoType::Dataset, RepoType::Space, RepoType::Kernel].into_iter().find(|kind| kind.as_str() == name)
+    }
+
     /// Parses the plural form of `/api/{plural}/`.
     pub fn from_api_plural(plural: &str) -> Option<RepoType> {
         match plural {
@@ -105,5 +110,9 @@ mod tests {
             assert_eq!(RepoType::from_api_plural(repo_type.api_plural()), Some(repo_type));
         }
         assert_eq!(RepoType::from_api_plural("model"), None);
+        for repo_type in [RepoType::Model, RepoType::Dataset, RepoType::Space, RepoType::Kernel] {
+            assert_eq!(RepoType::parse(repo_type.as_str()), Some(repo_type));
+        }
+        assert_eq!(RepoType::parse("models"), None);
     }
 }

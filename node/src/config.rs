@@ -217,6 +217,8 @@ pub struct RsyncSection {
     pub max_connections: Option<u32>,
     /// Seconds of silence before a client is dropped (default 600).
     pub timeout_secs: Option<u32>,
+    /// How often the `indexes` module gets a new Parquet snapshot of the catalog (default `15m`).
+    pub index_interval: Option<String>,
 }
 
 /// `[[pins]]`: a repository kept whole on every node.
@@ -456,25 +458,8 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         if config.cluster.is_some() {
             config.dns = resolve_dns(topology, origin, node_index, overrides)?;
         }
-        if let Some(section) = &topology.rsync {
-            let node_settings = &topology.nodes[node_index].settings;
-            let (text, field) = match (&overrides.rsync_listen, &node_settings.rsync_listen, &section.listen) {
-                (Some(text), ..) => (text.clone(), "--rsync-listen".to_owned()),
-                (None, Some(text), _) => (text.clone(), format!("nodes[{node_index}].rsync_listen")),
-                (None, None, Some(text)) => (text.clone(), "rsync.listen".to_owned()),
-                (None, None, None) => ("0.0.0.0:873".to_owned(), "rsync.listen".to_owned()),
-            };
-            let listen = text.parse().map_err(|_| ConfigError {
-                origin: origin.to_owned(),
-                field,
-                message: format!("invalid socket address {text:?}"),
-            })?;
-            config.rsync = Some(crate::rsyncd::RsyncConfig {
-                listen,
-                max_connections: section.max_connections.unwrap_or(64),
-                timeout_secs: section.timeout_secs.unwrap_or(600),
-            });
-        }
+        let node_listen = topology.nodes[node_index].settings.rsync_listen.as_ref().map(|text| (text, node_index));
+        config.rsync = resolve_rsync(topology.rsync.as_ref(), node_listen, overrides, origin)?;
         for (index, entry) in topology.pins.iter().enumerate() {
             let pin = crate::pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {
                 origin: origin.to_owned(),
@@ -483,11 +468,44 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
             })?;
             config.pins.push(pin);
         }
-    } else if let Some(name) = node_name {
-        config.name = name.to_owned();
+    } else {
+        if let Some(name) = node_name {
+            config.name = name.to_owned();
+        }
+        config.rsync = resolve_rsync(None, None, overrides, "flag or environment")?;
     }
     apply_layer(&mut config, overrides, "flag or environment", "--")?;
     Ok(config)
+}
+
+/// Resolves a node's rsync daemon from `[rsync]` and the node's `rsync_listen` (with its index); a
+/// `--rsync-listen` flag runs the daemon with the defaults even without an `[rsync]` section.
+fn resolve_rsync(
+    section: Option<&RsyncSection>,
+    node_listen: Option<(&String, usize)>,
+    overrides: &Overrides,
+    origin: &str,
+) -> Result<Option<crate::rsyncd::RsyncConfig>, ConfigError> {
+    let flagged = overrides.rsync_listen.as_ref().map(|_| RsyncSection::default());
+    let Some(section) = section.or(flagged.as_ref()) else { return Ok(None) };
+    let (text, field) = match (&overrides.rsync_listen, node_listen, &section.listen) {
+        (Some(text), ..) => (text.clone(), "--rsync-listen".to_owned()),
+        (None, Some((text, node_index)), _) => (text.clone(), format!("nodes[{node_index}].rsync_listen")),
+        (None, None, Some(text)) => (text.clone(), "rsync.listen".to_owned()),
+        (None, None, None) => ("0.0.0.0:873".to_owned(), "rsync.listen".to_owned()),
+    };
+    let fail = |field: String, message: String| ConfigError { origin: origin.to_owned(), field, message };
+    let listen = text.parse().map_err(|_| fail(field, format!("invalid socket address {text:?}")))?;
+    let index_interval = match &section.index_interval {
+        Some(text) => parse_duration(text).map_err(|message| fail("rsync.index_interval".into(), message))?,
+        None => Duration::from_secs(15 * 60),
+    };
+    Ok(Some(crate::rsyncd::RsyncConfig {
+        listen,
+        max_connections: section.max_connections.unwrap_or(64),
+        timeout_secs: section.timeout_secs.unwrap_or(600),
+        index_interval,
+    }))
 }
 
 /// Resolves a node's DNS server from `[dns]` (none without that section).

@@ -13,6 +13,8 @@
 //! - `peers`: blob fills across the cluster: peers before upstream, and answering peers.
 //! - `singleflight`: coalescing of identical concurrent work.
 //! - `status`: `hf-mirror status`, a table of the cluster's nodes from their `/_hfm/status`.
+//! - `pins`, `replicas`: pinned repositories and replica sets; `rsyncd`, `trees`, `indexes`: the rsync
+//!   daemon, the module trees it serves and the Parquet snapshots of the catalog.
 //!
 //! # Dependency rule
 //!
@@ -23,6 +25,7 @@ pub mod cluster_up;
 pub mod config;
 pub mod edge;
 pub mod hub;
+pub mod indexes;
 pub mod mirror;
 pub mod peers;
 pub mod pins;
@@ -33,4 +36,5 @@ pub mod singleflight;
 pub mod sockets;
 pub mod status;
 pub mod store;
+pub mod trees;
 pub mod upstream;

@@ -166,6 +166,9 @@ struct MirrorInner {
     metadata_answers: AnswerCounters,
     /// The node's rsync daemon, once started.
     rsync: std::sync::OnceLock<crate::rsyncd::Rsyncd>,
+    /// Bumped whenever this node changes a pin, so its pin keeper and rsync trees look at once
+    /// (pins changed through other nodes are seen at their next round).
+    pins_changed: tokio::sync::watch::Sender<u64>,
     policies: SingleFlight<PolicyRecord>,
     refs: SingleFlight<String>,
     manifests: SingleFlight<Arc<Manifest>>,
@@ -202,6 +205,7 @@ impl Mirror {
                 answers: AnswerCounters::default(),
                 metadata_answers: AnswerCounters::default(),
                 rsync: std::sync::OnceLock::new(),
+                pins_changed: tokio::sync::watch::Sender::new(0),
                 policies: SingleFlight::default(),
                 refs: SingleFlight::default(),
                 manifests: SingleFlight::default(),
@@ -250,6 +254,16 @@ impl Mirror {
 
     pub fn rsync(&self) -> Option<&crate::rsyncd::Rsyncd> {
         self.inner.rsync.get()
+    }
+
+    /// Tells this node's pin keeper and rsync trees that the pins changed.
+    pub fn notify_pins_changed(&self) {
+        self.inner.pins_changed.send_modify(|count| *count += 1);
+    }
+
+    /// Wakes when [`Mirror::notify_pins_changed`] is called.
+    pub fn watch_pins(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.pins_changed.subscribe()
     }
 
     /// The replica keeper, if this node is part of a cluster.

@@ -1,32 +1,122 @@
 //! Pins: repositories kept whole on every node at one revision (for rsync users and downstream
-//! mirrors). A pin is a catalog record; every node's replica keeper fills the pinned files and never
-//! evicts them (see [`crate::replicas`]). This module is the node's side of `/_hfm/pins` and the
+//! mirrors). A pin is a catalog record; in a cluster every node's replica keeper fills the pinned
+//! files and never evicts them (see [`crate::replicas`]); a node running alone does the same with
+//! its [local keeper](spawn_local_keeper). This module is the node's side of `/_hfm/pins` and the
 //! `hf-mirror mirror` / `hf-mirror pins` commands that drive it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hfm_cluster::catalog::{EntryKind, PinRecord};
+use futures_util::StreamExt;
+use hfm_cluster::catalog::{Catalog, EntryKind, PinRecord};
 use hfm_cluster::types::{RepoKey, RepoType};
 use serde_json::{Value, json};
 
 use crate::hub::HubError;
 use crate::mirror::{Access, Mirror, now_ms};
-use crate::store::is_valid_etag;
+use crate::hub::route::resolve_origin;
+use crate::store::{FillOutcome, Room, is_valid_etag};
+
+/// A pinned file: its size and where its bytes come from when nobody holds it.
+pub struct PinnedBlob {
+    pub size: u64,
+    /// The `/resolve/` path upstream.
+    pub origin: String,
+}
+
+/// The files of every pinned repository (whose manifest the catalog has), by etag: the commit each
+/// pin stands on and the newer one of a followed branch being filled.
+pub async fn pinned_blobs(catalog: &dyn Catalog) -> HashMap<String, PinnedBlob> {
+    let mut pinned = HashMap::new();
+    let pins = match catalog.list_pins().await {
+        Ok(pins) => pins,
+        Err(error) => {
+            tracing::debug!(%error, "cannot list pins");
+            return pinned;
+        }
+    };
+    for (repo, pin) in pins {
+        for commit in std::iter::once(&pin.commit).chain(pin.next_commit.as_ref()) {
+            let Ok(Some(manifest)) = catalog.get_manifest(&repo, commit).await else {
+                tracing::debug!(%repo, %commit, "pinned commit has no manifest yet");
+                continue;
+            };
+            for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                if is_valid_etag(entry.etag()) {
+                    let origin = resolve_origin(&repo, commit, &entry.path);
+                    pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
+                }
+            }
+        }
+    }
+    pinned
+}
+
+/// How many pinned files a node running alone fills at once.
+const LOCAL_PARALLEL_FILLS: usize = 2;
+
+/// The pin keeper of a node that runs alone (a cluster's replica keepers do this job there): keeps
+/// the pinned files from eviction and fills the missing ones from upstream, when the pins change and
+/// every `interval`, until `shutdown`.
+pub fn spawn_local_keeper(mirror: Mirror, interval: Duration, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pins_changed = mirror.watch_pins();
+        loop {
+            let pinned = pinned_blobs(mirror.catalog().as_ref()).await;
+            let store = mirror.store();
+            store.set_protected(pinned.keys().cloned().collect());
+            let missing: Vec<(String, PinnedBlob)> = pinned.into_iter().filter(|(etag, _)| !store.contains(etag)).collect();
+            if !missing.is_empty() {
+                tracing::info!(files = missing.len(), "filling pinned files");
+            }
+            let fills = futures_util::stream::iter(missing)
+                .map(|(etag, blob)| {
+                    let mirror = mirror.clone();
+                    async move { fill_pinned(&mirror, &etag, &blob).await }
+                })
+                .buffer_unordered(LOCAL_PARALLEL_FILLS)
+                .collect::<Vec<()>>();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = fills => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = pins_changed.changed() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
+}
+
+/// Fills one pinned file into this node's store (a pinned file may evict unpinned ones).
+async fn fill_pinned(mirror: &Mirror, etag: &str, blob: &PinnedBlob) {
+    let source = mirror.blob_source(etag, blob.size, &blob.origin).await;
+    match mirror.store().fill_or_join_with(etag, blob.size, source, Room::EvictIfNeeded) {
+        Ok(FillOutcome::Filling(fill)) => {
+            let state = fill.finished().await;
+            tracing::debug!(%etag, ?state, "pinned file fill ended");
+        }
+        Ok(FillOutcome::Stored(_)) => {}
+        Ok(FillOutcome::NoRoom) => tracing::warn!(%etag, size = blob.size, "no room for a pinned file"),
+        Err(error) => tracing::warn!(%etag, %error, "cannot fill a pinned file"),
+    }
+}
+
+/// Tells every keeper that the pins changed: this node's (local keeper, rsync trees) and, in a
+/// cluster, every node's replica keeper.
+async fn pins_changed(mirror: &Mirror) {
+    mirror.notify_pins_changed();
+    if let Some(replicas) = mirror.replicas() {
+        replicas.reconcile_everywhere().await;
+    }
+}
 
 /// Pins `repo` at `revision`: checks it may be stored, resolves the revision to a commit, records the
 /// commit's manifest and the pin, and asks every node to start filling.
 pub async fn pin(mirror: &Mirror, repo: &RepoKey, revision: &str) -> Result<Value, HubError> {
-    if mirror.replicas().is_none() {
-        return Err(HubError::new(
-            http::StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            "Pins are kept by a cluster's replica keepers; this node runs alone",
-            crate::hub::error::ErrorSource::Client,
-        ));
-    }
     let (access, _) = mirror.policy(repo).await?;
     if access != Access::Cacheable {
         return Err(HubError::new(
@@ -40,9 +130,7 @@ pub async fn pin(mirror: &Mirror, repo: &RepoKey, revision: &str) -> Result<Valu
     let (manifest, _) = mirror.manifest(repo, &commit).await?;
     let record = PinRecord { revision: revision.to_owned(), commit: commit.clone(), pinned_at_ms: now_ms(), next_commit: None };
     mirror.catalog().put_pin(repo, record).await.map_err(|error| catalog_unavailable(format!("cannot record the pin: {error}")))?;
-    if let Some(replicas) = mirror.replicas() {
-        replicas.reconcile_everywhere().await;
-    }
+    pins_changed(mirror).await;
     let files = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).count();
     let bytes: u64 = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).map(|entry| entry.size).sum();
     Ok(
@@ -58,26 +146,27 @@ fn catalog_unavailable(message: String) -> HubError {
 /// Removes a pin; its files become ordinary cached blobs again.
 pub async fn unpin(mirror: &Mirror, repo: &RepoKey) -> Result<Value, HubError> {
     mirror.catalog().remove_pin(repo).await.map_err(|error| catalog_unavailable(format!("cannot remove the pin: {error}")))?;
+    pins_changed(mirror).await;
     Ok(json!({"repo": repo.repo_id, "type": repo.repo_type.as_str(), "unpinned": true}))
 }
 
 /// How much of a commit each node holds, by the catalog's replica records (alone: by the store).
-struct Holdings {
-    files: u64,
-    bytes: u64,
+pub(crate) struct Holdings {
+    pub files: u64,
+    pub bytes: u64,
     /// Per node of the topology: (files, bytes) held.
-    per_node: BTreeMap<String, (u64, u64)>,
+    pub per_node: BTreeMap<String, (u64, u64)>,
 }
 
 impl Holdings {
-    fn complete(&self, node: &str) -> bool {
+    pub fn complete(&self, node: &str) -> bool {
         self.per_node.get(node).is_some_and(|(files, _)| *files == self.files)
     }
 }
 
 /// Counts the storable files of `repo@commit` and what each node holds of them; `None` while the
 /// catalog has no manifest for the commit.
-async fn holdings(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<Option<Holdings>, HubError> {
+pub(crate) async fn holdings(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<Option<Holdings>, HubError> {
     let catalog = mirror.catalog();
     let Some(manifest) = catalog.get_manifest(repo, commit).await.map_err(HubError::internal)? else { return Ok(None) };
     let nodes = match mirror.cluster() {
@@ -129,21 +218,25 @@ pub async fn pins_status(mirror: &Mirror) -> Result<Value, HubError> {
     Ok(json!({ "pins": listed }))
 }
 
-/// Whether every serving node holds every file of `commit`.
+/// Whether every serving node (alone: this one) holds every file of `commit`.
 async fn complete_everywhere(mirror: &Mirror, repo: &RepoKey, commit: &str) -> Result<bool, HubError> {
-    let Some(cluster) = mirror.cluster() else { return Ok(false) };
     let Some(held) = holdings(mirror, repo, commit).await? else { return Ok(false) };
-    Ok(cluster.serving_nodes().iter().all(|node| held.complete(node)))
+    Ok(match mirror.cluster() {
+        Some(cluster) => cluster.serving_nodes().iter().all(|node| held.complete(node)),
+        None => held.complete(&mirror.config().name),
+    })
 }
 
 /// One round of following pinned branches: a branch that moved upstream gets its new commit as
 /// `next_commit` (filled everywhere by the replica keepers), and the pin switches to it once every
-/// serving node holds all of it. Run by the catalog leader only, so one node asks upstream.
+/// serving node holds all of it. In a cluster only the catalog leader runs it, so one node asks
+/// upstream.
 pub async fn follow_pinned_branches(mirror: &Mirror) -> Result<(), HubError> {
-    let Some(raft) = mirror.raft() else { return Ok(()) };
-    let status = raft.status();
-    if status.leader != Some(status.id) {
-        return Ok(());
+    if let Some(raft) = mirror.raft() {
+        let status = raft.status();
+        if status.leader != Some(status.id) {
+            return Ok(());
+        }
     }
     let catalog = mirror.catalog();
     // Pins declared in topology.toml are made (or moved to the declared revision) here.
@@ -177,9 +270,7 @@ pub async fn follow_pinned_branches(mirror: &Mirror) -> Result<(), HubError> {
             PinRecord { next_commit: Some(latest), ..pin }
         };
         catalog.put_pin(&repo, record).await.map_err(|error| catalog_unavailable(error.to_string()))?;
-        if let Some(replicas) = mirror.replicas() {
-            replicas.reconcile_everywhere().await;
-        }
+        pins_changed(mirror).await;
     }
     Ok(())
 }

@@ -20,15 +20,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hfm_cluster::catalog::{Catalog, EntryKind, ReplicaRecord};
+use hfm_cluster::catalog::{Catalog, ReplicaRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::hub::route::resolve_origin;
 use crate::peers::ClusterFill;
+use crate::pins::PinnedBlob;
 use crate::store::{BlobSource, BlobStore, FillOutcome, FillState, Room, StoreEvent, is_valid_etag};
 use crate::upstream::{Upstream, UpstreamBlob};
 
@@ -87,12 +87,6 @@ struct Inner {
     tasks: TaskTracker,
     /// Wakes the keeper for a reconciliation round before its interval is up.
     wake: tokio::sync::Notify,
-}
-
-/// A pinned file: where its bytes come from when nobody holds it.
-struct PinnedBlob {
-    size: u64,
-    origin: String,
 }
 
 impl Replicas {
@@ -278,34 +272,6 @@ impl Replicas {
         Ok(())
     }
 
-    /// The files of every pinned repository (whose manifest the catalog has), by etag.
-    async fn pinned_blobs(&self) -> HashMap<String, PinnedBlob> {
-        let mut pinned = HashMap::new();
-        let pins = match self.inner.catalog.list_pins().await {
-            Ok(pins) => pins,
-            Err(error) => {
-                debug!(%error, "cannot list pins");
-                return pinned;
-            }
-        };
-        for (repo, pin) in pins {
-            // The pinned commit, and the newer one of a followed branch being filled.
-            for commit in std::iter::once(&pin.commit).chain(pin.next_commit.as_ref()) {
-                let Ok(Some(manifest)) = self.inner.catalog.get_manifest(&repo, commit).await else {
-                    debug!(%repo, %commit, "pinned commit has no manifest yet");
-                    continue;
-                };
-                for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
-                    if is_valid_etag(entry.etag()) {
-                        let origin = resolve_origin(&repo, commit, &entry.path);
-                        pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
-                    }
-                }
-            }
-        }
-        pinned
-    }
-
     /// One reconciliation round (see the module doc).
     async fn reconcile(&self, shutdown: &CancellationToken) {
         let self_name = self.self_name().to_owned();
@@ -318,7 +284,7 @@ impl Replicas {
                 return;
             }
         };
-        let pinned = self.pinned_blobs().await;
+        let pinned = crate::pins::pinned_blobs(self.inner.catalog.as_ref()).await;
         store.set_protected(pinned.keys().cloned().collect());
         let held: HashMap<String, u64> = store.blobs().into_iter().collect();
         let mut unrecorded_writes = 0usize;

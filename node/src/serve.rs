@@ -134,7 +134,11 @@ pub async fn run(
     let raft_catalog = mirror.raft().cloned();
     let replicas_shutdown = shutdown.child_token();
     let replica_keeper = mirror.replicas().map(|replicas| replicas.spawn(replicas_shutdown.clone()));
-    let pin_follower = mirror.replicas().is_some().then(|| crate::pins::spawn_follower(mirror.clone(), replicas_shutdown.clone()));
+    let pin_follower = crate::pins::spawn_follower(mirror.clone(), replicas_shutdown.clone());
+    // Alone, pinned files are filled and kept by a local keeper instead of the replica keeper.
+    let local_pin_keeper = mirror.replicas().is_none().then(|| {
+        crate::pins::spawn_local_keeper(mirror.clone(), config.ref_ttl.max(Duration::from_secs(5)), replicas_shutdown.clone())
+    });
     let peer_shutdown = shutdown.child_token();
     let peer_server = mirror.cluster().cloned().map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
@@ -172,12 +176,17 @@ pub async fn run(
     // Bulk users' rsync daemon, supervised; it stops with the node.
     let rsync_shutdown = shutdown.child_token();
     let rsync = match &config.rsync {
-        Some(rsync_config) => Some(crate::rsyncd::Rsyncd::spawn(&config.data_dir, rsync_config, rsync_shutdown.clone())?),
+        Some(rsync_config) => {
+            let modules = crate::trees::initial_module_dirs(&config.data_dir)?;
+            Some(crate::rsyncd::Rsyncd::spawn(&config.data_dir, rsync_config, modules, rsync_shutdown.clone())?)
+        }
         None => None,
     };
-    if let Some((rsyncd, _)) = &rsync {
+    // Its module trees (pinned repositories, indexes) follow the pins and the store.
+    let trees = rsync.as_ref().zip(config.rsync.as_ref()).map(|((rsyncd, _), rsync_config)| {
         app_mirror.set_rsync(rsyncd.clone());
-    }
+        crate::trees::spawn(app_mirror.clone(), rsyncd.clone(), rsync_config.index_interval, rsync_shutdown.clone())
+    });
     {
         let mut stdout = std::io::stdout().lock();
         if let Some(rsync_config) = &config.rsync {
@@ -256,6 +265,9 @@ pub async fn run(
         dns_server.shutdown().await;
     }
     rsync_shutdown.cancel();
+    if let Some(trees) = trees {
+        let _ = trees.await;
+    }
     if let Some((_, rsync_task)) = rsync {
         let _ = rsync_task.await;
     }
@@ -264,8 +276,9 @@ pub async fn run(
     if let Some(replica_keeper) = replica_keeper {
         let _ = replica_keeper.await;
     }
-    if let Some(pin_follower) = pin_follower {
-        let _ = pin_follower.await;
+    let _ = pin_follower.await;
+    if let Some(local_pin_keeper) = local_pin_keeper {
+        let _ = local_pin_keeper.await;
     }
     peer_shutdown.cancel();
     if let Some(peer_server) = peer_server {

@@ -84,6 +84,15 @@ fn repo_key(repo: &RepoKey, rest: &[&str]) -> String {
     key
 }
 
+/// Splits a key made by [`repo_key`] back into the repository and the rest; `None` for a key that
+/// names no known repository type.
+fn split_repo_key(key: &str) -> Option<(RepoKey, Vec<&str>)> {
+    let mut parts = key.split('\0');
+    let repo_type = crate::types::RepoType::parse(parts.next()?)?;
+    let repo_id = parts.next()?;
+    Some((RepoKey::new(repo_type, repo_id), parts.collect()))
+}
+
 impl LocalCatalog {
     /// Opens (or creates) the catalog file, creating every table so that reads never meet a missing
     /// table.
@@ -186,6 +195,22 @@ impl LocalCatalog {
                 }
             }
             Ok(records)
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)?
+    }
+
+    /// Every key of a table.
+    async fn scan_keys(&self, table: TableDefinition<'static, &'static str, &'static [u8]>) -> Result<Vec<String>, CatalogError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_read().map_err(storage_error)?;
+            let opened = transaction.open_table(table).map_err(storage_error)?;
+            let mut keys = Vec::new();
+            for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
+                keys.push(item.map_err(storage_error)?.0.value().to_owned());
+            }
+            Ok(keys)
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -354,6 +379,35 @@ impl Catalog for LocalCatalog {
         .await
     }
 
+    async fn list_policies(&self) -> Result<Vec<(RepoKey, PolicyRecord)>, CatalogError> {
+        let records = self.scan_records::<PolicyRecord>(POLICIES).await?;
+        Ok(records.into_iter().filter_map(|(key, record)| Some((split_repo_key(&key)?.0, record))).collect())
+    }
+
+    async fn list_refs(&self) -> Result<Vec<(RepoKey, String, RefRecord)>, CatalogError> {
+        let records = self.scan_records::<RefRecord>(REFS).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|(key, record)| {
+                let (repo, rest) = split_repo_key(&key)?;
+                let [revision] = rest.as_slice() else { return None };
+                Some((repo, (*revision).to_owned(), record))
+            })
+            .collect())
+    }
+
+    async fn list_manifest_keys(&self) -> Result<Vec<(RepoKey, String)>, CatalogError> {
+        let keys = self.scan_keys(MANIFESTS).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| {
+                let (repo, rest) = split_repo_key(key)?;
+                let [commit] = rest.as_slice() else { return None };
+                Some((repo, (*commit).to_owned()))
+            })
+            .collect())
+    }
+
     async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError> {
         Ok(self.scan_records::<(RepoKey, PinRecord)>(PINS).await?.into_iter().map(|(_, pin)| pin).collect())
     }
@@ -397,6 +451,12 @@ mod tests {
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
         let dataset = RepoKey::new(RepoType::Dataset, "org/model");
         assert!(catalog.get_ref(&dataset, "main").await.unwrap().is_none(), "repo types are separate keys");
+        // The listings the exported indexes read give the same records back with their keys.
+        assert_eq!(catalog.list_refs().await.unwrap(), [(repo.clone(), "main".to_owned(), RefRecord { commit: commit.into(), checked_at_ms: 7 })]);
+        assert_eq!(catalog.list_manifest_keys().await.unwrap(), [(repo.clone(), commit.to_owned())]);
+        let policies = catalog.list_policies().await.unwrap();
+        assert_eq!(policies.len(), 1);
+        assert_eq!(policies[0].0, repo);
     }
 
     #[tokio::test]

@@ -73,6 +73,13 @@ pub trait Catalog: Send + Sync + 'static {
     /// last holder.
     async fn remove_replica(&self, etag: &str, node: &str) -> Result<(), CatalogError>;
 
+    /// Every repository's policy record, for the exported indexes.
+    async fn list_policies(&self) -> Result<Vec<(RepoKey, PolicyRecord)>, CatalogError>;
+    /// Every resolved branch or tag: (repository, revision, record), for the exported indexes.
+    async fn list_refs(&self) -> Result<Vec<(RepoKey, String, RefRecord)>, CatalogError>;
+    /// Every commit the catalog holds a manifest of, without decoding the manifests.
+    async fn list_manifest_keys(&self) -> Result<Vec<(RepoKey, String)>, CatalogError>;
+
     /// Every pin: (repository, pin).
     async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError>;
     /// Pins a repository (one pin per repository; a new one replaces the old).

@@ -248,6 +248,18 @@ impl Catalog for RaftCatalog {
         self.write(CatalogCommand::RemoveReplica { etag: etag.to_owned(), node: node.to_owned() }).await
     }
 
+    async fn list_policies(&self) -> Result<Vec<(RepoKey, PolicyRecord)>, CatalogError> {
+        self.local.list_policies().await
+    }
+
+    async fn list_refs(&self) -> Result<Vec<(RepoKey, String, RefRecord)>, CatalogError> {
+        self.local.list_refs().await
+    }
+
+    async fn list_manifest_keys(&self) -> Result<Vec<(RepoKey, String)>, CatalogError> {
+        self.local.list_manifest_keys().await
+    }
+
     async fn list_pins(&self) -> Result<Vec<(RepoKey, PinRecord)>, CatalogError> {
         self.local.list_pins().await
     }
