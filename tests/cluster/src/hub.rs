@@ -118,6 +118,14 @@ impl FakeHub {
         state["repos"][repo]["refs"][revision].as_str().map(str::to_owned).with_context(|| format!("no {revision} in {repo}"))
     }
 
+    /// The bytes of a model file at `revision`, as upstream has them.
+    pub async fn content(&self, repo: &str, revision: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+        let encode = |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let url = format!("{}/_fake/file?repo={}&rev={}&path={}&type=model", self.url, encode(repo), encode(revision), encode(path));
+        let response = self.client.get(url).send().await?.error_for_status()?;
+        Ok(response.bytes().await?.to_vec())
+    }
+
     /// The files of `repo` (`org/model`, `datasets/org/dataset`) at `revision`.
     pub async fn files(&self, repo: &str, revision: &str) -> anyhow::Result<Vec<HubFile>> {
         let state = self.control(reqwest::Method::GET, "/_fake/state").await?;

@@ -346,9 +346,19 @@ impl Cluster {
 
     /// The addresses node `index`'s DNS server answers for `name` (type A), with `dig`.
     pub async fn dns_answers(&self, index: usize, name: &str) -> anyhow::Result<Vec<String>> {
+        self.dns_answers_for(index, name, None).await
+    }
+
+    /// The A records a node's DNS server answers for `name`, asked with an EDNS Client Subnet (as a
+    /// resolver in that network would) when `subnet` is given.
+    pub async fn dns_answers_for(&self, index: usize, name: &str, subnet: Option<&str>) -> anyhow::Result<Vec<String>> {
         let address = self.nodes[index].addresses.dns;
-        let output = tokio::process::Command::new("dig")
-            .args([format!("@{}", address.ip()), "-p".into(), address.port().to_string()])
+        let mut command = tokio::process::Command::new("dig");
+        command.args([format!("@{}", address.ip()), "-p".into(), address.port().to_string()]);
+        if let Some(subnet) = subnet {
+            command.arg(format!("+subnet={subnet}"));
+        }
+        let output = command
             .args(["+short", "+tries=1", "+time=1", name, "A"])
             .output()
             .await

@@ -491,6 +491,40 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     }
     let listing = cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await?;
     assert!(listing.contains("model org/model@main") && listing.matches("complete").count() == 4, "{listing}");
+
+    // Every node's rsync `models` module shows the repo once it is complete there, with upstream's
+    // bytes; the times are the same on every node, so pulling from another node transfers nothing.
+    let commit = cluster.hub.commit("org/model", "main").await?;
+    let work = tempfile::tempdir()?;
+    for node in 0..4 {
+        let module = format!("rsync://{}:8873/models/org/model/", cluster.net.node_ip(node));
+        wait_until("the pinned repo's tree on every node", Duration::from_secs(30), || async {
+            rsync_pull(&[&format!("{module}.hf-mirror-trace"), &work.path().join("trace").display().to_string()])
+                .await
+                .is_ok_and(|_| std::fs::read_to_string(work.path().join("trace")).is_ok_and(|trace| trace.contains(&commit)))
+        })
+        .await?;
+        let pulled = work.path().join(format!("node{node}"));
+        rsync_pull(&["-a", &module, &pulled.display().to_string()]).await?;
+        for file in &files {
+            let bytes = std::fs::read(pulled.join(&file.path))?;
+            assert_eq!(bytes, cluster.hub.content("org/model", &commit, &file.path).await?, "{} from node {node}", file.path);
+        }
+        let again = rsync_pull(&["-a", "--stats", &module, &pulled.display().to_string()]).await?;
+        assert!(again.contains("Number of regular files transferred: 0"), "a second pull from node {node}: {again}");
+        // Only the trace (it names the node and when it switched) differs from what node 0 gave.
+        let across = rsync_pull(&["-a", "--itemize-changes", &module, &work.path().join("node0").display().to_string()]).await?;
+        let sent: Vec<&str> = across.lines().filter(|line| line.starts_with(">f")).collect();
+        assert!(sent.iter().all(|line| line.ends_with(" .hf-mirror-trace")), "node {node} after node 0: {across}");
+    }
+    // End to end: a resolver in Poznan asks any node for the rsync name and gets the nearest node,
+    // Warsaw; the pull from the address it returned has the repo.
+    let answered = cluster.dns_answers_for(0, "rsync.hf-mirror.eu", Some("150.254.7.0/24")).await?;
+    assert_eq!(answered, [cluster.net.node_ip(2).to_string()], "Poznan is nearest to waw1");
+    let via_dns = work.path().join("via-dns");
+    rsync_pull(&["-a", &format!("rsync://{}:8873/models/org/model/", answered[0]), &via_dns.display().to_string()]).await?;
+    assert_eq!(std::fs::read(via_dns.join("config.json"))?, cluster.hub.content("org/model", &commit, "config.json").await?);
+
     // The pinned branch moves upstream: its new commit is filled everywhere, then the pin switches.
     let new_commit = cluster.hub.move_branch("org/model", "main").await?;
     wait_until("the pin switched to the branch's new commit", Duration::from_secs(120), || async {
@@ -523,6 +557,13 @@ async fn scenario_9b_pins_declared_in_the_topology_are_made_and_filled_without_a
     let listing = cluster.run_on(2, &["pins", "--url", &cluster.nodes[2].url]).await?;
     assert!(listing.contains("model org/tiny-tokenizer@main"), "{listing}");
     Ok(())
+}
+
+/// Runs the real rsync client; its standard output, or an error with its standard error.
+async fn rsync_pull(args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("rsync").args(args).output().await?;
+    anyhow::ensure!(output.status.success(), "rsync {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
