@@ -40,24 +40,34 @@ fn hit_ratio(status: &Value, kind: &str) -> String {
     format!("{:.1}% of {total}", 100.0 * (hit + revalidated) as f64 / total as f64)
 }
 
+/// The rsync daemon's column: `up`, `down`, with its restarts; `-` without a daemon.
+fn rsync_text(status: Option<&Value>) -> String {
+    let Some(rsync) = status.map(|status| &status["rsync"]).filter(|rsync| rsync.is_object()) else { return "-".into() };
+    let state = if rsync["running"] == true { "up" } else { "down" };
+    match rsync["restarts"].as_u64().unwrap_or(0) {
+        0 => state.into(),
+        restarts => format!("{state} ({restarts} restarts)"),
+    }
+}
+
 fn gib(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".into(), |bytes| format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64))
 }
 
 /// Prints one line per node: state, stored bytes, free disk, the hit ratios of file downloads and of
-/// metadata, and its Raft role.
+/// metadata, its rsync daemon, and its Raft role.
 pub async fn print_status(url: &str) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let own = fetch(&client, url).await?;
     println!(
-        "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
-        "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "hits (metadata)", "raft"
+        "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
+        "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "hits (metadata)", "rsync", "raft"
     );
     let Some(members) = own["members"].as_array() else {
         let store = &own["store"];
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
             own["node"].as_str().unwrap_or("?"),
             "live",
             store["blobs"].as_u64().unwrap_or(0),
@@ -65,6 +75,7 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
             "-",
             hit_ratio(&own, "answers"),
             hit_ratio(&own, "metadata_answers"),
+            rsync_text(Some(&own)),
             "single node"
         );
         return Ok(());
@@ -85,7 +96,7 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         println!(
-            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {}",
+            "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
             name,
             state,
             store["blobs"].as_u64().map_or_else(|| "-".into(), |blobs| blobs.to_string()),
@@ -93,6 +104,7 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
             gib(member["free_disk"].as_u64()),
             remote.as_ref().map_or_else(|| "-".into(), |status| hit_ratio(status, "answers")),
             remote.as_ref().map_or_else(|| "-".into(), |status| hit_ratio(status, "metadata_answers")),
+            rsync_text(remote.as_ref()),
             raft_text
         );
     }

@@ -5,7 +5,7 @@ pyarrow) match the catalog. Runs in the venv that has pyarrow (hub2)."""
 
 import socket
 import subprocess
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,8 +73,9 @@ def trace_commit(mirror, module_path: str) -> str | None:
     listed = rsync(f"{mirror.rsync_url}/{module_path}/.hf-mirror-trace")
     if listed.returncode != 0:
         return None
-    local = Path(mirror.workdir) / "trace-probe"
-    pulled = rsync(f"{mirror.rsync_url}/{module_path}/.hf-mirror-trace", str(local))
+    # A fresh file each time, as a first pull would see it.
+    local = Path(tempfile.mkdtemp(dir=mirror.workdir)) / "trace"
+    pulled = rsync("-a", f"{mirror.rsync_url}/{module_path}/.hf-mirror-trace", str(local))
     if pulled.returncode != 0:
         return None
     for line in local.read_text().splitlines():
@@ -95,6 +96,10 @@ def assert_tree_matches(fake_hub, key: str, repo: str, repo_type: str, sha: str,
 def test_a_pinned_repo_pulled_with_rsync_has_upstreams_bytes_and_a_second_pull_transfers_nothing(rsync_mirror, fake_hub, tmp_path):
     modules = rsync(rsync_mirror.rsync_url + "/")
     assert modules.returncode == 0 and all(m in modules.stdout for m in ("models", "datasets", "indexes")), modules
+    status = subprocess.run([str(mirror_bin()), "status", "--url", rsync_mirror.url], capture_output=True, text=True,
+                            timeout=30, env=clean_env())
+    assert status.returncode == 0 and "rsync" in status.stdout.splitlines()[0], status.stdout
+    assert status.stdout.splitlines()[1].split()[0] == "solo" and " up " in status.stdout.splitlines()[1], status.stdout
     sha = fake_hub.sha("org/model")
     pin(rsync_mirror, "org/model")
     wait_until(lambda: trace_commit(rsync_mirror, "models/org/model") == sha, "the pinned repo's tree", timeout=60)
