@@ -25,6 +25,7 @@ pub mod cluster_up;
 pub mod config;
 pub mod edge;
 pub mod hub;
+pub mod limits;
 pub mod indexes;
 pub mod mirror;
 pub mod peers;
