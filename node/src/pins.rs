@@ -15,8 +15,8 @@ use hfm_cluster::types::{RepoKey, RepoType};
 use serde_json::{Value, json};
 
 use crate::hub::HubError;
-use crate::mirror::{Access, Mirror, now_ms};
 use crate::hub::route::resolve_origin;
+use crate::mirror::{Access, Mirror, now_ms};
 use crate::store::{FillOutcome, Room, is_valid_etag};
 
 /// A pinned file: its size and where its bytes come from when nobody holds it.
@@ -60,7 +60,11 @@ const LOCAL_PARALLEL_FILLS: usize = 2;
 /// The pin keeper of a node that runs alone (a cluster's replica keepers do this job there): keeps
 /// the pinned files from eviction and fills the missing ones from upstream, when the pins change and
 /// every `interval`, until `shutdown`.
-pub fn spawn_local_keeper(mirror: Mirror, interval: Duration, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_local_keeper(
+    mirror: Mirror,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut pins_changed = mirror.watch_pins();
         loop {

@@ -236,7 +236,12 @@ mod tests {
     async fn the_daemon_serves_read_only_modules_and_comes_back_when_killed() {
         let directory = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = RsyncConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)), max_connections: 8, timeout_secs: 30, index_interval: Duration::from_secs(60) };
+        let config = RsyncConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_connections: 8,
+            timeout_secs: 30,
+            index_interval: Duration::from_secs(60),
+        };
         let served = directory.path().join("served");
         std::fs::create_dir_all(served.join("org/model")).unwrap();
         std::fs::write(served.join("org/model/config.json"), b"{}").unwrap();

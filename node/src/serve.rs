@@ -136,9 +136,10 @@ pub async fn run(
     let replica_keeper = mirror.replicas().map(|replicas| replicas.spawn(replicas_shutdown.clone()));
     let pin_follower = crate::pins::spawn_follower(mirror.clone(), replicas_shutdown.clone());
     // Alone, pinned files are filled and kept by a local keeper instead of the replica keeper.
-    let local_pin_keeper = mirror.replicas().is_none().then(|| {
-        crate::pins::spawn_local_keeper(mirror.clone(), config.ref_ttl.max(Duration::from_secs(5)), replicas_shutdown.clone())
-    });
+    let local_pin_keeper = mirror
+        .replicas()
+        .is_none()
+        .then(|| crate::pins::spawn_local_keeper(mirror.clone(), config.ref_ttl.max(Duration::from_secs(5)), replicas_shutdown.clone()));
     let peer_shutdown = shutdown.child_token();
     let peer_server = mirror.cluster().cloned().map(|cluster| {
         let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));

@@ -168,7 +168,8 @@ pub fn build_generation(target: &Path, trees: &[RepoTree], node: &str) -> anyhow
     std::fs::create_dir_all(&staged).with_context(|| format!("creating {}", staged.display()))?;
     let (mut built, mut failed) = (Vec::new(), Vec::new());
     for tree in trees {
-        let Some(base) = safe_components(&tree.repo.repo_id).filter(|parts| parts.len() == 2).map(|parts| staged.join(parts[0]).join(parts[1]))
+        let Some(base) =
+            safe_components(&tree.repo.repo_id).filter(|parts| parts.len() == 2).map(|parts| staged.join(parts[0]).join(parts[1]))
         else {
             failed.push((tree.repo.clone(), "not ORG/NAME".to_owned()));
             continue;
@@ -189,9 +190,10 @@ pub fn build_generation(target: &Path, trees: &[RepoTree], node: &str) -> anyhow
 /// Whether any process (an rsync daemon's connection) has its working directory inside `directory`.
 pub fn in_use(directory: &Path) -> bool {
     let Ok(processes) = std::fs::read_dir("/proc") else { return false };
-    processes.flatten().filter(|entry| entry.file_name().to_string_lossy().bytes().all(|byte| byte.is_ascii_digit())).any(|entry| {
-        std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(directory))
-    })
+    processes
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|byte| byte.is_ascii_digit()))
+        .any(|entry| std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(directory)))
 }
 
 /// What the trees showed, kept in `DATA/rsync/trees.json` across restarts.
@@ -309,7 +311,8 @@ impl Trees {
             let Some(module) = module_of(repo.repo_type) else { continue };
             let key = repo.to_string();
             let shown = self.state.shown.get(&key);
-            let candidates = std::iter::once(pin.commit.clone()).chain(shown.map(|shown| shown.commit.clone()).filter(|commit| *commit != pin.commit));
+            let candidates =
+                std::iter::once(pin.commit.clone()).chain(shown.map(|shown| shown.commit.clone()).filter(|commit| *commit != pin.commit));
             'commits: for commit in candidates {
                 if self.broken.contains(&(key.clone(), commit.clone())) {
                     continue;
@@ -327,7 +330,13 @@ impl Trees {
                     }
                 }
                 let switched_at_ms = shown.filter(|shown| shown.commit == commit).map_or_else(now_ms, |shown| shown.switched_at_ms);
-                wanted.entry(module).or_default().push(RepoTree { repo: repo.clone(), revision: pin.revision.clone(), commit, switched_at_ms, files });
+                wanted.entry(module).or_default().push(RepoTree {
+                    repo: repo.clone(),
+                    revision: pin.revision.clone(),
+                    commit,
+                    switched_at_ms,
+                    files,
+                });
                 break;
             }
         }

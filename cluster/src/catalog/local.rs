@@ -452,7 +452,10 @@ mod tests {
         let dataset = RepoKey::new(RepoType::Dataset, "org/model");
         assert!(catalog.get_ref(&dataset, "main").await.unwrap().is_none(), "repo types are separate keys");
         // The listings the exported indexes read give the same records back with their keys.
-        assert_eq!(catalog.list_refs().await.unwrap(), [(repo.clone(), "main".to_owned(), RefRecord { commit: commit.into(), checked_at_ms: 7 })]);
+        assert_eq!(
+            catalog.list_refs().await.unwrap(),
+            [(repo.clone(), "main".to_owned(), RefRecord { commit: commit.into(), checked_at_ms: 7 })]
+        );
         assert_eq!(catalog.list_manifest_keys().await.unwrap(), [(repo.clone(), commit.to_owned())]);
         let policies = catalog.list_policies().await.unwrap();
         assert_eq!(policies.len(), 1);

@@ -8,7 +8,8 @@ use crate::rsyncd::{RsyncConfig, empty_module_dirs};
 fn hostile_paths_are_refused() {
     assert_eq!(safe_components("config.json").unwrap(), ["config.json"]);
     assert_eq!(safe_components("a/b/.c").unwrap(), ["a", "b", ".c"]);
-    for hostile in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".", "..", "a\0b", &"x".repeat(256), &"a/".repeat(3000)] {
+    for hostile in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", ".", "..", "a\0b", &"x".repeat(256), &"a/".repeat(3000)]
+    {
         assert!(safe_components(hostile).is_none(), "{hostile:?}");
     }
 }
@@ -75,7 +76,10 @@ fn a_generation_is_hard_links_with_stable_times_and_a_trace() {
     let (blob_meta, link_meta) = (std::fs::metadata(&weights.0).unwrap(), std::fs::metadata(&linked).unwrap());
     assert_eq!(blob_meta.ino(), link_meta.ino(), "a hard link, not a copy");
     assert_eq!(link_meta.modified().unwrap(), blob_time(&weights.1));
-    assert_eq!(std::fs::metadata(target.join("org/model/sub")).unwrap().modified().unwrap(), UNIX_EPOCH + Duration::from_secs(DIRECTORY_TIME));
+    assert_eq!(
+        std::fs::metadata(target.join("org/model/sub")).unwrap().modified().unwrap(),
+        UNIX_EPOCH + Duration::from_secs(DIRECTORY_TIME)
+    );
     let trace = std::fs::read_to_string(target.join("org/model").join(TRACE_FILE)).unwrap();
     assert!(trace.contains(&format!("commit: {}\n", "c".repeat(40))), "{trace}");
     assert!(trace.contains("switched: 2023-11-14T22:13:20Z\n") && trace.contains("node: fra1\n"), "{trace}");
@@ -125,7 +129,8 @@ async fn a_pull_running_during_a_switch_sees_only_the_old_tree() {
 
     // A slow pull (768 KiB at 128 KiB/s) is running when the tree switches.
     let during = directory.path().join("during");
-    let mut pull = tokio::process::Command::new("rsync").args(["-a", "--bwlimit=128", &url, &during.display().to_string()]).spawn().unwrap();
+    let mut pull =
+        tokio::process::Command::new("rsync").args(["-a", "--bwlimit=128", &url, &during.display().to_string()]).spawn().unwrap();
     for _ in 0..100 {
         if in_use(&first) {
             break;
