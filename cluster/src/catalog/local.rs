@@ -178,42 +178,38 @@ impl LocalCatalog {
         .map_err(|_| CatalogError::Closed)?
     }
 
-    /// Every decodable record of a table with its key; undecodable rows are skipped.
-    async fn scan_records<T: DeserializeOwned + Send + 'static>(
+    /// Every row of a table that `keep` turns into a value (from its key and its bytes).
+    async fn scan_rows<T: Send + 'static>(
         &self,
         table: TableDefinition<'static, &'static str, &'static [u8]>,
-    ) -> Result<Vec<(String, T)>, CatalogError> {
+        keep: fn(&str, &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>, CatalogError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let transaction = inner.database.begin_read().map_err(storage_error)?;
             let opened = transaction.open_table(table).map_err(storage_error)?;
-            let mut records = Vec::new();
+            let mut rows = Vec::new();
             for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
                 let (key, value) = item.map_err(storage_error)?;
-                if let Ok(record) = postcard::from_bytes::<T>(value.value()) {
-                    records.push((key.value().to_owned(), record));
-                }
+                rows.extend(keep(key.value(), value.value()));
             }
-            Ok(records)
+            Ok(rows)
         })
         .await
         .map_err(|_| CatalogError::Closed)?
     }
 
-    /// Every key of a table.
+    /// Every decodable record of a table with its key; undecodable rows are skipped.
+    async fn scan_records<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        self.scan_rows(table, |key, value| Some((key.to_owned(), postcard::from_bytes::<T>(value).ok()?))).await
+    }
+
+    /// Every key of a table (the values are not decoded).
     async fn scan_keys(&self, table: TableDefinition<'static, &'static str, &'static [u8]>) -> Result<Vec<String>, CatalogError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_read().map_err(storage_error)?;
-            let opened = transaction.open_table(table).map_err(storage_error)?;
-            let mut keys = Vec::new();
-            for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
-                keys.push(item.map_err(storage_error)?.0.value().to_owned());
-            }
-            Ok(keys)
-        })
-        .await
-        .map_err(|_| CatalogError::Closed)?
+        self.scan_rows(table, |key, _| Some(key.to_owned())).await
     }
 
     /// Reads a row of the Raft state machine's bookkeeping.
