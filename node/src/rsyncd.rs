@@ -221,20 +221,22 @@ impl Rsyncd {
     }
 }
 
+/// Running the daemon and the rsync client in tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn rsync(args: &[&str]) -> std::process::Output {
+    /// Runs the real rsync client.
+    pub fn rsync(args: &[&str]) -> std::process::Output {
         std::process::Command::new("rsync")
             .args(args)
             .output()
             .expect("rsync is missing: the test command installs it (apt-get install rsync)")
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_daemon_serves_read_only_modules_and_comes_back_when_killed() {
-        let directory = tempfile::tempdir().unwrap();
+    /// A daemon on a free loopback port serving `models` from `models_dir` (the other modules
+    /// empty), answering once this returns: (handle, supervisor, its shutdown, port).
+    pub async fn start_daemon(data_dir: &Path, models_dir: &Path) -> (Rsyncd, tokio::task::JoinHandle<()>, CancellationToken, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = RsyncConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -242,13 +244,32 @@ mod tests {
             timeout_secs: 30,
             index_interval: Duration::from_secs(60),
         };
+        let mut modules = empty_module_dirs(data_dir).unwrap();
+        modules.insert("models".into(), models_dir.to_owned());
+        let shutdown = CancellationToken::new();
+        let (rsyncd, task) = Rsyncd::spawn(data_dir, &config, modules, shutdown.clone()).unwrap();
+        for _ in 0..50 {
+            if rsync(&[&format!("rsync://127.0.0.1:{port}/")]).status.success() {
+                return (rsyncd, task, shutdown, port);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the rsync daemon never answered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{rsync, start_daemon};
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_daemon_serves_read_only_modules_and_comes_back_when_killed() {
+        let directory = tempfile::tempdir().unwrap();
         let served = directory.path().join("served");
         std::fs::create_dir_all(served.join("org/model")).unwrap();
         std::fs::write(served.join("org/model/config.json"), b"{}").unwrap();
-        let mut modules = empty_module_dirs(directory.path()).unwrap();
-        modules.insert("models".into(), served.clone());
-        let shutdown = CancellationToken::new();
-        let (rsyncd, task) = Rsyncd::spawn(directory.path(), &config, modules, shutdown.clone()).unwrap();
+        let (rsyncd, task, shutdown, port) = start_daemon(directory.path(), &served).await;
         let url = format!("rsync://127.0.0.1:{port}/");
         let list = || async {
             for _ in 0..50 {

@@ -1,8 +1,7 @@
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 
 use super::*;
-use crate::rsyncd::{RsyncConfig, empty_module_dirs};
+use crate::rsyncd::testing::{rsync, start_daemon};
 
 #[test]
 fn hostile_paths_are_refused() {
@@ -86,10 +85,6 @@ fn a_generation_is_hard_links_with_stable_times_and_a_trace() {
     assert!(!directory.path().join("gen/models/.building-1").exists(), "the staging directory was renamed into place");
 }
 
-fn rsync(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("rsync").args(args).output().expect("rsync is missing: the test command installs it")
-}
-
 /// The contract of a tree switch: a pull that started before it finishes with the old tree, whole;
 /// the next pull gets the new one; the old generation is in use until the pull ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,24 +103,8 @@ async fn a_pull_running_during_a_switch_sees_only_the_old_tree() {
     std::fs::create_dir_all(first.parent().unwrap()).unwrap();
     build_generation(&first, &[tree("org/model", &"1".repeat(40), old)], "fra1").unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = RsyncConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        max_connections: 8,
-        timeout_secs: 30,
-        index_interval: Duration::from_secs(60),
-    };
-    let mut modules = empty_module_dirs(directory.path()).unwrap();
-    modules.insert("models".into(), first.clone());
-    let shutdown = CancellationToken::new();
-    let (rsyncd, task) = Rsyncd::spawn(directory.path(), &config, modules, shutdown.clone()).unwrap();
+    let (rsyncd, task, shutdown, port) = start_daemon(directory.path(), &first).await;
     let url = format!("rsync://127.0.0.1:{port}/models/org/model/");
-    for _ in 0..50 {
-        if rsync(&[&format!("rsync://127.0.0.1:{port}/")]).status.success() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // A slow pull (768 KiB at 128 KiB/s) is running when the tree switches.
     let during = directory.path().join("during");
