@@ -98,12 +98,19 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
         dns: Option<&'a crate::config::DnsSection>,
         #[serde(skip_serializing_if = "Option::is_none")]
         rsync: Option<&'a crate::config::RsyncSection>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limits: Option<&'a crate::config::LimitsSection>,
         // Never an inline `pins = []`: after `[defaults]` it would land in that table.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pins: &'a [crate::config::PinEntry],
     }
     text.push('\n');
-    text.push_str(&toml::to_string(&Copied { dns: topology.dns.as_ref(), rsync: topology.rsync.as_ref(), pins: &topology.pins })?);
+    text.push_str(&toml::to_string(&Copied {
+        dns: topology.dns.as_ref(),
+        rsync: topology.rsync.as_ref(),
+        limits: topology.limits.as_ref(),
+        pins: &topology.pins,
+    })?);
     for (node, address) in topology.nodes.iter().zip(addresses) {
         text.push_str("\n[[nodes]]\n");
         writeln!(text, "name = {}", toml_string(&node.name)?)?;

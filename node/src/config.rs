@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub pins: Vec<(hfm_cluster::types::RepoKey, String)>,
     /// The node's rsync daemon, when the topology has an `[rsync]` section.
     pub rsync: Option<crate::rsyncd::RsyncConfig>,
+    /// The edge's limits on anonymous clients (`[limits]`; the published policy by default).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// A node's authoritative DNS: the zone and how its server listens.
@@ -99,6 +101,7 @@ impl NodeConfig {
             dns: None,
             pins: Vec::new(),
             rsync: None,
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -154,6 +157,8 @@ pub struct TopologyFile {
     /// The rsync daemon every node runs for bulk users.
     #[serde(default)]
     pub rsync: Option<RsyncSection>,
+    /// The edge's limits on anonymous clients.
+    pub limits: Option<LimitsSection>,
     #[serde(default)]
     pub defaults: NodeSettingsFile,
     #[serde(default)]
@@ -219,6 +224,34 @@ pub struct RsyncSection {
     pub timeout_secs: Option<u32>,
     /// How often the `indexes` module gets a new Parquet snapshot of the catalog (default `15m`).
     pub index_interval: Option<String>,
+}
+
+/// `[limits]`: what one anonymous client may do (requests per second with a burst, parallel requests
+/// per IPv4 address or IPv6 /48, bytes per 24 hours; 0 is unlimited), and allow-listed prefixes.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<f64>,
+    pub parallel: Option<u32>,
+    /// A size (`1TB`), or `0` for unlimited.
+    pub daily_bytes: Option<String>,
+    /// How many clients each limit table remembers (default 100000).
+    pub max_clients: Option<usize>,
+    #[serde(default)]
+    pub allow: Vec<AllowEntry>,
+}
+
+/// `[[limits.allow]]`: a prefix (academic network, CI farm) with its own quota; fields left out keep
+/// the default's value.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub prefix: String,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<f64>,
+    pub parallel: Option<u32>,
+    pub daily_bytes: Option<String>,
 }
 
 /// `[[pins]]`: a repository kept whole on every node.
@@ -460,6 +493,9 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         }
         let node_listen = topology.nodes[node_index].settings.rsync_listen.as_ref().map(|text| (text, node_index));
         config.rsync = resolve_rsync(topology.rsync.as_ref(), node_listen, overrides, origin)?;
+        if let Some(section) = &topology.limits {
+            config.limits = resolve_limits(section, origin)?;
+        }
         for (index, entry) in topology.pins.iter().enumerate() {
             let pin = crate::pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {
                 origin: origin.to_owned(),
@@ -476,6 +512,59 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
     }
     apply_layer(&mut config, overrides, "flag or environment", "--")?;
     Ok(config)
+}
+
+/// Applies the fields a quota entry sets over `base`.
+fn apply_quota(
+    base: crate::limits::Quota,
+    entry: (Option<f64>, Option<f64>, Option<u32>, Option<&String>),
+    field: &str,
+    origin: &str,
+) -> Result<crate::limits::Quota, ConfigError> {
+    let fail = |name: &str, message: String| ConfigError { origin: origin.to_owned(), field: format!("{field}{name}"), message };
+    let (requests_per_second, burst, parallel, daily_bytes) = entry;
+    let mut quota = base;
+    if let Some(rate) = requests_per_second {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return Err(fail("requests_per_second", format!("{rate} is not a rate")));
+        }
+        quota.requests_per_second = rate;
+    }
+    if let Some(burst) = burst {
+        if !(burst.is_finite() && burst >= 0.0) {
+            return Err(fail("burst", format!("{burst} is not a burst")));
+        }
+        quota.burst = burst;
+    }
+    if let Some(parallel) = parallel {
+        quota.parallel = parallel;
+    }
+    if let Some(text) = daily_bytes {
+        quota.daily_bytes = parse_size(text).map_err(|message| fail("daily_bytes", message))?;
+    }
+    Ok(quota)
+}
+
+/// Resolves `[limits]` over the published defaults.
+fn resolve_limits(section: &LimitsSection, origin: &str) -> Result<crate::limits::LimitsConfig, ConfigError> {
+    let mut limits = crate::limits::LimitsConfig::default();
+    let entry = (section.requests_per_second, section.burst, section.parallel, section.daily_bytes.as_ref());
+    limits.default = apply_quota(limits.default, entry, "limits.", origin)?;
+    if let Some(max_clients) = section.max_clients {
+        limits.max_clients = max_clients.max(1);
+    }
+    for (index, rule) in section.allow.iter().enumerate() {
+        let field = format!("limits.allow[{index}].");
+        let prefix = crate::limits::Prefix::parse(&rule.prefix).map_err(|message| ConfigError {
+            origin: origin.to_owned(),
+            field: format!("{field}prefix"),
+            message,
+        })?;
+        let quota =
+            apply_quota(limits.default, (rule.requests_per_second, rule.burst, rule.parallel, rule.daily_bytes.as_ref()), &field, origin)?;
+        limits.allow.push((prefix, quota));
+    }
+    Ok(limits)
 }
 
 /// Resolves a node's rsync daemon from `[rsync]` and the node's `rsync_listen` (with its index); a

@@ -24,6 +24,7 @@ use crate::hub::query::{flag, parse_pairs, values};
 use crate::hub::range::parse_range;
 use crate::hub::route::{Route, encode_segment, resolve_origin, route, validate_relative_path};
 use crate::hub::{ErrorSource, HubError};
+use crate::limits::{Admission, EdgeLimits, Refusal};
 use crate::mirror::{Access, CacheStatus, Mirror, api_repo_path};
 use crate::store::{BlobSource, ContentHasher, FillOutcome, is_valid_etag};
 use crate::upstream::read_buffered;
@@ -39,17 +40,76 @@ const FORWARDED_REQUEST_HEADERS: &[HeaderName] =
 #[derive(Clone)]
 pub struct EdgeState {
     mirror: Mirror,
+    limits: Arc<EdgeLimits>,
+    /// Where heavy users are sent: the rsync modules of this mirror.
+    rsync_hint: Arc<str>,
 }
 
-/// Builds the router of the edge.
-pub fn router(mirror: Mirror) -> Router {
-    Router::new().fallback(handle).with_state(EdgeState { mirror })
+/// Builds the router of the edge; `limits` applies to every request.
+pub fn router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
+    let config = mirror.config();
+    let rsync_hint: Arc<str> = match (&config.dns, &config.rsync) {
+        (Some(dns), _) => format!("rsync://{}.{}/", dns.zone.rsync_label, dns.zone.apex.trim_end_matches('.')).into(),
+        (None, Some(rsync)) => format!("the rsync modules of this mirror (port {})", rsync.listen.port()).into(),
+        (None, None) => "the mirror's rsync modules".into(),
+    };
+    Router::new().fallback(handle).with_state(EdgeState { mirror, limits, rsync_hint })
+}
+
+/// Lets a request through the edge's limits (before any work is done for it), or answers 429 in the
+/// Hub's format with `Retry-After`.
+fn admit(state: &EdgeState, request: &Request) -> Result<Option<Admission>, HubError> {
+    let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else { return Ok(None) };
+    state.limits.admit(client.ip()).map_err(|(refusal, retry)| {
+        let message = match refusal {
+            Refusal::Rate => "Too many requests from your address; slow down and retry after the delay in Retry-After".to_owned(),
+            Refusal::Parallel => "Too many parallel requests from your network; retry after the delay in Retry-After".to_owned(),
+            Refusal::DailyBytes => format!(
+                "Your network downloaded more than its daily quota over HTTP in the last 24 hours. Bulk downloads go through rsync: {} (modules models, datasets, indexes)",
+                state.rsync_hint
+            ),
+        };
+        let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
+        error.retry_after = Some(retry.as_secs_f64().ceil().max(1.0).to_string());
+        error
+    })
+}
+
+/// A response body that holds its request's admission (a parallel slot) until it is sent or dropped.
+struct AdmittedBody {
+    inner: Body,
+    _admission: Admission,
+}
+
+impl http_body::Body for AdmittedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     let started = Instant::now();
     let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
-    let response = dispatch(&state, request).instrument(span.clone()).await.unwrap_or_else(|error| {
+    let is_get = request.method() == Method::GET;
+    let (response, admission) = match admit(&state, &request) {
+        Ok(admission) => (dispatch(&state, request).instrument(span.clone()).await, admission),
+        Err(refused) => (Err(refused), None),
+    };
+    let mut response = response.unwrap_or_else(|error| {
         if error.source == ErrorSource::Internal {
             span.in_scope(|| warn!(%error, "internal error"));
         }
@@ -57,6 +117,13 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     });
     let cache = response.headers().get(X_CACHE).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
     span.in_scope(|| info!(status = response.status().as_u16(), cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    if let Some(admission) = admission {
+        let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if let (true, Some(length)) = (is_get, length) {
+            admission.record_bytes(length);
+        }
+        response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
+    }
     response
 }
 
@@ -699,7 +766,8 @@ mod tests {
         let catalog = hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap();
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
-        router(Mirror::new(config, Arc::new(catalog), upstream, store, None))
+        let limits = Arc::new(EdgeLimits::new(config.limits.clone()));
+        router(Mirror::new(config, Arc::new(catalog), upstream, store, None), limits)
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

@@ -109,7 +109,6 @@ impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
     }
 }
 
-
 /// An address prefix (`203.0.113.0/24`, `2001:db8::/32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prefix {
@@ -327,7 +326,8 @@ impl EdgeLimits {
 
     /// How many requests were refused, by reason.
     pub fn refused(&self) -> [(Refusal, u64); 3] {
-        [Refusal::Rate, Refusal::Parallel, Refusal::DailyBytes].map(|refusal| (refusal, self.refused[refusal as usize].load(Ordering::Relaxed)))
+        [Refusal::Rate, Refusal::Parallel, Refusal::DailyBytes]
+            .map(|refusal| (refusal, self.refused[refusal as usize].load(Ordering::Relaxed)))
     }
 
     /// How many clients the tables remember now (bounded by `max_clients` each).
@@ -476,6 +476,9 @@ mod tests {
     }
 
     fn limits_for_loopback() -> std::sync::Arc<EdgeLimits> {
-        limits(Quota::UNLIMITED, vec![(Prefix::parse("127.0.0.0/8").unwrap(), Quota { requests_per_second: 1.0, burst: 1.0, ..Quota::UNLIMITED })])
+        limits(
+            Quota::UNLIMITED,
+            vec![(Prefix::parse("127.0.0.0/8").unwrap(), Quota { requests_per_second: 1.0, burst: 1.0, ..Quota::UNLIMITED })],
+        )
     }
 }

@@ -155,7 +155,8 @@ pub async fn run(
         tokio::spawn(async move { cluster.endpoint().serve(service, services, token).await })
     });
     let app_mirror = mirror.clone();
-    let app = edge::router(mirror);
+    let limits = Arc::new(crate::limits::EdgeLimits::new(config.limits.clone()));
+    let app = edge::router(mirror, limits.clone());
 
     // Every node answers DNS for the zone, from the membership it sees.
     let dns_server = match (&config.dns, &membership) {
