@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub pins: Vec<(hfm_cluster::types::RepoKey, String)>,
     /// The node's rsync daemon, when the topology has an `[rsync]` section.
     pub rsync: Option<crate::rsyncd::RsyncConfig>,
+    /// The operator port serving `/metrics`, `/healthz` and `/readyz` to anyone reaching it.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The edge's limits on anonymous clients (`[limits]`; the published policy by default).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -102,6 +104,7 @@ impl NodeConfig {
             pins: Vec::new(),
             rsync: None,
             limits: crate::limits::LimitsConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct NodeSettingsFile {
     pub dns_listen: Option<String>,
     /// The TCP address the rsync daemon binds (default `[rsync] listen`, else `0.0.0.0:873`).
     pub rsync_listen: Option<String>,
+    /// The operator port (`/metrics`, `/healthz`, `/readyz`); none by default.
+    pub metrics_listen: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -398,6 +403,9 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
     }
     if let Some(min_free_disk) = &layer.min_free_disk {
         config.min_free_disk = parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
+    }
+    if let Some(listen) = &layer.metrics_listen {
+        config.metrics_listen = Some(listen.parse().map_err(|_| fail("metrics_listen", format!("invalid socket address {listen:?}")))?);
     }
     if let Some(public_url) = &layer.public_url {
         config.public_url = Some(parse_upstream(public_url).map_err(|message| fail("public_url", message))?);

@@ -105,9 +105,12 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     let started = Instant::now();
     let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
     let is_get = request.method() == Method::GET;
-    let (response, admission) = match admit(&state, &request) {
-        Ok(admission) => (dispatch(&state, request).instrument(span.clone()).await, admission),
-        Err(refused) => (Err(refused), None),
+    let (response, admission, label) = match admit(&state, &request) {
+        Ok(admission) => {
+            let (response, label) = dispatch(&state, request).instrument(span.clone()).await;
+            (response, admission, label)
+        }
+        Err(refused) => (Err(refused), None, "refused"),
     };
     let mut response = response.unwrap_or_else(|error| {
         if error.source == ErrorSource::Internal {
@@ -115,8 +118,9 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
         }
         error.into_response()
     });
-    let cache = response.headers().get(X_CACHE).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+    let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?)).map_or("-", CacheStatus::as_str);
     span.in_scope(|| info!(status = response.status().as_u16(), cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    crate::metrics::counters().request(label, response.status().as_u16(), cache);
     if let Some(admission) = admission {
         let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if let (true, Some(length)) = (is_get, length) {
@@ -157,12 +161,17 @@ fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
     }
 }
 
-async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubError> {
+/// Answers one request; also says which route it took (for metrics).
+async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str) {
     let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return Err(HubError::headers_too_large(MAX_HEADER_BYTES));
+        return (Err(HubError::headers_too_large(MAX_HEADER_BYTES)), "invalid");
     }
-    let route = route(request.uri().path())?;
+    let route = match route(request.uri().path()) {
+        Ok(route) => route,
+        Err(error) => return (Err(error), "invalid"),
+    };
+    let label = route.label();
     let method = request.method().clone();
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
     let answered = answer(state, request, route, method).await;
@@ -174,13 +183,62 @@ async fn dispatch(state: &EdgeState, request: Request) -> Result<Response, HubEr
             }
         }
     }
-    answered
+    (answered, label)
+}
+
+/// Whether this node takes traffic: not draining and, in a cluster, live in its own gossip view.
+fn is_ready(mirror: &Mirror) -> bool {
+    match mirror.cluster() {
+        Some(cluster) => cluster.serving_nodes().iter().any(|name| name == cluster.self_name()),
+        None => true,
+    }
+}
+
+/// `/readyz`: 200 when the node takes traffic, else 503 in the Hub's format.
+fn readiness(mirror: &Mirror) -> Result<Response, HubError> {
+    if is_ready(mirror) {
+        return Ok((StatusCode::OK, "ready\n").into_response());
+    }
+    Err(HubError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NotReady",
+        "This node is not taking traffic (starting or draining)",
+        ErrorSource::Internal,
+    ))
+}
+
+/// `/metrics` in Prometheus' text format.
+fn metrics_response(state: &EdgeState) -> Response {
+    let mut response = crate::metrics::render(&state.mirror, &state.limits).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
+/// to an address only operators and Prometheus can reach).
+pub fn operator_router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
+    async fn operator(State(state): State<EdgeState>, request: Request) -> Response {
+        let answered = match route(request.uri().path()) {
+            Ok(Route::Metrics) => Ok(metrics_response(&state)),
+            Ok(Route::Ready) => readiness(&state.mirror),
+            Ok(Route::Health) => Ok((StatusCode::OK, "ok\n").into_response()),
+            _ => Err(HubError::route_not_found()),
+        };
+        answered.unwrap_or_else(IntoResponse::into_response)
+    }
+    let rsync_hint: Arc<str> = Arc::from("");
+    Router::new().fallback(operator).with_state(EdgeState { mirror, limits, rsync_hint })
 }
 
 async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {
     let reads = [Method::GET, Method::HEAD];
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
+        Route::Ready => readiness(&state.mirror),
+        Route::Metrics => {
+            require_own_host(state, &request, "Metrics")?;
+            Ok(metrics_response(state))
+        }
         Route::Status => Ok(json_response(&method, Bytes::from(status_json(&state.mirror)), CacheStatus::Hit, HeaderMap::new())),
         Route::Drain => {
             require_method(&method, &[Method::POST])?;
@@ -313,14 +371,14 @@ fn status_json(mirror: &Mirror) -> Vec<u8> {
     if let Some(cluster) = mirror.cluster() {
         let view = cluster.view();
         let members: Vec<Value> = cluster
-            .topology_names()
+            .member_states()
             .into_iter()
-            .map(|name| match view.members.get(&name) {
+            .map(|(name, state)| match view.members.get(&name) {
                 Some(member) => serde_json::json!({
-                    "name": name, "state": if member.draining { "draining" } else if member.ready { "live" } else { "starting" },
+                    "name": name, "state": state,
                     "generation": member.generation, "free_disk": member.free_disk, "version": member.version, "http_url": member.http_url,
                 }),
-                None => serde_json::json!({"name": name, "state": "dead"}),
+                None => serde_json::json!({"name": name, "state": state}),
             })
             .collect();
         status["members"] = Value::Array(members);
@@ -520,13 +578,13 @@ async fn blob_body(
 ) -> Result<(Body, CacheStatus), HubError> {
     let store = mirror.store();
     if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
-        return Ok((Body::from_stream(stream), metadata_status));
+        return Ok((Body::from_stream(counted_from_disk(stream)), metadata_status));
     }
     let origin = resolve_origin(repo, commit, path);
     let source = mirror.blob_source(etag, size, &origin).await;
     match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
         FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
-            Some(stream) => Ok((Body::from_stream(stream), metadata_status)),
+            Some(stream) => Ok((Body::from_stream(counted_from_disk(stream)), metadata_status)),
             None => Err(HubError::internal("a blob vanished as it was stored; retry")),
         },
         FillOutcome::Filling(fill) => {
@@ -542,6 +600,17 @@ async fn blob_body(
         }
         FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
     }
+}
+
+/// Counts the bytes of a stored blob sent to a client.
+fn counted_from_disk(
+    stream: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    stream.inspect(|chunk| {
+        if let Ok(bytes) = chunk {
+            crate::metrics::counters().bytes(crate::metrics::ByteSource::Disk, bytes.len() as u64);
+        }
+    })
 }
 
 /// How far ahead of a fill's progress a range may start and still wait for the fill (at tens of

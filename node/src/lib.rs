@@ -27,6 +27,7 @@ pub mod edge;
 pub mod hub;
 pub mod indexes;
 pub mod limits;
+pub mod metrics;
 pub mod mirror;
 pub mod peers;
 pub mod pins;

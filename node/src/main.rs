@@ -157,6 +157,10 @@ struct ServeArgs {
     /// The TCP address of the node's rsync daemon (topologies with an `[rsync]` section only).
     #[arg(long, env = "HF_MIRROR_RSYNC_LISTEN")]
     rsync_listen: Option<String>,
+    /// The operator port: `/metrics`, `/healthz`, `/readyz` for anyone reaching it (off by default;
+    /// the HTTP port serves `/metrics` to the node's own host).
+    #[arg(long, env = "HF_MIRROR_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -210,6 +214,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         gossip_listen: None,
         dns_listen: args.dns_listen,
         rsync_listen: args.rsync_listen,
+        metrics_listen: args.metrics_listen,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = match handed_over.http {

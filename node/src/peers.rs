@@ -125,6 +125,24 @@ impl ClusterFill {
     }
 
     /// Every node of the topology, in file order.
+    /// Every node of the topology with the state gossip shows it in: `live`, `draining`,
+    /// `starting` (gossiping, not ready) or `dead` (not heard).
+    pub fn member_states(&self) -> Vec<(String, &'static str)> {
+        let view = self.view();
+        self.topology_names()
+            .into_iter()
+            .map(|name| {
+                let state = match view.members.get(&name) {
+                    Some(member) if member.draining => "draining",
+                    Some(member) if member.ready => "live",
+                    Some(_) => "starting",
+                    None => "dead",
+                };
+                (name, state)
+            })
+            .collect()
+    }
+
     pub fn topology_names(&self) -> Vec<String> {
         self.placement.nodes().iter().map(|node| node.name.clone()).collect()
     }
@@ -238,7 +256,11 @@ impl BlobSource for ClusterSource {
                     match self.endpoint.fetch(address, &request).await {
                         Ok((start, bytes)) => {
                             debug!(etag = %self.etag, peer = %address.name, offset, "filling from a peer");
-                            let bytes = bytes.map(|chunk| chunk.map_err(|error| SourceError::Transient(error.to_string())));
+                            let bytes = bytes.map(|chunk| {
+                                let chunk = chunk.map_err(|error| SourceError::Transient(error.to_string()))?;
+                                crate::metrics::counters().bytes(crate::metrics::ByteSource::Peer, chunk.len() as u64);
+                                Ok(chunk)
+                            });
                             return Ok((start, Box::pin(bytes)));
                         }
                         Err(error) => debug!(etag = %self.etag, %error, "peer cannot serve; trying the next source"),

@@ -156,7 +156,8 @@ pub async fn run(
     });
     let app_mirror = mirror.clone();
     let limits = Arc::new(crate::limits::EdgeLimits::new(config.limits.clone()));
-    let app = edge::router(mirror, limits.clone());
+    let operator_app = edge::operator_router(mirror.clone(), limits.clone());
+    let app = edge::router(mirror, limits);
 
     // Every node answers DNS for the zone, from the membership it sees.
     let dns_server = match (&config.dns, &membership) {
@@ -172,6 +173,19 @@ pub async fn run(
             Some(server)
         }
         _ => None,
+    };
+
+    // The operator port (metrics and probes), when configured; it stops after the HTTP server.
+    let operator_shutdown = CancellationToken::new();
+    let operator = match config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await.with_context(|| format!("binding the operator port {address}"))?;
+            let bound = listener.local_addr()?;
+            let token = operator_shutdown.clone();
+            let server = axum::serve(listener, operator_app.into_make_service()).with_graceful_shutdown(token.cancelled_owned());
+            Some((bound, tokio::spawn(async move { server.await })))
+        }
+        None => None,
     };
 
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
@@ -196,6 +210,9 @@ pub async fn run(
         }
         if let Some(dns_server) = &dns_server {
             writeln!(stdout, "dns {} {}", config.name, dns_server.local_addr())?;
+        }
+        if let Some((address, _)) = &operator {
+            writeln!(stdout, "metrics {} http://{address}/metrics", config.name)?;
         }
         writeln!(stdout, "node {} http://{local_address}", config.name)?;
         stdout.flush()?;
@@ -254,6 +271,10 @@ pub async fn run(
     tokio::select! {
         result = server => result.context("serving HTTP")?,
         () = cut_off => warn!("grace period over; cutting open connections"),
+    }
+    operator_shutdown.cancel();
+    if let Some((_, operator_server)) = operator {
+        let _ = operator_server.await;
     }
     if let Some(raft_catalog) = &raft_catalog {
         // Hand catalog leadership over first, so the others need no election timeout to go on.

@@ -34,7 +34,10 @@ impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
         let (flight, joined) = {
             let mut flights = self.flights.lock().expect("single-flight map poisoned");
             match flights.get(&key) {
-                Some(flight) => (flight.clone(), true),
+                Some(flight) => {
+                    crate::metrics::counters().metadata_joined();
+                    (flight.clone(), true)
+                }
                 None => {
                     let task = tokio::spawn(work);
                     let flight = async move { task.await.unwrap_or_else(|error| Err(HubError::internal(error))) }.boxed().shared();

@@ -164,7 +164,12 @@ impl Upstream {
             if let Some(bytes) = &body {
                 request = request.body(bytes.clone());
             }
-            let response = request.send().await.map_err(unreachable)?;
+            let sent = request.send().await;
+            let failed = sent
+                .as_ref()
+                .map_or(true, |response| response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS);
+            crate::metrics::counters().upstream_request(failed);
+            let response = sent.map_err(unreachable)?;
             let status = response.status();
             let location = response.headers().get(header::LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
             match (status.is_redirection(), location) {
@@ -268,7 +273,11 @@ pub fn byte_stream(end: ChainEnd, offset: u64) -> Result<(u64, ByteStream), Sour
             return Err(classify(other)(format!("upstream answered {}", other.as_u16())));
         }
     };
-    let stream = end.response.bytes_stream().map(|chunk| chunk.map_err(|error| SourceError::Transient(error_chain(&error))));
+    let stream = end.response.bytes_stream().map(|chunk| {
+        let chunk = chunk.map_err(|error| SourceError::Transient(error_chain(&error)))?;
+        crate::metrics::counters().bytes(crate::metrics::ByteSource::Upstream, chunk.len() as u64);
+        Ok(chunk)
+    });
     Ok((start, Box::pin(stream)))
 }
 

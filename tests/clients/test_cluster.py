@@ -110,6 +110,14 @@ def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
     for name, address in rsyncd.items():
         modules = subprocess.run(["rsync", f"rsync://{address}/"], capture_output=True, text=True, timeout=20).stdout
         assert all(module in modules for module in ("models", "datasets", "indexes")), (name, modules)
+    # Every node's metrics (its HTTP port serves them to its own host) show the cluster it sees.
+    for name, url in cluster.nodes.items():
+        def cluster_seen():
+            text = http_request(url, "GET", "/metrics").body.decode()
+            wanted = ['hfm_gossip_members{state="live"} 4', "hfm_raft_has_leader 1", "hfm_rsync_up 1"]
+            return all(line in text.splitlines() for line in wanted)
+        wait_until(cluster_seen, f"{name}'s metrics showing four live nodes, a catalog leader and rsync", timeout=30)
+        assert http_request(url, "GET", "/readyz").status == 200
 
 
 def test_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once(cluster, fake_hub):

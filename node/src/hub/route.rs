@@ -49,8 +49,12 @@ pub enum Route {
     /// Any other `/api/` route, including routes of a known repo that the mirror does not model
     /// (commits, discussions, …): passed through to upstream.
     ApiPassthrough { repo: Option<RepoKey> },
-    /// The node's own liveness probe.
+    /// The node's own liveness probe (`/healthz`).
     Health,
+    /// `/readyz`: whether the node takes traffic (not draining; in a cluster, live in gossip).
+    Ready,
+    /// `/metrics`: Prometheus text, for the node's own host (any host on the operator port).
+    Metrics,
     /// The node's status for operators and `hf-mirror status` (JSON).
     Status,
     /// `POST`: takes the node out of placement and DNS, hands over catalog leadership and waits for
@@ -61,6 +65,29 @@ pub enum Route {
     Pins,
     /// `/_hfm/replicas/{etag}`: which nodes the catalog says hold a blob.
     Replicas { etag: String },
+}
+
+impl Route {
+    /// The route's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Resolve { .. } => "resolve",
+            Route::RepoInfo { .. } => "repo_info",
+            Route::Tree { .. } => "tree",
+            Route::PathsInfo { .. } => "paths_info",
+            Route::Refs { .. } => "refs",
+            Route::Listing => "listing",
+            Route::AgentHarnesses => "agent_harnesses",
+            Route::ApiPassthrough { .. } => "api_passthrough",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::Status => "status",
+            Route::Drain => "drain",
+            Route::Pins => "pins",
+            Route::Replicas { .. } => "replicas",
+        }
+    }
 }
 
 /// The sub-routes of `/api/{t}s/{repo}/…`; they tell a one-segment legacy repo id from a two-segment one.
@@ -165,8 +192,11 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     let Some(rest) = raw_path.strip_prefix('/') else {
         return Err(HubError::bad_request("Path must be absolute"));
     };
-    if rest == "healthz" {
-        return Ok(Route::Health);
+    match rest {
+        "healthz" => return Ok(Route::Health),
+        "readyz" => return Ok(Route::Ready),
+        "metrics" => return Ok(Route::Metrics),
+        _ => {}
     }
     if rest == "_hfm/status" {
         return Ok(Route::Status);

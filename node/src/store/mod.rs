@@ -416,6 +416,7 @@ impl BlobStore {
         };
         for (etag, victim_size) in evicted {
             info!(%etag, size = victim_size, "evicting least recently used blob");
+            crate::metrics::counters().evicted();
             self.delete_files(&etag);
             self.emit(StoreEvent::Removed { etag });
         }
@@ -445,6 +446,7 @@ impl BlobStore {
         }
         let mut fills = self.inner.fills.lock().expect("fills poisoned");
         if let Some(fill) = fills.get(etag) {
+            crate::metrics::counters().fill_joined();
             return Ok(FillOutcome::Filling(fill.clone()));
         }
         // A fill may have completed between the caller's `get` and now.
@@ -468,12 +470,14 @@ impl BlobStore {
         let store = self.clone();
         let running = fill.clone();
         self.inner.tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let cancelled = store.inner.shutdown.clone();
             let outcome = tokio::select! {
                 outcome = fill::run(&running, source.as_ref()) => outcome,
                 () = cancelled.cancelled() => Err("shutting down".to_owned()),
             };
             store.finish_fill(&running, outcome).await;
+            crate::metrics::counters().fill(started.elapsed(), running.finished().await == FillState::Complete);
         });
         Ok(FillOutcome::Filling(fill))
     }
