@@ -8,6 +8,7 @@ The cluster suite runs once, in the newest client's venv: it tests the nodes, no
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -118,6 +119,13 @@ def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
             return all(line in text.splitlines() for line in wanted)
         wait_until(cluster_seen, f"{name}'s metrics showing four live nodes, a catalog leader and rsync", timeout=30)
         assert http_request(url, "GET", "/readyz").status == 200
+    # The Grafana dashboard in deploy/ only uses metric names a cluster node exports.
+    exported = {line.split("{")[0].split(" ")[0] for line in http_request(url, "GET", "/metrics").body.decode().splitlines()
+                if line and not line.startswith("#")}
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"hfm_[a-z_]+", target["expr"])}
+    assert used and used <= exported, used - exported
 
 
 def test_a_blob_fetched_through_each_node_in_turn_crosses_upstream_once(cluster, fake_hub):
