@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub rsync: Option<crate::rsyncd::RsyncConfig>,
     /// The operator port serving `/metrics`, `/healthz` and `/readyz` to anyone reaching it.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the access log goes.
+    pub access_log: AccessLogTarget,
     /// The edge's limits on anonymous clients (`[limits]`; the published policy by default).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -50,6 +52,26 @@ pub struct NodeConfig {
 pub struct DnsConfig {
     pub zone: hfm_dns::ZoneConfig,
     pub settings: hfm_dns::DnsSettings,
+}
+
+/// Where a node writes its access log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccessLogTarget {
+    /// `DATA/logs` (the default).
+    DataDir,
+    Off,
+    Directory(PathBuf),
+}
+
+impl NodeConfig {
+    /// The access log's directory, unless it is off.
+    pub fn access_log_dir(&self) -> Option<PathBuf> {
+        match &self.access_log {
+            AccessLogTarget::DataDir => Some(self.data_dir.join("logs")),
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Directory(directory) => Some(directory.clone()),
+        }
+    }
 }
 
 /// What a node of a multi-node topology needs to reach its peers.
@@ -105,6 +127,7 @@ impl NodeConfig {
             rsync: None,
             limits: crate::limits::LimitsConfig::default(),
             metrics_listen: None,
+            access_log: AccessLogTarget::DataDir,
         }
     }
 }
@@ -146,6 +169,8 @@ pub struct NodeSettingsFile {
     pub rsync_listen: Option<String>,
     /// The operator port (`/metrics`, `/healthz`, `/readyz`); none by default.
     pub metrics_listen: Option<String>,
+    /// The access log's directory, or `off` (default `DATA/logs`).
+    pub access_log: Option<String>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -403,6 +428,13 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
     }
     if let Some(min_free_disk) = &layer.min_free_disk {
         config.min_free_disk = parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
+    }
+    if let Some(target) = &layer.access_log {
+        config.access_log = match target.trim() {
+            "" => return Err(fail("access_log", "must not be empty (a directory, or off)".into())),
+            "off" => AccessLogTarget::Off,
+            directory => AccessLogTarget::Directory(PathBuf::from(directory)),
+        };
     }
     if let Some(listen) = &layer.metrics_listen {
         config.metrics_listen = Some(listen.parse().map_err(|_| fail("metrics_listen", format!("invalid socket address {listen:?}")))?);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use crate::access_log::{AccessLine, AccessLog};
 use crate::hub::headers::{X_CACHE, X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path, forwardable_response_headers};
 use crate::hub::json::{strip_xet_from_body, tree_entry_json};
 use crate::hub::query::{flag, parse_pairs, values};
@@ -43,17 +44,19 @@ pub struct EdgeState {
     limits: Arc<EdgeLimits>,
     /// Where heavy users are sent: the rsync modules of this mirror.
     rsync_hint: Arc<str>,
+    access_log: Option<AccessLog>,
 }
 
-/// Builds the router of the edge; `limits` applies to every request.
-pub fn router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
+/// Builds the router of the edge; `limits` applies to every request, and every answer goes to
+/// `access_log`.
+pub fn router(mirror: Mirror, limits: Arc<EdgeLimits>, access_log: Option<AccessLog>) -> Router {
     let config = mirror.config();
     let rsync_hint: Arc<str> = match (&config.dns, &config.rsync) {
         (Some(dns), _) => format!("rsync://{}.{}/", dns.zone.rsync_label, dns.zone.apex.trim_end_matches('.')).into(),
         (None, Some(rsync)) => format!("the rsync modules of this mirror (port {})", rsync.listen.port()).into(),
         (None, None) => "the mirror's rsync modules".into(),
     };
-    Router::new().fallback(handle).with_state(EdgeState { mirror, limits, rsync_hint })
+    Router::new().fallback(handle).with_state(EdgeState { mirror, limits, rsync_hint, access_log })
 }
 
 /// Lets a request through the edge's limits (before any work is done for it), or answers 429 in the
@@ -105,12 +108,19 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     let started = Instant::now();
     let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
     let is_get = request.method() == Method::GET;
-    let (response, admission, label) = match admit(&state, &request) {
+    // What the access log keeps, taken before the request is consumed: never the query (it may
+    // carry secrets), never a credential header.
+    let logged = state.access_log.as_ref().map(|_| {
+        let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+        let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        (request.method().to_string(), request.uri().path().to_owned(), user_agent, client)
+    });
+    let (response, admission, label, repo) = match admit(&state, &request) {
         Ok(admission) => {
-            let (response, label) = dispatch(&state, request).instrument(span.clone()).await;
-            (response, admission, label)
+            let (response, label, repo) = dispatch(&state, request).instrument(span.clone()).await;
+            (response, admission, label, repo)
         }
-        Err(refused) => (Err(refused), None, "refused"),
+        Err(refused) => (Err(refused), None, "refused", None),
     };
     let mut response = response.unwrap_or_else(|error| {
         if error.source == ErrorSource::Internal {
@@ -121,6 +131,12 @@ async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
     let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?)).map_or("-", CacheStatus::as_str);
     span.in_scope(|| info!(status = response.status().as_u16(), cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
     crate::metrics::counters().request(label, response.status().as_u16(), cache);
+    if let (Some(access_log), Some((method, path, user_agent, client))) = (&state.access_log, logged) {
+        let bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        access_log.record(AccessLine::new(SystemTime::now(), &method, &path, status, bytes, elapsed, cache, &user_agent, client, repo));
+    }
     if let Some(admission) = admission {
         let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if let (true, Some(length)) = (is_get, length) {
@@ -161,17 +177,19 @@ fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
     }
 }
 
-/// Answers one request; also says which route it took (for metrics).
-async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str) {
+/// Answers one request; also says which route it took (for metrics) and the repository it named
+/// (for the access log).
+async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str, Option<String>) {
     let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return (Err(HubError::headers_too_large(MAX_HEADER_BYTES)), "invalid");
+        return (Err(HubError::headers_too_large(MAX_HEADER_BYTES)), "invalid", None);
     }
     let route = match route(request.uri().path()) {
         Ok(route) => route,
-        Err(error) => return (Err(error), "invalid"),
+        Err(error) => return (Err(error), "invalid", None),
     };
     let label = route.label();
+    let repo = route.repo().map(ToString::to_string);
     let method = request.method().clone();
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
     let answered = answer(state, request, route, method).await;
@@ -183,7 +201,7 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
             }
         }
     }
-    (answered, label)
+    (answered, label, repo)
 }
 
 /// Whether this node takes traffic: not draining and, in a cluster, live in its own gossip view.
@@ -227,7 +245,7 @@ pub fn operator_router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
         answered.unwrap_or_else(IntoResponse::into_response)
     }
     let rsync_hint: Arc<str> = Arc::from("");
-    Router::new().fallback(operator).with_state(EdgeState { mirror, limits, rsync_hint })
+    Router::new().fallback(operator).with_state(EdgeState { mirror, limits, rsync_hint, access_log: None })
 }
 
 async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {
@@ -836,7 +854,7 @@ mod tests {
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new(&config.upstream).unwrap();
         let limits = Arc::new(EdgeLimits::new(config.limits.clone()));
-        router(Mirror::new(config, Arc::new(catalog), upstream, store, None), limits)
+        router(Mirror::new(config, Arc::new(catalog), upstream, store, None), limits, None)
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

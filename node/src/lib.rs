@@ -21,6 +21,7 @@
 //! `hfm-node` depends on `hfm-cluster` (catalog interface and records), never the other way round.
 //! The store knows no HTTP types; `hub` knows no storage.
 
+pub mod access_log;
 pub mod cluster_up;
 pub mod config;
 pub mod edge;

@@ -161,6 +161,9 @@ struct ServeArgs {
     /// the HTTP port serves `/metrics` to the node's own host).
     #[arg(long, env = "HF_MIRROR_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// The access log's directory, or `off` (default `DATA/logs`).
+    #[arg(long, env = "HF_MIRROR_ACCESS_LOG")]
+    access_log: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -215,6 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dns_listen: args.dns_listen,
         rsync_listen: args.rsync_listen,
         metrics_listen: args.metrics_listen,
+        access_log: args.access_log,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = match handed_over.http {

@@ -157,7 +157,15 @@ pub async fn run(
     let app_mirror = mirror.clone();
     let limits = Arc::new(crate::limits::EdgeLimits::new(config.limits.clone()));
     let operator_app = edge::operator_router(mirror.clone(), limits.clone());
-    let app = edge::router(mirror, limits);
+    let access_log_shutdown = CancellationToken::new();
+    let access_log = match config.access_log_dir() {
+        Some(directory) => Some(
+            crate::access_log::AccessLog::spawn(directory.clone(), access_log_shutdown.clone())
+                .with_context(|| format!("opening the access log in {}", directory.display()))?,
+        ),
+        None => None,
+    };
+    let app = edge::router(mirror, limits, access_log.as_ref().map(|(log, _)| log.clone()));
 
     // Every node answers DNS for the zone, from the membership it sees.
     let dns_server = match (&config.dns, &membership) {
@@ -273,6 +281,11 @@ pub async fn run(
         () = cut_off => warn!("grace period over; cutting open connections"),
     }
     operator_shutdown.cancel();
+    // The last requests' lines are written before the node stops.
+    access_log_shutdown.cancel();
+    if let Some((_, writer)) = access_log {
+        let _ = writer.await;
+    }
     if let Some((_, operator_server)) = operator {
         let _ = operator_server.await;
     }

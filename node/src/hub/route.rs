@@ -68,6 +68,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the request names, if any.
+    pub fn repo(&self) -> Option<&RepoKey> {
+        match self {
+            Route::Resolve { repo, .. }
+            | Route::RepoInfo { repo, .. }
+            | Route::Tree { repo, .. }
+            | Route::PathsInfo { repo, .. }
+            | Route::Refs { repo } => Some(repo),
+            Route::ApiPassthrough { repo } => repo.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The route's name in metrics.
     pub fn label(&self) -> &'static str {
         match self {
