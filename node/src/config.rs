@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
+    /// The certificate and key TLS connections on the HTTP port use (none: cleartext only).
+    pub tls: Option<crate::http_server::TlsFiles>,
     /// The edge's limits on anonymous clients (`[limits]`; the published policy by default).
     pub limits: crate::limits::LimitsConfig,
 }
@@ -128,6 +130,7 @@ impl NodeConfig {
             limits: crate::limits::LimitsConfig::default(),
             metrics_listen: None,
             access_log: AccessLogTarget::DataDir,
+            tls: None,
         }
     }
 }
@@ -171,6 +174,10 @@ pub struct NodeSettingsFile {
     pub metrics_listen: Option<String>,
     /// The access log's directory, or `off` (default `DATA/logs`).
     pub access_log: Option<String>,
+    /// PEM certificate chain for TLS on the HTTP port (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the HTTP port (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `topology.toml`: the cluster, its nodes, and the defaults they share.
@@ -428,6 +435,14 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
     }
     if let Some(min_free_disk) = &layer.min_free_disk {
         config.min_free_disk = parse_size(min_free_disk).map_err(|message| fail("min_free_disk", message))?;
+    }
+    match (&layer.tls_cert, &layer.tls_key) {
+        (Some(certificate), Some(key)) => {
+            config.tls = Some(crate::http_server::TlsFiles { certificate: certificate.clone(), key: key.clone() });
+        }
+        (Some(_), None) => return Err(fail("tls_key", "tls_cert needs tls_key".into())),
+        (None, Some(_)) => return Err(fail("tls_cert", "tls_key needs tls_cert".into())),
+        (None, None) => {}
     }
     if let Some(target) = &layer.access_log {
         config.access_log = match target.trim() {

@@ -25,6 +25,7 @@ pub mod access_log;
 pub mod cluster_up;
 pub mod config;
 pub mod edge;
+pub mod http_server;
 pub mod hub;
 pub mod indexes;
 pub mod limits;

@@ -164,6 +164,12 @@ struct ServeArgs {
     /// The access log's directory, or `off` (default `DATA/logs`).
     #[arg(long, env = "HF_MIRROR_ACCESS_LOG")]
     access_log: Option<String>,
+    /// PEM certificate chain: the HTTP port also speaks TLS (ALPN h2, http/1.1); SIGHUP reloads it.
+    #[arg(long, env = "HF_MIRROR_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "HF_MIRROR_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -219,6 +225,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rsync_listen: args.rsync_listen,
         metrics_listen: args.metrics_listen,
         access_log: args.access_log,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
     };
     let node_config = config::resolve(topology.as_ref().map(|topology| (topology, origin.as_str())), args.node.as_deref(), &overrides)?;
     let listener = match handed_over.http {

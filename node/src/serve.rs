@@ -12,7 +12,7 @@ use hfm_cluster::membership::{Membership, MembershipConfig, keys};
 use hfm_cluster::peer::{LocalBlobs, RpcServices};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge;
@@ -166,6 +166,15 @@ pub async fn run(
         None => None,
     };
     let app = edge::router(mirror, limits, access_log.as_ref().map(|(log, _)| log.clone()));
+    // TLS on the same port as cleartext, when configured; SIGHUP reads the files again.
+    let tls = match &config.tls {
+        Some(files) => Some(crate::http_server::TlsState::load(files.clone()).context("loading the TLS certificate")?),
+        None => None,
+    };
+    let tls_reloader = match &tls {
+        Some(tls) => Some(crate::http_server::spawn_reloader(tls.clone(), shutdown.clone())?),
+        None => None,
+    };
 
     // Every node answers DNS for the zone, from the membership it sees.
     let dns_server = match (&config.dns, &membership) {
@@ -262,23 +271,9 @@ pub async fn run(
             http_shutdown.cancel();
         })
     };
-    let graceful = http_shutdown.clone();
-    // Without TCP_NODELAY a body written after its headers waits for the client's delayed ACK
-    // (~40 ms per small response).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            warn!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let cut_off = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(GRACE_PERIOD).await;
-    };
-    tokio::select! {
-        result = server => result.context("serving HTTP")?,
-        () = cut_off => warn!("grace period over; cutting open connections"),
+    crate::http_server::serve(listener, app, tls, http_shutdown, GRACE_PERIOD).await.context("serving HTTP")?;
+    if let Some(reloader) = tls_reloader {
+        reloader.abort();
     }
     operator_shutdown.cancel();
     // The last requests' lines are written before the node stops.
