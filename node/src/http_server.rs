@@ -52,28 +52,45 @@ pub fn load_tls(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Called with each newly loaded TLS configuration (HTTP/3 swaps its QUIC configuration).
+pub type ReloadHook = Box<dyn Fn(&rustls::ServerConfig) + Send + Sync>;
+
 /// The TLS configuration new connections get; replaced on reload.
 #[derive(Clone)]
 pub struct TlsState {
     files: TlsFiles,
     current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    hooks: Arc<std::sync::Mutex<Vec<ReloadHook>>>,
 }
 
 impl TlsState {
     pub fn load(files: TlsFiles) -> anyhow::Result<TlsState> {
         let config = load_tls(&files)?;
-        Ok(TlsState { files, current: Arc::new(RwLock::new(config)) })
+        Ok(TlsState { files, current: Arc::new(RwLock::new(config)), hooks: Arc::default() })
     }
 
     /// Reads the files again; on failure the old configuration stays.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = load_tls(&self.files)?;
-        *self.current.write().expect("tls state poisoned") = config;
+        *self.current.write().expect("tls state poisoned") = config.clone();
+        for hook in self.hooks.lock().expect("tls hooks poisoned").iter() {
+            hook(&config);
+        }
         Ok(())
     }
 
+    /// Runs `hook` after every successful reload.
+    pub fn on_reload(&self, hook: ReloadHook) {
+        self.hooks.lock().expect("tls hooks poisoned").push(hook);
+    }
+
+    /// The configuration new connections get now.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current.read().expect("tls state poisoned").clone()
+    }
+
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.read().expect("tls state poisoned").clone())
+        tokio_rustls::TlsAcceptor::from(self.current())
     }
 
     pub fn files(&self) -> &Path {
@@ -99,10 +116,12 @@ pub fn spawn_reloader(tls: TlsState, shutdown: CancellationToken) -> anyhow::Res
 }
 
 /// Serves `app` on `listener` until `stop`; then lets open connections finish for up to `grace`.
+/// `alt_svc` is added to every response (HTTP/3 advertised while it runs).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsState>,
+    alt_svc: Option<http::HeaderValue>,
     stop: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -128,9 +147,10 @@ pub async fn serve(
         let app = app.clone();
         let builder = builder.clone();
         let tls = tls.clone();
+        let alt_svc = alt_svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, remote, app, &builder, tls, watcher).await {
+            if let Err(error) = serve_connection(stream, remote, app, &builder, tls, alt_svc, watcher).await {
                 debug!(%remote, error = format!("{error:#}"), "connection ended with an error");
             }
         });
@@ -149,12 +169,20 @@ async fn serve_connection(
     app: Router,
     builder: &auto::Builder<TokioExecutor>,
     tls: Option<TlsState>,
+    alt_svc: Option<http::HeaderValue>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> anyhow::Result<()> {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         let app = app.clone();
-        async move { tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await }
+        let alt_svc = alt_svc.clone();
+        async move {
+            let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
+            if let Some(alt_svc) = alt_svc {
+                response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first)).await.context("no first byte")??;

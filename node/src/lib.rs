@@ -25,6 +25,8 @@ pub mod access_log;
 pub mod cluster_up;
 pub mod config;
 pub mod edge;
+#[cfg(feature = "http3")]
+pub mod http3;
 pub mod http_server;
 pub mod hub;
 pub mod indexes;

@@ -69,6 +69,25 @@ enum Command {
     /// Cluster operations: certificates, a local four-node try-out.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Fetches one URL over HTTP/3 and prints the status and headers (the body goes to --output);
+    /// for checking a node's HTTP/3, which Debian's curl cannot.
+    #[cfg(feature = "http3")]
+    H3Get {
+        /// An https:// URL.
+        url: String,
+        /// PEM certificate(s) to trust (the system's roots are not loaded).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Request headers, `Name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// HEAD instead of GET.
+        #[arg(long)]
+        head: bool,
+        /// Where the body goes (default: discarded).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,6 +260,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     hfm_node::serve::run(node_config, listener, handed_over.peer, handed_over.dns, shutdown).await
 }
 
+/// `hf-mirror h3-get`.
+#[cfg(feature = "http3")]
+async fn h3_get(
+    url: &str,
+    cacert: Option<&std::path::Path>,
+    headers: &[String],
+    head: bool,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|header| {
+            let (name, value) = header.split_once(':').with_context(|| format!("{header:?} is not Name: value"))?;
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (status, response_headers, body) = hfm_node::http3::get(url, cacert, &headers, head).await?;
+    println!("HTTP/3 {}", status.as_u16());
+    for (name, value) in &response_headers {
+        println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+    }
+    if let Some(output) = output {
+        std::fs::write(output, &body).with_context(|| format!("writing {}", output.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
@@ -256,6 +302,10 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
             Command::Status { url } => hfm_node::status::print_status(&url).await,
+            #[cfg(feature = "http3")]
+            Command::H3Get { url, cacert, headers, head, output } => {
+                h3_get(&url, cacert.as_deref(), &headers, head, output.as_deref()).await
+            }
             Command::Drain { url } => hfm_node::status::drain(&url).await,
             Command::Mirror { repo, repo_type, revision, unpin, url } => {
                 hfm_node::pins::mirror_command(&url, &repo, &repo_type, &revision, unpin).await

@@ -171,6 +171,19 @@ pub async fn run(
         Some(files) => Some(crate::http_server::TlsState::load(files.clone()).context("loading the TLS certificate")?),
         None => None,
     };
+    // HTTP/3 on the same port number over UDP, with TLS only; advertised while it runs.
+    #[cfg(feature = "http3")]
+    let http3 = match &tls {
+        Some(tls) => Some(crate::http3::Http3::start(local_address, tls, app.clone())?),
+        None => None,
+    };
+    #[cfg(feature = "http3")]
+    let alt_svc = http3.as_ref().map(|http3| {
+        let port = http3.local_addr().map_or(local_address.port(), |address| address.port());
+        http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("an Alt-Svc value is a valid header")
+    });
+    #[cfg(not(feature = "http3"))]
+    let alt_svc: Option<http::HeaderValue> = None;
     let tls_reloader = match &tls {
         Some(tls) => Some(crate::http_server::spawn_reloader(tls.clone(), shutdown.clone())?),
         None => None,
@@ -271,7 +284,11 @@ pub async fn run(
             http_shutdown.cancel();
         })
     };
-    crate::http_server::serve(listener, app, tls, http_shutdown, GRACE_PERIOD).await.context("serving HTTP")?;
+    crate::http_server::serve(listener, app, tls, alt_svc, http_shutdown, GRACE_PERIOD).await.context("serving HTTP")?;
+    #[cfg(feature = "http3")]
+    if let Some(http3) = http3 {
+        http3.shutdown(Duration::from_secs(2)).await;
+    }
     if let Some(reloader) = tls_reloader {
         reloader.abort();
     }

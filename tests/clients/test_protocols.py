@@ -10,30 +10,48 @@ import time
 
 import pytest
 
-from conftest import Mirror, clean_env, wait_until
+from conftest import Mirror, clean_env, mirror_bin, wait_until
 
 HEADERS = ("x-repo-commit", "etag", "x-linked-etag", "x-linked-size", "content-length", "content-range", "accept-ranges", "x-cache")
 
 
-def make_certificate(directory, name: str):
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(directory):
+    """A test CA: (certificate, key)."""
     directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+            "-out", str(cert), "-days", "2", "-subj", "/CN=hf-mirror test CA")
+    return cert, key
+
+
+def make_certificate(directory, name: str):
+    """A server certificate for 127.0.0.1 and localhost, issued by the test CA, with subject CN=name."""
+    cert, key, request = directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}.csr"
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+            "-out", str(request), "-subj", f"/CN={name}")
+    extensions = directory / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                          "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", str(request), "-CA", str(directory / "ca.pem"), "-CAkey", str(directory / "ca.key"),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions))
     return cert, key
 
 
 @pytest.fixture
 def tls_mirror(fake_hub, tmp_path):
     certs = tmp_path / "certs"
+    ca, _ = make_ca(certs)
     cert, key = make_certificate(certs, "first-cert")
     live_cert, live_key = certs / "live.pem", certs / "live.key"
     live_cert.write_bytes(cert.read_bytes())
     live_key.write_bytes(key.read_bytes())
     mirror = Mirror(fake_hub.url, tmp_path / "mirror", extra_args=["--tls-cert", str(live_cert), "--tls-key", str(live_key)])
     mirror.https_url = mirror.url.replace("http://", "https://")
-    mirror.ca = cert
+    mirror.ca = ca
     mirror.certs = certs
     try:
         yield mirror
@@ -57,8 +75,24 @@ def curl(url: str, *args: str, ca=None) -> tuple[str, dict, bytes]:
     return version.decode(), headers, body
 
 
+def h3_get(url: str, ca, output, *headers: str) -> tuple[str, dict, bytes]:
+    """(version, headers, body) of one GET over HTTP/3, with the node's own client (curl has none)."""
+    command = [str(mirror_bin()), "h3-get", url, "--cacert", str(ca), "-o", str(output)]
+    for header in headers:
+        command += ["-H", header]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("HTTP/3 2"), out.stdout
+    parsed = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        parsed[name.lower()] = value
+    return "3", parsed, output.read_bytes()
+
+
 @pytest.mark.parametrize("range_header", [None, "bytes=1000-2999"])
-def test_every_protocol_gives_the_same_bytes_and_hub_headers(tls_mirror, fake_hub, range_header):
+def test_every_protocol_gives_the_same_bytes_and_hub_headers(tls_mirror, fake_hub, range_header, tmp_path):
     path = "/org/model/resolve/main/model.safetensors"
     expected = fake_hub.file("org/model", "model.safetensors")
     extra = ["-H", f"Range: {range_header}"] if range_header else []
@@ -68,13 +102,24 @@ def test_every_protocol_gives_the_same_bytes_and_hub_headers(tls_mirror, fake_hu
         "h2c": curl(tls_mirror.url + path, "--http2-prior-knowledge", *extra),
         "h1+tls": curl(tls_mirror.https_url + path, "--http1.1", *extra, ca=tls_mirror.ca),
         "h2+tls": curl(tls_mirror.https_url + path, "--http2", *extra, ca=tls_mirror.ca),
+        "h3": h3_get(tls_mirror.https_url + path, tls_mirror.ca, tmp_path / "h3.bin", *([f"Range: {range_header}"] if range_header else [])),
     }
-    assert {name: version for name, (version, _, _) in answers.items()} == {"h1": "1.1", "h2c": "2", "h1+tls": "1.1", "h2+tls": "2"}
+    versions = {name: version for name, (version, _, _) in answers.items()}
+    assert versions == {"h1": "1.1", "h2c": "2", "h1+tls": "1.1", "h2+tls": "2", "h3": "3"}
+    # HTTP/3 runs on the same port number and is advertised while it does.
+    port = tls_mirror.url.rsplit(":", 1)[1]
+    assert answers["h2+tls"][1].get("alt-svc") == f'h3=":{port}"; ma=86400'
+    assert answers["h1"][1].get("alt-svc") == f'h3=":{port}"; ma=86400'
     want = expected[1000:3000] if range_header else expected
     reference = {name: answers["h1"][1].get(name) for name in HEADERS}
     for name, (_, headers, body) in answers.items():
         assert body == want, name
         assert {h: headers.get(h) for h in HEADERS} == reference, name
+
+
+def test_a_cleartext_node_does_not_advertise_http3(mirror):
+    response = mirror.request("GET", "/api/models/org/model")
+    assert response.status == 200 and response.header("Alt-Svc") is None
 
 
 def test_a_real_client_downloads_over_https(tls_mirror, fake_hub, tmp_path):
