@@ -87,6 +87,12 @@ enum Command {
         /// Where the body goes (default: discarded).
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        /// A benchmark instead: this many GETs on one connection; prints the rate.
+        #[arg(long)]
+        repeat: Option<u64>,
+        /// Streams at a time with --repeat.
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
     },
 }
 
@@ -303,8 +309,14 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(command) => cluster(command).await,
             Command::Status { url } => hfm_node::status::print_status(&url).await,
             #[cfg(feature = "http3")]
-            Command::H3Get { url, cacert, headers, head, output } => {
+            Command::H3Get { url, cacert, headers, head, output, repeat: None, .. } => {
                 h3_get(&url, cacert.as_deref(), &headers, head, output.as_deref()).await
+            }
+            #[cfg(feature = "http3")]
+            Command::H3Get { url, cacert, repeat: Some(requests), concurrency, .. } => {
+                let (ok, failed, took) = hfm_node::http3::load(&url, cacert.as_deref(), requests, concurrency).await?;
+                println!("requests {ok} failed {failed} in {:.2} s: {:.1} req/s", took.as_secs_f64(), ok as f64 / took.as_secs_f64());
+                Ok(())
             }
             Command::Drain { url } => hfm_node::status::drain(&url).await,
             Command::Mirror { repo, repo_type, revision, unpin, url } => {

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Small-file requests/s over HTTP/1.1, HTTP/2 and HTTP/3, with and without TLS, side by side in one
+# run on this machine, through one release node (warm: every answer is a HIT from disk), with nginx
+# serving the same bytes over HTTP/1.1 as the reference. h2load (nghttp2-client) drives h1 and h2;
+# `hf-mirror h3-get --repeat` drives h3 (Debian has no h3 load tool). Also the cost of a TLS
+# handshake: requests/s when every request opens a new connection.
+# Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
+#
+# Usage: bench/protocols.sh [REQUESTS] [CONCURRENCY]   (default 20000 16)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+requests=${1:-20000}
+concurrency=${2:-16}
+work=$(mktemp -d /tmp/hfm-protocols.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --locked --release -p hfm-node --bin hf-mirror >&2
+bin="$root/target/release/hf-mirror"
+
+wait_line() { # file pattern
+  for _ in $(seq 1 600); do
+    if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+# A test CA and a server certificate for 127.0.0.1.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
+  -days 2 -subj "/CN=bench CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/node.key" -out "$work/node.csr" \
+  -subj "/CN=bench" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$work/node.ext"
+openssl x509 -req -in "$work/node.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -out "$work/node.pem" \
+  -days 2 -extfile "$work/node.ext" 2>/dev/null
+
+python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 > "$work/hub.out" 2> "$work/hub.err" &
+pids+=($!)
+wait_line "$work/hub.out" '^fakehub '
+hub=$(awk '/^fakehub /{print $2}' "$work/hub.out")
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
+  --tls-cert "$work/node.pem" --tls-key "$work/node.key" > "$work/node.out" 2> "$work/node.err" &
+pids+=($!)
+wait_line "$work/node.out" '^node '
+path=/org/model/resolve/main/config.json
+curl -sSf -o "$work/config.json" "http://127.0.0.1:$port$path"
+size=$(stat -c %s "$work/config.json")
+
+# nginx serving the same bytes (HTTP/1.1 cleartext), the reference.
+mkdir -p "$work/www/org/model/resolve/main"
+cp "$work/config.json" "$work/www$path"
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/nginx.conf" <<EOF
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$nginx_port; root $work/www; }
+}
+EOF
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+sleep 0.5
+
+rate() { # h2load output → requests/s
+  awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i+1) == "req/s,") { print $i; exit } }'
+}
+failed() { # h2load output → failed requests
+  awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i+1) == "failed,") { print $i; exit } }'
+}
+run_h2load() { # label, args…
+  local label=$1; shift
+  local out
+  out=$(h2load "$@" 2>&1)
+  printf '| %s | %s | %s |\n' "$label" "$(echo "$out" | rate)" "$(echo "$out" | failed)"
+}
+
+base="127.0.0.1:$port$path"
+echo "Small file: $size bytes, $requests requests, $concurrency at a time; every answer a HIT from the node's disk."
+echo
+echo "| protocol | requests/s | failed |"
+echo "|---|---|---|"
+run_h2load "nginx, HTTP/1.1 cleartext ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "http://127.0.0.1:$nginx_port$path"
+run_h2load "hf-mirror, HTTP/1.1 cleartext ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "http://$base"
+run_h2load "hf-mirror, HTTP/2 cleartext h2c (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "http://$base"
+run_h2load "hf-mirror, HTTP/1.1 + TLS ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "https://$base"
+run_h2load "hf-mirror, HTTP/2 + TLS (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "https://$base"
+h3=$("$bin" h3-get "https://$base" --cacert "$work/ca.pem" --repeat "$requests" --concurrency "$concurrency" | awk '/^requests/ {print $0}')
+printf '| hf-mirror, HTTP/3 (1 connection, %s streams) | %s | %s |\n' "$concurrency" \
+  "$(echo "$h3" | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')" "$(echo "$h3" | sed -E 's/.*failed ([0-9]+).*/\1/')"
+# The handshake's cost: a new connection for every request.
+fresh=$((requests / 10))
+run_h2load "hf-mirror, HTTP/1.1 cleartext, new connection per request" --h1 -n "$fresh" -c "$fresh" "http://$base"
+run_h2load "hf-mirror, HTTP/1.1 + TLS, new connection per request" --h1 -n "$fresh" -c "$fresh" "https://$base"
