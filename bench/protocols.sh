@@ -69,6 +69,7 @@ mkdir -p "$work/www/org/model/resolve/main"
 cp "$work/config.json" "$work/www$path"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/nginx.conf" <<EOF
+user root;
 worker_processes 2;
 pid $work/nginx.pid;
 error_log $work/nginx.err;
