@@ -19,6 +19,8 @@ command -v dig >/dev/null || needed+=(bind9-dnsutils)
 command -v ip >/dev/null || needed+=(iproute2)
 # rsync, the daemon every node supervises and the real client of its tests.
 command -v rsync >/dev/null || needed+=(rsync)
+# openssl, which makes the TLS tests' CA and certificates (curl drives h1/h2 over TLS).
+command -v openssl >/dev/null || needed+=(openssl)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
