@@ -9,37 +9,10 @@
 # Usage: bench/protocols.sh [REQUESTS] [CONCURRENCY]   (default 20000 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+source bench/common.sh
 requests=${1:-20000}
 concurrency=${2:-16}
-work=$(mktemp -d /tmp/hfm-protocols.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-cargo build --locked --release -p hfm-node --bin hf-mirror >&2
-bin="$root/target/release/hf-mirror"
-
-wait_line() { # file pattern
-  for _ in $(seq 1 600); do
-    if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
+bench_setup hfm-protocols nginx=nginx h2load=nghttp2-client openssl=openssl curl=curl
 
 # A test CA and a server certificate for 127.0.0.1.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \

@@ -9,35 +9,9 @@
 # Usage: bench/run.sh [SIZE_BYTES]   (default 1 GiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+source bench/common.sh
 size=${1:-1073741824}
-work=$(mktemp -d /tmp/hfm-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v hey >/dev/null || need+=(hey)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-cargo build --locked --release -p hfm-node --bin hf-mirror >&2
-bin="$root/target/release/hf-mirror"
-
-wait_line() { # file pattern
-  for _ in $(seq 1 600); do
-    if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
+bench_setup hfm-bench nginx=nginx hey=hey curl=curl
 
 echo "generating a ${size}-byte LFS file in the fake Hub..." >&2
 python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 --big-size "$size" --big-dir "$work/big" >"$work/fake.out" 2>"$work/fake.err" &

@@ -378,6 +378,31 @@ class Mirror:
         return resp.status == 200
 
 
+def topology_mirror(upstream: str, workdir: Path, sections: str) -> Mirror:
+    """A single node started from a topology file: one node, `solo`, with the given sections
+    (`[rsync]`, `[limits]`, …) beside the required `[cluster]`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    topology = workdir / "topology.toml"
+    topology.write_text(f"""
+[cluster]
+name = "solo-test"
+zone = "mirror.test"
+
+{sections}
+
+[[nodes]]
+name = "solo"
+city = "Testing"
+country = "DE"
+operator = "tests"
+latitude = 50.0
+longitude = 8.0
+bandwidth_gbps = 1
+storage = "10GB"
+""")
+    return Mirror(upstream, workdir / "mirror", extra_args=["--config", str(topology)])
+
+
 @pytest.fixture
 def mirror(fake_hub, tmp_path):
     m = Mirror(fake_hub.url, tmp_path / "mirror")

@@ -9,31 +9,11 @@ import time
 import huggingface_hub
 import pytest
 
-from conftest import Mirror, clean_env
+from conftest import clean_env, topology_mirror
 
 
-def limited_mirror(fake_hub, tmp_path, rule: str) -> Mirror:
-    topology = tmp_path / "topology.toml"
-    topology.write_text(f"""
-[cluster]
-name = "limits-test"
-zone = "mirror.test"
-
-[[limits.allow]]
-prefix = "127.0.0.0/8"
-{rule}
-
-[[nodes]]
-name = "solo"
-city = "Testing"
-country = "DE"
-operator = "tests"
-latitude = 50.0
-longitude = 8.0
-bandwidth_gbps = 1
-storage = "10GB"
-""")
-    return Mirror(fake_hub.url, tmp_path / "mirror", extra_args=["--config", str(topology)])
+def limited_mirror(fake_hub, tmp_path, rule: str):
+    return topology_mirror(fake_hub.url, tmp_path, f"[[limits.allow]]\nprefix = \"127.0.0.0/8\"\n{rule}")
 
 
 @pytest.fixture

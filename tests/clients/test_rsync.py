@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mirror, clean_env, mirror_bin, wait_until
+from conftest import clean_env, mirror_bin, topology_mirror, wait_until
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -30,29 +30,11 @@ def rsync(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def rsync_mirror(fake_hub, tmp_path):
     port = free_port()
-    topology = tmp_path / "topology.toml"
-    topology.write_text(f"""
-[cluster]
-name = "solo-test"
-zone = "mirror.test"
-
-[rsync]
+    mirror = topology_mirror(fake_hub.url, tmp_path, f"""[rsync]
 listen = "127.0.0.1:{port}"
 index_interval = "1s"
 max_connections = 8
-timeout_secs = 60
-
-[[nodes]]
-name = "solo"
-city = "Testing"
-country = "DE"
-operator = "tests"
-latitude = 50.0
-longitude = 8.0
-bandwidth_gbps = 1
-storage = "10GB"
-""")
-    mirror = Mirror(fake_hub.url, tmp_path / "mirror", extra_args=["--config", str(topology)])
+timeout_secs = 60""")
     mirror.rsync_url = f"rsync://127.0.0.1:{port}"
     try:
         yield mirror
