@@ -227,14 +227,14 @@ fn readiness(mirror: &Mirror) -> Result<Response, HubError> {
 
 /// `/metrics` in Prometheus' text format.
 fn metrics_response(state: &EdgeState) -> Response {
-    let mut response = crate::metrics::render(&state.mirror, &state.limits).into_response();
+    let mut response = crate::metrics::render(&state.mirror, &state.limits, state.access_log.as_ref()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 
 /// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
 /// to an address only operators and Prometheus can reach).
-pub fn operator_router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
+pub fn operator_router(mirror: Mirror, limits: Arc<EdgeLimits>, access_log: Option<AccessLog>) -> Router {
     async fn operator(State(state): State<EdgeState>, request: Request) -> Response {
         let answered = match route(request.uri().path()) {
             Ok(Route::Metrics) => Ok(metrics_response(&state)),
@@ -245,7 +245,7 @@ pub fn operator_router(mirror: Mirror, limits: Arc<EdgeLimits>) -> Router {
         answered.unwrap_or_else(IntoResponse::into_response)
     }
     let rsync_hint: Arc<str> = Arc::from("");
-    Router::new().fallback(operator).with_state(EdgeState { mirror, limits, rsync_hint, access_log: None })
+    Router::new().fallback(operator).with_state(EdgeState { mirror, limits, rsync_hint, access_log })
 }
 
 async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {

@@ -125,7 +125,7 @@ impl Exposition {
 }
 
 /// Renders every metric of this node.
-pub fn render(mirror: &Mirror, limits: &EdgeLimits) -> String {
+pub fn render(mirror: &Mirror, limits: &EdgeLimits, access_log: Option<&crate::access_log::AccessLog>) -> String {
     let counters = counters();
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut out = Exposition { text: String::new() };
@@ -174,6 +174,15 @@ pub fn render(mirror: &Mirror, limits: &EdgeLimits) -> String {
         out.sample("hfm_rate_limited_total", &[("reason", refusal.as_str())], count);
     }
     out.single("hfm_rate_limit_clients", "gauge", "Client entries the limit tables remember (bounded).", limits.remembered());
+
+    if let Some(access_log) = access_log {
+        out.single(
+            "hfm_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped because the writer was behind.",
+            access_log.dropped(),
+        );
+    }
 
     let usage = mirror.store().usage();
     out.single("hfm_store_blobs", "gauge", "Verified blobs on this node's disk.", usage.num_blobs);

@@ -156,7 +156,6 @@ pub async fn run(
     });
     let app_mirror = mirror.clone();
     let limits = Arc::new(crate::limits::EdgeLimits::new(config.limits.clone()));
-    let operator_app = edge::operator_router(mirror.clone(), limits.clone());
     let access_log_shutdown = CancellationToken::new();
     let access_log = match config.access_log_dir() {
         Some(directory) => Some(
@@ -165,6 +164,8 @@ pub async fn run(
         ),
         None => None,
     };
+    // The operator port reads the access log's counters; it never writes lines.
+    let operator_app = edge::operator_router(mirror.clone(), limits.clone(), access_log.as_ref().map(|(log, _)| log.clone()));
     let app = edge::router(mirror, limits, access_log.as_ref().map(|(log, _)| log.clone()));
     // TLS on the same port as cleartext, when configured; SIGHUP reads the files again.
     let tls = match &config.tls {

@@ -62,6 +62,7 @@ def test_metrics_follow_downloads_and_probes_answer(metered, fake_hub):
     assert samples["hfm_store_blobs"] >= 1 and samples["hfm_store_bytes"] >= size
     assert samples['hfm_rate_limited_total{reason="rate"}'] == 0
     assert samples["hfm_rsync_up"] == 1 and samples["hfm_rsync_restarts_total"] == 0
+    assert samples["hfm_access_log_dropped_total"] == 0
     # The HTTP port serves the same to the node's own host.
     own = metered.request("GET", "/metrics")
     assert own.status == 200 and "hfm_requests_total" in own.body.decode()
