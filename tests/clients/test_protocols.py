@@ -96,7 +96,10 @@ def test_every_protocol_gives_the_same_bytes_and_hub_headers(tls_mirror, fake_hu
     path = "/org/model/resolve/main/model.safetensors"
     expected = fake_hub.file("org/model", "model.safetensors")
     extra = ["-H", f"Range: {range_header}"] if range_header else []
-    curl(tls_mirror.url + path, *extra)  # warm: every answer below is a HIT with the same headers
+    # Warm: the whole file is stored before the comparison, so every answer below is a HIT with the
+    # same headers (a first range alone would leave the fill running in the background).
+    curl(tls_mirror.url + path)
+    wait_until(lambda: curl(tls_mirror.url + path, *extra)[1].get("x-cache") == "HIT", "the blob to be stored", timeout=30)
     answers = {
         "h1": curl(tls_mirror.url + path, "--http1.1", *extra),
         "h2c": curl(tls_mirror.url + path, "--http2-prior-knowledge", *extra),
