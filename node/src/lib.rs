@@ -1,46 +1,40 @@
 //! hf-mirror node: a read-through mirror of the Hugging Face Hub.
 //!
-//! # Layout
+//! # Layers
 //!
-//! - `config`: `NodeConfig` from the embedded default, `topology.toml`, flags and environment.
-//! - `serve`: the composition root; start-up and shutdown order.
-//! - `cluster_up`: `hf-mirror cluster up`, the topology's nodes as local processes.
-//! - `edge`: the HTTP handler; routes each request to the mirror or to a pass-through.
-//! - `hub/`: the Hub's wire contract (routes, errors, headers, ranges, JSON). Only this module knows it.
-//! - `mirror`: read-through of metadata (policy, refs, manifests, repo info), coalesced and stale-tolerant.
-//! - `store/`: the content-addressed blob store with verified fills and LRU capacity.
-//! - `upstream`: the upstream Hub client (manual redirects, anonymous blob fetches).
-//! - `peers`: blob fills across the cluster: peers before upstream, and answering peers.
-//! - `singleflight`: coalescing of identical concurrent work.
-//! - `status`: `hf-mirror status`, a table of the cluster's nodes from their `/_hfm/status`.
-//! - `pins`, `replicas`: pinned repositories and replica sets; `rsyncd`, `trees`, `indexes`: the rsync
-//!   daemon, the module trees it serves and the Parquet snapshots of the catalog.
+//! Each module imports only modules listed above it (`tests/layers.rs` checks it):
+//!
+//! 1. `common`: helpers that know nothing of the node (time, sizes, prefixes, single-flight).
+//! 2. `hub`: the Hub's wire contract (routes, errors, headers, ranges, JSON, `X-Cache`).
+//! 3. `config`: `NodeConfig` from the embedded default, `topology.toml`, flags and environment.
+//! 4. `telemetry`: process-wide counters, answer counters, the `/metrics` exposition.
+//! 5. `store`: the content-addressed blob store with verified fills and LRU capacity.
+//! 6. `upstream`: the upstream Hub client (manual redirects, anonymous blob fetches).
+//! 7. `peers`: this node's view of its cluster (peer endpoint, gossip view, placement).
+//! 8. `metadata`: the read-through of policy, refs, manifests, repo info and refs listings.
+//! 9. `blobs`: where missing bytes come from, answering peers' fills, replicas, pinned files.
+//! 10. `rsync`: pins, the rsync daemon, its module trees and the Parquet indexes.
+//! 11. `edge`: the HTTP handlers of every Hub route and of the operator's routes.
+//! 12. `transport`: listeners (HTTP/1–2, HTTP/3), handed-over sockets, limits, access log.
+//! 13. `serve`: the composition root; start-up and shutdown order.
+//! 14. `cli`: the operator commands (`status`, `drain`, `mirror`, `pins`, `cluster up`, `h3-get`).
 //!
 //! # Dependency rule
 //!
-//! `hfm-node` depends on `hfm-cluster` (catalog interface and records), never the other way round.
-//! The store knows no HTTP types; `hub` knows no storage.
+//! `hfm-node` depends on `hfm-cluster` (catalog interface and records, membership, peer transport)
+//! and `hfm-dns`, never the other way round. The store knows no HTTP types; `hub` knows no storage.
 
-pub mod access_log;
-pub mod cluster_up;
-pub mod config;
-pub mod edge;
-#[cfg(feature = "http3")]
-pub mod http3;
-pub mod http_server;
+pub mod common;
 pub mod hub;
-pub mod indexes;
-pub mod limits;
-pub mod metrics;
-pub mod mirror;
-pub mod peers;
-pub mod pins;
-pub mod replicas;
-pub mod rsyncd;
-pub mod serve;
-pub mod singleflight;
-pub mod sockets;
-pub mod status;
+pub mod config;
+pub mod telemetry;
 pub mod store;
-pub mod trees;
 pub mod upstream;
+pub mod peers;
+pub mod metadata;
+pub mod blobs;
+pub mod rsync;
+pub mod edge;
+pub mod transport;
+pub mod serve;
+pub mod cli;

@@ -135,8 +135,8 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Up { config: path, data_dir, upstream, ref_ttl } => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone())?;
-            let options = hfm_node::cluster_up::UpOptions { topology: path, data_dir, upstream, ref_ttl };
-            hfm_node::cluster_up::run(options, shutdown).await
+            let options = hfm_node::cli::cluster_up::UpOptions { topology: path, data_dir, upstream, ref_ttl };
+            hfm_node::cli::cluster_up::run(options, shutdown).await
         }
     }
 }
@@ -227,7 +227,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let handed_over = hfm_node::sockets::take_handed_over()?;
+    let handed_over = hfm_node::transport::sockets::take_handed_over()?;
     let topology = match &args.config {
         Some(path) => Some(config::read_topology(path)?),
         None => None,
@@ -282,7 +282,7 @@ async fn h3_get(
             Ok((name.trim().to_owned(), value.trim().to_owned()))
         })
         .collect::<anyhow::Result<_>>()?;
-    let (status, response_headers, body) = hfm_node::http3::get(url, cacert, &headers, head).await?;
+    let (status, response_headers, body) = hfm_node::cli::h3_client::get(url, cacert, &headers, head).await?;
     println!("HTTP/3 {}", status.as_u16());
     for (name, value) in &response_headers {
         println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
@@ -307,22 +307,22 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
-            Command::Status { url } => hfm_node::status::print_status(&url).await,
+            Command::Status { url } => hfm_node::cli::status::print_status(&url).await,
             #[cfg(feature = "http3")]
             Command::H3Get { url, cacert, headers, head, output, repeat: None, .. } => {
                 h3_get(&url, cacert.as_deref(), &headers, head, output.as_deref()).await
             }
             #[cfg(feature = "http3")]
             Command::H3Get { url, cacert, repeat: Some(requests), concurrency, .. } => {
-                let (ok, failed, took) = hfm_node::http3::load(&url, cacert.as_deref(), requests, concurrency).await?;
+                let (ok, failed, took) = hfm_node::cli::h3_client::load(&url, cacert.as_deref(), requests, concurrency).await?;
                 println!("requests {ok} failed {failed} in {:.2} s: {:.1} req/s", took.as_secs_f64(), ok as f64 / took.as_secs_f64());
                 Ok(())
             }
-            Command::Drain { url } => hfm_node::status::drain(&url).await,
+            Command::Drain { url } => hfm_node::cli::status::drain(&url).await,
             Command::Mirror { repo, repo_type, revision, unpin, url } => {
-                hfm_node::pins::mirror_command(&url, &repo, &repo_type, &revision, unpin).await
+                hfm_node::cli::pins::mirror_command(&url, &repo, &repo_type, &revision, unpin).await
             }
-            Command::Pins { url } => hfm_node::pins::print_pins(&url).await,
+            Command::Pins { url } => hfm_node::cli::pins::print_pins(&url).await,
         }
     });
     match result {

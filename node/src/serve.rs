@@ -1,7 +1,11 @@
-//! The composition root: opens the catalog and the store, builds the upstream client and the edge,
-//! serves until the shutdown token is cancelled, then drains in order.
+//! The composition root: builds every part of a node from its configuration, in order, serves until
+//! the shutdown token is cancelled, then stops the parts in the reverse of what depends on what.
+//!
+//! [`run`] reads top to bottom as that order; each step is a named function below it.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,19 +15,150 @@ use hfm_cluster::catalog::{Catalog, LocalCatalog};
 use hfm_cluster::membership::{Membership, MembershipConfig, keys};
 use hfm_cluster::peer::{LocalBlobs, RpcServices};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::blobs::{BlobSources, PeerFills, PinWatch, REPLICA_SERVICE, ReplicaService, Replicas};
 use crate::config::{ClusterConfig, NodeConfig};
-use crate::edge;
-use crate::mirror::{ClusterRole, Mirror};
-use crate::peers::{ClusterFill, METADATA_SERVICE, MetadataService, PeerService};
-use crate::replicas::{REPLICA_SERVICE, ReplicaService, Replicas};
+use crate::edge::{EdgeSettings, HubApi, Operator};
+use crate::metadata::{Freshness, METADATA_SERVICE, Metadata, MetadataService};
+use crate::peers::{Peers, RaftMetrics};
+use crate::rsync::daemon::Rsyncd;
+use crate::rsync::pins::Pins;
 use crate::store::BlobStore;
+use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
+use crate::transport::access_log::AccessLog;
+use crate::transport::admission::FrontDoor;
+use crate::transport::limits::EdgeLimits;
+use crate::transport::sockets::DnsSockets;
 use crate::upstream::Upstream;
 
+/// How long in-flight requests may run after shutdown starts before they are cut.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How often this node's free disk goes into gossip.
+const DISK_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Runs one node on an already-bound listener until `shutdown` is cancelled.
+///
+/// Prints `node NAME http://ADDR` on standard output once it accepts connections (after
+/// `rsync …`, `dns …` and `metrics …` lines for what it also serves); scripts and the test
+/// harnesses wait for that line.
+///
+/// `peer_socket` and `dns_sockets` are the QUIC peer endpoint's socket and the DNS server's pair when
+/// they were handed over (see [`crate::transport::sockets`]).
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    peer_socket: Option<std::net::UdpSocket>,
+    dns_sockets: Option<DnsSockets>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local_address = listener.local_addr()?;
+    let (local_catalog, store, store_shutdown) = open_storage(&config)?;
+    let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
+    let cluster = match &config.cluster {
+        Some(cluster_config) => Some(join_cluster(&config, cluster_config, local_address, peer_socket, local_catalog.clone()).await?),
+        None => None,
+    };
+    // In a cluster the catalog is replicated by Raft (reads stay local); alone, it is the local one.
+    let catalog: Arc<dyn Catalog> = match &cluster {
+        Some(cluster) => Arc::new(cluster.raft.clone()),
+        None => Arc::new(local_catalog),
+    };
+    let parts = build_parts(&config, catalog, store.clone(), upstream, cluster.as_ref());
+    let keepers = spawn_keepers(&config, &parts, shutdown.child_token());
+    let peer_server = cluster.as_ref().map(|cluster| serve_peers(cluster, &parts, shutdown.child_token()));
+    let rsync = start_rsync(&config, &parts, shutdown.child_token())?;
+    let dns_server = start_dns(&config, cluster.as_ref(), dns_sockets).await?;
+    let access_log = open_access_log(&config)?;
+    let limits = Arc::new(EdgeLimits::new(config.limits.clone()));
+    let access_log_handle = access_log.as_ref().map(|(log, ..)| log.clone());
+    let exposition = build_exposition(&parts, cluster.as_ref(), rsync.as_ref(), &limits, access_log_handle.as_ref());
+    let (app, operator_app) = build_edge(&config, &parts, cluster.as_ref(), rsync.as_ref(), exposition, limits, access_log_handle);
+    let front_end = HttpFrontEnd::start(&config, local_address, &app, shutdown.clone())?;
+    let operator_port = start_operator_port(&config, operator_app).await?;
+    info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
+    announce(&config, local_address, dns_server.as_ref(), operator_port.as_ref())?;
+    let disk_reporter = cluster.as_ref().map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, shutdown.clone()));
+    if let Some(cluster) = &cluster {
+        cluster.membership.set_ready(true).await;
+    }
+
+    serve_until_shutdown(listener, app, &front_end, cluster.as_ref(), shutdown).await?;
+
+    front_end.stop().await;
+    stop_operator_port(operator_port).await;
+    // The last requests' lines are written before the node stops.
+    close_access_log(access_log).await;
+    if let Some(cluster) = &cluster {
+        hand_over_catalog(cluster).await;
+    }
+    if let Some(dns_server) = dns_server {
+        dns_server.shutdown().await;
+    }
+    if let Some(rsync) = rsync {
+        rsync.stop().await;
+    }
+    // Replica copies stop before the peer endpoint they read from.
+    keepers.stop().await;
+    if let Some((token, peer_server)) = peer_server {
+        token.cancel();
+        let _ = peer_server.await;
+    }
+    store_shutdown.cancel();
+    store.close().await;
+    if let Some(disk_reporter) = disk_reporter {
+        let _ = disk_reporter.await;
+    }
+    if let Some(cluster) = cluster {
+        cluster.membership.leave().await;
+    }
+    info!(node = %config.name, "node stopped");
+    Ok(())
+}
+
+/// The local catalog (redb) and the blob store under the data directory; the store stops on its own
+/// token, last.
+fn open_storage(config: &NodeConfig) -> anyhow::Result<(LocalCatalog, BlobStore, CancellationToken)> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let catalog = LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
+    let store_shutdown = CancellationToken::new();
+    let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
+        .context("opening the blob store")?;
+    Ok((catalog, store, store_shutdown))
+}
+
+/// What a node has beyond a single node: gossip membership, its peers over QUIC, the Raft catalog.
+struct ClusterPlane {
+    config: ClusterConfig,
+    membership: Membership,
+    peers: Peers,
+    raft: RaftCatalog,
+}
+
+/// Joins gossip (not ready yet), opens the peer endpoint and starts the Raft catalog over the local
+/// one.
+async fn join_cluster(
+    config: &NodeConfig,
+    cluster_config: &ClusterConfig,
+    local_address: SocketAddr,
+    peer_socket: Option<std::net::UdpSocket>,
+    local_catalog: LocalCatalog,
+) -> anyhow::Result<ClusterPlane> {
+    let membership = join_gossip(config, cluster_config, local_address).await?;
+    let peers = Peers::start(cluster_config, &config.name, peer_socket, membership.view(), membership.state()).await?;
+    let members = peers.catalog_members(cluster_config);
+    let self_id =
+        members.iter().find(|member| member.name == config.name).map(|member| member.id).context("this node is not a catalog member")?;
+    let raft = RaftCatalog::start(&config.data_dir, local_catalog, self_id, &members, peers.endpoint().clone())
+        .await
+        .context("starting the Raft catalog")?;
+    Ok(ClusterPlane { config: cluster_config.clone(), membership, peers, raft })
+}
+
 /// Starts gossip for this node, publishing its version and addresses; it is not ready yet.
-async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address: std::net::SocketAddr) -> anyhow::Result<Membership> {
+async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address: SocketAddr) -> anyhow::Result<Membership> {
     let own = cluster.peers.iter().find(|peer| peer.name == config.name).context("this node is not in the topology")?;
     let gossip_advertise = tokio::net::lookup_host(&own.gossip_address)
         .await
@@ -48,9 +183,155 @@ async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address
     Ok(membership)
 }
 
+/// The handles the node's subsystems share, each given only to the code that needs it.
+struct Parts {
+    catalog: Arc<dyn Catalog>,
+    store: BlobStore,
+    upstream: Upstream,
+    metadata: Metadata,
+    sources: BlobSources,
+    replicas: Option<Replicas>,
+    pins: Pins,
+    file_answers: Arc<AnswerCounters>,
+    metadata_answers: Arc<AnswerCounters>,
+}
+
+fn build_parts(
+    config: &NodeConfig,
+    catalog: Arc<dyn Catalog>,
+    store: BlobStore,
+    upstream: Upstream,
+    cluster: Option<&ClusterPlane>,
+) -> Parts {
+    let peers = cluster.map(|cluster| cluster.peers.clone());
+    let freshness = Freshness { ref_ttl: config.ref_ttl, policy_ttl: config.policy_ttl };
+    let metadata = Metadata::new(catalog.clone(), upstream.clone(), peers.clone(), freshness);
+    let sources = BlobSources::new(catalog.clone(), upstream.clone(), peers);
+    let replicas = cluster.map(|cluster| {
+        let config = &cluster.config;
+        Replicas::new(
+            catalog.clone(),
+            store.clone(),
+            cluster.peers.clone(),
+            sources.clone(),
+            config.replicas,
+            config.replica_check_interval,
+        )
+    });
+    let pins = Pins::new(
+        config.name.clone(),
+        catalog.clone(),
+        metadata.clone(),
+        store.clone(),
+        cluster.zip(replicas.clone()).map(|(cluster, replicas)| (cluster.peers.clone(), replicas, cluster.raft.clone())),
+        PinWatch::default(),
+        config.pins.clone(),
+    );
+    Parts { catalog, store, upstream, metadata, sources, replicas, pins, file_answers: Arc::default(), metadata_answers: Arc::default() }
+}
+
+/// Background work that keeps the store in line with the catalog: the replica keeper (cluster), the
+/// follower of pinned branches, and a lone node's pin keeper.
+struct Keepers {
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Keepers {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn spawn_keepers(config: &NodeConfig, parts: &Parts, shutdown: CancellationToken) -> Keepers {
+    let mut tasks = Vec::new();
+    match &parts.replicas {
+        Some(replicas) => tasks.push(replicas.spawn(shutdown.clone())),
+        // Alone, pinned files are filled and kept by a local keeper instead of the replica keeper.
+        None => tasks.push(crate::blobs::pin_keeper::spawn_local_keeper(
+            parts.catalog.clone(),
+            parts.store.clone(),
+            parts.sources.clone(),
+            parts.pins.watch(),
+            config.ref_ttl.max(Duration::from_secs(5)),
+            shutdown.clone(),
+        )),
+    }
+    tasks.push(parts.pins.spawn_follower(config.ref_ttl, shutdown.clone()));
+    Keepers { shutdown, tasks }
+}
+
+/// Answers peers on the QUIC endpoint: blob fills, Raft, metadata questions, replica offers.
+fn serve_peers(cluster: &ClusterPlane, parts: &Parts, shutdown: CancellationToken) -> (CancellationToken, JoinHandle<()>) {
+    let fills: Arc<dyn LocalBlobs> = Arc::new(PeerFills::new(parts.store.clone(), parts.sources.clone(), cluster.peers.clone()));
+    let mut services = RpcServices::new();
+    services.insert(RAFT_SERVICE.to_owned(), cluster.raft.rpc_handler());
+    services.insert(METADATA_SERVICE.to_owned(), Arc::new(MetadataService::new(parts.metadata.clone())));
+    if let Some(replicas) = &parts.replicas {
+        services.insert(REPLICA_SERVICE.to_owned(), Arc::new(ReplicaService::new(replicas.clone())));
+    }
+    let endpoint = cluster.peers.endpoint().clone();
+    let token = shutdown.clone();
+    (shutdown, tokio::spawn(async move { endpoint.serve(fills, services, token).await }))
+}
+
+/// Bulk users' rsync daemon, supervised, and the keeper of its module trees (pins, indexes).
+struct RsyncPlane {
+    daemon: Rsyncd,
+    shutdown: CancellationToken,
+    daemon_task: JoinHandle<()>,
+    trees: JoinHandle<()>,
+}
+
+impl RsyncPlane {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.trees.await;
+        let _ = self.daemon_task.await;
+    }
+}
+
+fn start_rsync(config: &NodeConfig, parts: &Parts, shutdown: CancellationToken) -> anyhow::Result<Option<RsyncPlane>> {
+    let Some(rsync_config) = &config.rsync else { return Ok(None) };
+    let modules = crate::rsync::trees::initial_module_dirs(&config.data_dir)?;
+    let (daemon, daemon_task) = Rsyncd::spawn(&config.data_dir, rsync_config, modules, shutdown.clone())?;
+    let trees = crate::rsync::trees::spawn(
+        parts.pins.clone(),
+        parts.store.clone(),
+        config.name.clone(),
+        &config.data_dir,
+        daemon.clone(),
+        rsync_config.index_interval,
+        shutdown.clone(),
+    );
+    Ok(Some(RsyncPlane { daemon, shutdown, daemon_task, trees }))
+}
+
+/// Every node of a cluster with a `[dns]` section answers DNS for the zone, from the membership it
+/// sees.
+async fn start_dns(
+    config: &NodeConfig,
+    cluster: Option<&ClusterPlane>,
+    sockets: Option<DnsSockets>,
+) -> anyhow::Result<Option<hfm_dns::DnsServer>> {
+    let (Some(dns), Some(cluster)) = (&config.dns, cluster) else { return Ok(None) };
+    let mut zone_config = dns.zone.clone();
+    zone_config.serial = next_zone_serial(&config.data_dir, zone_config.serial)?;
+    let zone = Arc::new(hfm_dns::Zone::new(&zone_config).context("building the DNS zone")?);
+    let view = cluster.membership.view();
+    let started = match sockets {
+        Some(sockets) => hfm_dns::DnsServer::start_on(zone, view, &dns.settings, sockets.udp, sockets.tcp),
+        None => hfm_dns::DnsServer::start(zone, view, &dns.settings).await,
+    };
+    Ok(Some(started.with_context(|| format!("starting the DNS server on {}", dns.settings.listen))?))
+}
+
 /// The SOA serial for this start: the start time in seconds, but always above the last one used
 /// (kept in the data directory), so it never goes backwards even if the clock does.
-fn next_zone_serial(data_dir: &std::path::Path, now: u32) -> anyhow::Result<u32> {
+fn next_zone_serial(data_dir: &Path, now: u32) -> anyhow::Result<u32> {
     let path = data_dir.join("dns-serial");
     let last: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|text| text.trim().parse().ok());
     let serial = match last {
@@ -61,221 +342,238 @@ fn next_zone_serial(data_dir: &std::path::Path, now: u32) -> anyhow::Result<u32>
     Ok(serial)
 }
 
-/// How long in-flight requests may run after shutdown starts before they are cut.
-const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// `/metrics`: the process-wide counters and every part with state worth exporting.
+fn build_exposition(
+    parts: &Parts,
+    cluster: Option<&ClusterPlane>,
+    rsync: Option<&RsyncPlane>,
+    limits: &Arc<EdgeLimits>,
+    access_log: Option<&AccessLog>,
+) -> Arc<Exposition> {
+    let mut exposition = Exposition::new();
+    exposition.add_source(AnswerMetric {
+        counters: parts.file_answers.clone(),
+        name: "hfm_file_answers",
+        help: "File downloads by cache result",
+    });
+    exposition.add_source(parts.store.clone());
+    if let Some(replicas) = &parts.replicas {
+        exposition.add_source(replicas.clone());
+    }
+    if let Some(cluster) = cluster {
+        exposition.add_source(cluster.peers.clone());
+        exposition.add_source(RaftMetrics(cluster.raft.clone()));
+    }
+    if let Some(rsync) = rsync {
+        exposition.add_source(rsync.daemon.clone());
+    }
+    exposition.add_source(limits.clone());
+    if let Some(access_log) = access_log {
+        exposition.add_source(access_log.clone());
+    }
+    Arc::new(exposition)
+}
 
-/// Runs one node on an already-bound listener until `shutdown` is cancelled.
-///
-/// Prints `node NAME http://ADDR` on standard output once it accepts connections (after
-/// `dns NAME ADDR:PORT` when it serves DNS); scripts and the test harnesses wait for that line.
-///
-/// `peer_socket` and `dns_sockets` are the QUIC peer endpoint's socket and the DNS server's pair when
-/// they were handed over (see [`crate::sockets`]).
-pub async fn run(
-    config: NodeConfig,
+/// The access log's writer, unless it is off.
+fn open_access_log(config: &NodeConfig) -> anyhow::Result<Option<(AccessLog, JoinHandle<()>, CancellationToken)>> {
+    let Some(directory) = config.access_log_dir() else { return Ok(None) };
+    let shutdown = CancellationToken::new();
+    let (log, writer) = AccessLog::spawn(directory.clone(), shutdown.clone())
+        .with_context(|| format!("opening the access log in {}", directory.display()))?;
+    Ok(Some((log, writer, shutdown)))
+}
+
+async fn close_access_log(access_log: Option<(AccessLog, JoinHandle<()>, CancellationToken)>) {
+    if let Some((_, writer, shutdown)) = access_log {
+        shutdown.cancel();
+        let _ = writer.await;
+    }
+}
+
+/// The public port's router (the edge behind the front door) and the operator port's.
+fn build_edge(
+    config: &NodeConfig,
+    parts: &Parts,
+    cluster: Option<&ClusterPlane>,
+    rsync: Option<&RsyncPlane>,
+    exposition: Arc<Exposition>,
+    limits: Arc<EdgeLimits>,
+    access_log: Option<AccessLog>,
+) -> (axum::Router, axum::Router) {
+    let settings = EdgeSettings { public_url: config.public_url.clone(), listen: config.listen, tree_page_size: config.tree_page_size };
+    let hub = Arc::new(HubApi {
+        metadata: parts.metadata.clone(),
+        store: parts.store.clone(),
+        sources: parts.sources.clone(),
+        upstream: parts.upstream.clone(),
+        answers: parts.file_answers.clone(),
+        metadata_answers: parts.metadata_answers.clone(),
+        settings,
+    });
+    let operator = Arc::new(Operator {
+        node_name: config.name.clone(),
+        listen: config.listen,
+        catalog: parts.catalog.clone(),
+        store: parts.store.clone(),
+        file_answers: parts.file_answers.clone(),
+        metadata_answers: parts.metadata_answers.clone(),
+        pins: parts.pins.clone(),
+        exposition,
+        cluster: cluster.zip(parts.replicas.clone()).map(|(cluster, replicas)| (cluster.peers.clone(), cluster.raft.clone(), replicas)),
+        rsync: rsync.map(|rsync| rsync.daemon.clone()),
+    });
+    let front_door = Arc::new(FrontDoor { limits, access_log, rsync_hint: rsync_hint(config) });
+    let app = crate::transport::admission::wrap(crate::edge::router(hub, operator.clone()), front_door);
+    (app, crate::edge::operator_router(operator))
+}
+
+/// Where heavy users are sent in a 429: this mirror's rsync modules.
+fn rsync_hint(config: &NodeConfig) -> String {
+    match (&config.dns, &config.rsync) {
+        (Some(dns), _) => format!("rsync://{}.{}/", dns.zone.rsync_label, dns.zone.apex.trim_end_matches('.')),
+        (None, Some(rsync)) => format!("the rsync modules of this mirror (port {})", rsync.listen.port()),
+        (None, None) => "the mirror's rsync modules".into(),
+    }
+}
+
+/// TLS (on the same port as cleartext) with its SIGHUP reloader, and HTTP/3 on the same port number
+/// over UDP, advertised with `Alt-Svc` while it runs.
+struct HttpFrontEnd {
+    tls: Option<crate::transport::http::TlsState>,
+    alt_svc: Option<http::HeaderValue>,
+    #[cfg(feature = "http3")]
+    http3: Option<crate::transport::http3::Http3>,
+    tls_reloader: Option<JoinHandle<()>>,
+}
+
+impl HttpFrontEnd {
+    fn start(
+        config: &NodeConfig,
+        local_address: SocketAddr,
+        app: &axum::Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<HttpFrontEnd> {
+        let tls = match &config.tls {
+            Some(files) => Some(crate::transport::http::TlsState::load(files.clone()).context("loading the TLS certificate")?),
+            None => None,
+        };
+        #[cfg(feature = "http3")]
+        let http3 = match &tls {
+            Some(tls) => Some(crate::transport::http3::Http3::start(local_address, tls, app.clone())?),
+            None => None,
+        };
+        #[cfg(feature = "http3")]
+        let alt_svc = http3.as_ref().map(|http3| {
+            let port = http3.local_addr().map_or(local_address.port(), |address| address.port());
+            http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("an Alt-Svc value is a valid header")
+        });
+        #[cfg(not(feature = "http3"))]
+        let alt_svc: Option<http::HeaderValue> = {
+            let _ = (local_address, app);
+            None
+        };
+        let tls_reloader = match &tls {
+            Some(tls) => Some(crate::transport::http::spawn_reloader(tls.clone(), shutdown)?),
+            None => None,
+        };
+        Ok(HttpFrontEnd {
+            tls,
+            alt_svc,
+            #[cfg(feature = "http3")]
+            http3,
+            tls_reloader,
+        })
+    }
+
+    async fn stop(self) {
+        #[cfg(feature = "http3")]
+        if let Some(http3) = self.http3 {
+            http3.shutdown(Duration::from_secs(2)).await;
+        }
+        if let Some(reloader) = self.tls_reloader {
+            reloader.abort();
+        }
+    }
+}
+
+/// The operator port (metrics and probes), when configured; it stops after the HTTP server.
+async fn start_operator_port(
+    config: &NodeConfig,
+    app: axum::Router,
+) -> anyhow::Result<Option<(SocketAddr, CancellationToken, JoinHandle<()>)>> {
+    let Some(address) = config.metrics_listen else { return Ok(None) };
+    let listener = TcpListener::bind(address).await.with_context(|| format!("binding the operator port {address}"))?;
+    let bound = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let task = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "the operator port stopped with an error");
+        }
+    });
+    Ok(Some((bound, shutdown, task)))
+}
+
+async fn stop_operator_port(operator_port: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>) {
+    if let Some((_, shutdown, task)) = operator_port {
+        shutdown.cancel();
+        let _ = task.await;
+    }
+}
+
+/// Prints what the node serves, the `node` line last: scripts wait for it.
+fn announce(
+    config: &NodeConfig,
+    local_address: SocketAddr,
+    dns_server: Option<&hfm_dns::DnsServer>,
+    operator_port: Option<&(SocketAddr, CancellationToken, JoinHandle<()>)>,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if let Some(rsync_config) = &config.rsync {
+        writeln!(stdout, "rsync {} {}", config.name, rsync_config.listen)?;
+    }
+    if let Some(dns_server) = dns_server {
+        writeln!(stdout, "dns {} {}", config.name, dns_server.local_addr())?;
+    }
+    if let Some((address, ..)) = operator_port {
+        writeln!(stdout, "metrics {} http://{address}/metrics", config.name)?;
+    }
+    writeln!(stdout, "node {} http://{local_address}", config.name)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Free disk goes into gossip every few seconds, for status and for placement decisions.
+fn spawn_disk_reporter(cluster: &ClusterPlane, data_dir: &Path, shutdown: CancellationToken) -> JoinHandle<()> {
+    let state = cluster.membership.state();
+    let data_dir = data_dir.to_owned();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(stats) = rustix::fs::statvfs(&data_dir) {
+                state.set_free_disk(stats.f_bavail.saturating_mul(stats.f_frsize)).await;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(DISK_REPORT_INTERVAL) => {}
+            }
+        }
+    })
+}
+
+/// Serves HTTP until `shutdown`, then leaves in order: out of gossip's ready set first (peers stop
+/// choosing this node), two gossip rounds later stop accepting, then let open requests finish for
+/// up to [`GRACE_PERIOD`].
+async fn serve_until_shutdown(
     listener: TcpListener,
-    peer_socket: Option<std::net::UdpSocket>,
-    dns_sockets: Option<crate::sockets::DnsSockets>,
+    app: axum::Router,
+    front_end: &HttpFrontEnd,
+    cluster: Option<&ClusterPlane>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let catalog = LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
-    let store_shutdown = shutdown.child_token();
-    let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
-        .context("opening the blob store")?;
-    let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
-    let local_address = listener.local_addr()?;
-    let membership = match &config.cluster {
-        Some(cluster_config) => Some(join_gossip(&config, cluster_config, local_address).await?),
-        None => None,
-    };
-    let cluster = match (&config.cluster, &membership) {
-        (Some(cluster_config), Some(membership)) => {
-            Some(Arc::new(ClusterFill::start(cluster_config, &config.name, peer_socket, membership.view(), membership.state()).await?))
-        }
-        _ => None,
-    };
-    // In a cluster the catalog is replicated by Raft (reads stay local); alone, it is the local one.
-    let raft_catalog = match (&config.cluster, &cluster) {
-        (Some(cluster_config), Some(cluster)) => {
-            let members = cluster.catalog_members(cluster_config);
-            let self_id = members
-                .iter()
-                .find(|member| member.name == config.name)
-                .map(|member| member.id)
-                .context("this node is not a catalog member")?;
-            Some(
-                RaftCatalog::start(&config.data_dir, catalog.clone(), self_id, &members, cluster.endpoint().clone())
-                    .await
-                    .context("starting the Raft catalog")?,
-            )
-        }
-        _ => None,
-    };
-    let shared_catalog: Arc<dyn Catalog> = match &raft_catalog {
-        Some(raft_catalog) => Arc::new(raft_catalog.clone()),
-        None => Arc::new(catalog),
-    };
-    let role = match (&config.cluster, cluster, raft_catalog) {
-        (Some(cluster_config), Some(fill), Some(raft)) => {
-            let replicas = Replicas::new(
-                shared_catalog.clone(),
-                store.clone(),
-                fill.clone(),
-                upstream.clone(),
-                cluster_config.replicas,
-                cluster_config.replica_check_interval,
-            );
-            Some(ClusterRole { fill, raft, replicas })
-        }
-        _ => None,
-    };
-    let mirror = Mirror::new(config.clone(), shared_catalog, upstream, store.clone(), role);
-    let raft_catalog = mirror.raft().cloned();
-    let replicas_shutdown = shutdown.child_token();
-    let replica_keeper = mirror.replicas().map(|replicas| replicas.spawn(replicas_shutdown.clone()));
-    let pin_follower = crate::pins::spawn_follower(mirror.clone(), replicas_shutdown.clone());
-    // Alone, pinned files are filled and kept by a local keeper instead of the replica keeper.
-    let local_pin_keeper = mirror
-        .replicas()
-        .is_none()
-        .then(|| crate::pins::spawn_local_keeper(mirror.clone(), config.ref_ttl.max(Duration::from_secs(5)), replicas_shutdown.clone()));
-    let peer_shutdown = shutdown.child_token();
-    let peer_server = mirror.cluster().cloned().map(|cluster| {
-        let service: Arc<dyn LocalBlobs> = Arc::new(PeerService::new(mirror.clone()));
-        let token = peer_shutdown.clone();
-        let mut services = RpcServices::new();
-        if let Some(raft_catalog) = mirror.raft() {
-            services.insert(RAFT_SERVICE.to_owned(), raft_catalog.rpc_handler());
-        }
-        services.insert(METADATA_SERVICE.to_owned(), Arc::new(MetadataService::new(mirror.clone())));
-        if let Some(replicas) = mirror.replicas() {
-            services.insert(REPLICA_SERVICE.to_owned(), Arc::new(ReplicaService::new(replicas.clone())));
-        }
-        tokio::spawn(async move { cluster.endpoint().serve(service, services, token).await })
-    });
-    let app_mirror = mirror.clone();
-    let limits = Arc::new(crate::limits::EdgeLimits::new(config.limits.clone()));
-    let access_log_shutdown = CancellationToken::new();
-    let access_log = match config.access_log_dir() {
-        Some(directory) => Some(
-            crate::access_log::AccessLog::spawn(directory.clone(), access_log_shutdown.clone())
-                .with_context(|| format!("opening the access log in {}", directory.display()))?,
-        ),
-        None => None,
-    };
-    // The operator port reads the access log's counters; it never writes lines.
-    let operator_app = edge::operator_router(mirror.clone(), limits.clone(), access_log.as_ref().map(|(log, _)| log.clone()));
-    let app = edge::router(mirror, limits, access_log.as_ref().map(|(log, _)| log.clone()));
-    // TLS on the same port as cleartext, when configured; SIGHUP reads the files again.
-    let tls = match &config.tls {
-        Some(files) => Some(crate::http_server::TlsState::load(files.clone()).context("loading the TLS certificate")?),
-        None => None,
-    };
-    // HTTP/3 on the same port number over UDP, with TLS only; advertised while it runs.
-    #[cfg(feature = "http3")]
-    let http3 = match &tls {
-        Some(tls) => Some(crate::http3::Http3::start(local_address, tls, app.clone())?),
-        None => None,
-    };
-    #[cfg(feature = "http3")]
-    let alt_svc = http3.as_ref().map(|http3| {
-        let port = http3.local_addr().map_or(local_address.port(), |address| address.port());
-        http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("an Alt-Svc value is a valid header")
-    });
-    #[cfg(not(feature = "http3"))]
-    let alt_svc: Option<http::HeaderValue> = None;
-    let tls_reloader = match &tls {
-        Some(tls) => Some(crate::http_server::spawn_reloader(tls.clone(), shutdown.clone())?),
-        None => None,
-    };
-
-    // Every node answers DNS for the zone, from the membership it sees.
-    let dns_server = match (&config.dns, &membership) {
-        (Some(dns), Some(membership)) => {
-            let mut zone_config = dns.zone.clone();
-            zone_config.serial = next_zone_serial(&config.data_dir, zone_config.serial)?;
-            let zone = Arc::new(hfm_dns::Zone::new(&zone_config).context("building the DNS zone")?);
-            let started = match dns_sockets {
-                Some(sockets) => hfm_dns::DnsServer::start_on(zone, membership.view(), &dns.settings, sockets.udp, sockets.tcp),
-                None => hfm_dns::DnsServer::start(zone, membership.view(), &dns.settings).await,
-            };
-            let server = started.with_context(|| format!("starting the DNS server on {}", dns.settings.listen))?;
-            Some(server)
-        }
-        _ => None,
-    };
-
-    // The operator port (metrics and probes), when configured; it stops after the HTTP server.
-    let operator_shutdown = CancellationToken::new();
-    let operator = match config.metrics_listen {
-        Some(address) => {
-            let listener = TcpListener::bind(address).await.with_context(|| format!("binding the operator port {address}"))?;
-            let bound = listener.local_addr()?;
-            let token = operator_shutdown.clone();
-            let server = axum::serve(listener, operator_app.into_make_service()).with_graceful_shutdown(token.cancelled_owned());
-            Some((bound, tokio::spawn(async move { server.await })))
-        }
-        None => None,
-    };
-
-    info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
-    // Bulk users' rsync daemon, supervised; it stops with the node.
-    let rsync_shutdown = shutdown.child_token();
-    let rsync = match &config.rsync {
-        Some(rsync_config) => {
-            let modules = crate::trees::initial_module_dirs(&config.data_dir)?;
-            Some(crate::rsyncd::Rsyncd::spawn(&config.data_dir, rsync_config, modules, rsync_shutdown.clone())?)
-        }
-        None => None,
-    };
-    // Its module trees (pinned repositories, indexes) follow the pins and the store.
-    let trees = rsync.as_ref().zip(config.rsync.as_ref()).map(|((rsyncd, _), rsync_config)| {
-        app_mirror.set_rsync(rsyncd.clone());
-        crate::trees::spawn(app_mirror.clone(), rsyncd.clone(), rsync_config.index_interval, rsync_shutdown.clone())
-    });
-    {
-        let mut stdout = std::io::stdout().lock();
-        if let Some(rsync_config) = &config.rsync {
-            writeln!(stdout, "rsync {} {}", config.name, rsync_config.listen)?;
-        }
-        if let Some(dns_server) = &dns_server {
-            writeln!(stdout, "dns {} {}", config.name, dns_server.local_addr())?;
-        }
-        if let Some((address, _)) = &operator {
-            writeln!(stdout, "metrics {} http://{address}/metrics", config.name)?;
-        }
-        writeln!(stdout, "node {} http://{local_address}", config.name)?;
-        stdout.flush()?;
-    }
-
-    // Free disk goes into gossip every few seconds, for status and for placement decisions.
-    let disk_reporter = membership.as_ref().map(|membership| {
-        let state = membership.state();
-        let data_dir = config.data_dir.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(stats) = rustix::fs::statvfs(&data_dir) {
-                    state.set_free_disk(stats.f_bavail.saturating_mul(stats.f_frsize)).await;
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
-                }
-            }
-        })
-    });
-    if let Some(membership) = &membership {
-        membership.set_ready(true).await;
-    }
-    // Leave in order: out of gossip's ready set first, so peers stop choosing this node, then stop
-    // accepting requests.
     let http_shutdown = CancellationToken::new();
     let leaving = {
         let http_shutdown = http_shutdown.clone();
-        let shutdown = shutdown.clone();
-        let membership_state = membership.as_ref().map(|membership| (membership.state(), membership.gossip_interval()));
+        let membership_state = cluster.map(|cluster| (cluster.membership.state(), cluster.membership.gossip_interval()));
         tokio::spawn(async move {
             shutdown.cancelled().await;
             if let Some((state, interval)) = membership_state {
@@ -285,65 +583,22 @@ pub async fn run(
             http_shutdown.cancel();
         })
     };
-    crate::http_server::serve(listener, app, tls, alt_svc, http_shutdown, GRACE_PERIOD).await.context("serving HTTP")?;
-    #[cfg(feature = "http3")]
-    if let Some(http3) = http3 {
-        http3.shutdown(Duration::from_secs(2)).await;
-    }
-    if let Some(reloader) = tls_reloader {
-        reloader.abort();
-    }
-    operator_shutdown.cancel();
-    // The last requests' lines are written before the node stops.
-    access_log_shutdown.cancel();
-    if let Some((_, writer)) = access_log {
-        let _ = writer.await;
-    }
-    if let Some((_, operator_server)) = operator {
-        let _ = operator_server.await;
-    }
-    if let Some(raft_catalog) = &raft_catalog {
-        // Hand catalog leadership over first, so the others need no election timeout to go on.
-        let voters: Vec<u64> = (1..=config.cluster.as_ref().map_or(0, |cluster| cluster.peers.len() as u64)).collect();
-        if let Some(successor) = raft_catalog.step_down(&voters).await {
-            info!(successor, "handed catalog leadership over");
-        }
-        raft_catalog.shutdown().await;
-    }
-    if let Some(dns_server) = dns_server {
-        dns_server.shutdown().await;
-    }
-    rsync_shutdown.cancel();
-    if let Some(trees) = trees {
-        let _ = trees.await;
-    }
-    if let Some((_, rsync_task)) = rsync {
-        let _ = rsync_task.await;
-    }
-    // Replica copies stop before the peer endpoint they read from.
-    replicas_shutdown.cancel();
-    if let Some(replica_keeper) = replica_keeper {
-        let _ = replica_keeper.await;
-    }
-    let _ = pin_follower.await;
-    if let Some(local_pin_keeper) = local_pin_keeper {
-        let _ = local_pin_keeper.await;
-    }
-    peer_shutdown.cancel();
-    if let Some(peer_server) = peer_server {
-        let _ = peer_server.await;
-    }
-    store_shutdown.cancel();
-    store.close().await;
+    let served =
+        crate::transport::http::serve(listener, app, front_end.tls.clone(), front_end.alt_svc.clone(), http_shutdown, GRACE_PERIOD)
+            .await
+            .context("serving HTTP");
     leaving.abort();
-    if let Some(disk_reporter) = disk_reporter {
-        let _ = disk_reporter.await;
+    served
+}
+
+/// Hands catalog leadership over first, so the others need no election timeout to go on, then stops
+/// the Raft catalog.
+async fn hand_over_catalog(cluster: &ClusterPlane) {
+    let voters: Vec<u64> = (1..=cluster.config.peers.len() as u64).collect();
+    if let Some(successor) = cluster.raft.step_down(&voters).await {
+        info!(successor, "handed catalog leadership over");
     }
-    if let Some(membership) = membership {
-        membership.leave().await;
-    }
-    info!(node = %config.name, "node stopped");
-    Ok(())
+    cluster.raft.shutdown().await;
 }
 
 #[cfg(test)]

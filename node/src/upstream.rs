@@ -168,7 +168,7 @@ impl Upstream {
             let failed = sent
                 .as_ref()
                 .map_or(true, |response| response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS);
-            crate::metrics::counters().upstream_request(failed);
+            crate::telemetry::metrics().upstream_request(failed);
             let response = sent.map_err(unreachable)?;
             let status = response.status();
             let location = response.headers().get(header::LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
@@ -275,7 +275,7 @@ pub fn byte_stream(end: ChainEnd, offset: u64) -> Result<(u64, ByteStream), Sour
     };
     let stream = end.response.bytes_stream().map(|chunk| {
         let chunk = chunk.map_err(|error| SourceError::Transient(error_chain(&error)))?;
-        crate::metrics::counters().bytes(crate::metrics::ByteSource::Upstream, chunk.len() as u64);
+        crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Upstream, chunk.len() as u64);
         Ok(chunk)
     });
     Ok((start, Box::pin(stream)))

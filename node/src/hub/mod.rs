@@ -2,6 +2,7 @@
 //!
 //! Only this module knows the Hub's wire format; the catalog and the store know nothing of it.
 
+pub mod cache;
 pub mod error;
 pub mod headers;
 pub mod json;
@@ -9,4 +10,5 @@ pub mod query;
 pub mod range;
 pub mod route;
 
+pub use cache::CacheStatus;
 pub use error::{ErrorSource, HubError};

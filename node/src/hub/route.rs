@@ -24,6 +24,11 @@ pub fn encode_path(text: &str) -> String {
     utf8_percent_encode(text, ENCODE_PATH).to_string()
 }
 
+/// The upstream API path of a repository: `/api/{t}s/{repo}`.
+pub fn api_repo_path(repo: &RepoKey) -> String {
+    format!("/api/{}/{}", repo.repo_type.api_plural(), repo.repo_id)
+}
+
 /// The upstream path of a file's bytes at a commit: `/{T}{repo}/resolve/{commit}/{path}`.
 pub fn resolve_origin(repo: &RepoKey, commit: &str, path: &str) -> String {
     format!("/{}{}/resolve/{commit}/{}", repo.repo_type.url_prefix(), repo.repo_id, encode_path(path))

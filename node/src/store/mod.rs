@@ -137,7 +137,7 @@ impl Accounting {
     }
 }
 
-/// Statistics for logs and, later, metrics.
+/// What the store holds now, for status and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreUsage {
     pub num_blobs: usize,
@@ -416,7 +416,7 @@ impl BlobStore {
         };
         for (etag, victim_size) in evicted {
             info!(%etag, size = victim_size, "evicting least recently used blob");
-            crate::metrics::counters().evicted();
+            crate::telemetry::metrics().evicted();
             self.delete_files(&etag);
             self.emit(StoreEvent::Removed { etag });
         }
@@ -446,7 +446,7 @@ impl BlobStore {
         }
         let mut fills = self.inner.fills.lock().expect("fills poisoned");
         if let Some(fill) = fills.get(etag) {
-            crate::metrics::counters().fill_joined();
+            crate::telemetry::metrics().fill_joined();
             return Ok(FillOutcome::Filling(fill.clone()));
         }
         // A fill may have completed between the caller's `get` and now.
@@ -477,7 +477,7 @@ impl BlobStore {
                 () = cancelled.cancelled() => Err("shutting down".to_owned()),
             };
             store.finish_fill(&running, outcome).await;
-            crate::metrics::counters().fill(started.elapsed(), running.finished().await == FillState::Complete);
+            crate::telemetry::metrics().fill(started.elapsed(), running.finished().await == FillState::Complete);
         });
         Ok(FillOutcome::Filling(fill))
     }
@@ -536,6 +536,20 @@ impl BlobStore {
 fn fastrand_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Exports the store's use and the data file system's free space.
+impl crate::telemetry::MetricSource for BlobStore {
+    fn collect(&self, samples: &mut crate::telemetry::Samples<'_>) -> std::fmt::Result {
+        let usage = self.usage();
+        samples.gauge("hfm_store_blobs", "Verified blobs on this node's disk", usage.num_blobs as i64)?;
+        samples.gauge("hfm_store_bytes", "Bytes of verified blobs on this node's disk", usage.stored_bytes as i64)?;
+        samples.gauge("hfm_store_reserved_bytes", "Bytes promised to fills in progress", usage.reserved_bytes as i64)?;
+        if let Ok(free) = free_bytes(&self.inner.blobs_dir) {
+            samples.gauge("hfm_disk_free_bytes", "Free bytes of the data directory's file system", free as i64)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

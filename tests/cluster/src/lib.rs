@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hfm_node::cluster_up::{NodeAddresses, local_topology};
-use hfm_node::sockets::{ChildSockets, LISTEN_FDS_VARIABLE};
+use hfm_node::cli::cluster_up::{NodeAddresses, local_topology};
+use hfm_node::transport::sockets::{ChildSockets, LISTEN_FDS_VARIABLE};
 pub use hub::{FakeHub, HubFile};
 pub use net::{Network, NetworkKind};
 use serde_json::Value;
@@ -380,7 +380,7 @@ impl Cluster {
 
     /// The names a node's gossip sees live (ready, not draining).
     pub async fn live_seen_by(&self, index: usize) -> anyhow::Result<Vec<String>> {
-        Ok(hfm_node::status::live_members(&self.status(index).await?))
+        Ok(hfm_node::cli::status::live_members(&self.status(index).await?))
     }
 
     fn running(&self) -> Vec<usize> {

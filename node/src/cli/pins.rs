@@ -1,0 +1,129 @@
+//! `hf-mirror mirror` and `hf-mirror pins`: the operator's side of pins, through a node's
+//! `/_hfm/pins` and `/_hfm/status`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::common::units::human_bytes;
+
+fn admin_client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?)
+}
+
+async fn read_json(response: reqwest::Response, url: &str) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// `hf-mirror mirror`: pins a repository through a node and follows the fill until every live node
+/// holds every file (a progress bar on a terminal, plain lines otherwise). Interrupting it stops only
+/// the watching; the nodes go on, and running it again picks up where they are.
+pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &str, unpin_it: bool) -> anyhow::Result<()> {
+    let client = admin_client()?;
+    let base = url.trim_end_matches('/');
+    let query = format!("repo={}&type={}&revision={}", urlencode(repo), urlencode(repo_type), urlencode(revision));
+    if unpin_it {
+        let response = client.delete(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
+        read_json(response, url).await?;
+        println!("unpinned {repo_type} {repo}");
+        return Ok(());
+    }
+    let response = client.post(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
+    let pinned = read_json(response, url).await?;
+    let commit = pinned["commit"].as_str().unwrap_or("?").to_owned();
+    let (files, bytes) = (pinned["files"].as_u64().unwrap_or(0), pinned["bytes"].as_u64().unwrap_or(0));
+    println!("pinned {repo_type} {repo}@{revision} = {commit}: {files} files, {}", human_bytes(bytes as f64));
+    let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    loop {
+        let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await?, url).await?;
+        let live = live_nodes(&client, base).await.unwrap_or_default();
+        let pin = status["pins"]
+            .as_array()
+            .and_then(|pins| pins.iter().find(|pin| pin["repo"] == repo && pin["type"] == repo_type).cloned())
+            .context("the pin is gone (unpinned meanwhile?)")?;
+        let nodes = pin["nodes"].as_object().cloned().unwrap_or_default();
+        let watched: Vec<(&String, &Value)> = nodes.iter().filter(|(name, _)| live.is_empty() || live.contains(*name)).collect();
+        let held_bytes: u64 = watched.iter().map(|(_, node)| node["bytes"].as_u64().unwrap_or(0)).sum();
+        let wanted_bytes = bytes.saturating_mul(watched.len() as u64).max(1);
+        let complete = watched.iter().filter(|(_, node)| node["complete"] == true).count();
+        let elapsed = started.elapsed().as_secs_f64().max(0.001);
+        let rate = held_bytes as f64 / elapsed;
+        let eta = if rate > 0.0 { format!("{:.0}s", (wanted_bytes.saturating_sub(held_bytes)) as f64 / rate) } else { "?".into() };
+        let line = format!(
+            "{complete}/{} nodes complete, {} of {} ({:.0}%), {}/s, ETA {eta}",
+            watched.len(),
+            human_bytes(held_bytes as f64),
+            human_bytes(wanted_bytes as f64),
+            100.0 * held_bytes as f64 / wanted_bytes as f64,
+            human_bytes(rate)
+        );
+        let done = !watched.is_empty() && complete == watched.len();
+        if terminal {
+            print!("\r{line}\x1b[K");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+        } else if done || last_line.elapsed() >= Duration::from_secs(5) {
+            println!("{line}");
+            last_line = Instant::now();
+        }
+        if done {
+            if terminal {
+                println!();
+            }
+            println!("{repo_type} {repo}@{commit} is on every live node");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn live_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
+    let status = read_json(client.get(format!("{base}/_hfm/status")).send().await?, base).await?;
+    Ok(super::status::live_members(&status))
+}
+
+/// `hf-mirror pins`: every pin with its commit and per-node completeness.
+pub async fn print_pins(url: &str) -> anyhow::Result<()> {
+    let client = admin_client()?;
+    let base = url.trim_end_matches('/');
+    let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await.with_context(|| format!("asking {url}"))?, url).await?;
+    let pins = status["pins"].as_array().cloned().unwrap_or_default();
+    if pins.is_empty() {
+        println!("no pins");
+    }
+    for pin in pins {
+        println!(
+            "{} {}@{} = {} ({} files, {})",
+            pin["type"].as_str().unwrap_or("?"),
+            pin["repo"].as_str().unwrap_or("?"),
+            pin["revision"].as_str().unwrap_or("?"),
+            pin["commit"].as_str().unwrap_or("?"),
+            pin["files"].as_u64().unwrap_or(0),
+            human_bytes(pin["bytes"].as_u64().unwrap_or(0) as f64)
+        );
+        for (node, held) in pin["nodes"].as_object().into_iter().flatten() {
+            println!(
+                "  {node:<8} {:>6}/{} files  {}{}",
+                held["files"].as_u64().unwrap_or(0),
+                pin["files"].as_u64().unwrap_or(0),
+                human_bytes(held["bytes"].as_u64().unwrap_or(0) as f64),
+                if held["complete"] == true { "  complete" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

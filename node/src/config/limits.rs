@@ -1,0 +1,39 @@
+//! `[limits]` resolved: what one anonymous client may do, and allow-listed prefixes.
+
+use crate::common::net::Prefix;
+
+/// What one client may do; 0 means unlimited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quota {
+    pub requests_per_second: f64,
+    pub burst: f64,
+    /// Requests in flight per IPv4 address or IPv6 /48.
+    pub parallel: u32,
+    /// Response bytes per client over the last 24 hours.
+    pub daily_bytes: u64,
+}
+
+impl Quota {
+    pub const UNLIMITED: Quota = Quota { requests_per_second: 0.0, burst: 0.0, parallel: 0, daily_bytes: 0 };
+}
+
+/// The operator's limits: a default quota, and allow-listed prefixes with their own (first match
+/// wins; the node's own host is unlimited unless a rule names it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitsConfig {
+    pub default: Quota,
+    pub allow: Vec<(Prefix, Quota)>,
+    /// How many clients each table remembers at most.
+    pub max_clients: usize,
+}
+
+impl Default for LimitsConfig {
+    /// The published policy: 30 requests/s (bursts of 60), 256 parallel requests, 1 TB a day.
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            default: Quota { requests_per_second: 30.0, burst: 60.0, parallel: 256, daily_bytes: 1_000_000_000_000 },
+            allow: Vec::new(),
+            max_clients: 100_000,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The Hub's metadata routes for cacheable repos: repo info, tree listings, paths-info and refs,
+//! answered from the catalog (read through to upstream); pass-through repos are forwarded.
+
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use hfm_cluster::types::RepoKey;
+use http::{HeaderMap, Method, header};
+use serde_json::Value;
+
+use super::passthrough::{forward_request, pass_through};
+use super::{HubApi, access, json_response, public_origin, read_body, set_header};
+use crate::hub::HubError;
+use crate::hub::json::tree_entry_json;
+use crate::hub::query::{flag, parse_pairs, values};
+use crate::hub::route::{api_repo_path, encode_segment, validate_relative_path};
+use crate::metadata::Access;
+
+/// The query parameters that change a repo-info answer, normalized into a cache variant.
+fn repo_info_variant(query: &str) -> String {
+    let pairs = parse_pairs(query);
+    let mut parts = Vec::new();
+    if flag(&pairs, "blobs") {
+        parts.push("blobs=true".to_owned());
+    }
+    if flag(&pairs, "securityStatus") {
+        parts.push("securityStatus=true".to_owned());
+    }
+    let mut expands: Vec<String> = values(&pairs, "expand").map(|value| format!("expand={}", encode_segment(value))).collect();
+    expands.sort();
+    expands.dedup();
+    parts.extend(expands);
+    parts.join("&")
+}
+
+pub(super) async fn repo_info(hub: &HubApi, request: Request, repo: &RepoKey, revision: Option<&str>) -> Result<Response, HubError> {
+    let (access, policy_status) = access(hub, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(hub, request, None).await;
+    }
+    let variant = repo_info_variant(request.uri().query().unwrap_or_default());
+    let (body, _commit, status) = hub.metadata.repo_info(repo, revision, &variant).await?;
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
+}
+
+pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
+    let (access, policy_status) = access(hub, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(hub, request, None).await;
+    }
+    let pairs = parse_pairs(request.uri().query().unwrap_or_default());
+    let recursive = flag(&pairs, "recursive");
+    if flag(&pairs, "expand") {
+        // Expanded entries (last commit, security scan) are not in the manifest; ask upstream,
+        // anonymously: the repo is public.
+        let (parts, _) = request.into_parts();
+        return pass_through(hub, &parts, None, None, None).await;
+    }
+    let cursor = match values(&pairs, "cursor").next() {
+        Some(text) => text.parse::<usize>().map_err(|_| HubError::bad_request("Invalid cursor"))?,
+        None => 0,
+    };
+    let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
+    let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
+    let listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let page_size = hub.settings.tree_page_size;
+    let page: Vec<Value> = listed.iter().skip(cursor).take(page_size).map(|entry| tree_entry_json(entry)).collect();
+    let mut extra = HeaderMap::new();
+    let next = cursor.saturating_add(page_size);
+    if next < listed.len() {
+        // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
+        let origin = public_origin(&hub.settings, request.headers());
+        let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
+        let link = format!(
+            "<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={next}>; rel=\"next\"",
+            api_repo_path(repo)
+        );
+        set_header(&mut extra, "link", &link);
+    }
+    let body = serde_json::to_vec(&page).map_err(HubError::internal)?;
+    Ok(json_response(request.method(), Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
+}
+
+/// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON.
+fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, bool), HubError> {
+    if content_type.starts_with("application/json") {
+        let value: Value = serde_json::from_slice(body).map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
+        let paths = match value.get("paths") {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(single)) => vec![single.clone()],
+            _ => return Err(HubError::bad_request("Body must have a 'paths' list")),
+        };
+        let expand = match value.get("expand") {
+            Some(Value::Bool(expand)) => *expand,
+            Some(Value::String(text)) => crate::hub::query::parse_bool(text),
+            _ => false,
+        };
+        return Ok((paths, expand));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| HubError::bad_request("Body is not UTF-8"))?;
+    let pairs = parse_pairs(text);
+    Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
+}
+
+pub(super) async fn paths_info(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str) -> Result<Response, HubError> {
+    // The body is bounded and read first, so an oversized one is refused before any upstream work.
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts, body).await?.unwrap_or_default();
+    let (access, policy_status) = access(hub, repo).await?;
+    if access == Access::PassThrough {
+        let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+        return pass_through(hub, &parts, Some(body), authorization.as_ref(), None).await;
+    }
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let (paths, expand) = paths_info_request(content_type, &body)?;
+    if expand {
+        return pass_through(hub, &parts, Some(body), None, None).await;
+    }
+    let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
+    let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
+    let mut seen = std::collections::HashSet::new();
+    let found: Vec<Value> = paths
+        .iter()
+        .map(|path| path.trim_matches('/'))
+        .filter(|path| validate_relative_path(path).is_ok() && seen.insert(path.to_string()))
+        .filter_map(|path| manifest.find(path))
+        .map(tree_entry_json)
+        .collect();
+    let body = serde_json::to_vec(&found).map_err(HubError::internal)?;
+    Ok(json_response(&Method::GET, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), HeaderMap::new()))
+}
+
+pub(super) async fn refs(hub: &HubApi, request: Request, repo: &RepoKey) -> Result<Response, HubError> {
+    let (access, policy_status) = access(hub, repo).await?;
+    if access == Access::PassThrough {
+        return forward_request(hub, request, None).await;
+    }
+    let include_pull_requests = flag(&parse_pairs(request.uri().query().unwrap_or_default()), "include_prs");
+    let (body, status) = hub.metadata.refs_listing(repo, include_pull_requests).await?;
+    Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_info_variants_are_normalized() {
+        assert_eq!(repo_info_variant(""), "");
+        assert_eq!(repo_info_variant("blobs=True"), "blobs=true");
+        assert_eq!(repo_info_variant("blobs=false&unknown=1"), "");
+        assert_eq!(repo_info_variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
+        assert_eq!(repo_info_variant("expand[]=a%20b&securityStatus=1"), "securityStatus=true&expand=a%20b");
+    }
+
+    #[test]
+    fn paths_info_accepts_form_and_json_bodies() {
+        let (paths, expand) = paths_info_request("application/x-www-form-urlencoded", b"paths=config.json&paths=sub&expand=False").unwrap();
+        assert_eq!((paths, expand), (vec!["config.json".to_owned(), "sub".to_owned()], false));
+        let (paths, expand) = paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#).unwrap();
+        assert_eq!((paths, expand), (vec!["a".to_owned(), "b".to_owned()], true));
+        assert!(paths_info_request("application/json", b"{not json").is_err());
+        assert!(paths_info_request("application/json", br#"{"paths": 3}"#).is_err());
+        assert!(paths_info_request("", &[0xff, 0xfe]).is_err());
+    }
+}

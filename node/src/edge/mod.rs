@@ -1,0 +1,375 @@
+//! The HTTP edge: routes each request on its raw path and answers every Hub route, either from the
+//! mirror (cacheable repos) or by passing it through to upstream (everything else), plus the
+//! operator's routes. It knows nothing of sockets, limits or logs: the transports around it admit
+//! requests and write the access log; the edge tells them which route and repository each answer
+//! was for ([`Answered`]).
+//!
+//! # Layout
+//!
+//! - `resolve`: file bytes and their headers; `api`: repo info, trees, paths-info, refs;
+//!   `passthrough`: forwarding to upstream; `operator`: status, drain, pins, metrics, probes.
+
+mod api;
+mod operator;
+mod passthrough;
+mod resolve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hfm_cluster::types::RepoKey;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use tracing::{field, warn};
+
+pub use self::operator::Operator;
+use crate::blobs::BlobSources;
+use crate::hub::headers::X_CACHE;
+use crate::hub::route::{Route, route};
+use crate::hub::{CacheStatus, ErrorSource, HubError};
+use crate::metadata::{Access, Metadata};
+use crate::store::BlobStore;
+use crate::telemetry::AnswerCounters;
+use crate::upstream::Upstream;
+
+/// The most header bytes a request may carry; beyond, 431 in the Hub's format.
+const MAX_HEADER_BYTES: usize = 16 << 10;
+/// The most body bytes of a request the mirror reads (paths-info, pass-through API calls).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How the edge presents itself.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// The origin clients reach this node at, for absolute `Link` URLs; `None`: the `Host` header.
+    pub public_url: Option<String>,
+    /// The HTTP port's address (the fallback origin when `Host` is unusable).
+    pub listen: SocketAddr,
+    /// Entries per page of `/tree` answers.
+    pub tree_page_size: usize,
+}
+
+/// What the Hub's routes read: metadata, blobs and their sources, upstream for pass-through.
+pub struct HubApi {
+    pub metadata: Metadata,
+    pub store: BlobStore,
+    pub sources: BlobSources,
+    pub upstream: Upstream,
+    /// File downloads by cache result.
+    pub answers: Arc<AnswerCounters>,
+    /// Metadata answers (repo info, trees, paths-info, refs) by cache result.
+    pub metadata_answers: Arc<AnswerCounters>,
+    pub settings: EdgeSettings,
+}
+
+/// Which route an answer was for and the repository it named; put on every response for the
+/// transports' metrics and access log.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    pub route: &'static str,
+    pub repo: Option<String>,
+}
+
+#[derive(Clone)]
+struct EdgeState {
+    hub: Arc<HubApi>,
+    operator: Arc<Operator>,
+}
+
+/// The router of the public HTTP port.
+pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>) -> Router {
+    Router::new().fallback(handle).with_state(EdgeState { hub, operator })
+}
+
+/// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
+/// to an address only operators and Prometheus can reach).
+pub fn operator_router(operator: Arc<Operator>) -> Router {
+    async fn answer(State(operator): State<Arc<Operator>>, request: Request) -> Response {
+        let answered = match route(request.uri().path()) {
+            Ok(Route::Metrics) => Ok(operator.metrics()),
+            Ok(Route::Ready) => operator.readiness(),
+            Ok(Route::Health) => Ok((StatusCode::OK, "ok\n").into_response()),
+            _ => Err(HubError::route_not_found()),
+        };
+        answered.unwrap_or_else(IntoResponse::into_response)
+    }
+    Router::new().fallback(answer).with_state(operator)
+}
+
+async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
+    let (answered, route_label, repo) = dispatch(&state, request).await;
+    let mut response = answered.unwrap_or_else(|error| {
+        if error.source == ErrorSource::Internal {
+            warn!(%error, "internal error");
+        }
+        error.into_response()
+    });
+    response.extensions_mut().insert(Answered { route: route_label, repo });
+    response
+}
+
+pub(super) fn require_method(method: &Method, allowed: &[Method]) -> Result<(), HubError> {
+    if allowed.contains(method) { Ok(()) } else { Err(HubError::method_not_allowed()) }
+}
+
+/// Names the request's repository, revision and file on the request's span.
+pub(super) fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("repo", field::display(repo));
+    if let Some(revision) = revision {
+        span.record("rev", revision);
+    }
+    if let Some(path) = path {
+        span.record("file", path);
+    }
+}
+
+/// Answers one request; also says which route it took (for metrics) and the repository it named
+/// (for the access log).
+async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str, Option<String>) {
+    let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return (Err(HubError::headers_too_large(MAX_HEADER_BYTES)), "invalid", None);
+    }
+    let route = match route(request.uri().path()) {
+        Ok(route) => route,
+        Err(error) => return (Err(error), "invalid", None),
+    };
+    let label = route.label();
+    let repo = route.repo().map(ToString::to_string);
+    let method = request.method().clone();
+    let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
+    let answered = answer(state, request, route, method).await;
+    if let Ok(response) = &answered {
+        if is_metadata && response.status().is_success() {
+            let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?));
+            if let Some(cache) = cache {
+                state.hub.metadata_answers.record(cache);
+            }
+        }
+    }
+    (answered, label, repo)
+}
+
+async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {
+    let reads = [Method::GET, Method::HEAD];
+    let (hub, operator) = (state.hub.as_ref(), state.operator.as_ref());
+    match route {
+        Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
+        Route::Ready => operator.readiness(),
+        Route::Metrics => {
+            operator.require_own_host(&request, "Metrics")?;
+            Ok(operator.metrics())
+        }
+        Route::Status => Ok(operator.status(&method)),
+        Route::Drain => {
+            require_method(&method, &[Method::POST])?;
+            operator.require_own_host(&request, "Draining")?;
+            Ok(operator.drain(&method).await)
+        }
+        Route::Pins => operator.pins(request, &method).await,
+        Route::Replicas { etag } => operator.replicas(&method, &etag).await,
+        Route::AgentHarnesses => Err(HubError::route_not_found()),
+        Route::Resolve { repo, revision, path } => {
+            record_span(&repo, Some(&revision), Some(&path));
+            require_method(&method, &reads)?;
+            resolve::resolve(hub, request, &repo, &revision, &path).await
+        }
+        Route::RepoInfo { repo, revision } => {
+            record_span(&repo, revision.as_deref(), None);
+            require_method(&method, &reads)?;
+            api::repo_info(hub, request, &repo, revision.as_deref()).await
+        }
+        Route::Tree { repo, revision, path } => {
+            record_span(&repo, Some(&revision), Some(&path));
+            require_method(&method, &reads)?;
+            api::tree(hub, request, &repo, &revision, &path).await
+        }
+        Route::PathsInfo { repo, revision } => {
+            record_span(&repo, Some(&revision), None);
+            require_method(&method, &[Method::POST])?;
+            api::paths_info(hub, request, &repo, &revision).await
+        }
+        Route::Refs { repo } => {
+            record_span(&repo, None, None);
+            require_method(&method, &reads)?;
+            api::refs(hub, request, &repo).await
+        }
+        Route::Listing | Route::ApiPassthrough { .. } => {
+            let (parts, body) = request.into_parts();
+            let body = read_body(&parts, body).await?;
+            let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+            passthrough::pass_through(hub, &parts, body, authorization.as_ref(), None).await
+        }
+    }
+}
+
+/// Reads a request body for methods that carry one, bounded by [`MAX_BODY_BYTES`].
+pub(super) async fn read_body(parts: &Parts, body: Body) -> Result<Option<Bytes>, HubError> {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(None);
+    }
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(HubError::payload_too_large(MAX_BODY_BYTES));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map(Some).map_err(|_| HubError::payload_too_large(MAX_BODY_BYTES))
+}
+
+/// The origin clients reach us at, for absolute `Link` URLs (hub-api.md rule 4).
+pub(super) fn public_origin(settings: &EdgeSettings, headers: &HeaderMap) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.clone();
+    }
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let host_is_sane =
+        !host.is_empty() && host.len() <= 255 && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte));
+    if host_is_sane { format!("http://{host}") } else { format!("http://{}", settings.listen) }
+}
+
+pub(super) fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+pub(super) fn with_cache_status(mut response: Response, cache: CacheStatus) -> Response {
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+    response
+}
+
+pub(super) fn json_response(method: &Method, body: Bytes, cache: CacheStatus, extra: HeaderMap) -> Response {
+    let length = body.len();
+    let body = if method == Method::HEAD { Body::empty() } else { Body::from(body) };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.extend(extra);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    with_cache_status(response, cache)
+}
+
+/// Decides how a repo is served; on pass-through, forwards the request with the caller's token.
+pub(super) async fn access(hub: &HubApi, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
+    let (access, policy_status) = hub.metadata.policy(repo).await?;
+    // A policy re-check asked upstream something, but served nothing from it.
+    Ok((access, policy_status.min(CacheStatus::Revalidated)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::blobs::PinWatch;
+    use crate::metadata::Freshness;
+    use crate::rsync::pins::Pins;
+    use crate::telemetry::Exposition;
+
+    /// A node whose upstream is a closed port: every answer here must come from the edge itself.
+    fn offline_router(directory: &std::path::Path) -> Router {
+        let catalog: Arc<dyn hfm_cluster::catalog::Catalog> =
+            Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
+        let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
+        let upstream = Upstream::new("http://127.0.0.1:9").unwrap();
+        let freshness = Freshness { ref_ttl: std::time::Duration::from_secs(60), policy_ttl: std::time::Duration::from_secs(600) };
+        let metadata = Metadata::new(catalog.clone(), upstream.clone(), None, freshness);
+        let (answers, metadata_answers) = (Arc::new(AnswerCounters::default()), Arc::new(AnswerCounters::default()));
+        let settings = EdgeSettings { public_url: None, listen: "127.0.0.1:8080".parse().unwrap(), tree_page_size: 1000 };
+        let hub = Arc::new(HubApi {
+            metadata: metadata.clone(),
+            store: store.clone(),
+            sources: BlobSources::new(catalog.clone(), upstream.clone(), None),
+            upstream,
+            answers: answers.clone(),
+            metadata_answers: metadata_answers.clone(),
+            settings: settings.clone(),
+        });
+        let pins = Pins::new("local".into(), catalog.clone(), metadata, store.clone(), None, PinWatch::default(), Vec::new());
+        let operator = Arc::new(Operator {
+            node_name: "local".into(),
+            listen: settings.listen,
+            catalog,
+            store,
+            file_answers: answers,
+            metadata_answers,
+            pins,
+            exposition: Arc::new(Exposition::new()),
+            cluster: None,
+            rsync: None,
+        });
+        router(hub, operator)
+    }
+
+    async fn send(router: &Router, request: http::Request<Body>) -> Response {
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    fn get(uri: &str) -> http::Request<Body> {
+        http::Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    fn error_code(response: &Response) -> &str {
+        response.headers().get("x-error-code").and_then(|value| value.to_str().ok()).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn hostile_requests_get_hub_errors() {
+        let directory = tempfile::tempdir().unwrap();
+        let router = offline_router(directory.path());
+        for (uri, status, code) in [
+            ("/org/model/resolve/main/../secret", 400, "BadRequest"),
+            ("/org/model/resolve/main/a%00b", 400, "BadRequest"),
+            ("/org/model/resolve/main/%zz", 400, "BadRequest"),
+            ("/org/model/resolve/main/a%C3", 400, "BadRequest"),
+            ("/unknown/route", 404, "NotFound"),
+            ("/api/agent-harnesses", 404, "NotFound"),
+            ("/api/models/org/model/tree/main/..", 400, "BadRequest"),
+        ] {
+            let response = send(&router, get(uri)).await;
+            assert_eq!(response.status().as_u16(), status, "{uri}");
+            assert_eq!(error_code(&response), code, "{uri}");
+            assert!(response.headers().contains_key("x-error-message"));
+            assert!(response.headers().contains_key(X_CACHE));
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(json["error"].is_string(), "{uri}");
+        }
+        let huge =
+            http::Request::get("/org/model/resolve/main/config.json").header("x-big", "a".repeat(64 << 10)).body(Body::empty()).unwrap();
+        let response = send(&router, huge).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(error_code(&response), "HeadersTooLarge");
+        let post = http::Request::post("/org/model/resolve/main/config.json").body(Body::empty()).unwrap();
+        assert_eq!(send(&router, post).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let oversized = http::Request::post("/api/models/org/model/paths-info/main")
+            .header("content-type", "application/json")
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let response = send(&router, oversized).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(error_code(&response), "PayloadTooLarge");
+        // Draining is for the node's own operators: a caller that is not on loopback is refused.
+        let drain = http::Request::post("/_hfm/drain").body(Body::empty()).unwrap();
+        let response = send(&router, drain).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(error_code(&response), "Forbidden");
+        // The node keeps answering after all of that.
+        assert_eq!(send(&router, get("/healthz")).await.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_with_nothing_cached_is_a_502() {
+        let directory = tempfile::tempdir().unwrap();
+        let router = offline_router(directory.path());
+        let response = send(&router, get("/org/model/resolve/main/config.json")).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(error_code(&response), "UpstreamUnreachable");
+        assert_eq!(response.headers()[X_CACHE], "MISS");
+    }
+}

@@ -1,0 +1,186 @@
+//! The operator's routes: `/_hfm/status`, `/_hfm/drain`, `/_hfm/pins`, `/_hfm/replicas/{etag}`,
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hfm_cluster::catalog::Catalog;
+use hfm_cluster::catalog::raft::RaftCatalog;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::Value;
+use tracing::info;
+
+use super::{json_response, record_span, require_method};
+use crate::blobs::Replicas;
+use crate::hub::{CacheStatus, ErrorSource, HubError};
+use crate::peers::Peers;
+use crate::rsync::daemon::Rsyncd;
+use crate::rsync::pins::{Pins, pin_target};
+use crate::store::{BlobStore, is_valid_etag};
+use crate::telemetry::{AnswerCounters, Exposition};
+
+/// What the operator's routes read and act on.
+pub struct Operator {
+    pub node_name: String,
+    /// The HTTP port's address: a node bound to one address is asked from it by its own host.
+    pub listen: SocketAddr,
+    pub catalog: Arc<dyn Catalog>,
+    pub store: BlobStore,
+    pub file_answers: Arc<AnswerCounters>,
+    pub metadata_answers: Arc<AnswerCounters>,
+    pub pins: Pins,
+    pub exposition: Arc<Exposition>,
+    /// In a cluster: gossip's view, the Raft catalog and the replica keeper.
+    pub cluster: Option<(Peers, RaftCatalog, Replicas)>,
+    pub rsync: Option<Rsyncd>,
+}
+
+impl Operator {
+    fn peers(&self) -> Option<&Peers> {
+        self.cluster.as_ref().map(|(peers, ..)| peers)
+    }
+
+    /// Operator actions (drain, pins) are taken only from the node's own host: loopback, or the
+    /// address the node listens on (a node bound to one address, e.g. in its own network namespace,
+    /// is asked from that address).
+    pub(super) fn require_own_host(&self, request: &Request, action: &str) -> Result<(), HubError> {
+        let own_address = self.listen.ip();
+        let from_own_host = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|info| info.0.ip().is_loopback() || (!own_address.is_unspecified() && info.0.ip() == own_address));
+        if from_own_host {
+            return Ok(());
+        }
+        Err(HubError::new(StatusCode::FORBIDDEN, "Forbidden", format!("{action} is for the node's own operators"), ErrorSource::Client))
+    }
+
+    /// Whether this node takes traffic: not draining and, in a cluster, live in its own gossip view.
+    fn is_ready(&self) -> bool {
+        match self.peers() {
+            Some(peers) => peers.serving_nodes().iter().any(|name| name == peers.self_name()),
+            None => true,
+        }
+    }
+
+    /// `/readyz`: 200 when the node takes traffic, else 503 in the Hub's format.
+    pub(super) fn readiness(&self) -> Result<Response, HubError> {
+        if self.is_ready() {
+            return Ok((StatusCode::OK, "ready\n").into_response());
+        }
+        Err(HubError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotReady",
+            "This node is not taking traffic (starting or draining)",
+            ErrorSource::Internal,
+        ))
+    }
+
+    /// `/metrics` in Prometheus' text format.
+    pub(super) fn metrics(&self) -> Response {
+        let mut response = self.exposition.render().into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::telemetry::exposition::CONTENT_TYPE));
+        response
+    }
+
+    /// `/_hfm/status`: the node's own view: its store, and the cluster's members as gossip sees them.
+    pub(super) fn status(&self, method: &Method) -> Response {
+        let usage = self.store.usage();
+        let (hits, revalidated, misses) = self.file_answers.snapshot();
+        let (metadata_hits, metadata_revalidated, metadata_misses) = self.metadata_answers.snapshot();
+        let mut status = serde_json::json!({
+            "node": self.node_name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "store": {"blobs": usage.num_blobs, "stored_bytes": usage.stored_bytes, "reserved_bytes": usage.reserved_bytes},
+            "answers": {"hit": hits, "revalidated": revalidated, "miss": misses},
+            "metadata_answers": {"hit": metadata_hits, "revalidated": metadata_revalidated, "miss": metadata_misses},
+        });
+        if let Some(rsync) = &self.rsync {
+            status["rsync"] = serde_json::to_value(rsync.state()).unwrap_or_default();
+        }
+        if let Some((peers, raft, replicas)) = &self.cluster {
+            status["replicas"] = serde_json::to_value(replicas.counters()).unwrap_or_default();
+            let view = peers.view();
+            let members: Vec<Value> = peers
+                .member_states()
+                .into_iter()
+                .map(|(name, state)| match view.members.get(&name) {
+                    Some(member) => serde_json::json!({
+                        "name": name, "state": state,
+                        "generation": member.generation, "free_disk": member.free_disk, "version": member.version, "http_url": member.http_url,
+                    }),
+                    None => serde_json::json!({"name": name, "state": state}),
+                })
+                .collect();
+            status["members"] = Value::Array(members);
+            let raft = raft.status();
+            status["raft"] = serde_json::json!({"id": raft.id, "state": raft.state, "term": raft.term, "leader": raft.leader, "last_applied": raft.last_applied});
+        }
+        pretty_json(method, &status)
+    }
+
+    /// `/_hfm/drain`: gossip says draining (peers stop choosing this node as leader; DNS will stop
+    /// naming it), catalog leadership moves to another voter, and the fills in progress finish.
+    pub(super) async fn drain(&self, method: &Method) -> Response {
+        const FILL_WAIT: Duration = Duration::from_secs(600);
+        let mut handed_to = None;
+        if let Some((peers, raft, _)) = &self.cluster {
+            peers.start_draining().await;
+            let voters: Vec<u64> = (1..=peers.topology_names().len() as u64).collect();
+            handed_to = raft.step_down(&voters).await;
+        }
+        let started = Instant::now();
+        while self.store.usage().reserved_bytes > 0 && started.elapsed() < FILL_WAIT {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let fills_left = self.store.usage().reserved_bytes > 0;
+        info!(handed_to, fills_left, "node drained");
+        pretty_json(
+            method,
+            &serde_json::json!({
+                "node": self.node_name,
+                "draining": true,
+                "catalog_leadership_handed_to": handed_to,
+                "fills_finished": !fills_left,
+            }),
+        )
+    }
+
+    /// `/_hfm/pins`: GET lists the pins; POST pins and DELETE unpins (from the node's own host).
+    pub(super) async fn pins(&self, request: Request, method: &Method) -> Result<Response, HubError> {
+        require_method(method, &[Method::GET, Method::HEAD, Method::POST, Method::DELETE])?;
+        let answer = if method == Method::GET || method == Method::HEAD {
+            self.pins.status().await?
+        } else {
+            self.require_own_host(&request, "Pinning")?;
+            let (repo, revision) = pin_target(request.uri().query().unwrap_or(""))?;
+            record_span(&repo, Some(&revision), None);
+            if method == Method::POST { self.pins.pin(&repo, &revision).await? } else { self.pins.unpin(&repo).await? }
+        };
+        Ok(pretty_json(method, &answer))
+    }
+
+    /// `/_hfm/replicas/{etag}`: which nodes hold a blob.
+    pub(super) async fn replicas(&self, method: &Method, etag: &str) -> Result<Response, HubError> {
+        require_method(method, &[Method::GET, Method::HEAD])?;
+        if !is_valid_etag(etag) {
+            return Err(HubError::bad_request("Not a blob etag"));
+        }
+        let record = self.catalog.get_replicas(etag).await.map_err(HubError::internal)?;
+        let body = serde_json::json!({
+            "etag": etag,
+            "size": record.as_ref().map(|record| record.size),
+            "holders": record.map(|record| record.holders).unwrap_or_default(),
+            "held_here": self.store.contains(etag),
+        });
+        Ok(pretty_json(method, &body))
+    }
+}
+
+fn pretty_json(method: &Method, value: &Value) -> Response {
+    json_response(method, Bytes::from(serde_json::to_vec_pretty(value).unwrap_or_default()), CacheStatus::Hit, HeaderMap::new())
+}

@@ -1,0 +1,354 @@
+//! The five kinds of metadata the node reads through: repo policy, revision → commit, manifests,
+//! repo info and refs listings. Each says how it is keyed, read, asked and fetched; the
+//! read-through itself is [`super::read_through`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord};
+use hfm_cluster::types::{RepoKey, is_commit_sha};
+use serde_json::Value;
+use tracing::debug;
+
+use super::DEFAULT_REVISION;
+use super::catalog_error;
+use super::leader::{MetadataAnswer, MetadataRequest};
+use super::read_through::{FetchContext, Flights, Kind, Recorded, note_unrecorded};
+use crate::common::singleflight::SingleFlight;
+use crate::common::time::now_ms;
+use crate::hub::HubError;
+use crate::hub::json::{parse_tree_entry, strip_xet_fields};
+use crate::hub::route::{api_repo_path, encode_segment};
+use crate::upstream::{BufferedReply, Upstream};
+
+/// Upper bound on tree pages fetched for one manifest (1000 entries each upstream).
+const MAX_TREE_PAGES: usize = 10_000;
+
+/// Whether a repo may be stored: only when an anonymous upstream repo-info says it is public and
+/// not gated.
+pub(super) struct PolicyOf {
+    pub repo: RepoKey,
+}
+
+impl Kind for PolicyOf {
+    type Value = PolicyRecord;
+    const WHAT: &'static str = "repo policy";
+
+    fn flight_key(&self) -> String {
+        MetadataRequest::Policy { repo: self.repo.clone() }.placement_key()
+    }
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<PolicyRecord, HubError>> {
+        &flights.policies
+    }
+
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<PolicyRecord>>, HubError> {
+        let record = catalog.get_policy(&self.repo).await.map_err(catalog_error)?;
+        Ok(record.map(|record| {
+            let checked_at_ms = record.checked_at_ms;
+            Recorded::checked(record, checked_at_ms)
+        }))
+    }
+
+    fn question(&self) -> Option<MetadataRequest> {
+        Some(MetadataRequest::Policy { repo: self.repo.clone() })
+    }
+
+    fn from_answer(answer: MetadataAnswer) -> Option<PolicyRecord> {
+        match answer {
+            MetadataAnswer::Policy(record) => Some(record),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<PolicyRecord, HubError> {
+        let repo = &self.repo;
+        let reply = context.upstream.get_buffered(&api_repo_path(repo), None).await?;
+        let (cacheable, reason) = if reply.status.is_success() {
+            let info: Value = serde_json::from_slice(&reply.body)
+                .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+            let private = info.get("private").and_then(Value::as_bool).unwrap_or(false);
+            let gated = !matches!(info.get("gated"), None | Some(Value::Null) | Some(Value::Bool(false)));
+            let disabled = info.get("disabled").and_then(Value::as_bool).unwrap_or(false);
+            if private {
+                (false, "private")
+            } else if gated {
+                (false, "gated")
+            } else if disabled {
+                (false, "disabled")
+            } else {
+                // The answer is also the default branch's repo info: keep it.
+                record_revision_reply(context.catalog, repo, DEFAULT_REVISION, &reply).await?;
+                (true, "public")
+            }
+        } else if matches!(reply.status.as_u16(), 401 | 403 | 404 | 410) {
+            (false, "private or missing")
+        } else {
+            return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+        };
+        let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
+        debug!(%repo, cacheable, reason, "repo policy checked");
+        note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
+        Ok(record)
+    }
+}
+
+/// The commit a branch or tag points to (`DEFAULT_REVISION`: the default branch).
+pub(super) struct RevisionOf {
+    pub repo: RepoKey,
+    pub revision: String,
+}
+
+impl Kind for RevisionOf {
+    type Value = String;
+    const WHAT: &'static str = "ref";
+
+    fn flight_key(&self) -> String {
+        MetadataRequest::Revision { repo: self.repo.clone(), revision: self.revision.clone() }.placement_key()
+    }
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<String, HubError>> {
+        &flights.commits
+    }
+
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<String>>, HubError> {
+        let record = catalog.get_ref(&self.repo, &self.revision).await.map_err(catalog_error)?;
+        Ok(record.map(|record| Recorded::checked(record.commit, record.checked_at_ms)))
+    }
+
+    fn question(&self) -> Option<MetadataRequest> {
+        Some(MetadataRequest::Revision { repo: self.repo.clone(), revision: self.revision.clone() })
+    }
+
+    fn from_answer(answer: MetadataAnswer) -> Option<String> {
+        match answer {
+            MetadataAnswer::Revision(commit) if is_commit_sha(&commit) => Some(commit),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<String, HubError> {
+        let path = if self.revision == DEFAULT_REVISION {
+            api_repo_path(&self.repo)
+        } else {
+            format!("{}/revision/{}", api_repo_path(&self.repo), encode_segment(&self.revision))
+        };
+        let reply = context.upstream.get_buffered(&path, None).await?;
+        if !reply.status.is_success() {
+            return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+        }
+        record_revision_reply(context.catalog, &self.repo, &self.revision, &reply).await
+    }
+}
+
+/// Stores a successful repo-info answer of a revision: its commit as the ref, and its body as the
+/// commit's repo info. Returns the commit.
+async fn record_revision_reply(catalog: &dyn Catalog, repo: &RepoKey, revision: &str, reply: &BufferedReply) -> Result<String, HubError> {
+    let mut info: Value =
+        serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+    let commit = info.get("sha").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if !is_commit_sha(&commit) {
+        return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
+    }
+    strip_xet_fields(&mut info);
+    let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
+    note_unrecorded(catalog.put_repo_info(repo, &commit, "", body).await, "repo info");
+    if !is_commit_sha(revision) {
+        note_unrecorded(catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await, "ref");
+    }
+    Ok(commit)
+}
+
+/// The full file list of a commit, every tree page fetched once.
+pub(super) struct ManifestOf {
+    pub repo: RepoKey,
+    pub commit: String,
+}
+
+impl Kind for ManifestOf {
+    type Value = Arc<Manifest>;
+    const WHAT: &'static str = "manifest";
+
+    fn flight_key(&self) -> String {
+        MetadataRequest::Manifest { repo: self.repo.clone(), commit: self.commit.clone() }.placement_key()
+    }
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<Arc<Manifest>, HubError>> {
+        &flights.manifests
+    }
+
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<Arc<Manifest>>>, HubError> {
+        Ok(catalog.get_manifest(&self.repo, &self.commit).await.map_err(catalog_error)?.map(Recorded::immutable))
+    }
+
+    fn question(&self) -> Option<MetadataRequest> {
+        Some(MetadataRequest::Manifest { repo: self.repo.clone(), commit: self.commit.clone() })
+    }
+
+    fn from_answer(answer: MetadataAnswer) -> Option<Arc<Manifest>> {
+        match answer {
+            MetadataAnswer::Manifest(manifest) => Some(Arc::new(manifest)),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<Arc<Manifest>, HubError> {
+        let (repo, commit) = (&self.repo, &self.commit);
+        let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
+        let mut entries: Vec<ManifestEntry> = Vec::new();
+        for _ in 0..MAX_TREE_PAGES {
+            let reply = context.upstream.get_buffered(&path_and_query, None).await?;
+            if !reply.status.is_success() {
+                return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+            }
+            let page: Vec<Value> = serde_json::from_slice(&reply.body)
+                .map_err(|error| HubError::upstream_invalid(format!("tree page is not a JSON array: {error}")))?;
+            for value in &page {
+                entries.push(parse_tree_entry(value).map_err(HubError::upstream_invalid)?);
+            }
+            match next_link_path(&reply.headers) {
+                Some(next) => path_and_query = next,
+                None => {
+                    let manifest = Manifest::new(entries);
+                    return match context.catalog.put_manifest(repo, commit, manifest.clone()).await {
+                        Ok(recorded) => Ok(recorded),
+                        Err(error) => {
+                            note_unrecorded(Err(error), Self::WHAT);
+                            Ok(Arc::new(manifest))
+                        }
+                    };
+                }
+            }
+        }
+        Err(HubError::upstream_invalid("tree has too many pages"))
+    }
+}
+
+/// The repo-info JSON of a commit for one query variant (`blobs=true`, …), Xet fields removed.
+pub(super) struct RepoInfoOf {
+    pub repo: RepoKey,
+    pub commit: String,
+    pub variant: String,
+}
+
+impl Kind for RepoInfoOf {
+    type Value = Bytes;
+    const WHAT: &'static str = "repo info";
+
+    fn flight_key(&self) -> String {
+        format!("info\0{}\0{}\0{}", self.repo, self.commit, self.variant)
+    }
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<Bytes, HubError>> {
+        &flights.documents
+    }
+
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<Bytes>>, HubError> {
+        let body = catalog.get_repo_info(&self.repo, &self.commit, &self.variant).await.map_err(catalog_error)?;
+        Ok(body.map(|body| Recorded::immutable(Bytes::from(body))))
+    }
+
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<Bytes, HubError> {
+        let mut path = format!("{}/revision/{}", api_repo_path(&self.repo), self.commit);
+        if !self.variant.is_empty() {
+            path = format!("{path}?{}", self.variant);
+        }
+        let body = fetch_stripped_json(context.upstream, &path, Self::WHAT).await?;
+        note_unrecorded(context.catalog.put_repo_info(&self.repo, &self.commit, &self.variant, body.clone()).await, Self::WHAT);
+        Ok(Bytes::from(body))
+    }
+}
+
+/// The refs listing of a repo (branches, tags, optionally pull requests); mutable.
+pub(super) struct RefsListingOf {
+    pub repo: RepoKey,
+    pub include_pull_requests: bool,
+}
+
+impl RefsListingOf {
+    fn document_key(&self) -> String {
+        format!("refs\0{}\0{}", self.repo, self.include_pull_requests)
+    }
+}
+
+impl Kind for RefsListingOf {
+    type Value = Bytes;
+    const WHAT: &'static str = "refs listing";
+
+    fn flight_key(&self) -> String {
+        self.document_key()
+    }
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<Bytes, HubError>> {
+        &flights.documents
+    }
+
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<Bytes>>, HubError> {
+        let record = catalog.get_document(&self.document_key()).await.map_err(catalog_error)?;
+        Ok(record.map(|record| Recorded::checked(Bytes::from(record.body), record.checked_at_ms)))
+    }
+
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<Bytes, HubError> {
+        let mut path = format!("{}/refs", api_repo_path(&self.repo));
+        if self.include_pull_requests {
+            path.push_str("?include_prs=1");
+        }
+        let body = fetch_stripped_json(context.upstream, &path, Self::WHAT).await?;
+        let record = DocumentRecord { body: body.clone(), checked_at_ms: now_ms() };
+        note_unrecorded(context.catalog.put_document(&self.document_key(), record).await, Self::WHAT);
+        Ok(Bytes::from(body))
+    }
+}
+
+/// Fetches a JSON document from upstream anonymously and returns it with every Xet field removed;
+/// an upstream error answer becomes the same error for the client.
+async fn fetch_stripped_json(upstream: &Upstream, path: &str, what: &str) -> Result<Vec<u8>, HubError> {
+    let reply = upstream.get_buffered(path, None).await?;
+    if !reply.status.is_success() {
+        return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
+    }
+    let mut document: Value =
+        serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("{what} is not JSON: {error}")))?;
+    strip_xet_fields(&mut document);
+    serde_json::to_vec(&document).map_err(HubError::internal)
+}
+
+/// Returns the path and query of the `rel="next"` link of an upstream page. The link is absolute
+/// on upstream's origin; only its path and query are kept, so it is always fetched from our upstream.
+fn next_link_path(headers: &http::HeaderMap) -> Option<String> {
+    for value in headers.get_all(http::header::LINK) {
+        let Ok(text) = value.to_str() else { continue };
+        for link in text.split(',') {
+            if !link.contains("rel=\"next\"") && !link.contains("rel=next") {
+                continue;
+            }
+            let url = link.split('<').nth(1)?.split('>').next()?;
+            let parsed = reqwest::Url::parse(url).ok()?;
+            let mut path = parsed.path().to_owned();
+            if let Some(query) = parsed.query() {
+                path.push('?');
+                path.push_str(query);
+            }
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_keeps_path_and_query_only() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::LINK,
+            http::HeaderValue::from_static(
+                "<https://huggingface.co/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(next_link_path(&headers).unwrap(), "/api/models/org/model/tree/abc?recursive=true&expand=false&cursor=ZXlK");
+        assert!(next_link_path(&http::HeaderMap::new()).is_none());
+    }
+}

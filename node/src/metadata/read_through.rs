@@ -1,0 +1,146 @@
+//! The read-through, written once: the catalog first; on a miss or a stale record one flight per key
+//! (joined by every concurrent caller, finished even if they all leave) that looks again, asks the
+//! cluster's metadata leader, or fetches from upstream and records the answer; a stale record is
+//! served when upstream is down.
+//!
+//! What differs between policy, refs, manifests, repo info and refs listings is a [`Kind`]: its key,
+//! how long a record is trusted, how it is read, asked and fetched.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hfm_cluster::catalog::{Catalog, Manifest, PolicyRecord};
+use tracing::warn;
+
+use super::Metadata;
+use super::leader::{Forwarding, MetadataAnswer, MetadataRequest};
+use crate::common::singleflight::SingleFlight;
+use crate::common::time::now_ms;
+use crate::hub::{CacheStatus, HubError};
+use crate::upstream::Upstream;
+
+/// A record as the catalog holds it.
+pub(super) struct Recorded<V> {
+    pub value: V,
+    /// When it was last checked upstream; `None` for what never changes (keyed by commit).
+    pub checked_at_ms: Option<u64>,
+}
+
+impl<V> Recorded<V> {
+    pub fn immutable(value: V) -> Recorded<V> {
+        Recorded { value, checked_at_ms: None }
+    }
+
+    pub fn checked(value: V, checked_at_ms: u64) -> Recorded<V> {
+        Recorded { value, checked_at_ms: Some(checked_at_ms) }
+    }
+
+    fn is_fresh(&self, ttl: Duration) -> bool {
+        match self.checked_at_ms {
+            None => true,
+            Some(checked_at_ms) => now_ms().saturating_sub(checked_at_ms) < ttl.as_millis() as u64,
+        }
+    }
+}
+
+/// What the fetch of a kind may use: the catalog to record into, and upstream.
+pub(super) struct FetchContext<'a> {
+    pub catalog: &'a dyn Catalog,
+    pub upstream: &'a Upstream,
+}
+
+/// The flights in progress, one map per value type.
+#[derive(Default)]
+pub(super) struct Flights {
+    pub policies: SingleFlight<Result<PolicyRecord, HubError>>,
+    pub commits: SingleFlight<Result<String, HubError>>,
+    pub manifests: SingleFlight<Result<Arc<Manifest>, HubError>>,
+    pub documents: SingleFlight<Result<Bytes, HubError>>,
+}
+
+/// One kind of metadata read through the catalog.
+pub(super) trait Kind: Send + Sync + 'static {
+    type Value: Clone + Send + Sync + 'static;
+
+    /// Names the kind in logs.
+    const WHAT: &'static str;
+
+    /// The key concurrent callers share a flight under (and, for led kinds, placement ranks).
+    fn flight_key(&self) -> String;
+
+    fn flights(flights: &Flights) -> &SingleFlight<Result<Self::Value, HubError>>;
+
+    /// The catalog's record, if any.
+    fn recorded(&self, catalog: &dyn Catalog) -> impl Future<Output = Result<Option<Recorded<Self::Value>>, HubError>> + Send;
+
+    /// The question for the cluster's metadata leader; `None` for kinds each node fetches itself.
+    fn question(&self) -> Option<MetadataRequest> {
+        None
+    }
+
+    /// The value in the leader's answer; `None` when it answered another question.
+    fn from_answer(_answer: MetadataAnswer) -> Option<Self::Value> {
+        None
+    }
+
+    /// Fetches the value from upstream and records it (recording failures are logged, not raised).
+    fn fetch(&self, context: FetchContext<'_>) -> impl Future<Output = Result<Self::Value, HubError>> + Send;
+}
+
+impl Metadata {
+    /// Reads `kind` through the catalog (see the module doc). `ttl` is how long a mutable record is
+    /// trusted.
+    pub(super) async fn read_through<K: Kind>(
+        &self,
+        kind: K,
+        ttl: Duration,
+        forwarding: Forwarding,
+    ) -> Result<(K::Value, CacheStatus), HubError> {
+        let catalog = self.inner.catalog.as_ref();
+        let recorded = kind.recorded(catalog).await?;
+        if let Some(record) = recorded.as_ref().filter(|record| record.is_fresh(ttl)) {
+            return Ok((record.value.clone(), CacheStatus::Hit));
+        }
+        let key = kind.flight_key();
+        let metadata = self.clone();
+        let (fetched, joined) = K::flights(&self.inner.flights)
+            .run(key, async move {
+                // A flight that finished between our caller's catalog read and the start of this
+                // one has already done the work.
+                let catalog = metadata.inner.catalog.as_ref();
+                if let Some(record) = kind.recorded(catalog).await?.filter(|record| record.is_fresh(ttl)) {
+                    return Ok(record.value);
+                }
+                if let Some(question) = kind.question() {
+                    if let Some(answer) = metadata.ask_leader(forwarding, question).await {
+                        return K::from_answer(answer?).ok_or_else(|| HubError::internal("the metadata leader answered another question"));
+                    }
+                }
+                kind.fetch(FetchContext { catalog, upstream: &metadata.inner.upstream }).await
+            })
+            .await;
+        if joined {
+            crate::telemetry::metrics().metadata_joined();
+        }
+        let fetched = fetched.unwrap_or_else(|lost| Err(HubError::internal(lost)));
+        match (fetched, recorded) {
+            (Ok(value), Some(_)) => Ok((value, CacheStatus::Revalidated)),
+            (Ok(value), None) => Ok((value, CacheStatus::Miss)),
+            (Err(error), Some(stale)) if error.is_upstream_outage() => {
+                warn!(what = K::WHAT, %error, "upstream down; serving the stale record");
+                Ok((stale.value, CacheStatus::Hit))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+}
+
+/// Logs a catalog write that did not happen. A cache never fails a download because it could not
+/// record something (no Raft quorum, a full disk): the answer is served unrecorded.
+pub(super) fn note_unrecorded(result: Result<(), hfm_cluster::catalog::CatalogError>, what: &str) {
+    if let Err(error) = result {
+        warn!(%error, what, "serving without recording in the catalog");
+    }
+}

@@ -1,0 +1,306 @@
+//! The access log: one JSON line per request in `DATA/logs/access-YYYY-MM-DD.jsonl` (UTC days), with
+//! the client address anonymised before it is written (IPv4 /24, IPv6 /48) and nothing secret: no
+//! query string, no `Authorization`, no cookies. Files older than 14 days are reduced to anonymous
+//! daily aggregates (`daily-YYYY-MM-DD.json`: requests, bytes and hit ratio per repository and per
+//! status) and deleted.
+//!
+//! Lines go through a bounded queue to one writer task; when the disk cannot keep up, lines are
+//! dropped and counted rather than slowing requests down.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// How many days of request lines are kept before they become aggregates.
+pub const KEPT_DAYS: u64 = 14;
+/// Lines waiting for the writer at most.
+const QUEUE: usize = 8192;
+
+/// One answered request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessLine {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub method: String,
+    /// The path only: a query may carry secrets.
+    pub path: String,
+    pub status: u16,
+    /// The bytes the response declared (`Content-Length`; 0 when it declared none).
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// `X-Cache`: HIT, REVALIDATED, MISS, or `-`.
+    pub cache: String,
+    pub user_agent: String,
+    /// The client's address, anonymised.
+    pub client: String,
+    /// `type:ORG/NAME` when the request named a repository.
+    pub repo: Option<String>,
+}
+
+impl AccessLine {
+    /// Builds a line; the address is anonymised here, so no other form of it is ever written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        at: SystemTime,
+        method: &str,
+        path: &str,
+        status: u16,
+        bytes: u64,
+        duration: Duration,
+        cache: &str,
+        user_agent: &str,
+        client: Option<IpAddr>,
+        repo: Option<String>,
+    ) -> AccessLine {
+        let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let stamp = crate::common::time::utc_time(since_epoch.as_secs(), false);
+        AccessLine {
+            time: format!("{}.{:03}Z", stamp.trim_end_matches('Z'), since_epoch.subsec_millis()),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status,
+            bytes,
+            duration_ms: duration.as_millis() as u64,
+            cache: cache.to_owned(),
+            user_agent: user_agent.chars().take(512).collect(),
+            client: client.map_or_else(|| "-".to_owned(), |address| crate::common::net::anonymise(address).to_string()),
+            repo,
+        }
+    }
+
+    /// The UTC day (`YYYY-MM-DD`) of the line.
+    fn day(&self) -> &str {
+        self.time.get(..10).unwrap_or("unknown")
+    }
+}
+
+/// The day name of a time.
+fn day_of(at: SystemTime) -> String {
+    crate::common::time::utc_time(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(), false)[..10].to_owned()
+}
+
+/// A handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    sender: tokio::sync::mpsc::Sender<AccessLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer for `directory`; it writes what is queued, then stops, on `shutdown`.
+    pub fn spawn(directory: PathBuf, shutdown: CancellationToken) -> std::io::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+        std::fs::create_dir_all(&directory)?;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<AccessLine>(QUEUE);
+        let task = tokio::spawn(async move {
+            let mut last_maintained = String::new();
+            loop {
+                let line = tokio::select! {
+                    line = receiver.recv() => line,
+                    () = shutdown.cancelled() => {
+                        receiver.close();
+                        receiver.recv().await
+                    }
+                };
+                let Some(line) = line else { break };
+                let mut batch = vec![line];
+                while let Ok(more) = receiver.try_recv() {
+                    batch.push(more);
+                }
+                let directory = directory.clone();
+                let today = day_of(SystemTime::now());
+                let maintain = std::mem::replace(&mut last_maintained, today.clone()) != today;
+                let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    append(&directory, &batch)?;
+                    if maintain {
+                        reduce_old_days(&directory, SystemTime::now())?;
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Ok(Err(error)) = written {
+                    warn!(%error, "cannot write the access log");
+                }
+            }
+        });
+        Ok((AccessLog { sender, dropped: Arc::new(AtomicU64::new(0)) }, task))
+    }
+
+    /// Queues a line; drops it (and counts it) when the writer is behind.
+    pub fn record(&self, line: AccessLine) {
+        if self.sender.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Exports the lines dropped because the writer was behind.
+impl crate::telemetry::MetricSource for AccessLog {
+    fn collect(&self, samples: &mut crate::telemetry::Samples<'_>) -> std::fmt::Result {
+        samples.counter("hfm_access_log_dropped", "Access-log lines dropped because the writer was behind", self.dropped())
+    }
+}
+
+/// Appends lines to the files of their days.
+pub fn append(directory: &Path, lines: &[AccessLine]) -> std::io::Result<()> {
+    let mut by_day: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for line in lines {
+        let text = by_day.entry(line.day()).or_default();
+        serde_json::to_writer(&mut *text, line)?;
+        text.push(b'\n');
+    }
+    for (day, text) in by_day {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(directory.join(format!("access-{day}.jsonl")))?;
+        file.write_all(&text)?;
+    }
+    Ok(())
+}
+
+/// One day's anonymous statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DailyAggregate {
+    pub date: String,
+    pub requests: u64,
+    pub bytes: u64,
+    /// Share of file downloads (requests with a cache result) answered without upstream data.
+    pub hit_ratio: Option<f64>,
+    pub by_repo: BTreeMap<String, Tally>,
+    pub by_status: BTreeMap<String, Tally>,
+}
+
+/// Counts of a group of requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub requests: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_ratio: Option<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, line: &AccessLine) {
+        self.requests += 1;
+        self.bytes += line.bytes;
+        match line.cache.as_str() {
+            "HIT" | "REVALIDATED" => self.hits += 1,
+            "MISS" => self.misses += 1,
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        let answered = self.hits + self.misses;
+        self.hit_ratio = (answered > 0).then(|| self.hits as f64 / answered as f64);
+    }
+}
+
+/// Reduces the day files older than [`KEPT_DAYS`] (by `now`) to aggregates and deletes them.
+/// Unreadable lines are skipped; an aggregate is written before its day file is deleted.
+pub fn reduce_old_days(directory: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
+    let oldest_kept = day_of(now.checked_sub(Duration::from_secs(86_400 * (KEPT_DAYS - 1))).unwrap_or(UNIX_EPOCH));
+    let mut reduced = Vec::new();
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(day) = name.strip_prefix("access-").and_then(|rest| rest.strip_suffix(".jsonl")) else { continue };
+        if day >= oldest_kept.as_str() {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path())?;
+        let mut aggregate = DailyAggregate { date: day.to_owned(), ..DailyAggregate::default() };
+        let mut all = Tally::default();
+        for line in text.lines().filter_map(|line| serde_json::from_str::<AccessLine>(line).ok()) {
+            aggregate.requests += 1;
+            aggregate.bytes += line.bytes;
+            all.add(&line);
+            aggregate.by_repo.entry(line.repo.clone().unwrap_or_else(|| "-".into())).or_default().add(&line);
+            aggregate.by_status.entry(line.status.to_string()).or_default().add(&line);
+        }
+        all.finish();
+        aggregate.hit_ratio = all.hit_ratio;
+        aggregate.by_repo.values_mut().chain(aggregate.by_status.values_mut()).for_each(Tally::finish);
+        let target = directory.join(format!("daily-{day}.json"));
+        let staged = directory.join(format!(".daily-{day}.json.new"));
+        std::fs::write(&staged, serde_json::to_vec_pretty(&aggregate)?)?;
+        std::fs::rename(&staged, &target)?;
+        std::fs::remove_file(entry.path())?;
+        reduced.push(day.to_owned());
+    }
+    reduced.sort();
+    Ok(reduced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at_day(day: u64, second: u64) -> SystemTime {
+        // 2026-01-01T00:00:00Z plus `day` days.
+        UNIX_EPOCH + Duration::from_secs(1_767_225_600 + day * 86_400 + second)
+    }
+
+    fn line(at: SystemTime, status: u16, cache: &str, repo: Option<&str>, client: &str) -> AccessLine {
+        AccessLine::new(
+            at,
+            "GET",
+            "/org/model/resolve/main/config.json",
+            status,
+            100,
+            Duration::from_millis(7),
+            cache,
+            "huggingface_hub/2.4.0",
+            Some(client.parse().unwrap()),
+            repo.map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn lines_carry_anonymised_addresses_and_millisecond_times() {
+        let line = line(at_day(0, 3723) + Duration::from_millis(45), 200, "HIT", None, "2001:db8:aaaa:bbbb::1");
+        assert_eq!(line.time, "2026-01-01T01:02:03.045Z");
+        assert_eq!(line.client, "2001:db8:aaaa::");
+        assert_eq!(line.day(), "2026-01-01");
+    }
+
+    #[test]
+    fn days_older_than_fourteen_become_anonymous_aggregates() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut lines = Vec::new();
+        for day in 0..20 {
+            lines.push(line(at_day(day, 10), 200, "HIT", Some("model:org/model"), "203.0.113.9"));
+            lines.push(line(at_day(day, 20), 200, "MISS", Some("model:org/model"), "203.0.113.9"));
+            lines.push(line(at_day(day, 30), 404, "-", None, "198.51.100.4"));
+        }
+        append(directory.path(), &lines).unwrap();
+        // "Now" is day 19: days 6..=19 (14 days) stay, days 0..=5 are reduced.
+        let reduced = reduce_old_days(directory.path(), at_day(19, 3600)).unwrap();
+        assert_eq!(reduced, (1..=6).map(|day| format!("2026-01-{day:02}")).collect::<Vec<_>>());
+        let mut names: Vec<String> =
+            std::fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names.iter().filter(|name| name.starts_with("access-")).count(), 14);
+        assert_eq!(names.iter().filter(|name| name.starts_with("daily-")).count(), 6);
+        assert!(names.contains(&"access-2026-01-07.jsonl".to_owned()) && !names.contains(&"access-2026-01-06.jsonl".to_owned()));
+        let text = std::fs::read_to_string(directory.path().join("daily-2026-01-01.json")).unwrap();
+        let aggregate: DailyAggregate = serde_json::from_str(&text).unwrap();
+        assert_eq!((aggregate.requests, aggregate.bytes, aggregate.hit_ratio), (3, 300, Some(0.5)));
+        assert_eq!(aggregate.by_repo["model:org/model"].requests, 2);
+        assert_eq!(aggregate.by_status["404"].requests, 1);
+        assert!(!text.contains("203.0.113") && !text.contains("198.51.100"), "aggregates carry no addresses");
+        // A second run finds nothing more to reduce.
+        assert!(reduce_old_days(directory.path(), at_day(19, 7200)).unwrap().is_empty());
+    }
+}

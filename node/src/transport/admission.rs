@@ -1,0 +1,119 @@
+//! Around every request of the public port: its span, the limits (checked before any work; 429 in
+//! the Hub's format with `Retry-After`), the `answered` log line, the request metric and the access
+//! log. The edge inside knows none of this; it tells which route and repository an answer was for
+//! through [`Answered`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use tracing::{Instrument, field, info, info_span};
+
+use super::access_log::{AccessLine, AccessLog};
+use super::limits::{Admission, EdgeLimits, Refusal};
+use crate::edge::Answered;
+use crate::hub::headers::X_CACHE;
+use crate::hub::{CacheStatus, ErrorSource, HubError};
+
+/// What the front door needs: the limits, the access log, and where heavy users are sent.
+pub struct FrontDoor {
+    pub limits: Arc<EdgeLimits>,
+    pub access_log: Option<AccessLog>,
+    /// Where heavy users are sent: the rsync modules of this mirror.
+    pub rsync_hint: String,
+}
+
+/// Wraps the edge's router in the front door.
+pub fn wrap(router: Router, front_door: Arc<FrontDoor>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(front_door, front_door_layer))
+}
+
+/// Lets a request through the limits (before any work is done for it), or answers 429.
+fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>, HubError> {
+    let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else { return Ok(None) };
+    front_door.limits.admit(client.ip()).map_err(|(refusal, retry)| {
+        let message = match refusal {
+            Refusal::Rate => "Too many requests from your address; slow down and retry after the delay in Retry-After".to_owned(),
+            Refusal::Parallel => "Too many parallel requests from your network; retry after the delay in Retry-After".to_owned(),
+            Refusal::DailyBytes => format!(
+                "Your network downloaded more than its daily quota over HTTP in the last 24 hours. Bulk downloads go through rsync: {} (modules models, datasets, indexes)",
+                front_door.rsync_hint
+            ),
+        };
+        let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
+        error.retry_after = Some(retry.as_secs_f64().ceil().max(1.0).to_string());
+        error
+    })
+}
+
+async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
+    let is_get = request.method() == Method::GET;
+    // What the access log keeps, taken before the request is consumed: never the query (it may
+    // carry secrets), never a credential header.
+    let logged = front_door.access_log.as_ref().map(|_| {
+        let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+        let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        (request.method().to_string(), request.uri().path().to_owned(), user_agent, client)
+    });
+    let (mut response, admission) = match admit(&front_door, &request) {
+        Ok(admission) => (next.run(request).instrument(span.clone()).await, admission),
+        Err(refused) => (refused.into_response(), None),
+    };
+    let (route, repo) = match response.extensions_mut().remove::<Answered>() {
+        Some(answered) => (answered.route, answered.repo),
+        None => ("refused", None),
+    };
+    let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?)).map_or("-", CacheStatus::as_str);
+    let status = response.status().as_u16();
+    span.in_scope(|| info!(status, cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    crate::telemetry::metrics().request(route, status, cache);
+    let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(access_log), Some((method, path, user_agent, client))) = (&front_door.access_log, logged) {
+        let elapsed = started.elapsed();
+        let line =
+            AccessLine::new(SystemTime::now(), &method, &path, status, length.unwrap_or(0), elapsed, cache, &user_agent, client, repo);
+        access_log.record(line);
+    }
+    if let Some(admission) = admission {
+        if let (true, Some(length)) = (is_get, length) {
+            admission.record_bytes(length);
+        }
+        response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
+    }
+    response
+}
+
+/// A response body that holds its request's admission (a parallel slot) until it is sent or dropped.
+struct AdmittedBody {
+    inner: Body,
+    _admission: Admission,
+}
+
+impl http_body::Body for AdmittedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

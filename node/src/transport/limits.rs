@@ -1,0 +1,392 @@
+//! The edge's limits on anonymous clients, checked before any work (so an abuser cannot make the
+//! mirror hammer upstream): requests per second per client (a token bucket per IPv4 address or IPv6
+//! /64), parallel requests per IPv4 address or IPv6 /48, and bytes per 24 hours over HTTP (beyond,
+//! the client is pointed to rsync). Allow-listed prefixes (academic networks, CI farms) get their own
+//! quotas; the node's own host (loopback) is not limited unless a rule names it. Every table is
+//! bounded under a flood of distinct addresses.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::common::net::{canonical, mask};
+use crate::config::limits::{LimitsConfig, Quota};
+
+/// The unit the request rate is limited per: an IPv4 address (/32) or an IPv6 /64 (one subscriber's
+/// network: a client changing its interface identifier stays one client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(address: IpAddr) -> ClientKey {
+        match canonical(address) {
+            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => ClientKey(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    /// When the bucket is full again if left alone: from then on the key is idle.
+    full_at: Instant,
+}
+
+/// A token bucket per key (each call says the rate and burst). At most `max_keys` keys are
+/// remembered; when a new key finds the table full, keys whose bucket has refilled (idle clients,
+/// indistinguishable from new ones) are dropped first, else the least recently seen eighth.
+pub struct KeyedLimiter<K> {
+    max_keys: usize,
+    buckets: HashMap<K, Bucket>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
+    pub fn new(max_keys: usize) -> KeyedLimiter<K> {
+        KeyedLimiter { max_keys: max_keys.max(1), buckets: HashMap::new() }
+    }
+
+    /// Takes one token for `key` at `now` from a bucket of `rate` tokens a second holding at most
+    /// `burst`: `Ok` to go on, or `Err(retry_after)`, how long until a token is there.
+    pub fn check(&mut self, key: K, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
+        let burst = burst.max(1.0);
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
+            self.make_room(now);
+        }
+        let bucket = self.buckets.entry(key).or_insert(Bucket { tokens: burst, updated: now, full_at: now });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        let verdict = if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        };
+        bucket.full_at = now + Duration::from_secs_f64((burst - bucket.tokens) / rate);
+        verdict
+    }
+
+    /// How many keys are remembered.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    fn make_room(&mut self, now: Instant) {
+        self.buckets.retain(|_, bucket| bucket.full_at > now);
+        if self.buckets.len() >= self.max_keys {
+            // Everyone is active: forget the least recently seen eighth at once (so a flood costs
+            // one sweep per max_keys / 8 new keys); a forgotten client starts again from a full
+            // bucket, at most one burst more than it would have had.
+            let mut seen: Vec<Instant> = self.buckets.values().map(|bucket| bucket.updated).collect();
+            let cut = (self.max_keys / 8).max(1).min(seen.len() - 1);
+            let (_, cutoff, _) = seen.select_nth_unstable(cut);
+            let cutoff = *cutoff;
+            self.buckets.retain(|_, bucket| bucket.updated > cutoff);
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Rate,
+    Parallel,
+    DailyBytes,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Rate => "rate",
+            Refusal::Parallel => "parallel",
+            Refusal::DailyBytes => "daily_bytes",
+        }
+    }
+}
+
+/// Which quota applies: the default, an allow rule, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Tier {
+    Default,
+    Rule(usize),
+}
+
+/// The IPv4 address or IPv6 /48 parallel requests are counted per.
+fn parallel_key(address: IpAddr) -> IpAddr {
+    match canonical(address) {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        v6 => mask(v6, 48),
+    }
+}
+
+/// Bytes per client per hour over the last 24 hours.
+#[derive(Default)]
+struct DailyBytes {
+    clients: HashMap<(Tier, ClientKey), [(u64, u64); 24]>,
+}
+
+/// The bytes of the 24 hours up to `hour`.
+fn day_total(hours: &[(u64, u64); 24], hour: u64) -> u64 {
+    hours.iter().filter(|(at, _)| *at + 24 > hour).map(|(_, bytes)| bytes).sum()
+}
+
+impl DailyBytes {
+    fn total(&self, key: &(Tier, ClientKey), hour: u64) -> u64 {
+        self.clients.get(key).map_or(0, |hours| day_total(hours, hour))
+    }
+
+    fn add(&mut self, key: (Tier, ClientKey), hour: u64, bytes: u64, max_clients: usize) {
+        if !self.clients.contains_key(&key) && self.clients.len() >= max_clients {
+            self.clients.retain(|_, hours| hours.iter().any(|(at, bytes)| *at + 24 > hour && *bytes > 0));
+            if self.clients.len() >= max_clients {
+                // All active: forget the lightest eighth (they are furthest from the limit).
+                let mut totals: Vec<u64> = self.clients.values().map(|hours| day_total(hours, hour)).collect();
+                let cut = (max_clients / 8).max(1).min(totals.len() - 1);
+                let (_, cutoff, _) = totals.select_nth_unstable(cut);
+                let cutoff = *cutoff;
+                self.clients.retain(|_, hours| day_total(hours, hour) > cutoff);
+            }
+        }
+        let slot = &mut self.clients.entry(key).or_insert([(0, 0); 24])[(hour % 24) as usize];
+        if slot.0 != hour {
+            *slot = (hour, 0);
+        }
+        slot.1 = slot.1.saturating_add(bytes);
+    }
+}
+
+#[derive(Default)]
+struct LimitState {
+    rate: Option<KeyedLimiter<(Tier, ClientKey)>>,
+    parallel: HashMap<(Tier, IpAddr), u32>,
+    daily: DailyBytes,
+}
+
+/// The edge's limits at run time; shared by every request.
+pub struct EdgeLimits {
+    config: LimitsConfig,
+    state: Mutex<LimitState>,
+    refused: [AtomicU64; 3],
+}
+
+/// A request let through: counts as in flight until dropped (keep it with the response body), and
+/// takes the bytes the response sends.
+pub struct Admission {
+    limits: std::sync::Arc<EdgeLimits>,
+    tier: Tier,
+    client: ClientKey,
+    parallel: Option<IpAddr>,
+}
+
+fn current_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 3600
+}
+
+impl EdgeLimits {
+    pub fn new(config: LimitsConfig) -> EdgeLimits {
+        EdgeLimits { config, state: Mutex::new(LimitState::default()), refused: Default::default() }
+    }
+
+    fn quota(&self, address: IpAddr) -> Option<(Tier, Quota)> {
+        if let Some(index) = self.config.allow.iter().position(|(prefix, _)| prefix.contains(address)) {
+            return Some((Tier::Rule(index), self.config.allow[index].1));
+        }
+        if canonical(address).is_loopback() {
+            return None;
+        }
+        Some((Tier::Default, self.config.default))
+    }
+
+    /// Lets a request from `address` through, or says why not and when to retry.
+    pub fn admit(self: &std::sync::Arc<Self>, address: IpAddr) -> Result<Option<Admission>, (Refusal, Duration)> {
+        self.admit_at(address, Instant::now(), current_hour())
+    }
+
+    fn admit_at(self: &std::sync::Arc<Self>, address: IpAddr, now: Instant, hour: u64) -> Result<Option<Admission>, (Refusal, Duration)> {
+        let Some((tier, quota)) = self.quota(address) else { return Ok(None) };
+        let client = ClientKey::of(address);
+        let mut state = self.state.lock().expect("limit state poisoned");
+        let refuse = |refusal: Refusal, retry: Duration| {
+            self.refused[refusal as usize].fetch_add(1, Ordering::Relaxed);
+            Err((refusal, retry))
+        };
+        if quota.daily_bytes > 0 && state.daily.total(&(tier, client), hour) >= quota.daily_bytes {
+            let to_next_hour = 3600 - SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 3600;
+            return refuse(Refusal::DailyBytes, Duration::from_secs(to_next_hour));
+        }
+        let parallel = (quota.parallel > 0).then(|| parallel_key(address));
+        if let Some(key) = parallel {
+            if state.parallel.get(&(tier, key)).copied().unwrap_or(0) >= quota.parallel {
+                return refuse(Refusal::Parallel, Duration::from_secs(1));
+            }
+        }
+        if quota.requests_per_second > 0.0 {
+            let max_clients = self.config.max_clients;
+            let limiter = state.rate.get_or_insert_with(|| KeyedLimiter::new(max_clients));
+            if let Err(retry) = limiter.check((tier, client), now, quota.requests_per_second, quota.burst) {
+                return refuse(Refusal::Rate, retry);
+            }
+        }
+        if let Some(key) = parallel {
+            *state.parallel.entry((tier, key)).or_insert(0) += 1;
+        }
+        Ok(Some(Admission { limits: self.clone(), tier, client, parallel }))
+    }
+
+    /// How many requests were refused, by reason.
+    pub fn refused(&self) -> [(Refusal, u64); 3] {
+        [Refusal::Rate, Refusal::Parallel, Refusal::DailyBytes]
+            .map(|refusal| (refusal, self.refused[refusal as usize].load(Ordering::Relaxed)))
+    }
+
+    /// How many clients the tables remember now (bounded by `max_clients` each).
+    pub fn remembered(&self) -> usize {
+        let state = self.state.lock().expect("limit state poisoned");
+        state.rate.as_ref().map_or(0, KeyedLimiter::len) + state.parallel.len() + state.daily.clients.len()
+    }
+}
+
+/// Exports the refusals by reason and the size of the tables.
+impl crate::telemetry::MetricSource for EdgeLimits {
+    fn collect(&self, samples: &mut crate::telemetry::Samples<'_>) -> std::fmt::Result {
+        let refused = self.refused().map(|(refusal, count)| (refusal.as_str(), count));
+        samples.counters("hfm_rate_limited", "Requests refused with 429 by the edge's limits, by reason", "reason", &refused)?;
+        samples.gauge("hfm_rate_limit_clients", "Client entries the limit tables remember (bounded)", self.remembered() as i64)
+    }
+}
+
+impl Admission {
+    /// Counts bytes the response sends toward the client's daily quota.
+    pub fn record_bytes(&self, bytes: u64) {
+        let mut state = self.limits.state.lock().expect("limit state poisoned");
+        state.daily.add((self.tier, self.client), current_hour(), bytes, self.limits.config.max_clients);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(key) = self.parallel {
+            let mut state = self.limits.state.lock().expect("limit state poisoned");
+            if let Some(count) = state.parallel.get_mut(&(self.tier, key)) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    state.parallel.remove(&(self.tier, key));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::net::Prefix;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn clients_are_keyed_per_ipv4_address_and_ipv6_64() {
+        assert_ne!(ClientKey::of(ip("203.0.113.1")), ClientKey::of(ip("203.0.113.2")));
+        assert_eq!(ClientKey::of(ip("2001:db8:1:2:aaaa::1")), ClientKey::of(ip("2001:db8:1:2:bbbb::9")));
+        assert_ne!(ClientKey::of(ip("2001:db8:1:2::1")), ClientKey::of(ip("2001:db8:1:3::1")));
+        assert_eq!(ClientKey::of(ip("::ffff:203.0.113.1")), ClientKey::of(ip("203.0.113.1")));
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate_and_says_when_to_retry() {
+        let start = Instant::now();
+        let mut limiter = KeyedLimiter::new(100);
+        let key = ClientKey::of(ip("203.0.113.1"));
+        for _ in 0..5 {
+            assert!(limiter.check(key, start, 30.0, 5.0).is_ok());
+        }
+        let retry = limiter.check(key, start, 30.0, 5.0).unwrap_err();
+        assert!(retry > Duration::ZERO && retry <= Duration::from_millis(34), "{retry:?}");
+        assert!(limiter.check(key, start + Duration::from_millis(34), 30.0, 5.0).is_ok(), "one token after 1/30 s");
+        assert!(limiter.check(ClientKey::of(ip("203.0.113.2")), start, 30.0, 5.0).is_ok(), "others are not affected");
+    }
+
+    #[test]
+    fn a_flood_of_distinct_addresses_keeps_the_memory_bounded() {
+        let start = Instant::now();
+        let mut limiter = KeyedLimiter::new(1000);
+        let abuser = ClientKey::of(ip("198.51.100.1"));
+        for _ in 0..5 {
+            limiter.check(abuser, start, 30.0, 5.0).unwrap();
+        }
+        for index in 0..100_000u32 {
+            let address = IpAddr::V6(Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(index) << 64)));
+            let now = start + Duration::from_micros(u64::from(index));
+            let _ = limiter.check(ClientKey::of(address), now, 30.0, 5.0);
+            assert!(limiter.len() <= 1000);
+        }
+        assert!(limiter.len() > 800, "{}", limiter.len());
+    }
+
+    fn limits(default: Quota, allow: Vec<(Prefix, Quota)>) -> std::sync::Arc<EdgeLimits> {
+        std::sync::Arc::new(EdgeLimits::new(LimitsConfig { default, allow, max_clients: 100 }))
+    }
+
+    #[test]
+    fn parallel_requests_are_counted_per_48_until_their_admission_is_dropped() {
+        let limits = limits(Quota { parallel: 2, ..Quota::UNLIMITED }, Vec::new());
+        let first = limits.admit(ip("2001:db8:1:1::1")).unwrap();
+        let second = limits.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(limits.admit(ip("2001:db8:1:3::1")).err().map(|(refusal, _)| refusal), Some(Refusal::Parallel), "same /48");
+        assert!(limits.admit(ip("2001:db8:2::1")).is_ok(), "another /48");
+        drop(first);
+        assert!(limits.admit(ip("2001:db8:1:3::1")).is_ok());
+        drop(second);
+        assert_eq!(limits.refused()[1], (Refusal::Parallel, 1));
+    }
+
+    #[test]
+    fn a_day_of_bytes_is_counted_per_client_and_rolls_off_after_24_hours() {
+        let limits = limits(Quota { daily_bytes: 1000, ..Quota::UNLIMITED }, Vec::new());
+        let now = Instant::now();
+        let client = ip("198.51.100.7");
+        {
+            let admission = limits.admit_at(client, now, 100).unwrap().unwrap();
+            limits.state.lock().unwrap().daily.add((admission.tier, admission.client), 100, 600, 100);
+        }
+        limits.state.lock().unwrap().daily.add((Tier::Default, ClientKey::of(client)), 110, 400, 100);
+        assert_eq!(limits.admit_at(client, now, 110).err().map(|(refusal, _)| refusal), Some(Refusal::DailyBytes));
+        assert!(limits.admit_at(ip("198.51.100.8"), now, 110).is_ok(), "another client");
+        assert!(limits.admit_at(client, now, 124).is_ok(), "the first 600 bytes are older than 24 hours");
+    }
+
+    #[test]
+    fn allow_rules_replace_the_default_and_loopback_is_free_unless_named() {
+        let generous = Quota { requests_per_second: 1000.0, burst: 1000.0, ..Quota::UNLIMITED };
+        let limits = limits(
+            Quota { requests_per_second: 1.0, burst: 1.0, ..Quota::UNLIMITED },
+            vec![(Prefix::parse("192.0.2.0/24").unwrap(), generous)],
+        );
+        for _ in 0..50 {
+            assert!(limits.admit(ip("192.0.2.5")).is_ok());
+            assert!(limits.admit(ip("127.0.0.1")).unwrap().is_none(), "loopback is not limited");
+        }
+        assert!(limits.admit(ip("198.51.100.1")).is_ok());
+        assert_eq!(limits.admit(ip("198.51.100.1")).err().map(|(refusal, _)| refusal), Some(Refusal::Rate));
+        let strict = limits_for_loopback();
+        assert!(strict.admit(ip("127.0.0.1")).is_ok());
+        assert!(strict.admit(ip("127.0.0.1")).is_err(), "a rule naming loopback applies");
+    }
+
+    fn limits_for_loopback() -> std::sync::Arc<EdgeLimits> {
+        limits(
+            Quota::UNLIMITED,
+            vec![(Prefix::parse("127.0.0.0/8").unwrap(), Quota { requests_per_second: 1.0, burst: 1.0, ..Quota::UNLIMITED })],
+        )
+    }
+}

@@ -1,0 +1,18 @@
+//! How requests reach the edge: the HTTP/1.1 and HTTP/2 listener (cleartext and TLS), HTTP/3 over
+//! QUIC, sockets handed over by a supervisor, and the front door every request passes (limits,
+//! request span, metrics, access log).
+//!
+//! # Layout
+//!
+//! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, certificate reloads.
+//! - `http3`: HTTP/3 on the same port number over UDP (cargo feature `http3`).
+//! - `sockets`: adopting sockets a supervisor bound (`HF_MIRROR_LISTEN_FDS`).
+//! - `admission`: the front door; `limits`: the per-client quotas; `access_log`: the anonymised log.
+
+pub mod access_log;
+pub mod admission;
+pub mod http;
+#[cfg(feature = "http3")]
+pub mod http3;
+pub mod limits;
+pub mod sockets;
