@@ -14,8 +14,8 @@
 //! otherwise.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hfm_cluster::membership::ClusterView;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
@@ -55,12 +55,12 @@ pub struct DnsSettings {
 pub struct GeoHandler {
     zone: Arc<Zone>,
     view: watch::Receiver<ClusterView>,
-    limiter: Mutex<RateLimiter>,
+    limiter: RateLimiter,
 }
 
 impl GeoHandler {
     pub fn new(zone: Arc<Zone>, view: watch::Receiver<ClusterView>, rate_limit: u32, slip: u32) -> GeoHandler {
-        GeoHandler { zone, view, limiter: Mutex::new(RateLimiter::new(rate_limit, slip, 65_536)) }
+        GeoHandler { zone, view, limiter: RateLimiter::new(rate_limit, slip, 65_536) }
     }
 }
 
@@ -78,11 +78,7 @@ impl RequestHandler for GeoHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let udp = request.protocol() == Protocol::Udp;
-        let verdict = if udp {
-            self.limiter.lock().expect("rate limiter poisoned").check(request.src().ip().to_canonical(), Instant::now())
-        } else {
-            Verdict::Send
-        };
+        let verdict = if udp { self.limiter.check(request.src().ip().to_canonical()) } else { Verdict::Send };
         if verdict == Verdict::Drop {
             return ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() });
         }

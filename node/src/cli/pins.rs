@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use crate::common::units::human_bytes;
@@ -41,7 +42,14 @@ pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &s
     let commit = pinned["commit"].as_str().unwrap_or("?").to_owned();
     let (files, bytes) = (pinned["files"].as_u64().unwrap_or(0), pinned["bytes"].as_u64().unwrap_or(0));
     println!("pinned {repo_type} {repo}@{revision} = {commit}: {files} files, {}", human_bytes(bytes as f64));
-    let terminal = std::io::stdout().is_terminal();
+    // On a terminal, an indicatif bar that redraws in place; otherwise a plain line every 5 s.
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stdout());
+        let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar
+    });
     let started = Instant::now();
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
@@ -68,17 +76,18 @@ pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &s
             human_bytes(rate)
         );
         let done = !watched.is_empty() && complete == watched.len();
-        if terminal {
-            print!("\r{line}\x1b[K");
-            use std::io::Write;
-            std::io::stdout().flush()?;
+        if let Some(bar) = &bar {
+            bar.set_length(wanted_bytes);
+            bar.set_position(held_bytes);
+            bar.set_message(format!("{complete}/{} nodes complete", watched.len()));
         } else if done || last_line.elapsed() >= Duration::from_secs(5) {
             println!("{line}");
             last_line = Instant::now();
         }
         if done {
-            if terminal {
-                println!();
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+                println!("{line}");
             }
             println!("{repo_type} {repo}@{commit} is on every live node");
             return Ok(());

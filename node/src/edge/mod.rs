@@ -144,13 +144,12 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
     let method = request.method().clone();
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
     let answered = answer(state, request, route, method).await;
-    if let Ok(response) = &answered {
-        if is_metadata && response.status().is_success() {
-            let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?));
-            if let Some(cache) = cache {
-                state.hub.metadata_answers.record(cache);
-            }
-        }
+    if let Ok(response) = &answered
+        && is_metadata
+        && response.status().is_success()
+        && let Some(cache) = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?))
+    {
+        state.hub.metadata_answers.record(cache);
     }
     (answered, label, repo)
 }

@@ -113,10 +113,10 @@ impl Metadata {
                 if let Some(record) = kind.recorded(catalog).await?.filter(|record| record.is_fresh(ttl)) {
                     return Ok(record.value);
                 }
-                if let Some(question) = kind.question() {
-                    if let Some(answer) = metadata.ask_leader(forwarding, question).await {
-                        return K::from_answer(answer?).ok_or_else(|| HubError::internal("the metadata leader answered another question"));
-                    }
+                if let Some(question) = kind.question()
+                    && let Some(answer) = metadata.ask_leader(forwarding, question).await
+                {
+                    return K::from_answer(answer?).ok_or_else(|| HubError::internal("the metadata leader answered another question"));
                 }
                 kind.fetch(FetchContext { catalog, upstream: &metadata.inner.upstream }).await
             })
@@ -142,5 +142,132 @@ impl Metadata {
 pub(super) fn note_unrecorded(result: Result<(), hfm_cluster::catalog::CatalogError>, what: &str) {
     if let Err(error) = result {
         warn!(%error, what, "serving without recording in the catalog");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::metadata::Freshness;
+
+    /// A kind whose record lives in memory and whose upstream is a script.
+    struct Scripted {
+        record: Arc<Mutex<Option<Recorded<String>>>>,
+        fetches: Arc<AtomicUsize>,
+        /// What upstream does: `Some(value)` answers, `None` is down.
+        upstream: Option<String>,
+        /// Upstream takes this long (so concurrent callers meet in one flight).
+        delay: Duration,
+    }
+
+    impl Kind for Scripted {
+        type Value = String;
+        const WHAT: &'static str = "scripted";
+
+        fn flight_key(&self) -> String {
+            "scripted".into()
+        }
+
+        fn flights(flights: &Flights) -> &SingleFlight<Result<String, HubError>> {
+            &flights.commits
+        }
+
+        async fn recorded(&self, _catalog: &dyn Catalog) -> Result<Option<Recorded<String>>, HubError> {
+            Ok(self
+                .record
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|record| Recorded { value: record.value.clone(), checked_at_ms: record.checked_at_ms }))
+        }
+
+        async fn fetch(&self, _context: FetchContext<'_>) -> Result<String, HubError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let value = self.upstream.clone().ok_or_else(|| HubError::upstream_unreachable("scripted outage"))?;
+            *self.record.lock().unwrap() = Some(Recorded::checked(value.clone(), now_ms()));
+            Ok(value)
+        }
+    }
+
+    struct Fixture {
+        metadata: Metadata,
+        record: Arc<Mutex<Option<Recorded<String>>>>,
+        fetches: Arc<AtomicUsize>,
+        _directory: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let directory = tempfile::tempdir().unwrap();
+            let catalog = Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap());
+            let upstream = Upstream::new("http://127.0.0.1:9").unwrap();
+            let freshness = Freshness { ref_ttl: Duration::from_secs(60), policy_ttl: Duration::from_secs(60) };
+            Fixture {
+                metadata: Metadata::new(catalog, upstream, None, freshness),
+                record: Arc::default(),
+                fetches: Arc::default(),
+                _directory: directory,
+            }
+        }
+
+        fn kind(&self, upstream: Option<&str>) -> Scripted {
+            Scripted {
+                record: self.record.clone(),
+                fetches: self.fetches.clone(),
+                upstream: upstream.map(str::to_owned),
+                delay: Duration::from_millis(50),
+            }
+        }
+
+        async fn read(&self, upstream: Option<&str>) -> Result<(String, CacheStatus), HubError> {
+            self.metadata.read_through(self.kind(upstream), Duration::from_secs(60), Forwarding::AskCluster).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_is_fetched_and_recorded_then_hits() {
+        let fixture = Fixture::new();
+        assert_eq!(fixture.read(Some("a")).await.unwrap(), ("a".to_owned(), CacheStatus::Miss));
+        assert_eq!(fixture.read(Some("b")).await.unwrap(), ("a".to_owned(), CacheStatus::Hit), "fresh: upstream is not asked");
+        assert_eq!(fixture.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_record_is_revalidated_and_served_stale_only_when_upstream_is_down() {
+        let fixture = Fixture::new();
+        *fixture.record.lock().unwrap() = Some(Recorded::checked("old".to_owned(), now_ms() - 120_000));
+        assert_eq!(fixture.read(None).await.unwrap(), ("old".to_owned(), CacheStatus::Hit), "upstream down: the stale record");
+        assert_eq!(fixture.read(Some("new")).await.unwrap(), ("new".to_owned(), CacheStatus::Revalidated));
+        assert_eq!(fixture.fetches.load(Ordering::SeqCst), 2);
+        let empty = Fixture::new();
+        let error = empty.read(None).await.unwrap_err();
+        assert_eq!(error.code.as_deref(), Some("UpstreamUnreachable"), "nothing recorded and upstream down: the outage");
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let fixture = Arc::new(Fixture::new());
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let fixture = fixture.clone();
+                tokio::spawn(async move { fixture.read(Some("shared")).await })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap().0, "shared");
+        }
+        assert_eq!(fixture.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn immutable_records_never_go_stale() {
+        let fixture = Fixture::new();
+        *fixture.record.lock().unwrap() = Some(Recorded::immutable("forever".to_owned()));
+        assert_eq!(fixture.read(Some("other")).await.unwrap(), ("forever".to_owned(), CacheStatus::Hit));
+        assert_eq!(fixture.fetches.load(Ordering::SeqCst), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The edge's limits on anonymous clients, checked before any work (so an abuser cannot make the
-//! mirror hammer upstream): requests per second per client (a token bucket per IPv4 address or IPv6
-//! /64), parallel requests per IPv4 address or IPv6 /48, and bytes per 24 hours over HTTP (beyond,
+//! mirror hammer upstream): requests per second per client (governor's GCRA per IPv4 address or IPv6
+//! /64, through `hfm-ratelimit`), parallel requests per IPv4 address or IPv6 /48, and bytes per 24 hours over HTTP (beyond,
 //! the client is pointed to rsync). Allow-listed prefixes (academic networks, CI farms) get their own
 //! quotas; the node's own host (loopback) is not limited unless a rule names it. Every table is
 //! bounded under a flood of distinct addresses.
@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hfm_ratelimit::KeyedLimiter;
 
 use crate::common::net::{canonical, mask};
 use crate::config::limits::{LimitsConfig, Quota};
@@ -24,72 +26,6 @@ impl ClientKey {
         match canonical(address) {
             IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
             IpAddr::V6(v6) => ClientKey(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-    /// When the bucket is full again if left alone: from then on the key is idle.
-    full_at: Instant,
-}
-
-/// A token bucket per key (each call says the rate and burst). At most `max_keys` keys are
-/// remembered; when a new key finds the table full, keys whose bucket has refilled (idle clients,
-/// indistinguishable from new ones) are dropped first, else the least recently seen eighth.
-pub struct KeyedLimiter<K> {
-    max_keys: usize,
-    buckets: HashMap<K, Bucket>,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
-    pub fn new(max_keys: usize) -> KeyedLimiter<K> {
-        KeyedLimiter { max_keys: max_keys.max(1), buckets: HashMap::new() }
-    }
-
-    /// Takes one token for `key` at `now` from a bucket of `rate` tokens a second holding at most
-    /// `burst`: `Ok` to go on, or `Err(retry_after)`, how long until a token is there.
-    pub fn check(&mut self, key: K, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
-        let burst = burst.max(1.0);
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
-            self.make_room(now);
-        }
-        let bucket = self.buckets.entry(key).or_insert(Bucket { tokens: burst, updated: now, full_at: now });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.updated = now;
-        let verdict = if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
-        };
-        bucket.full_at = now + Duration::from_secs_f64((burst - bucket.tokens) / rate);
-        verdict
-    }
-
-    /// How many keys are remembered.
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-
-    fn make_room(&mut self, now: Instant) {
-        self.buckets.retain(|_, bucket| bucket.full_at > now);
-        if self.buckets.len() >= self.max_keys {
-            // Everyone is active: forget the least recently seen eighth at once (so a flood costs
-            // one sweep per max_keys / 8 new keys); a forgotten client starts again from a full
-            // bucket, at most one burst more than it would have had.
-            let mut seen: Vec<Instant> = self.buckets.values().map(|bucket| bucket.updated).collect();
-            let cut = (self.max_keys / 8).max(1).min(seen.len() - 1);
-            let (_, cutoff, _) = seen.select_nth_unstable(cut);
-            let cutoff = *cutoff;
-            self.buckets.retain(|_, bucket| bucket.updated > cutoff);
         }
     }
 }
@@ -165,7 +101,6 @@ impl DailyBytes {
 
 #[derive(Default)]
 struct LimitState {
-    rate: Option<KeyedLimiter<(Tier, ClientKey)>>,
     parallel: HashMap<(Tier, IpAddr), u32>,
     daily: DailyBytes,
 }
@@ -173,6 +108,9 @@ struct LimitState {
 /// The edge's limits at run time; shared by every request.
 pub struct EdgeLimits {
     config: LimitsConfig,
+    /// The request rate per client, one limiter per tier (the default, then each allow rule);
+    /// `None` where the tier's rate is unlimited.
+    rates: Vec<Option<KeyedLimiter<ClientKey>>>,
     state: Mutex<LimitState>,
     refused: [AtomicU64; 3],
 }
@@ -192,7 +130,19 @@ fn current_hour() -> u64 {
 
 impl EdgeLimits {
     pub fn new(config: LimitsConfig) -> EdgeLimits {
-        EdgeLimits { config, state: Mutex::new(LimitState::default()), refused: Default::default() }
+        let limiter = |quota: &Quota| {
+            hfm_ratelimit::quota(quota.requests_per_second, quota.burst).map(|rate| KeyedLimiter::new(rate, config.max_clients))
+        };
+        let rates = std::iter::once(&config.default).chain(config.allow.iter().map(|(_, quota)| quota)).map(limiter).collect();
+        EdgeLimits { config, rates, state: Mutex::new(LimitState::default()), refused: Default::default() }
+    }
+
+    fn rate_limiter(&self, tier: Tier) -> Option<&KeyedLimiter<ClientKey>> {
+        let index = match tier {
+            Tier::Default => 0,
+            Tier::Rule(rule) => rule + 1,
+        };
+        self.rates.get(index).and_then(Option::as_ref)
     }
 
     fn quota(&self, address: IpAddr) -> Option<(Tier, Quota)> {
@@ -207,10 +157,10 @@ impl EdgeLimits {
 
     /// Lets a request from `address` through, or says why not and when to retry.
     pub fn admit(self: &std::sync::Arc<Self>, address: IpAddr) -> Result<Option<Admission>, (Refusal, Duration)> {
-        self.admit_at(address, Instant::now(), current_hour())
+        self.admit_at(address, current_hour())
     }
 
-    fn admit_at(self: &std::sync::Arc<Self>, address: IpAddr, now: Instant, hour: u64) -> Result<Option<Admission>, (Refusal, Duration)> {
+    fn admit_at(self: &std::sync::Arc<Self>, address: IpAddr, hour: u64) -> Result<Option<Admission>, (Refusal, Duration)> {
         let Some((tier, quota)) = self.quota(address) else { return Ok(None) };
         let client = ClientKey::of(address);
         let mut state = self.state.lock().expect("limit state poisoned");
@@ -228,10 +178,8 @@ impl EdgeLimits {
                 return refuse(Refusal::Parallel, Duration::from_secs(1));
             }
         }
-        if quota.requests_per_second > 0.0 {
-            let max_clients = self.config.max_clients;
-            let limiter = state.rate.get_or_insert_with(|| KeyedLimiter::new(max_clients));
-            if let Err(retry) = limiter.check((tier, client), now, quota.requests_per_second, quota.burst) {
+        if let Some(limiter) = self.rate_limiter(tier) {
+            if let Err(retry) = limiter.check(&client) {
                 return refuse(Refusal::Rate, retry);
             }
         }
@@ -250,7 +198,8 @@ impl EdgeLimits {
     /// How many clients the tables remember now (bounded by `max_clients` each).
     pub fn remembered(&self) -> usize {
         let state = self.state.lock().expect("limit state poisoned");
-        state.rate.as_ref().map_or(0, KeyedLimiter::len) + state.parallel.len() + state.daily.clients.len()
+        let rates: usize = self.rates.iter().flatten().map(KeyedLimiter::len).sum();
+        rates + state.parallel.len() + state.daily.clients.len()
     }
 }
 
@@ -302,37 +251,6 @@ mod tests {
         assert_eq!(ClientKey::of(ip("::ffff:203.0.113.1")), ClientKey::of(ip("203.0.113.1")));
     }
 
-    #[test]
-    fn a_bucket_allows_its_burst_then_its_rate_and_says_when_to_retry() {
-        let start = Instant::now();
-        let mut limiter = KeyedLimiter::new(100);
-        let key = ClientKey::of(ip("203.0.113.1"));
-        for _ in 0..5 {
-            assert!(limiter.check(key, start, 30.0, 5.0).is_ok());
-        }
-        let retry = limiter.check(key, start, 30.0, 5.0).unwrap_err();
-        assert!(retry > Duration::ZERO && retry <= Duration::from_millis(34), "{retry:?}");
-        assert!(limiter.check(key, start + Duration::from_millis(34), 30.0, 5.0).is_ok(), "one token after 1/30 s");
-        assert!(limiter.check(ClientKey::of(ip("203.0.113.2")), start, 30.0, 5.0).is_ok(), "others are not affected");
-    }
-
-    #[test]
-    fn a_flood_of_distinct_addresses_keeps_the_memory_bounded() {
-        let start = Instant::now();
-        let mut limiter = KeyedLimiter::new(1000);
-        let abuser = ClientKey::of(ip("198.51.100.1"));
-        for _ in 0..5 {
-            limiter.check(abuser, start, 30.0, 5.0).unwrap();
-        }
-        for index in 0..100_000u32 {
-            let address = IpAddr::V6(Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(index) << 64)));
-            let now = start + Duration::from_micros(u64::from(index));
-            let _ = limiter.check(ClientKey::of(address), now, 30.0, 5.0);
-            assert!(limiter.len() <= 1000);
-        }
-        assert!(limiter.len() > 800, "{}", limiter.len());
-    }
-
     fn limits(default: Quota, allow: Vec<(Prefix, Quota)>) -> std::sync::Arc<EdgeLimits> {
         std::sync::Arc::new(EdgeLimits::new(LimitsConfig { default, allow, max_clients: 100 }))
     }
@@ -353,16 +271,15 @@ mod tests {
     #[test]
     fn a_day_of_bytes_is_counted_per_client_and_rolls_off_after_24_hours() {
         let limits = limits(Quota { daily_bytes: 1000, ..Quota::UNLIMITED }, Vec::new());
-        let now = Instant::now();
         let client = ip("198.51.100.7");
         {
-            let admission = limits.admit_at(client, now, 100).unwrap().unwrap();
+            let admission = limits.admit_at(client, 100).unwrap().unwrap();
             limits.state.lock().unwrap().daily.add((admission.tier, admission.client), 100, 600, 100);
         }
         limits.state.lock().unwrap().daily.add((Tier::Default, ClientKey::of(client)), 110, 400, 100);
-        assert_eq!(limits.admit_at(client, now, 110).err().map(|(refusal, _)| refusal), Some(Refusal::DailyBytes));
-        assert!(limits.admit_at(ip("198.51.100.8"), now, 110).is_ok(), "another client");
-        assert!(limits.admit_at(client, now, 124).is_ok(), "the first 600 bytes are older than 24 hours");
+        assert_eq!(limits.admit_at(client, 110).err().map(|(refusal, _)| refusal), Some(Refusal::DailyBytes));
+        assert!(limits.admit_at(ip("198.51.100.8"), 110).is_ok(), "another client");
+        assert!(limits.admit_at(client, 124).is_ok(), "the first 600 bytes are older than 24 hours");
     }
 
     #[test]
