@@ -22,7 +22,7 @@ use tracing::info;
 use crate::blobs::{BlobSources, PeerFills, PinWatch, REPLICA_SERVICE, ReplicaService, Replicas};
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge::{EdgeSettings, HubApi, Operator};
-use crate::metadata::{Freshness, METADATA_SERVICE, Metadata, MetadataService};
+use crate::metadata::{METADATA_SERVICE, Metadata, MetadataService, MetadataSettings};
 use crate::peers::{Peers, RaftMetrics};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
@@ -204,8 +204,9 @@ fn build_parts(
     cluster: Option<&ClusterPlane>,
 ) -> Parts {
     let peers = cluster.map(|cluster| cluster.peers.clone());
-    let freshness = Freshness { ref_ttl: config.ref_ttl, policy_ttl: config.policy_ttl };
-    let metadata = Metadata::new(catalog.clone(), upstream.clone(), peers.clone(), freshness);
+    let settings =
+        MetadataSettings { ref_ttl: config.ref_ttl, policy_ttl: config.policy_ttl, max_manifest_files: config.limits.max_manifest_files };
+    let metadata = Metadata::new(catalog.clone(), upstream.clone(), peers.clone(), settings);
     let sources = BlobSources::new(catalog.clone(), upstream.clone(), peers);
     let replicas = cluster.map(|cluster| {
         let config = &cluster.config;
@@ -408,6 +409,7 @@ fn build_edge(
         upstream: parts.upstream.clone(),
         answers: parts.file_answers.clone(),
         metadata_answers: parts.metadata_answers.clone(),
+        fill_budget: crate::edge::fill_budget::FillBudget::new(config.limits.cold_fills, config.limits.cold_fills_per_client),
         settings,
     });
     let operator = Arc::new(Operator {

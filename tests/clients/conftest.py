@@ -240,12 +240,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 class FakeHub:
-    def __init__(self, workdir: Path, page_size: int = 3):
+    def __init__(self, workdir: Path, page_size: int = 3, big_size: int = 0):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "fakehub.out"
+        big = ["--big-size", str(big_size), "--big-dir", str(workdir / "big")] if big_size else []
         self.proc = subprocess.Popen(
-            [sys.executable, str(FAKE_HUB_SCRIPT), "--port", "0", "--cdn-port", "0", "--page-size", str(page_size)],
+            [sys.executable, str(FAKE_HUB_SCRIPT), "--port", "0", "--cdn-port", "0", "--page-size", str(page_size), *big],
             stdout=open(log, "wb"), stderr=open(log.with_suffix(".err"), "wb"), stdin=subprocess.DEVNULL,
             cwd=str(workdir),
         )
@@ -269,6 +270,11 @@ class FakeHub:
 
     def reset(self) -> None:
         self.control("POST", "/_fake/reset")
+
+    def bytes_sent(self) -> int:
+        """File-body bytes the fake Hub and its CDN sent since the last reset."""
+        counters = self.control("GET", "/_fake/bytes").json()
+        return counters["hub"] + counters["cdn"]
 
     def move_branch(self, repo: str = "org/model", branch: str = "main") -> str:
         self._state = None

@@ -20,7 +20,8 @@ valid but without access to org/private and org/gated). Any other token counts a
 
 Control endpoints (on the hub listener, never logged):
     GET  /_fake/requests                 every request seen since the last reset
-    POST /_fake/reset                    clears the request log (nothing else)
+    GET  /_fake/bytes                    file-body bytes sent since the last reset: {"hub": N, "cdn": N}
+    POST /_fake/reset                    clears the request log and the byte counters (nothing else)
     POST /_fake/move-branch?repo=&branch=[&type=]  moves the branch to its prepared commit
     POST /_fake/down?on=1|0              every hub and CDN request answers 503
     POST /_fake/throttle?bytes_per_sec=N throttles CDN bodies (0 = off)
@@ -539,10 +540,16 @@ class Runtime:
         self.corrupt = False
         self.hub_origin = ""
         self.cdn_origin = ""
+        # File-body bytes each listener sent: what a mirror really fetched, ranges included.
+        self.bytes_sent = {"hub": 0, "cdn": 0}
 
     def record(self, entry: dict) -> None:
         with self.lock:
             self.log.append(entry)
+
+    def count_bytes(self, role: str, n: int) -> None:
+        with self.lock:
+            self.bytes_sent[role] = self.bytes_sent.get(role, 0) + n
 
 
 def header_safe(text: str) -> str:
@@ -671,7 +678,8 @@ class BaseHandler(BaseHTTPRequestHandler):
         corrupt = self.role == "cdn" and self.runtime.corrupt
         if entry.disk_path is not None and not throttle and not corrupt:
             with open(entry.disk_path, "rb") as f:
-                self.connection.sendfile(f, offset=start, count=length)
+                sent = self.connection.sendfile(f, offset=start, count=length)
+            self.runtime.count_bytes(self.role, sent)
             return
         chunk = 64 * 1024
         if throttle:
@@ -683,6 +691,7 @@ class BaseHandler(BaseHTTPRequestHandler):
             if corrupt and sent == 0 and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             self.wfile.write(data)
+            self.runtime.count_bytes(self.role, n)
             sent += n
             if throttle:
                 time.sleep(n / throttle)
@@ -799,9 +808,13 @@ class HubHandler(BaseHandler):
         if name == "requests" and self.command == "GET":
             with rt.lock:
                 self.send_json(200, list(rt.log))
+        elif name == "bytes" and self.command == "GET":
+            with rt.lock:
+                self.send_json(200, dict(rt.bytes_sent))
         elif name == "reset" and self.command == "POST":
             with rt.lock:
                 rt.log.clear()
+                rt.bytes_sent = {"hub": 0, "cdn": 0}
             self.send_json(200, {"ok": True})
         elif name == "move-branch" and self.command == "POST":
             repo_type = query_first(query, "type") or "model"

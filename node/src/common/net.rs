@@ -3,6 +3,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// The unit the request rate is limited per: an IPv4 address (/32) or an IPv6 /64 (one subscriber's
+/// network: a client changing its interface identifier stays one client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(address: IpAddr) -> ClientKey {
+        match canonical(address) {
+            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => ClientKey(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))),
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 addresses (a dual-stack listener's view of IPv4 clients) count as IPv4.
 pub fn canonical(address: IpAddr) -> IpAddr {
     match address {
@@ -58,6 +72,14 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn clients_are_keyed_per_ipv4_address_and_ipv6_64() {
+        assert_ne!(ClientKey::of(ip("203.0.113.1")), ClientKey::of(ip("203.0.113.2")));
+        assert_eq!(ClientKey::of(ip("2001:db8:1:2:aaaa::1")), ClientKey::of(ip("2001:db8:1:2:bbbb::9")));
+        assert_ne!(ClientKey::of(ip("2001:db8:1:2::1")), ClientKey::of(ip("2001:db8:1:3::1")));
+        assert_eq!(ClientKey::of(ip("::ffff:203.0.113.1")), ClientKey::of(ip("203.0.113.1")));
     }
 
     #[test]

@@ -135,6 +135,12 @@ pub struct LimitsSection {
     pub daily_bytes: Option<String>,
     /// How many clients each limit table remembers (default 100000).
     pub max_clients: Option<usize>,
+    /// Cold fills (files fetched from upstream to be stored) a node runs at once (default 64).
+    pub cold_fills: Option<usize>,
+    /// Cold fills one client network may have running (default 4).
+    pub cold_fills_per_client: Option<usize>,
+    /// The most files one commit may have to be cached (default 300000); bigger repos pass through.
+    pub max_manifest_files: Option<usize>,
     #[serde(default)]
     pub allow: Vec<AllowEntry>,
 }

@@ -25,6 +25,12 @@ pub struct LimitsConfig {
     pub allow: Vec<(Prefix, Quota)>,
     /// How many clients each table remembers at most.
     pub max_clients: usize,
+    /// Cold fills (blobs fetched to be stored) one node runs at once; 0 is unbounded.
+    pub cold_fills: usize,
+    /// Cold fills one client network (IPv4 address, IPv6 /64) may have running; 0 is unbounded.
+    pub cold_fills_per_client: usize,
+    /// The most files one commit's manifest may list; a bigger repo passes through uncached.
+    pub max_manifest_files: usize,
 }
 
 impl Default for LimitsConfig {
@@ -34,6 +40,9 @@ impl Default for LimitsConfig {
             default: Quota { requests_per_second: 30.0, burst: 60.0, parallel: 256, daily_bytes: 1_000_000_000_000 },
             allow: Vec::new(),
             max_clients: 100_000,
+            cold_fills: 64,
+            cold_fills_per_client: 4,
+            max_manifest_files: 300_000,
         }
     }
 }

@@ -379,6 +379,22 @@ fn resolve_limits(section: &LimitsSection, origin: &str) -> Result<LimitsConfig,
     if let Some(max_clients) = section.max_clients {
         limits.max_clients = max_clients.max(1);
     }
+    if let Some(cold_fills) = section.cold_fills {
+        limits.cold_fills = cold_fills;
+    }
+    if let Some(per_client) = section.cold_fills_per_client {
+        limits.cold_fills_per_client = per_client;
+    }
+    if let Some(max_files) = section.max_manifest_files {
+        if max_files == 0 {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                field: "limits.max_manifest_files".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        limits.max_manifest_files = max_files;
+    }
     for (index, rule) in section.allow.iter().enumerate() {
         let field = format!("limits.allow[{index}].");
         let prefix = Prefix::parse(&rule.prefix).map_err(|message| ConfigError {

@@ -17,7 +17,7 @@ use crate::hub::route::{api_repo_path, encode_segment, validate_relative_path};
 use crate::metadata::Access;
 
 /// The query parameters that change a repo-info answer, normalized into a cache variant.
-fn repo_info_variant(query: &str) -> String {
+fn repo_info_variant(query: &str) -> Option<String> {
     let pairs = parse_pairs(query);
     let mut parts = Vec::new();
     if flag(&pairs, "blobs") {
@@ -26,19 +26,74 @@ fn repo_info_variant(query: &str) -> String {
     if flag(&pairs, "securityStatus") {
         parts.push("securityStatus=true".to_owned());
     }
-    let mut expands: Vec<String> = values(&pairs, "expand").map(|value| format!("expand={}", encode_segment(value))).collect();
-    expands.sort();
+    let mut expands: Vec<&str> = values(&pairs, "expand").collect();
+    expands.sort_unstable();
     expands.dedup();
-    parts.extend(expands);
-    parts.join("&")
+    if expands.len() > MAX_CACHED_EXPANDS || !expands.iter().all(|value| EXPAND_PROPERTIES.contains(value)) {
+        return None;
+    }
+    parts.extend(expands.iter().map(|value| format!("expand={}", encode_segment(value))));
+    Some(parts.join("&"))
 }
+
+/// The `expand` values of repo info (models, datasets and spaces, as `huggingface_hub` lists them); a
+/// request with another value is passed through uncached, so invented values cannot grow the catalog.
+const EXPAND_PROPERTIES: &[&str] = &[
+    "author",
+    "baseModels",
+    "cardData",
+    "childrenModelCount",
+    "citation",
+    "config",
+    "createdAt",
+    "datasets",
+    "description",
+    "disabled",
+    "downloads",
+    "downloadsAllTime",
+    "gated",
+    "gguf",
+    "inference",
+    "inferenceProviderMapping",
+    "lastModified",
+    "library_name",
+    "likes",
+    "mask_token",
+    "model-index",
+    "models",
+    "paperswithcode_id",
+    "pipeline_tag",
+    "private",
+    "resourceGroup",
+    "runtime",
+    "safetensors",
+    "sdk",
+    "securityRepoStatus",
+    "sha",
+    "siblings",
+    "spaces",
+    "subdomain",
+    "tags",
+    "transformersInfo",
+    "trendingScore",
+    "usedStorage",
+    "widgetData",
+    "xetEnabled",
+];
+/// The most `expand` values a cached variant may combine.
+const MAX_CACHED_EXPANDS: usize = 6;
 
 pub(super) async fn repo_info(hub: &HubApi, request: Request, repo: &RepoKey, revision: Option<&str>) -> Result<Response, HubError> {
     let (access, policy_status) = access(hub, repo).await?;
     if access == Access::PassThrough {
         return forward_request(hub, request, None).await;
     }
-    let variant = repo_info_variant(request.uri().query().unwrap_or_default());
+    let Some(variant) = repo_info_variant(request.uri().query().unwrap_or_default()) else {
+        // Unknown or too many `expand` values: asked of upstream anonymously (the repo is public),
+        // never recorded.
+        let (parts, _) = request.into_parts();
+        return pass_through(hub, &parts, None, None, None).await;
+    };
     let (body, _commit, status) = hub.metadata.repo_info(repo, revision, &variant).await?;
     Ok(json_response(request.method(), body, status.max(policy_status), HeaderMap::new()))
 }
@@ -48,12 +103,12 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
     if access == Access::PassThrough {
         return forward_request(hub, request, None).await;
     }
-    let pairs = parse_pairs(request.uri().query().unwrap_or_default());
+    let (parts, _) = request.into_parts();
+    let pairs = parse_pairs(parts.uri.query().unwrap_or_default());
     let recursive = flag(&pairs, "recursive");
     if flag(&pairs, "expand") {
         // Expanded entries (last commit, security scan) are not in the manifest; ask upstream,
         // anonymously: the repo is public.
-        let (parts, _) = request.into_parts();
         return pass_through(hub, &parts, None, None, None).await;
     }
     let cursor = match values(&pairs, "cursor").next() {
@@ -69,7 +124,7 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
     let next = cursor.saturating_add(page_size);
     if next < listed.len() {
         // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
-        let origin = public_origin(&hub.settings, request.headers());
+        let origin = public_origin(&hub.settings, &parts);
         let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
         let link = format!(
             "<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={next}>; rel=\"next\"",
@@ -78,7 +133,7 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
         set_header(&mut extra, "link", &link);
     }
     let body = serde_json::to_vec(&page).map_err(HubError::internal)?;
-    Ok(json_response(request.method(), Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
+    Ok(json_response(&parts.method, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
 }
 
 /// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON.
@@ -146,11 +201,14 @@ mod tests {
 
     #[test]
     fn repo_info_variants_are_normalized() {
-        assert_eq!(repo_info_variant(""), "");
-        assert_eq!(repo_info_variant("blobs=True"), "blobs=true");
-        assert_eq!(repo_info_variant("blobs=false&unknown=1"), "");
-        assert_eq!(repo_info_variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
-        assert_eq!(repo_info_variant("expand[]=a%20b&securityStatus=1"), "securityStatus=true&expand=a%20b");
+        let variant = |query: &str| repo_info_variant(query).unwrap();
+        assert_eq!(variant(""), "");
+        assert_eq!(variant("blobs=True"), "blobs=true");
+        assert_eq!(variant("blobs=false&unknown=1"), "");
+        assert_eq!(variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
+        assert_eq!(variant("expand[]=model-index&securityStatus=1"), "securityStatus=true&expand=model-index");
+        assert_eq!(repo_info_variant("expand=a%20b"), None, "an unknown property is not cached");
+        assert_eq!(repo_info_variant("expand=sha&expand=author&expand=tags&expand=likes&expand=gated&expand=private&expand=sdk"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!   `passthrough`: forwarding to upstream; `operator`: status, drain, pins, metrics, probes.
 
 mod api;
+pub mod fill_budget;
 mod operator;
 mod passthrough;
 mod resolve;
@@ -63,8 +64,14 @@ pub struct HubApi {
     pub answers: Arc<AnswerCounters>,
     /// Metadata answers (repo info, trees, paths-info, refs) by cache result.
     pub metadata_answers: Arc<AnswerCounters>,
+    /// The cold fills clients may start.
+    pub fill_budget: fill_budget::FillBudget,
     pub settings: EdgeSettings,
 }
+
+/// What a response costs its client beyond its own length: a fill it started is charged whole.
+#[derive(Clone, Copy, Debug)]
+pub struct Charged(pub u64);
 
 /// Which route an answer was for and the repository it named; put on every response for the
 /// transports' metrics and access log.
@@ -116,6 +123,20 @@ pub(super) fn require_method(method: &Method, allowed: &[Method]) -> Result<(), 
     if allowed.contains(method) { Ok(()) } else { Err(HubError::method_not_allowed()) }
 }
 
+/// A Hub route is read (GET, HEAD); a write method gets the read-only answer, anything else 405.
+fn require_read(method: &Method) -> Result<(), HubError> {
+    match *method {
+        Method::GET | Method::HEAD => Ok(()),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE => Err(HubError::read_only()),
+        _ => Err(HubError::method_not_allowed()),
+    }
+}
+
+/// The scheme the client used to reach this node, put on each request by the transport (`https`
+/// over TLS and HTTP/3); absolute links the node writes use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestScheme(pub &'static str);
+
 /// Names the request's repository, revision and file on the request's span.
 pub(super) fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
     let span = tracing::Span::current();
@@ -155,7 +176,6 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
 }
 
 async fn answer(state: &EdgeState, request: Request, route: Route, method: Method) -> Result<Response, HubError> {
-    let reads = [Method::GET, Method::HEAD];
     let (hub, operator) = (state.hub.as_ref(), state.operator.as_ref());
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
@@ -173,19 +193,20 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         Route::Pins => operator.pins(request, &method).await,
         Route::Replicas { etag } => operator.replicas(&method, &etag).await,
         Route::AgentHarnesses => Err(HubError::route_not_found()),
+        Route::XetToken => Err(HubError::xet_not_served()),
         Route::Resolve { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
-            require_method(&method, &reads)?;
+            require_read(&method)?;
             resolve::resolve(hub, request, &repo, &revision, &path).await
         }
         Route::RepoInfo { repo, revision } => {
             record_span(&repo, revision.as_deref(), None);
-            require_method(&method, &reads)?;
+            require_read(&method)?;
             api::repo_info(hub, request, &repo, revision.as_deref()).await
         }
         Route::Tree { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
-            require_method(&method, &reads)?;
+            require_read(&method)?;
             api::tree(hub, request, &repo, &revision, &path).await
         }
         Route::PathsInfo { repo, revision } => {
@@ -195,14 +216,15 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         }
         Route::Refs { repo } => {
             record_span(&repo, None, None);
-            require_method(&method, &reads)?;
+            require_read(&method)?;
             api::refs(hub, request, &repo).await
         }
+        // The other read routes of the Hub, with the caller's token; writes never leave the mirror.
         Route::Listing | Route::ApiPassthrough { .. } => {
-            let (parts, body) = request.into_parts();
-            let body = read_body(&parts, body).await?;
+            require_read(&method)?;
+            let (parts, _) = request.into_parts();
             let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
-            passthrough::pass_through(hub, &parts, body, authorization.as_ref(), None).await
+            passthrough::pass_through(hub, &parts, None, authorization.as_ref(), None).await
         }
     }
 }
@@ -220,15 +242,23 @@ pub(super) async fn read_body(parts: &Parts, body: Body) -> Result<Option<Bytes>
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map(Some).map_err(|_| HubError::payload_too_large(MAX_BODY_BYTES))
 }
 
-/// The origin clients reach us at, for absolute `Link` URLs (hub-api.md rule 4).
-pub(super) fn public_origin(settings: &EdgeSettings, headers: &HeaderMap) -> String {
+/// The origin clients reach us at, for absolute `Link` URLs (hub-api.md rule 4): `public_url`, else
+/// the request's scheme and `Host` (HTTP/2 and HTTP/3 carry it as `:authority`, which hyper puts in
+/// the URI).
+pub(super) fn public_origin(settings: &EdgeSettings, parts: &Parts) -> String {
     if let Some(url) = &settings.public_url {
         return url.clone();
     }
-    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let scheme = parts.extensions.get::<RequestScheme>().map_or("http", |scheme| scheme.0);
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|authority| authority.as_str()))
+        .unwrap_or_default();
     let host_is_sane =
         !host.is_empty() && host.len() <= 255 && host.bytes().all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte));
-    if host_is_sane { format!("http://{host}") } else { format!("http://{}", settings.listen) }
+    if host_is_sane { format!("{scheme}://{host}") } else { format!("{scheme}://{}", settings.listen) }
 }
 
 pub(super) fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -266,7 +296,7 @@ mod tests {
 
     use super::*;
     use crate::blobs::PinWatch;
-    use crate::metadata::Freshness;
+    use crate::metadata::MetadataSettings;
     use crate::rsync::pins::Pins;
     use crate::telemetry::Exposition;
 
@@ -276,8 +306,12 @@ mod tests {
             Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new("http://127.0.0.1:9").unwrap();
-        let freshness = Freshness { ref_ttl: std::time::Duration::from_secs(60), policy_ttl: std::time::Duration::from_secs(600) };
-        let metadata = Metadata::new(catalog.clone(), upstream.clone(), None, freshness);
+        let settings = MetadataSettings {
+            ref_ttl: std::time::Duration::from_secs(60),
+            policy_ttl: std::time::Duration::from_secs(600),
+            max_manifest_files: 1000,
+        };
+        let metadata = Metadata::new(catalog.clone(), upstream.clone(), None, settings);
         let (answers, metadata_answers) = (Arc::new(AnswerCounters::default()), Arc::new(AnswerCounters::default()));
         let settings = EdgeSettings { public_url: None, listen: "127.0.0.1:8080".parse().unwrap(), tree_page_size: 1000 };
         let hub = Arc::new(HubApi {
@@ -287,6 +321,7 @@ mod tests {
             upstream,
             answers: answers.clone(),
             metadata_answers: metadata_answers.clone(),
+            fill_budget: fill_budget::FillBudget::new(64, 4),
             settings: settings.clone(),
         });
         let pins = Pins::new("local".into(), catalog.clone(), metadata, store.clone(), None, PinWatch::default(), Vec::new());

@@ -38,7 +38,7 @@ pub(super) async fn pass_through(
     let path_and_query = parts.uri.path_and_query().map(|value| value.as_str()).unwrap_or("/");
     let end = hub.upstream.send(parts.method.clone(), path_and_query, &headers, authorization, body).await?;
     let status = end.response.status();
-    let origin = public_origin(&hub.settings, &parts.headers);
+    let origin = public_origin(&hub.settings, parts);
     let mut response_headers = forwardable_response_headers(end.response.headers(), hub.upstream.origins(), &origin);
     let upstream_length = end.response.headers().get(header::CONTENT_LENGTH).cloned();
     if let (Some(path), true) = (resolve_path, status.is_success()) {

@@ -1,10 +1,11 @@
 //! `/resolve/`: a file's bytes and the Hub's headers about them. HEAD is answered from the catalog
 //! alone; GET from disk, from a fill in progress, or by starting a fill (peers before upstream).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -13,14 +14,15 @@ use hfm_cluster::types::RepoKey;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tracing::{debug, warn};
 
-use super::passthrough::forward_request;
-use super::{HubApi, access, set_header, with_cache_status};
+use super::fill_budget::FillRefusal;
+use super::passthrough::{forward_request, pass_through};
+use super::{Charged, HubApi, access, set_header, with_cache_status};
 use crate::hub::headers::{X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path};
 use crate::hub::range::parse_range;
 use crate::hub::route::resolve_origin;
-use crate::hub::{CacheStatus, HubError};
-use crate::metadata::Access;
-use crate::store::{BlobSource, ContentHasher, FillOutcome};
+use crate::hub::{CacheStatus, ErrorSource, HubError};
+use crate::metadata::{Access, REPO_TOO_LARGE};
+use crate::store::{BlobSource, ContentHasher, Fill, FillOutcome, Room};
 
 /// `/resolve/`: HEAD from the catalog alone; GET from disk, a fill in progress, or a new fill.
 pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
@@ -29,7 +31,16 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         return forward_request(hub, request, Some(path)).await;
     }
     let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
-    let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
+    let (manifest, manifest_status) = match hub.metadata.manifest(repo, &commit).await {
+        Ok(found) => found,
+        // Too many files to cache: this answer and the next ones pass through (anonymously: the
+        // repo is public).
+        Err(error) if error.code.as_deref() == Some(REPO_TOO_LARGE) => {
+            let (parts, _) = request.into_parts();
+            return pass_through(hub, &parts, None, None, Some(path)).await;
+        }
+        Err(error) => return Err(error),
+    };
     let entry = manifest.find(path).filter(|entry| entry.kind == EntryKind::File).ok_or_else(|| HubError::entry_not_found(&commit))?;
     let (etag, size) = (entry.etag().to_owned(), entry.size);
     let metadata_status = policy_status.max(ref_status).max(manifest_status);
@@ -57,22 +68,49 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
 
-    let (body, cache) = if request.method() == Method::HEAD || start == end {
-        (Body::empty(), metadata_status)
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
+        (Body::empty(), metadata_status, None)
     } else {
-        blob_body(hub, repo, &commit, path, &etag, size, start, end, metadata_status).await?
+        let answer = blob_body(hub, client, repo, &commit, path, &etag, size, start, end, metadata_status).await?;
+        (answer.body, answer.cache, answer.charged)
     };
     hub.answers.record(cache);
     let mut response = Response::new(body);
+    if let Some(bytes) = charged {
+        response.extensions_mut().insert(Charged(bytes));
+    }
     *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     *response.headers_mut() = headers;
     Ok(with_cache_status(response, cache))
 }
 
-/// Finds the bytes `start..end` of a blob: on disk, in a fill in progress, or by starting a fill.
+/// Files up to this size are filled whole for any request: a range of them costs little more.
+const WHOLE_FILE_BELOW: u64 = 8 << 20;
+
+/// Whether a request for `start..end` of a cold blob of `size` bytes commits the node to a fill:
+/// the whole file, a range of at least half of it, or a range that runs to its end from its first
+/// half (a resumed download). A smaller range of a larger file (a Parquet footer, a tensor header)
+/// is answered by a ranged request and not stored: a client asking for one byte must not make the
+/// node fetch and store gigabytes.
+fn wants_whole_file(size: u64, start: u64, end: u64) -> bool {
+    size <= WHOLE_FILE_BELOW || end - start >= size / 2 || (end == size && start < size / 2)
+}
+
+/// How a blob's bytes reach the client, and what the client is charged for them (a fill it
+/// starts is charged whole).
+pub(super) struct BlobBody {
+    body: Body,
+    cache: CacheStatus,
+    pub charged: Option<u64>,
+}
+
+/// Finds the bytes `start..end` of a blob: on disk, in a fill in progress, by starting a fill (within
+/// the fill budget), or by a ranged request for a small part of a cold large file.
 #[allow(clippy::too_many_arguments)]
 async fn blob_body(
     hub: &HubApi,
+    client: Option<IpAddr>,
     repo: &RepoKey,
     commit: &str,
     path: &str,
@@ -81,31 +119,80 @@ async fn blob_body(
     start: u64,
     end: u64,
     metadata_status: CacheStatus,
-) -> Result<(Body, CacheStatus), HubError> {
+) -> Result<BlobBody, HubError> {
     let store = &hub.store;
+    let from_disk = |stream| BlobBody { body: Body::from_stream(counted_from_disk(stream)), cache: metadata_status, charged: None };
     if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
-        return Ok((Body::from_stream(counted_from_disk(stream)), metadata_status));
+        return Ok(from_disk(stream));
     }
     let origin = resolve_origin(repo, commit, path);
+    if let Some(fill) = store.fill_in_progress(etag).filter(|fill| fill.size == size) {
+        return Ok(join_fill(hub, &fill, etag, size, start, end, &origin).await);
+    }
+    if !wants_whole_file(size, start, end) {
+        debug!(%etag, start, end, size, "a small range of a cold file; answering it by a ranged request, unstored");
+        let range_source = hub.sources.range_source(etag, size, &origin).await;
+        let body = Body::from_stream(direct_stream(range_source, etag.to_owned(), size, start, end));
+        return Ok(BlobBody { body, cache: CacheStatus::Miss, charged: None });
+    }
     let source = hub.sources.blob_source(etag, size, &origin).await;
-    match store.fill_or_join(etag, size, source.clone()).map_err(HubError::internal)? {
+    let admit = || hub.fill_budget.try_start(client);
+    let (outcome, slot) = store
+        .fill_or_join_admitted(etag, size, source.clone(), Room::EvictIfNeeded, admit)
+        .map_err(HubError::internal)?
+        .map_err(fill_refused)?;
+    match outcome {
         FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
-            Some(stream) => Ok((Body::from_stream(counted_from_disk(stream)), metadata_status)),
+            Some(stream) => Ok(from_disk(stream)),
             None => Err(HubError::internal("a blob vanished as it was stored; retry")),
         },
         FillOutcome::Filling(fill) => {
-            // A range far beyond what the fill has written (a Parquet footer, a tensor at the end of
-            // a huge file) is answered straight from a source, unstored, while the fill goes on:
-            // clients give up when no byte comes for seconds.
-            if start > fill.progress().written.saturating_add(RANGE_FIRST_GAP) {
-                debug!(%etag, start, end, "range ahead of the fill; answering it from a source directly");
-                let range_source = hub.sources.range_source(etag, size, &origin).await;
-                return Ok((Body::from_stream(direct_stream(range_source, etag.to_owned(), size, start, end)), CacheStatus::Miss));
+            let started = slot.is_some();
+            if let Some(slot) = slot {
+                // The slot is held until the fill ends, even if this client leaves first.
+                let running = fill.clone();
+                tokio::spawn(async move {
+                    running.finished().await;
+                    drop(slot);
+                });
             }
-            Ok((Body::from_stream(fill.reader(start, end)), CacheStatus::Miss))
+            let mut answer = join_fill(hub, &fill, etag, size, start, end, &origin).await;
+            if started {
+                answer.charged = Some(size.max(end - start));
+            }
+            Ok(answer)
         }
-        FillOutcome::NoRoom => Ok((Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end)), CacheStatus::Miss)),
+        FillOutcome::NoRoom => {
+            let body = Body::from_stream(direct_stream(source, etag.to_owned(), size, start, end));
+            Ok(BlobBody { body, cache: CacheStatus::Miss, charged: None })
+        }
     }
+}
+
+/// Reads `start..end` from a fill in progress. A range far beyond what the fill has written (a
+/// Parquet footer, a tensor at the end of a huge file) is answered straight from a source, unstored,
+/// while the fill goes on: clients give up when no byte comes for seconds.
+async fn join_fill(hub: &HubApi, fill: &Arc<Fill>, etag: &str, size: u64, start: u64, end: u64, origin: &str) -> BlobBody {
+    if start > fill.progress().written.saturating_add(RANGE_FIRST_GAP) {
+        debug!(%etag, start, end, "range ahead of the fill; answering it from a source directly");
+        let range_source = hub.sources.range_source(etag, size, origin).await;
+        let body = Body::from_stream(direct_stream(range_source, etag.to_owned(), size, start, end));
+        return BlobBody { body, cache: CacheStatus::Miss, charged: None };
+    }
+    BlobBody { body: Body::from_stream(fill.reader(start, end)), cache: CacheStatus::Miss, charged: None }
+}
+
+/// A fill that may not start now: 429 in the Hub's format; the client retries after a few seconds.
+fn fill_refused(refusal: FillRefusal) -> HubError {
+    let message = match refusal {
+        FillRefusal::Client => {
+            "Too many downloads of files this mirror does not hold yet are running for your network; retry after the delay in Retry-After"
+        }
+        FillRefusal::Node => "This mirror is fetching as many new files as it can; retry after the delay in Retry-After",
+    };
+    let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
+    error.retry_after = Some("5".into());
+    error
 }
 
 /// Counts the bytes of a stored blob sent to a client.
@@ -196,4 +283,20 @@ fn direct_stream(
             return Some((Ok(bytes), state));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_whole_file;
+
+    #[test]
+    fn only_a_large_part_of_a_large_cold_file_starts_a_fill() {
+        let huge = 40 << 20;
+        assert!(wants_whole_file(huge, 0, huge), "the whole file");
+        assert!(!wants_whole_file(huge, 0, 1), "one byte of a cold 40 MiB file");
+        assert!(!wants_whole_file(huge, huge - 65_536, huge), "a footer");
+        assert!(wants_whole_file(huge, 1 << 20, huge), "a resumed download");
+        assert!(wants_whole_file(huge, 0, huge / 2), "half of it");
+        assert!(wants_whole_file(1 << 20, 0, 1), "a small file is filled whole");
+    }
 }

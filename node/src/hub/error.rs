@@ -59,6 +59,26 @@ impl HubError {
         HubError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Method not allowed on this route", ErrorSource::Client)
     }
 
+    /// A write (create, upload, delete, settings) sent to the mirror: it is read-only.
+    pub fn read_only() -> HubError {
+        HubError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ReadOnlyMirror",
+            "This is a read-only mirror of the Hugging Face Hub: create, upload, change and delete on https://huggingface.co",
+            ErrorSource::Client,
+        )
+    }
+
+    /// A Xet route: the mirror serves files over plain HTTP only (hub-api.md rule 2).
+    pub fn xet_not_served() -> HubError {
+        HubError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "This mirror serves no Xet storage; files come over plain HTTP",
+            ErrorSource::Client,
+        )
+    }
+
     pub fn revision_not_found(revision: &str) -> HubError {
         HubError::new(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {revision}"), ErrorSource::Upstream)
     }

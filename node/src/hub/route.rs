@@ -51,6 +51,8 @@ pub enum Route {
     Listing,
     /// `/api/agent-harnesses`: answered 404 at once (hub-api.md T23).
     AgentHarnesses,
+    /// `/api/{t}s/{repo}/xet-read-token/…` and `xet-write-token`: the mirror serves no Xet.
+    XetToken,
     /// Any other `/api/` route, including routes of a known repo that the mirror does not model
     /// (commits, discussions, …): passed through to upstream.
     ApiPassthrough { repo: Option<RepoKey> },
@@ -96,6 +98,7 @@ impl Route {
             Route::Refs { .. } => "refs",
             Route::Listing => "listing",
             Route::AgentHarnesses => "agent_harnesses",
+            Route::XetToken => "xet_token",
             Route::ApiPassthrough { .. } => "api_passthrough",
             Route::Health => "healthz",
             Route::Ready => "readyz",
@@ -118,6 +121,7 @@ const REPO_SUBROUTES: &[&str] = &[
     "commit",
     "discussions",
     "xet-read-token",
+    "xet-write-token",
     "treesize",
     "preupload",
     "settings",
@@ -229,6 +233,11 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
         return Ok(Route::Replicas { etag: etag.to_owned() });
     }
     let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
+    // A dot segment, plain or encoded, could climb out of the route once a URL library normalizes
+    // the path (`/api/../whoami-v2` would reach upstream as `/whoami-v2`): refused before routing.
+    if segments.iter().any(|segment| segment == "." || segment == "..") {
+        return Err(HubError::bad_request("Invalid path: '.' or '..' segment"));
+    }
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).
     if segments.len() > 1 && segments.last().is_some_and(String::is_empty) {
         segments.pop();
@@ -301,6 +310,7 @@ fn route_api(segments: &[String]) -> Result<Route, HubError> {
             Ok(Route::PathsInfo { repo, revision: subroute[1].clone() })
         }
         (Some("refs"), 1) => Ok(Route::Refs { repo }),
+        (Some("xet-read-token" | "xet-write-token"), _) => Ok(Route::XetToken),
         _ => Ok(Route::ApiPassthrough { repo: Some(repo) }),
     }
 }
@@ -358,6 +368,7 @@ mod tests {
         assert_eq!(route("/api/agent-harnesses").unwrap(), Route::AgentHarnesses);
         assert_eq!(route("/api/whoami-v2").unwrap(), Route::ApiPassthrough { repo: None });
         assert_eq!(route("/api/models/org/model/commits/main").unwrap(), Route::ApiPassthrough { repo: Some(model("org/model")) });
+        assert_eq!(route("/api/models/org/model/xet-read-token/abc").unwrap(), Route::XetToken);
     }
 
     #[test]
@@ -374,6 +385,11 @@ mod tests {
             "/org/model/resolve/main/a%5Cb",
             "/or%2Fg/model/resolve/main/file",
             "/api/models/org/model/tree/main/%2E%2E",
+            "/api/../whoami-v2",
+            "/api/%2e%2e/whoami-v2",
+            "/api/models/../../whoami-v2",
+            "/api/./models",
+            "/./org/model/resolve/main/file",
             "relative",
         ] {
             assert!(route(hostile).is_err(), "{hostile} must be refused");

@@ -21,8 +21,8 @@ use crate::hub::json::{parse_tree_entry, strip_xet_fields};
 use crate::hub::route::{api_repo_path, encode_segment};
 use crate::upstream::{BufferedReply, Upstream};
 
-/// Upper bound on tree pages fetched for one manifest (1000 entries each upstream).
-const MAX_TREE_PAGES: usize = 10_000;
+/// The error code of a commit with more files than a manifest may hold.
+pub const REPO_TOO_LARGE: &str = "RepoTooLarge";
 
 /// Whether a repo may be stored: only when an anonymous upstream repo-info says it is public and
 /// not gated.
@@ -88,7 +88,13 @@ impl Kind for PolicyOf {
         };
         let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
         debug!(%repo, cacheable, reason, "repo policy checked");
-        note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
+        // A negative answer is recorded only where it replaces a positive one (a repo turned private
+        // or gated must never be served from the catalog again); the rest stay on this node (see
+        // `NegativePolicies`), so invented repo names cannot grow the replicated catalog.
+        let replaces_positive = !cacheable && matches!(context.catalog.get_policy(repo).await, Ok(Some(previous)) if previous.cacheable);
+        if cacheable || replaces_positive {
+            note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
+        }
         Ok(record)
     }
 }
@@ -163,6 +169,8 @@ async fn record_revision_reply(catalog: &dyn Catalog, repo: &RepoKey, revision: 
 pub(super) struct ManifestOf {
     pub repo: RepoKey,
     pub commit: String,
+    /// Beyond this many entries the walk stops with [`REPO_TOO_LARGE`].
+    pub max_files: usize,
 }
 
 impl Kind for ManifestOf {
@@ -196,7 +204,7 @@ impl Kind for ManifestOf {
         let (repo, commit) = (&self.repo, &self.commit);
         let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
         let mut entries: Vec<ManifestEntry> = Vec::new();
-        for _ in 0..MAX_TREE_PAGES {
+        loop {
             let reply = context.upstream.get_buffered(&path_and_query, None).await?;
             if !reply.status.is_success() {
                 return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
@@ -205,6 +213,17 @@ impl Kind for ManifestOf {
                 .map_err(|error| HubError::upstream_invalid(format!("tree page is not a JSON array: {error}")))?;
             for value in &page {
                 entries.push(parse_tree_entry(value).map_err(HubError::upstream_invalid)?);
+            }
+            if entries.len() > self.max_files {
+                return Err(HubError::new(
+                    http::StatusCode::FORBIDDEN,
+                    REPO_TOO_LARGE,
+                    format!(
+                        "{repo} has more than {} files at {commit}; the mirror passes it through instead of caching it",
+                        self.max_files
+                    ),
+                    crate::hub::ErrorSource::Upstream,
+                ));
             }
             match next_link_path(&reply.headers) {
                 Some(next) => path_and_query = next,
@@ -220,7 +239,6 @@ impl Kind for ManifestOf {
                 }
             }
         }
-        Err(HubError::upstream_invalid("tree has too many pages"))
     }
 }
 
@@ -229,6 +247,8 @@ pub(super) struct RepoInfoOf {
     pub repo: RepoKey,
     pub commit: String,
     pub variant: String,
+    /// Whether the answer is recorded (a commit's variants are bounded).
+    pub record: bool,
 }
 
 impl Kind for RepoInfoOf {
@@ -254,7 +274,9 @@ impl Kind for RepoInfoOf {
             path = format!("{path}?{}", self.variant);
         }
         let body = fetch_stripped_json(context.upstream, &path, Self::WHAT).await?;
-        note_unrecorded(context.catalog.put_repo_info(&self.repo, &self.commit, &self.variant, body.clone()).await, Self::WHAT);
+        if self.record {
+            note_unrecorded(context.catalog.put_repo_info(&self.repo, &self.commit, &self.variant, body.clone()).await, Self::WHAT);
+        }
         Ok(Bytes::from(body))
     }
 }

@@ -12,13 +12,15 @@ mod kinds;
 pub mod leader;
 mod read_through;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hfm_cluster::catalog::{Catalog, Manifest, PolicyRecord};
 use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
 
+pub use self::kinds::REPO_TOO_LARGE;
 use self::kinds::{ManifestOf, PolicyOf, RefsListingOf, RepoInfoOf, RevisionOf};
 use self::leader::Forwarding;
 pub use self::leader::{METADATA_SERVICE, MetadataAnswer, MetadataRequest, MetadataService};
@@ -40,13 +42,84 @@ pub enum Access {
     PassThrough,
 }
 
-/// How long mutable metadata is trusted before it is checked upstream again.
+/// How long mutable metadata is trusted, and how much of it one commit may be.
 #[derive(Clone, Copy, Debug)]
-pub struct Freshness {
+pub struct MetadataSettings {
     /// A branch or tag → commit answer, and a refs listing.
     pub ref_ttl: Duration,
     /// "This repo is public and not gated".
     pub policy_ttl: Duration,
+    /// The most files a commit's manifest may list; a bigger repo is passed through, not cached.
+    pub max_manifest_files: usize,
+}
+
+/// How many non-cacheable policy answers a node remembers (see [`NegativePolicies`]).
+const NEGATIVE_POLICIES: usize = 10_000;
+/// How many query variants of one commit's repo info are recorded; more are answered unrecorded.
+const VARIANTS_PER_COMMIT: usize = 8;
+/// How many commits the variant budget tracks before it starts over.
+const VARIANT_BUDGET_COMMITS: usize = 10_000;
+
+/// Non-cacheable policy answers (private, gated, missing repos), kept on this node only, for
+/// `policy_ttl`, in a bounded table: recording one per repo name an anonymous client invents would
+/// grow the replicated catalog without bound. (A repo that turns private while the catalog says
+/// public does get its negative record: see [`kinds::PolicyOf`].)
+#[derive(Default)]
+struct NegativePolicies {
+    entries: Mutex<HashMap<RepoKey, (PolicyRecord, Instant)>>,
+}
+
+impl NegativePolicies {
+    fn get(&self, repo: &RepoKey, ttl: Duration) -> Option<PolicyRecord> {
+        let entries = self.entries.lock().expect("negative policies poisoned");
+        entries.get(repo).filter(|(_, at)| at.elapsed() < ttl).map(|(record, _)| record.clone())
+    }
+
+    fn put(&self, repo: &RepoKey, record: PolicyRecord, ttl: Duration) {
+        let mut entries = self.entries.lock().expect("negative policies poisoned");
+        if entries.len() >= NEGATIVE_POLICIES && !entries.contains_key(repo) {
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            if entries.len() >= NEGATIVE_POLICIES {
+                // Every entry is fresh: forget the oldest eighth at once.
+                let mut ages: Vec<Instant> = entries.values().map(|(_, at)| *at).collect();
+                let cut = (NEGATIVE_POLICIES / 8).min(ages.len() - 1);
+                let (_, cutoff, _) = ages.select_nth_unstable(cut);
+                let cutoff = *cutoff;
+                entries.retain(|_, (_, at)| *at > cutoff);
+            }
+        }
+        entries.insert(repo.clone(), (record, Instant::now()));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.lock().expect("negative policies poisoned").len()
+    }
+}
+
+/// Which repo-info variants each recent commit has recorded, so a client inventing query strings
+/// cannot make the catalog hold more than [`VARIANTS_PER_COMMIT`] of them per commit.
+#[derive(Default)]
+struct VariantBudget {
+    recorded: Mutex<HashMap<(RepoKey, String), Vec<String>>>,
+}
+
+impl VariantBudget {
+    /// Whether `variant` of `commit` may be recorded (it already was, or there is room).
+    fn allows(&self, repo: &RepoKey, commit: &str, variant: &str) -> bool {
+        let mut recorded = self.recorded.lock().expect("variant budget poisoned");
+        if recorded.len() >= VARIANT_BUDGET_COMMITS {
+            recorded.clear();
+        }
+        let variants = recorded.entry((repo.clone(), commit.to_owned())).or_default();
+        if variants.iter().any(|known| known == variant) {
+            return true;
+        }
+        if variants.len() >= VARIANTS_PER_COMMIT {
+            return false;
+        }
+        variants.push(variant.to_owned());
+        true
+    }
 }
 
 /// A catalog read that failed is an internal error for the client.
@@ -65,13 +138,25 @@ struct MetadataInner {
     upstream: Upstream,
     /// In a cluster, who leads each key's misses.
     peers: Option<Peers>,
-    freshness: Freshness,
+    settings: MetadataSettings,
     flights: Flights,
+    negative_policies: NegativePolicies,
+    variant_budget: VariantBudget,
 }
 
 impl Metadata {
-    pub fn new(catalog: Arc<dyn Catalog>, upstream: Upstream, peers: Option<Peers>, freshness: Freshness) -> Metadata {
-        Metadata { inner: Arc::new(MetadataInner { catalog, upstream, peers, freshness, flights: Flights::default() }) }
+    pub fn new(catalog: Arc<dyn Catalog>, upstream: Upstream, peers: Option<Peers>, settings: MetadataSettings) -> Metadata {
+        Metadata {
+            inner: Arc::new(MetadataInner {
+                catalog,
+                upstream,
+                peers,
+                settings,
+                flights: Flights::default(),
+                negative_policies: NegativePolicies::default(),
+                variant_budget: VariantBudget::default(),
+            }),
+        }
     }
 
     /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is
@@ -86,7 +171,20 @@ impl Metadata {
             let record = PolicyRecord { cacheable: false, reason: format!("{}s pass through", repo.repo_type), checked_at_ms: now_ms() };
             return Ok((record, CacheStatus::Miss));
         }
-        self.read_through(PolicyOf { repo: repo.clone() }, self.inner.freshness.policy_ttl, forwarding).await
+        let ttl = self.inner.settings.policy_ttl;
+        if let Some(record) = self.inner.negative_policies.get(repo, ttl) {
+            return Ok((record, CacheStatus::Hit));
+        }
+        let (record, status) = self.read_through(PolicyOf { repo: repo.clone() }, ttl, forwarding).await?;
+        if !record.cacheable {
+            self.inner.negative_policies.put(repo, record.clone(), ttl);
+        }
+        Ok((record, status))
+    }
+
+    /// How many non-cacheable policy answers this node remembers (bounded).
+    pub fn remembered_negative_policies(&self) -> usize {
+        self.inner.negative_policies.len()
     }
 
     /// Resolves a revision to a commit: a full sha is final; a branch or tag comes from the catalog
@@ -105,7 +203,7 @@ impl Metadata {
             return Ok((revision.to_owned(), CacheStatus::Hit));
         }
         let kind = RevisionOf { repo: repo.clone(), revision: revision.to_owned() };
-        self.read_through(kind, self.inner.freshness.ref_ttl, forwarding).await
+        self.read_through(kind, self.inner.settings.ref_ttl, forwarding).await
     }
 
     /// Returns the full file list of a commit, fetching every tree page once when it is not known.
@@ -115,14 +213,28 @@ impl Metadata {
 
     async fn manifest_with(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
         debug_assert!(is_commit_sha(commit));
-        self.read_through(ManifestOf { repo: repo.clone(), commit: commit.to_owned() }, Duration::MAX, forwarding).await
+        let max_files = self.inner.settings.max_manifest_files;
+        let fetched =
+            self.read_through(ManifestOf { repo: repo.clone(), commit: commit.to_owned(), max_files }, Duration::MAX, forwarding).await;
+        if let Err(error) = &fetched
+            && error.code.as_deref() == Some(REPO_TOO_LARGE)
+        {
+            // From now on the repo passes through: its pages are not walked again for every request.
+            let record = PolicyRecord { cacheable: false, reason: format!("more than {max_files} files"), checked_at_ms: now_ms() };
+            if let Err(catalog_error) = self.inner.catalog.put_policy(repo, record.clone()).await {
+                tracing::warn!(%repo, %catalog_error, "cannot record that the repo is too large to cache");
+            }
+            self.inner.negative_policies.put(repo, record, self.inner.settings.policy_ttl);
+        }
+        fetched
     }
 
     /// Returns the repo-info JSON of a revision (`None`: the default branch) for one query variant,
     /// with the commit it resolved to.
     pub async fn repo_info(&self, repo: &RepoKey, revision: Option<&str>, variant: &str) -> Result<(Bytes, String, CacheStatus), HubError> {
         let (commit, resolved) = self.resolve_revision(repo, revision.unwrap_or(DEFAULT_REVISION)).await?;
-        let kind = RepoInfoOf { repo: repo.clone(), commit: commit.clone(), variant: variant.to_owned() };
+        let record = variant.is_empty() || self.inner.variant_budget.allows(repo, &commit, variant);
+        let kind = RepoInfoOf { repo: repo.clone(), commit: commit.clone(), variant: variant.to_owned(), record };
         let (body, status) = self.read_through(kind, Duration::MAX, Forwarding::AskCluster).await?;
         Ok((body, commit, if status == CacheStatus::Hit { resolved } else { status }))
     }
@@ -131,6 +243,99 @@ impl Metadata {
     /// when upstream is down.
     pub async fn refs_listing(&self, repo: &RepoKey, include_pull_requests: bool) -> Result<(Bytes, CacheStatus), HubError> {
         let kind = RefsListingOf { repo: repo.clone(), include_pull_requests };
-        self.read_through(kind, self.inner.freshness.ref_ttl, Forwarding::AskCluster).await
+        self.read_through(kind, self.inner.settings.ref_ttl, Forwarding::AskCluster).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use hfm_cluster::catalog::LocalCatalog;
+
+    use super::*;
+
+    /// An upstream that knows one public repo, `org/public`, until `gone` is set; every other name
+    /// is 404.
+    async fn upstream(gone: Arc<AtomicBool>) -> String {
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let gone = gone.clone();
+            async move {
+                let public = request.uri().path() == "/api/models/org/public" && !gone.load(Ordering::SeqCst);
+                if public {
+                    let body = serde_json::json!({"id": "org/public", "sha": "a".repeat(40), "private": false, "gated": false});
+                    (http::StatusCode::OK, [("content-type", "application/json")], body.to_string())
+                } else {
+                    (http::StatusCode::NOT_FOUND, [("content-type", "application/json")], r#"{"error":"Repository not found"}"#.to_owned())
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    fn metadata(directory: &std::path::Path, upstream_url: &str, policy_ttl: Duration) -> (Metadata, Arc<dyn Catalog>) {
+        let catalog: Arc<dyn Catalog> = Arc::new(LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
+        let settings = MetadataSettings { ref_ttl: Duration::from_secs(60), policy_ttl, max_manifest_files: 1000 };
+        (Metadata::new(catalog.clone(), Upstream::new(upstream_url).unwrap(), None, settings), catalog)
+    }
+
+    #[tokio::test]
+    async fn invented_repo_names_leave_nothing_in_the_catalog() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = upstream(Arc::default()).await;
+        let (metadata, catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
+        for index in 0..50 {
+            let repo = RepoKey::new(RepoType::Model, format!("nobody/invented-{index}"));
+            assert_eq!(metadata.policy(&repo).await.unwrap().0, Access::PassThrough);
+            assert!(catalog.get_policy(&repo).await.unwrap().is_none(), "no replicated record for a repo that does not exist");
+        }
+        assert_eq!(catalog.list_policies().await.unwrap().len(), 0);
+        assert_eq!(metadata.remembered_negative_policies(), 50);
+        // Asked again within the TTL, the node answers from memory.
+        let repo = RepoKey::new(RepoType::Model, "nobody/invented-0");
+        assert_eq!(metadata.policy(&repo).await.unwrap(), (Access::PassThrough, CacheStatus::Hit));
+    }
+
+    #[tokio::test]
+    async fn a_repo_that_turns_private_replaces_its_positive_record() {
+        let directory = tempfile::tempdir().unwrap();
+        let gone = Arc::new(AtomicBool::new(false));
+        let url = upstream(gone.clone()).await;
+        let (metadata, catalog) = metadata(directory.path(), &url, Duration::ZERO);
+        let repo = RepoKey::new(RepoType::Model, "org/public");
+        assert_eq!(metadata.policy(&repo).await.unwrap().0, Access::Cacheable);
+        assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
+        gone.store(true, Ordering::SeqCst);
+        assert_eq!(metadata.policy(&repo).await.unwrap().0, Access::PassThrough);
+        let record = catalog.get_policy(&repo).await.unwrap().unwrap();
+        assert!(!record.cacheable, "the positive record must not outlive the repo's publicity: {record:?}");
+    }
+
+    #[test]
+    fn negative_answers_stay_bounded_and_expire() {
+        let negatives = NegativePolicies::default();
+        let record = PolicyRecord { cacheable: false, reason: "missing".into(), checked_at_ms: 0 };
+        for index in 0..NEGATIVE_POLICIES + 500 {
+            negatives.put(&RepoKey::new(RepoType::Model, format!("x/{index}")), record.clone(), Duration::from_secs(600));
+            assert!(negatives.len() <= NEGATIVE_POLICIES);
+        }
+        let last = RepoKey::new(RepoType::Model, format!("x/{}", NEGATIVE_POLICIES + 499));
+        assert!(negatives.get(&last, Duration::from_secs(600)).is_some());
+        assert!(negatives.get(&last, Duration::ZERO).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_commit_records_a_bounded_number_of_variants() {
+        let budget = VariantBudget::default();
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        for index in 0..VARIANTS_PER_COMMIT {
+            assert!(budget.allows(&repo, "c1", &format!("expand=v{index}")));
+        }
+        assert!(!budget.allows(&repo, "c1", "expand=one-more"));
+        assert!(budget.allows(&repo, "c1", "expand=v0"), "a recorded variant stays allowed");
+        assert!(budget.allows(&repo, "c2", "expand=one-more"), "another commit has its own budget");
     }
 }

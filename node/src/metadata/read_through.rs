@@ -151,7 +151,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::metadata::Freshness;
+    use crate::metadata::MetadataSettings;
 
     /// A kind whose record lives in memory and whose upstream is a script.
     struct Scripted {
@@ -205,9 +205,10 @@ mod tests {
             let directory = tempfile::tempdir().unwrap();
             let catalog = Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap());
             let upstream = Upstream::new("http://127.0.0.1:9").unwrap();
-            let freshness = Freshness { ref_ttl: Duration::from_secs(60), policy_ttl: Duration::from_secs(60) };
+            let settings =
+                MetadataSettings { ref_ttl: Duration::from_secs(60), policy_ttl: Duration::from_secs(60), max_manifest_files: 1000 };
             Fixture {
-                metadata: Metadata::new(catalog, upstream, None, freshness),
+                metadata: Metadata::new(catalog, upstream, None, settings),
                 record: Arc::default(),
                 fetches: Arc::default(),
                 _directory: directory,

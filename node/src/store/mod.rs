@@ -441,20 +441,42 @@ impl BlobStore {
     /// background replication must not evict what clients use, or two blobs that do not both fit
     /// would push each other out forever.
     pub fn fill_or_join_with(&self, etag: &str, size: u64, source: Arc<dyn BlobSource>, room: Room) -> io::Result<FillOutcome> {
+        let admitted = self.fill_or_join_admitted(etag, size, source, room, || Ok::<(), std::convert::Infallible>(()))?;
+        Ok(match admitted {
+            Ok((outcome, _)) => outcome,
+        })
+    }
+
+    /// Like [`BlobStore::fill_or_join_with`], but a new fill starts only when `admit` allows it; what
+    /// it returns goes back with the outcome (`Some` only when this call started the fill). Joining a
+    /// fill in progress, or finding the blob stored, never asks: the check and the start are one step
+    /// under the fills' lock, so concurrent callers of one cold blob are admitted once.
+    pub fn fill_or_join_admitted<A, R>(
+        &self,
+        etag: &str,
+        size: u64,
+        source: Arc<dyn BlobSource>,
+        room: Room,
+        admit: impl FnOnce() -> Result<A, R>,
+    ) -> io::Result<Result<(FillOutcome, Option<A>), R>> {
         if !is_valid_etag(etag) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an etag"));
         }
         let mut fills = self.inner.fills.lock().expect("fills poisoned");
         if let Some(fill) = fills.get(etag) {
             crate::telemetry::metrics().fill_joined();
-            return Ok(FillOutcome::Filling(fill.clone()));
+            return Ok(Ok((FillOutcome::Filling(fill.clone()), None)));
         }
         // A fill may have completed between the caller's `get` and now.
         if let Some(stored) = self.get(etag) {
-            return Ok(FillOutcome::Stored(stored));
+            return Ok(Ok((FillOutcome::Stored(stored), None)));
         }
+        let admission = match admit() {
+            Ok(admission) => admission,
+            Err(refused) => return Ok(Err(refused)),
+        };
         if !self.reserve(size, room) {
-            return Ok(FillOutcome::NoRoom);
+            return Ok(Ok((FillOutcome::NoRoom, None)));
         }
         let temp_path = self.inner.tmp_dir.join(format!("{etag}.{}.partial", std::process::id() as u64 ^ fastrand_seed()));
         let fill = match Fill::create(etag.to_owned(), size, temp_path) {
@@ -479,7 +501,7 @@ impl BlobStore {
             store.finish_fill(&running, outcome).await;
             crate::telemetry::metrics().fill(started.elapsed(), running.finished().await == FillState::Complete);
         });
-        Ok(FillOutcome::Filling(fill))
+        Ok(Ok((FillOutcome::Filling(fill), Some(admission))))
     }
 
     /// Publishes a verified fill as a blob (fsync, rename, fsync the directory) or discards it.

@@ -18,7 +18,7 @@ use tracing::{Instrument, field, info, info_span};
 
 use super::access_log::{AccessLine, AccessLog};
 use super::limits::{Admission, EdgeLimits, Refusal};
-use crate::edge::Answered;
+use crate::edge::{Answered, Charged};
 use crate::hub::headers::X_CACHE;
 use crate::hub::{CacheStatus, ErrorSource, HubError};
 
@@ -84,8 +84,10 @@ async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Req
         access_log.record(line);
     }
     if let Some(admission) = admission {
-        if let (true, Some(length)) = (is_get, length) {
-            admission.record_bytes(length);
+        // A fill the request started is charged whole; otherwise what the response sends.
+        let charged = response.extensions().get::<Charged>().map(|charged| charged.0).or(length);
+        if let (true, Some(bytes)) = (is_get, charged) {
+            admission.record_bytes(bytes);
         }
         response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
     }

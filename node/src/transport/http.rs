@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::tls::TlsFiles;
+use crate::edge::RequestScheme;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -167,29 +168,32 @@ async fn serve_connection(
     alt_svc: Option<http::HeaderValue>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> anyhow::Result<()> {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        let app = app.clone();
-        let alt_svc = alt_svc.clone();
-        async move {
-            let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
-            if let Some(alt_svc) = alt_svc {
-                response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
+    let service = |scheme: &'static str| {
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            request.extensions_mut().insert(RequestScheme(scheme));
+            let app = app.clone();
+            let alt_svc = alt_svc.clone();
+            async move {
+                let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
+                if let Some(alt_svc) = alt_svc {
+                    response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
+        })
+    };
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first)).await.context("no first byte")??;
     match tls {
         Some(tls) if peeked == 1 && first[0] == TLS_HANDSHAKE => {
             let stream =
                 tokio::time::timeout(FIRST_BYTES_TIMEOUT, tls.acceptor().accept(stream)).await.context("TLS handshake timed out")??;
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service("https")).into_owned();
             watcher.watch(connection).await.map_err(|error| anyhow::anyhow!("{error}"))
         }
         _ => {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service("http")).into_owned();
             watcher.watch(connection).await.map_err(|error| anyhow::anyhow!("{error}"))
         }
     }

@@ -103,6 +103,7 @@ async fn serve_request(
     let (parts, ()) = request.into_parts();
     let mut request = http::Request::from_parts(parts, axum::body::Body::from(body.freeze()));
     request.extensions_mut().insert(ConnectInfo(remote));
+    request.extensions_mut().insert(crate::edge::RequestScheme("https"));
     let response = tower::ServiceExt::oneshot(app, request).await.unwrap_or_else(|never| match never {});
     let (parts, body) = response.into_parts();
     stream.send_response(http::Response::from_parts(parts, ())).await?;

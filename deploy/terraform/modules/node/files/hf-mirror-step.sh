@@ -1,0 +1,433 @@
+#!/bin/sh
+# The rollout's step on one host (deploy/terraform/modules/node), run as root over SSH:
+#
+#   hf-mirror-step.sh deploy        verify, install, stop (drain), switch, start, wait; roll back on failure
+#   hf-mirror-step.sh decommission  drain and stop the node, remove its units, release and keys; keep data
+#
+# deploy, in order:
+#   1. verify   the uploaded binary's sha256 is HFM_SHA256 (nothing is touched otherwise)
+#   2. install  INSTALL_ROOT/releases/SHA256/hf-mirror; the hf-mirror system user; the data directory
+#               is created only when missing (never formatted, never emptied)
+#   3. gate     when the node runs, refuse to go on unless every other node is live in its view, so a
+#               rollout never takes a second node (a second Raft voter) down
+#   4. switch   back up the node's configuration, install the new one (topology, ca.pem, the node's
+#               own certificate and key, units), move `previous` to the old release and `current` to
+#               the new one
+#   5. restart  `systemctl restart`: ExecStop drains the running node, SIGTERM stops it, the new
+#               release starts on the same listening sockets (hf-mirror.socket holds them)
+#   6. wait     /readyz 200, the process runs the new release, every other node live in its view and
+#               seeing it live, and its catalog caught up with the leader's applied index
+#   7. on any failure in 5 or 6: switch everything back to what it was, restart, and exit non-zero so
+#      that Terraform fails the apply and the nodes after this one are never touched
+#
+# Inputs are environment variables (set by the Terraform module):
+#   HFM_NODE           this node's name                 HFM_NODES        every node, topology order
+#   HFM_SHA256         the release's sha256             HFM_ROOT         install root (/opt/hf-mirror)
+#   HFM_INCOMING       upload directory                 HFM_DATA_DIR     the node's data directory
+#   HFM_CERTS_DIR      [cluster] certs_dir of topology  HFM_LOCAL_URL    http://127.0.0.1:PORT
+#   HFM_PEER_URLS      "name=url …" of the other nodes  HFM_TLS          1 when TLS files were uploaded
+#   HFM_READY_TIMEOUT  checks of /readyz (one a second) HFM_PEERS_TIMEOUT checks of the cluster (same)
+#
+# Every wait is a bounded count of checks. Each action is also appended, with a nanosecond timestamp,
+# to /var/log/hf-mirror-rollout.log (the rollout's own journal on the host).
+set -eu
+
+ACTION=${1:-}
+NODE=${HFM_NODE:?HFM_NODE is not set}
+ROOT=${HFM_ROOT:-/opt/hf-mirror}
+LOG_FILE=/var/log/hf-mirror-rollout.log
+SERVICE=hf-mirror.service
+SOCKET=hf-mirror.socket
+UNIT_DIR=/etc/systemd/system
+CONF_DIR=/etc/hf-mirror
+BACKUP=$ROOT/rollback
+
+log() {
+    printf 'hf-mirror-step %s: %s\n' "$NODE" "$*"
+    printf '%s %s %s\n' "$(date +%s%N)" "$NODE" "$*" >>"$LOG_FILE" 2>/dev/null || true
+}
+
+fail() {
+    log "FAILED: $*"
+    exit 1
+}
+
+need_tools() {
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || fail "this host lacks $tool"
+    done
+}
+
+# --- reading the cluster through `hf-mirror status` ---------------------------------------------
+
+# The status table of the node at $2, asked with the binary $1 (rows: name state …; then a line
+# "catalog leader: …"). Only the state column is read: it is that node's own gossip view.
+status_table() {
+    "$1" status --url "$2" 2>/dev/null || true
+}
+
+# The gossip state (live, starting, draining, dead) of node $2 in table $1.
+state_in() {
+    printf '%s\n' "$1" | awk -v name="$2" 'NR > 1 && $1 == name { print $2; exit }'
+}
+
+# Succeeds when every other node is live in the view of the node at $2 (asked with binary $1).
+others_live() {
+    table=$(status_table "$1" "$2")
+    for other in $HFM_NODES; do
+        [ "$other" = "$NODE" ] && continue
+        [ "$(state_in "$table" "$other")" = live ] || return 1
+    done
+    return 0
+}
+
+# Waits (bounded) until every other node is live in this node's view.
+wait_others_live() {
+    checks=0
+    while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
+        others_live "$1" "$HFM_LOCAL_URL" && return 0
+        checks=$((checks + 1))
+        sleep 1
+    done
+    log "the cluster as this node sees it:"
+    status_table "$1" "$HFM_LOCAL_URL" | sed 's/^/    /'
+    return 1
+}
+
+# Succeeds when every other node that answers sees this node live (one that does not answer is
+# judged by others_live).
+seen_live_by_others() {
+    for pair in $HFM_PEER_URLS; do
+        url=${pair#*=}
+        table=$(status_table "$1" "$url")
+        [ -n "$table" ] || continue
+        [ "$(state_in "$table" "$NODE")" = live ] || return 1
+    done
+    return 0
+}
+
+# --- the unit -----------------------------------------------------------------------------------
+
+unit_show() {
+    systemctl show -p "$1" --value "$SERVICE" 2>/dev/null || true
+}
+
+# Waits (bounded) for /readyz 200; fails at once when the unit fails or systemd restarts it.
+wait_ready() {
+    restarts_before=$(unit_show NRestarts)
+    checks=0
+    while [ "$checks" -lt "$HFM_READY_TIMEOUT" ]; do
+        active=$(unit_show ActiveState)
+        sub=$(unit_show SubState)
+        if [ "$active" = failed ] || [ "$sub" = auto-restart ] || [ "$(unit_show NRestarts)" != "$restarts_before" ]; then
+            log "the service failed ($active/$sub); its last lines:"
+            journalctl -u "$SERVICE" -n 15 --no-pager -o cat 2>/dev/null | sed 's/^/    /' || true
+            return 1
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$HFM_LOCAL_URL/readyz" 2>/dev/null || true)
+        [ "$code" = 200 ] && return 0
+        checks=$((checks + 1))
+        sleep 1
+    done
+    log "no /readyz 200 after $HFM_READY_TIMEOUT checks"
+    return 1
+}
+
+# The release the service's main process runs (its executable's path).
+running_release() {
+    pid=$(unit_show MainPID)
+    [ -n "$pid" ] && [ "$pid" != 0 ] || return 0
+    readlink "/proc/$pid/exe" 2>/dev/null || true
+}
+
+# After a start: ready, on the new release, live for everyone, caught up with the catalog.
+verify_started() {
+    first_install=$1
+    wait_ready || return 1
+    expected=$(readlink -f "$ROOT/releases/$HFM_SHA256/hf-mirror")
+    running=$(running_release)
+    if [ "$running" != "$expected" ]; then
+        log "the service runs $running, not $expected"
+        return 1
+    fi
+    log "ready: /readyz 200, running $running"
+    binary=$ROOT/current/hf-mirror
+    if [ "$first_install" = no ]; then
+        wait_others_live "$binary" || { log "not every other node is live after the restart"; return 1; }
+    fi
+    checks=0
+    until seen_live_by_others "$binary"; do
+        checks=$((checks + 1))
+        [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ] || { log "the other nodes do not see this node live"; return 1; }
+        sleep 1
+    done
+    log "live: every other node that answers sees this node live"
+    # Catalog: this node's Raft applied index reaches the leader's, as read once (a fixed target).
+    # Read from /_hfm/status directly (this node's, then the leader's at its status URL), not from
+    # the status table, whose per-node columns depend on each node's advertised http_url.
+    target=""
+    leader=""
+    checks=0
+    while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
+        own_status=$(curl -s --max-time 5 "$HFM_LOCAL_URL/_hfm/status" 2>/dev/null || true)
+        own=$(json_number "$own_status" last_applied)
+        leader_id=$(json_number "$own_status" leader)
+        leader=""
+        [ -n "$leader_id" ] && leader=$(nth_node "$leader_id")
+        if [ -n "$leader" ]; then
+            if [ -z "$target" ]; then
+                if [ "$leader" = "$NODE" ]; then
+                    target=$own
+                else
+                    target=$(json_number "$(curl -s --max-time 5 "$(peer_url "$leader")/_hfm/status" 2>/dev/null || true)" last_applied)
+                fi
+            fi
+            if [ -n "$target" ] && [ -n "$own" ] && [ "$own" -ge "$target" ]; then
+                log "catalog caught up: applied $own, leader $leader at $target when asked"
+                return 0
+            fi
+        elif [ "$first_install" = yes ]; then
+            # A new cluster has no quorum until most of its nodes run: nothing to catch up with yet.
+            log "catalog: no leader yet (the cluster is being created); not waiting"
+            return 0
+        fi
+        checks=$((checks + 1))
+        sleep 1
+    done
+    log "catalog not caught up (leader ${leader:-none}, target ${target:-unknown}, applied ${own:-unknown})"
+    status_table "$binary" "$HFM_LOCAL_URL" | sed 's/^/    /'
+    return 1
+}
+
+# The integer value of "key" in a /_hfm/status document (pretty-printed JSON; the keys used here,
+# last_applied and leader, appear once, in its "raft" object).
+json_number() {
+    printf '%s\n' "$1" | sed -n "s/^[[:space:]]*\"$2\":[[:space:]]*\([0-9][0-9]*\).*/\1/p" | head -1
+}
+
+# The name of Raft member N: ids are 1-based positions in topology.toml.
+nth_node() {
+    printf '%s\n' $HFM_NODES | sed -n "${1}p"
+}
+
+# The status URL of node $1 (from HFM_PEER_URLS).
+peer_url() {
+    for pair in $HFM_PEER_URLS; do
+        [ "${pair%%=*}" = "$1" ] && { printf '%s\n' "${pair#*=}"; return 0; }
+    done
+    return 1
+}
+
+# --- configuration and its backup ---------------------------------------------------------------
+
+# The files a deploy replaces, as "backup name|path".
+config_items() {
+    printf '%s\n' "service|$UNIT_DIR/$SERVICE" "socket|$UNIT_DIR/$SOCKET" "topology|$CONF_DIR/topology.toml" \
+        "certs|$HFM_CERTS_DIR" "tls|$CONF_DIR/tls"
+}
+
+backup_config() {
+    rm -rf "$BACKUP"
+    install -d -m 0700 "$BACKUP"
+    config_items | while IFS='|' read -r name path; do
+        if [ -e "$path" ]; then cp -a "$path" "$BACKUP/$name"; fi
+    done
+}
+
+restore_config() {
+    config_items | while IFS='|' read -r name path; do
+        rm -rf "$path"
+        if [ -e "$BACKUP/$name" ]; then cp -a "$BACKUP/$name" "$path"; fi
+    done
+}
+
+install_config() {
+    install -d -m 0755 "$CONF_DIR"
+    install -m 0644 -o root -g root "$HFM_INCOMING/topology.toml" "$CONF_DIR/topology.toml"
+    # Only the CA certificate and this node's own certificate and key; anything else found in the
+    # directory (another node's key, a ca.key copied by hand) is removed.
+    install -d -m 0750 -o root -g hf-mirror "$HFM_CERTS_DIR"
+    for file in "$HFM_CERTS_DIR"/* "$HFM_CERTS_DIR"/.[!.]*; do
+        [ -e "$file" ] || continue
+        case ${file##*/} in
+            ca.pem | "$NODE.pem" | "$NODE.key") ;;
+            *) log "removing $file from the certificates directory"; rm -rf "$file" ;;
+        esac
+    done
+    install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/ca.pem" "$HFM_CERTS_DIR/ca.pem"
+    install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/node.pem" "$HFM_CERTS_DIR/$NODE.pem"
+    install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/node.key" "$HFM_CERTS_DIR/$NODE.key"
+    if [ "${HFM_TLS:-0}" = 1 ]; then
+        install -d -m 0750 -o root -g hf-mirror "$CONF_DIR/tls"
+        install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/tls.pem" "$CONF_DIR/tls/cert.pem"
+        install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/tls.key" "$CONF_DIR/tls/key.pem"
+    else
+        rm -rf "$CONF_DIR/tls"
+    fi
+    install -m 0644 "$HFM_INCOMING/$SERVICE" "$UNIT_DIR/$SERVICE"
+    install -m 0644 "$HFM_INCOMING/$SOCKET" "$UNIT_DIR/$SOCKET"
+    install -d -m 0755 "$ROOT/bin"
+    install -m 0755 "$HFM_INCOMING/hf-mirror-step.sh" "$ROOT/bin/hf-mirror-step.sh"
+}
+
+# Points link $1 (current, previous) at $2 atomically; an empty $2 removes it.
+set_link() {
+    if [ -z "$2" ]; then
+        rm -f "$ROOT/$1"
+        return 0
+    fi
+    ln -sfn "$2" "$ROOT/.$1.new"
+    mv -T "$ROOT/.$1.new" "$ROOT/$1"
+}
+
+# Starts (or restarts) the node on the installed units: when the socket unit changed, the socket
+# is reopened, which needs the service stopped first (connections are refused for that moment).
+restart_node() {
+    socket_changed=$1
+    systemctl daemon-reload
+    systemctl enable --quiet "$SOCKET" "$SERVICE"
+    systemctl reset-failed "$SERVICE" "$SOCKET" 2>/dev/null || true
+    if [ "$socket_changed" = yes ]; then
+        systemctl stop "$SERVICE" || true
+        systemctl restart "$SOCKET" || return 1
+        systemctl start "$SERVICE" || return 1
+    else
+        systemctl start "$SOCKET" || return 1
+        systemctl restart "$SERVICE" || return 1
+    fi
+}
+
+# Keeps the releases `current` and `previous` name, and removes the others.
+prune_releases() {
+    keep_current=$(readlink "$ROOT/current" 2>/dev/null || true)
+    keep_previous=$(readlink "$ROOT/previous" 2>/dev/null || true)
+    for release in "$ROOT"/releases/*; do
+        [ -d "$release" ] || continue
+        relative=releases/${release##*/}
+        if [ "$relative" != "$keep_current" ] && [ "$relative" != "$keep_previous" ]; then
+            rm -rf "$release"
+        fi
+    done
+}
+
+deploy() {
+    [ "$(id -u)" -eq 0 ] || fail "must run as root"
+    need_tools systemctl journalctl curl sha256sum useradd getent install readlink awk sed
+    : "${HFM_SHA256:?}" "${HFM_INCOMING:?}" "${HFM_DATA_DIR:?}" "${HFM_CERTS_DIR:?}" "${HFM_LOCAL_URL:?}"
+    : "${HFM_NODES:?}" "${HFM_READY_TIMEOUT:=180}" "${HFM_PEERS_TIMEOUT:=180}" "${HFM_PEER_URLS:=}"
+
+    # The upload (with a copy of the node's key) goes when the step ends, whatever the outcome.
+    trap 'rm -rf "$HFM_INCOMING"' EXIT
+
+    # 1. verify
+    actual=$(sha256sum "$HFM_INCOMING/hf-mirror" | cut -d' ' -f1)
+    [ "$actual" = "$HFM_SHA256" ] || fail "the uploaded binary's sha256 is $actual, not $HFM_SHA256"
+    for file in topology.toml ca.pem node.pem node.key "$SERVICE" "$SOCKET" hf-mirror-step.sh; do
+        [ -s "$HFM_INCOMING/$file" ] || fail "the upload lacks $file"
+    done
+
+    # 2. install
+    release=$ROOT/releases/$HFM_SHA256
+    install -d -m 0755 "$ROOT" "$ROOT/releases"
+    if [ ! -f "$release/hf-mirror" ] || [ "$(sha256sum "$release/hf-mirror" | cut -d' ' -f1)" != "$HFM_SHA256" ]; then
+        staging=$ROOT/releases/.staging-$HFM_SHA256
+        rm -rf "$staging" "$release"
+        install -d -m 0755 "$staging"
+        install -m 0755 "$HFM_INCOMING/hf-mirror" "$staging/hf-mirror"
+        mv -T "$staging" "$release"
+        log "installed releases/$HFM_SHA256"
+    fi
+    if ! getent passwd hf-mirror >/dev/null; then
+        useradd --system --user-group --home-dir "$HFM_DATA_DIR" --no-create-home --shell /usr/sbin/nologin hf-mirror
+        log "created the hf-mirror system user"
+    fi
+    if [ ! -d "$HFM_DATA_DIR" ]; then
+        install -d -m 0750 -o hf-mirror -g hf-mirror "$HFM_DATA_DIR"
+        log "created the data directory $HFM_DATA_DIR (it was not there)"
+    fi
+    [ "$(stat -c %U "$HFM_DATA_DIR")" = hf-mirror ] || chown hf-mirror:hf-mirror "$HFM_DATA_DIR"
+
+    old_current=$(readlink "$ROOT/current" 2>/dev/null || true)
+    old_previous=$(readlink "$ROOT/previous" 2>/dev/null || true)
+    first_install=yes
+    [ -n "$old_current" ] && first_install=no
+
+    # 3. gate
+    if systemctl is-active --quiet "$SERVICE" && [ -x "$ROOT/current/hf-mirror" ]; then
+        log "checking that every other node is live before stopping this one"
+        wait_others_live "$ROOT/current/hf-mirror" ||
+            fail "refusing to stop $NODE: not every other node is live (a rollout never takes a second node down)"
+    fi
+
+    # 4. switch
+    socket_changed=yes
+    if [ -f "$UNIT_DIR/$SOCKET" ] && cmp -s "$UNIT_DIR/$SOCKET" "$HFM_INCOMING/$SOCKET" && systemctl is-active --quiet "$SOCKET"; then
+        socket_changed=no
+    fi
+    backup_config
+    install_config
+    new_current=releases/$HFM_SHA256
+    if [ "$old_current" != "$new_current" ]; then
+        set_link previous "$old_current"
+        set_link current "$new_current"
+    fi
+    log "switched: current -> $new_current, previous -> $(readlink "$ROOT/previous" 2>/dev/null || echo none)"
+
+    # 5. restart (ExecStop drains the running node first)
+    log "restarting: drain, stop, start on $new_current"
+    if restart_node "$socket_changed" && verify_started "$first_install"; then
+        prune_releases
+        rm -rf "$BACKUP"
+        log "deployed $HFM_SHA256"
+        return 0
+    fi
+
+    # 7. roll back
+    log "rolling back to ${old_current:-nothing (first install)}"
+    systemctl stop "$SERVICE" || true
+    restore_config
+    if [ -z "$old_current" ]; then
+        set_link current ""
+        systemctl daemon-reload
+        systemctl reset-failed "$SERVICE" "$SOCKET" 2>/dev/null || true
+        fail "release $HFM_SHA256 did not start on $NODE (first install: nothing to roll back to; the node stays stopped)"
+    fi
+    set_link current "$old_current"
+    set_link previous "$old_previous"
+    # Reopen the sockets only when their unit changed or systemd closed them (a start limit hit).
+    reopen=$socket_changed
+    systemctl is-active --quiet "$SOCKET" || reopen=yes
+    if restart_node "$reopen" && wait_ready; then
+        log "rolled back: running $(running_release)"
+    else
+        log "the rollback did not come up either: the node needs an operator"
+    fi
+    rm -rf "$BACKUP"
+    fail "release $HFM_SHA256 did not become ready on $NODE; rolled back to $old_current; stopping the rollout here"
+}
+
+decommission() {
+    [ "$(id -u)" -eq 0 ] || fail "must run as root"
+    log "decommissioning: drain, stop, remove units, releases and keys; the data directory stays"
+    # Stopping the service runs ExecStop (the drain); the socket goes after it.
+    systemctl stop "$SERVICE" 2>/dev/null || true
+    systemctl stop "$SOCKET" 2>/dev/null || true
+    systemctl disable --quiet "$SERVICE" "$SOCKET" 2>/dev/null || true
+    rm -f "$UNIT_DIR/$SERVICE" "$UNIT_DIR/$SOCKET"
+    systemctl daemon-reload 2>/dev/null || true
+    systemctl reset-failed "$SERVICE" "$SOCKET" 2>/dev/null || true
+    if [ -n "${HFM_CERTS_DIR:-}" ]; then
+        rm -f "$HFM_CERTS_DIR/ca.pem" "$HFM_CERTS_DIR/$NODE.pem" "$HFM_CERTS_DIR/$NODE.key"
+        rmdir "$HFM_CERTS_DIR" 2>/dev/null || true
+    fi
+    rm -rf "$CONF_DIR/tls" "$CONF_DIR/topology.toml"
+    rmdir "$CONF_DIR" 2>/dev/null || true
+    rm -rf "$ROOT"
+    log "decommissioned"
+}
+
+case "$ACTION" in
+    deploy) deploy ;;
+    decommission) decommission ;;
+    *) echo "usage: $0 deploy|decommission" >&2; exit 2 ;;
+esac

@@ -1,0 +1,209 @@
+# One hf-mirror node on its host: one terraform_data whose replacement is the node's deploy step.
+#
+# Replacing it (any trigger below changed) uploads the release, the topology, the node's own
+# certificates and the rendered units, then runs files/hf-mirror-step.sh on the host: verify, install,
+# gate on the other nodes being live, drain and restart on the new release, wait until it is ready,
+# live and caught up, or switch back and fail. create_before_destroy makes the replacement's
+# provisioners the whole upgrade (Terraform does not run destroy-time provisioners of a replaced
+# object), and `terraform destroy` alone runs the destroy-time step, which drains and stops the node.
+
+locals {
+  name         = var.node.name
+  install_root = var.cluster.install_root
+  incoming     = "${var.cluster.install_root}/incoming"
+
+  # The HTTP port: the socket unit listens on http_listen; the step and ExecStop talk to the node on
+  # loopback when it listens on every address, else on the address itself.
+  http_port     = regex(":([0-9]+)$", var.node.http_listen)[0]
+  listen_host   = replace(var.node.http_listen, "/:[0-9]+$/", "")
+  local_url     = contains(["0.0.0.0", "[::]", ""], local.listen_host) ? "http://127.0.0.1:${local.http_port}" : "http://${local.listen_host}:${local.http_port}"
+  endpoint_host = strcontains(var.node.host, ":") ? "[${var.node.host}]" : var.node.host
+  listen_fds    = var.node.dns_listen == null ? "http=3" : "http=3,dns_udp=4,dns_tcp=5"
+
+  ca_pem   = "${var.cluster.certs_dir}/ca.pem"
+  node_pem = "${var.cluster.certs_dir}/${var.node.name}.pem"
+  node_key = "${var.cluster.certs_dir}/${var.node.name}.key"
+  tls      = var.node.tls_cert != null
+
+  service_unit = templatefile("${path.module}/templates/hf-mirror.service.tftpl", {
+    name         = var.node.name
+    data_dir     = var.node.data_dir
+    listen_fds   = local.listen_fds
+    drain_url    = local.local_url
+    install_root = var.cluster.install_root
+    stop_timeout = var.cluster.stop_timeout
+    limit_nofile = var.cluster.limit_nofile
+    tls          = local.tls
+    environment  = var.node.environment
+  })
+  socket_unit = templatefile("${path.module}/templates/hf-mirror.socket.tftpl", {
+    name        = var.node.name
+    http_listen = var.node.http_listen
+    dns_listen  = var.node.dns_listen
+  })
+
+  # "name=url" of every other node, for the step's check that they see this node live.
+  peer_urls = join(" ", [for other in var.cluster.nodes : "${other}=${var.cluster.status_urls[other]}" if other != var.node.name])
+
+  step_environment = join(" ", [for key, value in {
+    HFM_NODE          = var.node.name
+    HFM_NODES         = join(" ", var.cluster.nodes)
+    HFM_SHA256        = var.cluster.binary_sha256
+    HFM_ROOT          = var.cluster.install_root
+    HFM_INCOMING      = local.incoming
+    HFM_DATA_DIR      = var.node.data_dir
+    HFM_CERTS_DIR     = var.cluster.remote_certs_dir
+    HFM_LOCAL_URL     = local.local_url
+    HFM_PEER_URLS     = local.peer_urls
+    HFM_TLS           = local.tls ? "1" : "0"
+    HFM_READY_TIMEOUT = tostring(var.cluster.ready_timeout)
+    HFM_PEERS_TIMEOUT = tostring(var.cluster.peers_timeout)
+  } : "${key}='${replace(value, "'", "")}'"])
+
+  # Runs what follows as root: directly, or through sudo for another SSH user.
+  as_root = "S=; [ \"$(id -u)\" -eq 0 ] || S='sudo -n'"
+}
+
+resource "terraform_data" "node" {
+  # What makes this node restart. Hashes, never contents, of the files: no key material reaches the
+  # state. The rendered units are kept as text so that a plan shows what changed in them.
+  triggers_replace = {
+    node            = var.node.name
+    host            = var.node.host
+    binary_sha256   = var.cluster.binary_sha256
+    topology_sha256 = var.cluster.topology_sha256
+    certificates = {
+      ca_pem   = filesha256(local.ca_pem)
+      node_pem = filesha256(local.node_pem)
+      node_key = filesha256(local.node_key)
+    }
+    tls = local.tls ? {
+      cert = filesha256(var.node.tls_cert)
+      key  = filesha256(var.node.tls_key)
+    } : null
+    service_unit = local.service_unit
+    socket_unit  = local.socket_unit
+  }
+
+  # What the destroy-time step and the outputs need (a destroy-time provisioner may only read self).
+  input = {
+    name             = var.node.name
+    host             = var.node.host
+    port             = var.node.port
+    user             = var.node.user
+    host_key         = var.node.host_key
+    private_key_file = var.ssh.private_key_file
+    agent            = var.ssh.agent
+    bastion_host     = try(var.ssh.bastion.host, null)
+    bastion_port     = try(var.ssh.bastion.port, null)
+    bastion_user     = try(var.ssh.bastion.user, null)
+    bastion_host_key = try(var.ssh.bastion.host_key, null)
+    install_root     = var.cluster.install_root
+    remote_certs_dir = var.cluster.remote_certs_dir
+    data_dir         = var.node.data_dir
+    sha256           = var.cluster.binary_sha256
+    local_url        = local.local_url
+    http_port        = local.http_port
+  }
+
+  lifecycle {
+    create_before_destroy = true
+
+    precondition {
+      condition     = fileexists(local.ca_pem) && fileexists(local.node_pem) && fileexists(local.node_key)
+      error_message = "Certificates of ${var.node.name} missing in ${var.cluster.certs_dir}: run `hf-mirror cluster certs --config TOPOLOGY --out ${var.cluster.certs_dir}` before planning."
+    }
+    precondition {
+      condition     = can(regex("^ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+", var.node.host_key)) || can(regex("^ecdsa-sha2-[a-z0-9-]+ [A-Za-z0-9+/=]+", var.node.host_key))
+      error_message = "nodes.${var.node.name}.host_key must be the host's public key line (e.g. the contents of /etc/ssh/ssh_host_ed25519_key.pub)."
+    }
+  }
+
+  connection {
+    type                = "ssh"
+    host                = self.input.host
+    port                = self.input.port
+    user                = self.input.user
+    host_key            = self.input.host_key
+    private_key         = self.input.private_key_file == null ? null : file(self.input.private_key_file)
+    agent               = self.input.agent
+    bastion_host        = self.input.bastion_host
+    bastion_port        = self.input.bastion_port
+    bastion_user        = self.input.bastion_user
+    bastion_host_key    = self.input.bastion_host_key
+    bastion_private_key = self.input.private_key_file == null ? null : file(self.input.private_key_file)
+    timeout             = "2m"
+  }
+
+  # An empty upload directory, writable by the SSH user only.
+  provisioner "remote-exec" {
+    inline = [
+      "set -eu",
+      local.as_root,
+      "$S install -d -m 0755 ${local.install_root}",
+      "$S rm -rf ${local.incoming}",
+      "$S install -d -m 0700 -o \"$(id -u)\" -g \"$(id -g)\" ${local.incoming}",
+    ]
+  }
+
+  provisioner "file" {
+    source      = var.cluster.binary
+    destination = "${local.incoming}/hf-mirror"
+  }
+  provisioner "file" {
+    source      = var.cluster.topology
+    destination = "${local.incoming}/topology.toml"
+  }
+  provisioner "file" {
+    source      = local.ca_pem
+    destination = "${local.incoming}/ca.pem"
+  }
+  provisioner "file" {
+    source      = local.node_pem
+    destination = "${local.incoming}/node.pem"
+  }
+  provisioner "file" {
+    source      = local.node_key
+    destination = "${local.incoming}/node.key"
+  }
+  # TLS files when the node has them (a placeholder otherwise, which the step ignores).
+  provisioner "file" {
+    source      = local.tls ? var.node.tls_cert : "${path.module}/files/no-tls.placeholder"
+    destination = "${local.incoming}/tls.pem"
+  }
+  provisioner "file" {
+    source      = local.tls ? var.node.tls_key : "${path.module}/files/no-tls.placeholder"
+    destination = "${local.incoming}/tls.key"
+  }
+  provisioner "file" {
+    content     = local.service_unit
+    destination = "${local.incoming}/hf-mirror.service"
+  }
+  provisioner "file" {
+    content     = local.socket_unit
+    destination = "${local.incoming}/hf-mirror.socket"
+  }
+  provisioner "file" {
+    source      = "${path.module}/files/hf-mirror-step.sh"
+    destination = "${local.incoming}/hf-mirror-step.sh"
+  }
+
+  provisioner "remote-exec" {
+    inline = [
+      "set -eu",
+      local.as_root,
+      "$S env ${local.step_environment} sh ${local.incoming}/hf-mirror-step.sh deploy",
+    ]
+  }
+
+  # `terraform destroy` only: drain and stop the node, remove its units, release and keys; the data
+  # directory stays. (Not run when the node is replaced: the replacement's step did the restart.)
+  provisioner "remote-exec" {
+    when = destroy
+    inline = [
+      "set -eu",
+      "S=; [ \"$(id -u)\" -eq 0 ] || S='sudo -n'",
+      "if [ -f ${self.input.install_root}/bin/hf-mirror-step.sh ]; then $S env HFM_NODE='${self.input.name}' HFM_ROOT='${self.input.install_root}' HFM_CERTS_DIR='${self.input.remote_certs_dir}' sh ${self.input.install_root}/bin/hf-mirror-step.sh decommission; else $S systemctl stop hf-mirror.service hf-mirror.socket || true; fi",
+    ]
+  }
+}
