@@ -21,6 +21,8 @@ command -v ip >/dev/null || needed+=(iproute2)
 command -v rsync >/dev/null || needed+=(rsync)
 # openssl, which makes the TLS tests' CA and certificates (curl drives h1/h2 over TLS).
 command -v openssl >/dev/null || needed+=(openssl)
+# haproxy, the real reverse proxy in front of a node (PROXY protocol v2) in the connection tests.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || needed+=(haproxy)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"

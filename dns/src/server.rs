@@ -20,7 +20,8 @@ use std::time::Duration;
 use hfm_cluster::membership::ClusterView;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
-use hickory_proto::rr::{DNSClass, Record};
+use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
+use hickory_proto::rr::{DNSClass, Name, RData, Record};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -88,6 +89,8 @@ impl RequestHandler for GeoHandler {
         if let Some(query_edns) = request.edns.as_ref() {
             let mut edns = Edns::new();
             edns.set_max_payload(query_edns.max_payload().clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD));
+            // RFC 3225: the DO bit of the query is copied into the answer's OPT.
+            edns.set_dnssec_ok(query_edns.flags().dnssec_ok);
             if query_edns.version() > 0 {
                 metadata.response_code = ResponseCode::BADVERS;
                 return send(&mut response_handle, request, metadata, Some(&edns), &[], &[], udp).await;
@@ -102,8 +105,22 @@ impl RequestHandler for GeoHandler {
             return send(&mut response_handle, request, metadata, response_edns.as_ref(), &[], &[], udp).await;
         }
         if request.metadata.op_code != OpCode::Query {
+            // What this server does not implement it does not pretend to understand either: no flag
+            // of the query is echoed beyond its id and opcode.
             metadata.response_code = ResponseCode::NotImp;
+            metadata.recursion_desired = false;
+            metadata.checking_disabled = false;
             return send(&mut response_handle, request, metadata, response_edns.as_ref(), &[], &[], udp).await;
+        }
+        // RFC 8945 §5.2.2: this server knows no TSIG key, so a signed query gets NOTAUTH with an
+        // unsigned TSIG saying BADKEY, never an answer as if it had been verified.
+        if let Some((key_name, tsig)) = request_tsig(request) {
+            metadata.response_code = ResponseCode::NotAuth;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            let unsigned =
+                TSIG::new(tsig.algorithm.clone(), now, tsig.fudge, Vec::new(), request.metadata.id, Some(TsigError::BadKey), Vec::new());
+            let signature = Box::new(make_tsig_record(key_name.clone(), unsigned));
+            return send_signed(&mut response_handle, request, metadata, response_edns.as_ref(), signature).await;
         }
         let Ok(info) = request.request_info() else {
             metadata.response_code = ResponseCode::FormErr;
@@ -146,6 +163,43 @@ impl RequestHandler for GeoHandler {
             edns.options_mut().insert(EdnsOption::Subnet(echoed));
         }
         send(&mut response_handle, request, metadata, response_edns.as_ref(), &answers, &authority, udp).await
+    }
+}
+
+/// The TSIG of a query: the last additional record (hickory, built without its DNSSEC features,
+/// leaves it there rather than in `signature`).
+fn request_tsig(request: &Request) -> Option<(&Name, &TSIG)> {
+    if let Some(signature) = request.signature.as_deref() {
+        return Some((&signature.name, &signature.data));
+    }
+    request.additionals.iter().find_map(|record| match &record.data {
+        RData::TSIG(tsig) => Some((&record.name, tsig)),
+        _ => None,
+    })
+}
+
+/// Sends an empty answer carrying `signature` (an unsigned TSIG with an error).
+async fn send_signed<R: ResponseHandler>(
+    response_handle: &mut R,
+    request: &Request,
+    metadata: Metadata,
+    edns: Option<&Edns>,
+    signature: Box<Record<TSIG>>,
+) -> ResponseInfo {
+    let mut response = MessageResponseBuilder::new(&request.queries, edns).build(
+        metadata,
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::empty(),
+        std::iter::empty(),
+    );
+    response.set_signature(signature);
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            warn!(%error, "cannot send a DNS response");
+            ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+        }
     }
 }
 

@@ -31,19 +31,25 @@ enum Command {
     Serve(ServeArgs),
     /// Shows a node's (and its cluster's) members, disk use and hit ratio.
     Status {
-        /// The node to ask.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        /// The node's operator port (`--operator-listen` of `serve`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HF_MIRROR_URL")]
         url: String,
+        /// The operator token (the node's `DATA/operator-token` unless set otherwise).
+        #[arg(long, default_value = "hf-mirror-data/operator-token", env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
+        token_file: PathBuf,
     },
     /// Drains a node: out of placement and DNS, catalog leadership handed over, fills finished;
-    /// then it can be stopped. Must be run on the node itself (loopback).
+    /// then it can be stopped. Through the node's operator port, with the operator token.
     Drain {
-        /// The node to drain.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        /// The node's operator port (`--operator-listen` of `serve`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HF_MIRROR_URL")]
         url: String,
+        /// The operator token (the node's `DATA/operator-token` unless set otherwise).
+        #[arg(long, default_value = "hf-mirror-data/operator-token", env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
+        token_file: PathBuf,
     },
     /// Pins a repository at a revision and fills every file onto every node (kept, never evicted),
-    /// showing progress until done. Safe to interrupt and re-run. Run on a node (loopback).
+    /// showing progress until done. Safe to interrupt and re-run. Through a node's operator port.
     Mirror {
         /// The repository, ORG/NAME.
         #[arg(long)]
@@ -56,15 +62,21 @@ enum Command {
         /// Removes the pin instead.
         #[arg(long)]
         unpin: bool,
-        /// The node to ask.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        /// The node's operator port (`--operator-listen` of `serve`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HF_MIRROR_URL")]
         url: String,
+        /// The operator token (the node's `DATA/operator-token` unless set otherwise).
+        #[arg(long, default_value = "hf-mirror-data/operator-token", env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
+        token_file: PathBuf,
     },
     /// Lists the pins with their commit and how complete each node is.
     Pins {
-        /// The node to ask.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "HF_MIRROR_URL")]
+        /// The node's operator port (`--operator-listen` of `serve`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "HF_MIRROR_URL")]
         url: String,
+        /// The operator token (the node's `DATA/operator-token` unless set otherwise).
+        #[arg(long, default_value = "hf-mirror-data/operator-token", env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
+        token_file: PathBuf,
     },
     /// Cluster operations: certificates, a local four-node try-out.
     #[command(subcommand)]
@@ -182,10 +194,13 @@ struct ServeArgs {
     /// The TCP address of the node's rsync daemon (topologies with an `[rsync]` section only).
     #[arg(long, env = "HF_MIRROR_RSYNC_LISTEN")]
     rsync_listen: Option<String>,
-    /// The operator port: `/metrics`, `/healthz`, `/readyz` for anyone reaching it (off by default;
-    /// the HTTP port serves `/metrics` to the node's own host).
-    #[arg(long, env = "HF_MIRROR_METRICS_LISTEN")]
+    /// The operator port: `/metrics`, `/healthz`, `/readyz` for anyone reaching it, and status,
+    /// drain and pins for a bearer of the operator token (off by default). Also `--operator-listen`.
+    #[arg(long, alias = "operator-listen", env = "HF_MIRROR_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// The operator token's file (default `DATA/operator-token`, made at first start).
+    #[arg(long, env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
     /// The access log's directory, or `off` (default `DATA/logs`).
     #[arg(long, env = "HF_MIRROR_ACCESS_LOG")]
     access_log: Option<String>,
@@ -249,6 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dns_listen: args.dns_listen,
         rsync_listen: args.rsync_listen,
         metrics_listen: args.metrics_listen,
+        operator_token_file: args.operator_token_file,
         access_log: args.access_log,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
@@ -307,7 +323,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
-            Command::Status { url } => hfm_node::cli::status::print_status(&url).await,
+            Command::Status { url, token_file } => hfm_node::cli::status::print_status(&url, &token_file).await,
             #[cfg(feature = "http3")]
             Command::H3Get { url, cacert, headers, head, output, repeat: None, .. } => {
                 h3_get(&url, cacert.as_deref(), &headers, head, output.as_deref()).await
@@ -318,11 +334,11 @@ fn main() -> std::process::ExitCode {
                 println!("requests {ok} failed {failed} in {:.2} s: {:.1} req/s", took.as_secs_f64(), ok as f64 / took.as_secs_f64());
                 Ok(())
             }
-            Command::Drain { url } => hfm_node::cli::status::drain(&url).await,
-            Command::Mirror { repo, repo_type, revision, unpin, url } => {
-                hfm_node::cli::pins::mirror_command(&url, &repo, &repo_type, &revision, unpin).await
+            Command::Drain { url, token_file } => hfm_node::cli::status::drain(&url, &token_file).await,
+            Command::Mirror { repo, repo_type, revision, unpin, url, token_file } => {
+                hfm_node::cli::pins::mirror_command(&url, &token_file, &repo, &repo_type, &revision, unpin).await
             }
-            Command::Pins { url } => hfm_node::cli::pins::print_pins(&url).await,
+            Command::Pins { url, token_file } => hfm_node::cli::pins::print_pins(&url, &token_file).await,
         }
     });
     match result {

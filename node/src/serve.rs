@@ -21,16 +21,19 @@ use tracing::info;
 
 use crate::blobs::{BlobSources, PeerFills, PinWatch, REPLICA_SERVICE, ReplicaService, Replicas};
 use crate::config::{ClusterConfig, NodeConfig};
-use crate::edge::{EdgeSettings, HubApi, Operator};
+use crate::edge::{EdgeSettings, HubApi, Operator, OperatorToken};
 use crate::metadata::{METADATA_SERVICE, Metadata, MetadataService, MetadataSettings};
-use crate::peers::{Peers, RaftMetrics};
+use crate::peers::{GossipMetrics, Peers, RaftMetrics};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
 use crate::store::BlobStore;
 use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
 use crate::transport::access_log::AccessLog;
 use crate::transport::admission::FrontDoor;
+use crate::transport::connections::ConnectionLimits;
+use crate::transport::http::ConnectionSettings;
 use crate::transport::limits::EdgeLimits;
+use crate::transport::proxy::TrustedProxies;
 use crate::transport::sockets::DnsSockets;
 use crate::upstream::Upstream;
 
@@ -56,9 +59,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let local_address = listener.local_addr()?;
     let (local_catalog, store, store_shutdown) = open_storage(&config)?;
+    let token = operator_token(&config)?;
+    let operator_listener = bind_operator_port(&config).await?;
+    let operator_address = operator_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let upstream = Upstream::new(&config.upstream).context("building the upstream client")?;
     let cluster = match &config.cluster {
-        Some(cluster_config) => Some(join_cluster(&config, cluster_config, local_address, peer_socket, local_catalog.clone()).await?),
+        Some(cluster_config) => {
+            Some(join_cluster(&config, cluster_config, local_address, operator_address, peer_socket, local_catalog.clone()).await?)
+        }
         None => None,
     };
     // In a cluster the catalog is replicated by Raft (reads stay local); alone, it is the local one.
@@ -75,9 +83,12 @@ pub async fn run(
     let limits = Arc::new(EdgeLimits::new(config.limits.clone()));
     let access_log_handle = access_log.as_ref().map(|(log, ..)| log.clone());
     let exposition = build_exposition(&parts, cluster.as_ref(), rsync.as_ref(), &limits, access_log_handle.as_ref());
-    let (app, operator_app) = build_edge(&config, &parts, cluster.as_ref(), rsync.as_ref(), exposition, limits, access_log_handle);
-    let front_end = HttpFrontEnd::start(&config, local_address, &app, shutdown.clone())?;
-    let operator_port = start_operator_port(&config, operator_app).await?;
+    let connections = ConnectionLimits::new(config.limits.connections, config.limits.connections_per_client);
+    let connection_settings = connection_settings(&config);
+    let (app, operator_app) =
+        build_edge(&config, &parts, cluster.as_ref(), rsync.as_ref(), exposition, limits, &connections, token, access_log_handle);
+    let front_end = HttpFrontEnd::start(&config, local_address, &app, &connections, &connection_settings, shutdown.clone())?;
+    let operator_port = operator_listener.map(|listener| serve_operator_port(listener, operator_app)).transpose()?;
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
     announce(&config, local_address, dns_server.as_ref(), operator_port.as_ref())?;
     let disk_reporter = cluster.as_ref().map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, shutdown.clone()));
@@ -85,7 +96,7 @@ pub async fn run(
         cluster.membership.set_ready(true).await;
     }
 
-    serve_until_shutdown(listener, app, &front_end, cluster.as_ref(), shutdown).await?;
+    serve_until_shutdown(listener, app, &front_end, connections, connection_settings, cluster.as_ref(), shutdown).await?;
 
     front_end.stop().await;
     stop_operator_port(operator_port).await;
@@ -143,10 +154,11 @@ async fn join_cluster(
     config: &NodeConfig,
     cluster_config: &ClusterConfig,
     local_address: SocketAddr,
+    operator_address: Option<SocketAddr>,
     peer_socket: Option<std::net::UdpSocket>,
     local_catalog: LocalCatalog,
 ) -> anyhow::Result<ClusterPlane> {
-    let membership = join_gossip(config, cluster_config, local_address).await?;
+    let membership = join_gossip(config, cluster_config, local_address, operator_address).await?;
     let peers = Peers::start(cluster_config, &config.name, peer_socket, membership.view(), membership.state()).await?;
     let members = peers.catalog_members(cluster_config);
     let self_id =
@@ -158,7 +170,12 @@ async fn join_cluster(
 }
 
 /// Starts gossip for this node, publishing its version and addresses; it is not ready yet.
-async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address: SocketAddr) -> anyhow::Result<Membership> {
+async fn join_gossip(
+    config: &NodeConfig,
+    cluster: &ClusterConfig,
+    local_address: SocketAddr,
+    operator_address: Option<SocketAddr>,
+) -> anyhow::Result<Membership> {
     let own = cluster.peers.iter().find(|peer| peer.name == config.name).context("this node is not in the topology")?;
     let gossip_advertise = tokio::net::lookup_host(&own.gossip_address)
         .await
@@ -166,6 +183,15 @@ async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address
         .next()
         .context("the gossip address resolves to nothing")?;
     let http_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local_address}"));
+    let mut advertised = vec![
+        (keys::VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        (keys::HTTP_URL.to_owned(), http_url),
+        (keys::PEER_ADDRESS.to_owned(), own.peer_address.clone()),
+    ];
+    // Where `hf-mirror status` asks this node for its details (with the operator token).
+    if let Some(address) = operator_address {
+        advertised.push((keys::OPERATOR_URL.to_owned(), format!("http://{address}")));
+    }
     let membership = Membership::join(MembershipConfig {
         node_name: config.name.clone(),
         cluster_id: cluster.cluster_name.clone(),
@@ -173,11 +199,10 @@ async fn join_gossip(config: &NodeConfig, cluster: &ClusterConfig, local_address
         gossip_advertise,
         seeds: cluster.peers.iter().filter(|peer| peer.name != config.name).map(|peer| peer.gossip_address.clone()).collect(),
         gossip_interval: cluster.gossip_interval,
-        advertised: vec![
-            (keys::VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-            (keys::HTTP_URL.to_owned(), http_url),
-            (keys::PEER_ADDRESS.to_owned(), own.peer_address.clone()),
-        ],
+        advertised,
+        gossip_key: Some(hfm_cluster::peer::certs::read_gossip_key(&cluster.certs_dir).with_context(|| {
+            format!("reading the cluster's gossip key in {} (`hf-mirror cluster certs` makes it)", cluster.certs_dir.display())
+        })?),
     })
     .await?;
     Ok(membership)
@@ -276,7 +301,9 @@ fn serve_peers(cluster: &ClusterPlane, parts: &Parts, shutdown: CancellationToke
     }
     let endpoint = cluster.peers.endpoint().clone();
     let token = shutdown.clone();
-    (shutdown, tokio::spawn(async move { endpoint.serve(fills, services, token).await }))
+    // Only the topology's nodes are served, each known by the name its certificate carries.
+    let members = cluster.peers.topology_names();
+    (shutdown, tokio::spawn(async move { endpoint.serve(fills, services, members, token).await }))
 }
 
 /// Bulk users' rsync daemon, supervised, and the keeper of its module trees (pins, indexes).
@@ -350,7 +377,7 @@ fn build_exposition(
     rsync: Option<&RsyncPlane>,
     limits: &Arc<EdgeLimits>,
     access_log: Option<&AccessLog>,
-) -> Arc<Exposition> {
+) -> Exposition {
     let mut exposition = Exposition::new();
     exposition.add_source(AnswerMetric {
         counters: parts.file_answers.clone(),
@@ -364,6 +391,7 @@ fn build_exposition(
     if let Some(cluster) = cluster {
         exposition.add_source(cluster.peers.clone());
         exposition.add_source(RaftMetrics(cluster.raft.clone()));
+        exposition.add_source(GossipMetrics(cluster.membership.rejections()));
     }
     if let Some(rsync) = rsync {
         exposition.add_source(rsync.daemon.clone());
@@ -372,7 +400,7 @@ fn build_exposition(
     if let Some(access_log) = access_log {
         exposition.add_source(access_log.clone());
     }
-    Arc::new(exposition)
+    exposition
 }
 
 /// The access log's writer, unless it is off.
@@ -397,10 +425,14 @@ fn build_edge(
     parts: &Parts,
     cluster: Option<&ClusterPlane>,
     rsync: Option<&RsyncPlane>,
-    exposition: Arc<Exposition>,
+    mut exposition: Exposition,
     limits: Arc<EdgeLimits>,
+    connections: &ConnectionLimits,
+    token: OperatorToken,
     access_log: Option<AccessLog>,
 ) -> (axum::Router, axum::Router) {
+    exposition.add_source(connections.clone());
+    let exposition = Arc::new(exposition);
     let settings = EdgeSettings { public_url: config.public_url.clone(), listen: config.listen, tree_page_size: config.tree_page_size };
     let hub = Arc::new(HubApi {
         metadata: parts.metadata.clone(),
@@ -414,7 +446,7 @@ fn build_edge(
     });
     let operator = Arc::new(Operator {
         node_name: config.name.clone(),
-        listen: config.listen,
+        token,
         catalog: parts.catalog.clone(),
         store: parts.store.clone(),
         file_answers: parts.file_answers.clone(),
@@ -438,10 +470,21 @@ fn rsync_hint(config: &NodeConfig) -> String {
     }
 }
 
+/// How long clients may take and how much a connection may carry, from `[limits]`.
+fn connection_settings(config: &NodeConfig) -> ConnectionSettings {
+    let limits = &config.limits;
+    ConnectionSettings {
+        header_timeout: limits.header_timeout,
+        idle_timeout: limits.idle_timeout,
+        streams_per_connection: limits.streams_per_connection,
+        trusted_proxies: TrustedProxies(limits.trusted_proxies.clone()),
+    }
+}
+
 /// TLS (on the same port as cleartext) with its SIGHUP reloader, and HTTP/3 on the same port number
 /// over UDP, advertised with `Alt-Svc` while it runs.
 struct HttpFrontEnd {
-    tls: Option<crate::transport::http::TlsState>,
+    tls: Option<crate::transport::tls::TlsState>,
     alt_svc: Option<http::HeaderValue>,
     #[cfg(feature = "http3")]
     http3: Option<crate::transport::http3::Http3>,
@@ -453,15 +496,19 @@ impl HttpFrontEnd {
         config: &NodeConfig,
         local_address: SocketAddr,
         app: &axum::Router,
+        connections: &ConnectionLimits,
+        settings: &ConnectionSettings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<HttpFrontEnd> {
         let tls = match &config.tls {
-            Some(files) => Some(crate::transport::http::TlsState::load(files.clone()).context("loading the TLS certificate")?),
+            Some(files) => Some(crate::transport::tls::TlsState::load(files.clone()).context("loading the TLS certificate")?),
             None => None,
         };
         #[cfg(feature = "http3")]
         let http3 = match &tls {
-            Some(tls) => Some(crate::transport::http3::Http3::start(local_address, tls, app.clone())?),
+            Some(tls) => {
+                Some(crate::transport::http3::Http3::start(local_address, tls, app.clone(), connections.clone(), settings.clone())?)
+            }
             None => None,
         };
         #[cfg(feature = "http3")]
@@ -471,11 +518,11 @@ impl HttpFrontEnd {
         });
         #[cfg(not(feature = "http3"))]
         let alt_svc: Option<http::HeaderValue> = {
-            let _ = (local_address, app);
+            let _ = (local_address, app, connections, settings);
             None
         };
         let tls_reloader = match &tls {
-            Some(tls) => Some(crate::transport::http::spawn_reloader(tls.clone(), shutdown)?),
+            Some(tls) => Some(crate::transport::tls::spawn_reloader(tls.clone(), shutdown)?),
             None => None,
         };
         Ok(HttpFrontEnd {
@@ -498,13 +545,22 @@ impl HttpFrontEnd {
     }
 }
 
-/// The operator port (metrics and probes), when configured; it stops after the HTTP server.
-async fn start_operator_port(
-    config: &NodeConfig,
-    app: axum::Router,
-) -> anyhow::Result<Option<(SocketAddr, CancellationToken, JoinHandle<()>)>> {
+/// The operator token: read from its file, or made (32 random bytes, hex, mode 0600) when the file
+/// does not exist yet. A cluster's nodes share one, distributed with their certificates.
+fn operator_token(config: &NodeConfig) -> anyhow::Result<OperatorToken> {
+    let path = config.operator_token_path();
+    let text = crate::common::secret::ensure_token_file(&path).with_context(|| format!("reading the operator token {}", path.display()))?;
+    OperatorToken::new(text).with_context(|| format!("{}: an operator token is at least 16 visible ASCII characters", path.display()))
+}
+
+/// The operator port's listener, bound before the node joins gossip (which names its address).
+async fn bind_operator_port(config: &NodeConfig) -> anyhow::Result<Option<TcpListener>> {
     let Some(address) = config.metrics_listen else { return Ok(None) };
-    let listener = TcpListener::bind(address).await.with_context(|| format!("binding the operator port {address}"))?;
+    Ok(Some(TcpListener::bind(address).await.with_context(|| format!("binding the operator port {address}"))?))
+}
+
+/// Serves the operator port (metrics, probes, the operator's routes); it stops after the HTTP server.
+fn serve_operator_port(listener: TcpListener, app: axum::Router) -> anyhow::Result<(SocketAddr, CancellationToken, JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -513,7 +569,7 @@ async fn start_operator_port(
             tracing::warn!(%error, "the operator port stopped with an error");
         }
     });
-    Ok(Some((bound, shutdown, task)))
+    Ok((bound, shutdown, task))
 }
 
 async fn stop_operator_port(operator_port: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>) {
@@ -539,6 +595,7 @@ fn announce(
     }
     if let Some((address, ..)) = operator_port {
         writeln!(stdout, "metrics {} http://{address}/metrics", config.name)?;
+        writeln!(stdout, "operator {} http://{address}", config.name)?;
     }
     writeln!(stdout, "node {} http://{local_address}", config.name)?;
     stdout.flush()?;
@@ -569,6 +626,8 @@ async fn serve_until_shutdown(
     listener: TcpListener,
     app: axum::Router,
     front_end: &HttpFrontEnd,
+    connections: ConnectionLimits,
+    settings: ConnectionSettings,
     cluster: Option<&ClusterPlane>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -585,10 +644,10 @@ async fn serve_until_shutdown(
             http_shutdown.cancel();
         })
     };
-    let served =
-        crate::transport::http::serve(listener, app, front_end.tls.clone(), front_end.alt_svc.clone(), http_shutdown, GRACE_PERIOD)
-            .await
-            .context("serving HTTP");
+    let (tls, alt_svc) = (front_end.tls.clone(), front_end.alt_svc.clone());
+    let served = crate::transport::http::serve(listener, app, tls, alt_svc, connections, settings, http_shutdown, GRACE_PERIOD)
+        .await
+        .context("serving HTTP");
     leaving.abort();
     served
 }

@@ -347,15 +347,29 @@ class Mirror:
             raise RuntimeError(f"mirror binary {binary} does not exist (set HF_MIRROR_BIN or build it)")
         n = next(self._counter)
         log = self.workdir / f"mirror-{n}.out"
+        # Every node gets an operator port (status, drain, pins, metrics) unless the test picks one.
+        operator = [] if "--metrics-listen" in self.extra_args else ["--operator-listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-             "--upstream", self.upstream, "--ref-ttl", self.ref_ttl, *self.extra_args],
+             "--upstream", self.upstream, "--ref-ttl", self.ref_ttl, *operator, *self.extra_args],
             stdout=open(log, "wb"), stderr=open(log.with_suffix(".err"), "wb"), stdin=subprocess.DEVNULL,
             cwd=str(self.workdir), env=clean_env(),
         )
         m = wait_for_line(self.proc, log, re.compile(r"^node (\w[\w.-]*) (http://127\.0\.0\.1:\d+)\s*$"), "mirror")
         self.name, self.url = m.group(1), m.group(2)
         self.log_path = log.with_suffix(".err")
+        operator_lines = [line.split()[2] for line in log.read_text().splitlines() if line.startswith(f"operator {self.name} ")]
+        self.operator_url = operator_lines[-1]
+        self.token_file = self.data_dir / "operator-token"
+
+    def operator_request(self, method: str, path: str, **kw) -> Response:
+        """A request to the operator port with the operator token."""
+        headers = {"Authorization": f"Bearer {self.token_file.read_text().strip()}", **kw.pop("headers", {})}
+        return http_request(self.operator_url, method, path, headers=headers, **kw)
+
+    def operator_args(self) -> list[str]:
+        """`--url` and `--token-file` for an `hf-mirror` operator command."""
+        return ["--url", self.operator_url, "--token-file", str(self.token_file)]
 
     def kill(self) -> None:
         """kill -9: no chance to clean up."""

@@ -27,6 +27,7 @@ LFS = "/org/model/resolve/main/model.safetensors"
 NODE_LINE = re.compile(r"^node (\S+) (http://\S+)$")
 DNS_LINE = re.compile(r"^dns (\S+) (\S+:\d+)$")
 RSYNC_LINE = re.compile(r"^rsync (\S+) (\S+:\d+)$")
+OPERATOR_LINE = re.compile(r"^operator (\S+) (http://\S+)$")
 
 
 class Cluster:
@@ -47,6 +48,14 @@ class Cluster:
             assert time.monotonic() < deadline, "cluster up did not print four node lines"
             self.nodes = {m.group(1): m.group(2) for m in map(NODE_LINE.match, self.out.read_text().splitlines()) if m}
             time.sleep(0.1)
+        # Every node's operator port (status, drain, metrics), and the token they share.
+        self.operators = {m.group(1): m.group(2) for m in map(OPERATOR_LINE.match, self.out.read_text().splitlines()) if m}
+        assert sorted(self.operators) == sorted(self.nodes), self.out.read_text()
+        self.token = (self.data_dir / "operator-token").read_text().strip()
+
+    def operator(self, name: str, method: str, path: str, **kw):
+        """A request to node `name`'s operator port with the cluster's operator token."""
+        return http_request(self.operators[name], method, path, headers={"Authorization": f"Bearer {self.token}"}, **kw)
 
     def stop(self) -> None:
         stop_process(self.proc, grace=30)
@@ -111,16 +120,16 @@ def test_cluster_up_prints_every_node_and_each_answers(cluster, fake_hub):
     for name, address in rsyncd.items():
         modules = subprocess.run(["rsync", f"rsync://{address}/"], capture_output=True, text=True, timeout=20).stdout
         assert all(module in modules for module in ("models", "datasets", "indexes")), (name, modules)
-    # Every node's metrics (its HTTP port serves them to its own host) show the cluster it sees.
+    # Every node's metrics (on its operator port) show the cluster it sees.
     for name, url in cluster.nodes.items():
         def cluster_seen():
-            text = http_request(url, "GET", "/metrics").body.decode()
+            text = http_request(cluster.operators[name], "GET", "/metrics").body.decode()
             wanted = ['hfm_gossip_members{state="live"} 4', "hfm_raft_has_leader 1", "hfm_rsync_up 1"]
             return all(line in text.splitlines() for line in wanted)
         wait_until(cluster_seen, f"{name}'s metrics showing four live nodes, a catalog leader and rsync", timeout=30)
         assert http_request(url, "GET", "/readyz").status == 200
     # The Grafana dashboard in deploy/ only uses metric names a cluster node exports.
-    exported = {line.split("{")[0].split(" ")[0] for line in http_request(url, "GET", "/metrics").body.decode().splitlines()
+    exported = {line.split("{")[0].split(" ")[0] for line in http_request(cluster.operators[name], "GET", "/metrics").body.decode().splitlines()
                 if line and not line.startswith("#")}
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
@@ -225,15 +234,15 @@ def test_a_peer_killed_mid_transfer_does_not_fail_the_download(cluster, fake_hub
     wait_until(lambda: cluster.has_blob(client_node, meta["sha256"]), "the client's node to store the blob")
 
 
-def node_status(url: str) -> dict:
-    r = http_request(url, "GET", "/_hfm/status")
+def node_status(cluster, name: str) -> dict:
+    r = cluster.operator(name, "GET", "/_hfm/status")
     assert r.status == 200, r
     return r.json()
 
 
 def wait_for_applied_everywhere(cluster, names) -> None:
     def converged():
-        applied = {node_status(cluster.nodes[name])["raft"]["last_applied"] for name in names}
+        applied = {node_status(cluster, name)["raft"]["last_applied"] for name in names}
         return len(applied) == 1 and None not in applied
     wait_until(converged, "every node to apply the same catalog log")
 
@@ -258,13 +267,13 @@ def test_metadata_fetched_through_one_node_is_known_to_all(cluster, fake_hub):
 
 def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, fake_hub):
     names = list(cluster.nodes)
-    leader_id = wait_until(lambda: node_status(cluster.nodes[names[0]])["raft"]["leader"], "a catalog leader")
+    leader_id = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader"], "a catalog leader")
     leader = names[leader_id - 1]
     survivors = [name for name in names if name != leader]
     os.kill(cluster.node_pid(leader), signal.SIGKILL)
     new_leader = wait_until(
         lambda: (lambda status: status["raft"]["leader"] if status["raft"]["leader"] not in (None, leader_id) else None)(
-            node_status(cluster.nodes[survivors[0]])),
+            node_status(cluster, survivors[0])),
         "a new catalog leader")
     assert names[new_leader - 1] in survivors
     # A write after the election (a new ref) reaches every survivor's catalog.
@@ -279,34 +288,35 @@ def test_a_drained_node_leaves_placement_and_catalog_leadership(cluster, fake_hu
     ranking = preference_list(meta["sha256"])
     drained, client_node = ranking[0], ranking[-1]
     # Drain the blob's first-choice node.
-    r = http_request(cluster.nodes[drained], "POST", "/_hfm/drain", timeout=120)
+    r = cluster.operator(drained, "POST", "/_hfm/drain", timeout=120)
     assert r.status == 200, r
     answer = r.json()
     assert answer["draining"] is True and answer["fills_finished"] is True
-    wait_until(lambda: next(m for m in node_status(cluster.nodes[client_node])["members"] if m["name"] == drained)["state"] == "draining",
+    wait_until(lambda: next(m for m in node_status(cluster, client_node)["members"] if m["name"] == drained)["state"] == "draining",
                "the others to see the node draining")
     # If the drained node led the catalog, it handed leadership over.
     names = list(cluster.nodes)
     wait_until(lambda: (lambda leader: leader is not None and names[leader - 1] != drained)(
-        node_status(cluster.nodes[client_node])["raft"]["leader"]), "a catalog leader other than the drained node")
+        node_status(cluster, client_node)["raft"]["leader"]), "a catalog leader other than the drained node")
     r = http_request(cluster.nodes[client_node], "GET", LFS)
     assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == meta["sha256"]
     assert not fetched_upstream(cluster.log(drained)), "a draining node was chosen as fill leader"
     assert fetched_upstream(cluster.log(ranking[1])), "the next node in placement order leads the fill"
-    # Draining is a POST (and, from other hosts, refused: see the edge's unit tests).
-    r = http_request(cluster.nodes[client_node], "GET", "/_hfm/drain")
-    assert r.status == 405
+    # Draining is a POST on the operator port, with the token; the public port has no such route.
+    assert cluster.operator(client_node, "GET", "/_hfm/drain").status == 405
+    assert http_request(cluster.operators[client_node], "POST", "/_hfm/drain").status == 401
+    assert http_request(cluster.nodes[client_node], "POST", "/_hfm/drain").status == 404
 
 
 def test_draining_the_catalog_leader_hands_leadership_over(cluster):
     names = list(cluster.nodes)
-    leader_id = wait_until(lambda: node_status(cluster.nodes[names[0]])["raft"]["leader"], "a catalog leader")
+    leader_id = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader"], "a catalog leader")
     leader = names[leader_id - 1]
-    r = http_request(cluster.nodes[leader], "POST", "/_hfm/drain", timeout=120)
+    r = cluster.operator(leader, "POST", "/_hfm/drain", timeout=120)
     assert r.status == 200, r
     assert r.json()["catalog_leadership_handed_to"] is not None
     other = next(name for name in names if name != leader)
-    wait_until(lambda: (lambda new: new is not None and new != leader_id)(node_status(cluster.nodes[other])["raft"]["leader"]),
+    wait_until(lambda: (lambda new: new is not None and new != leader_id)(node_status(cluster, other)["raft"]["leader"]),
                "leadership to move off the drained node")
 
 

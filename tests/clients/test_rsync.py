@@ -43,7 +43,7 @@ timeout_secs = 60""")
 
 
 def pin(mirror, repo: str, repo_type: str = "model") -> str:
-    result = subprocess.run([str(mirror_bin()), "mirror", "--repo", repo, "--type", repo_type, "--url", mirror.url],
+    result = subprocess.run([str(mirror_bin()), "mirror", "--repo", repo, "--type", repo_type, *mirror.operator_args()],
                             capture_output=True, text=True, timeout=300, env=clean_env())
     assert result.returncode == 0, result.stderr + result.stdout
     assert "is on every live node" in result.stdout, result.stdout
@@ -78,7 +78,7 @@ def assert_tree_matches(fake_hub, key: str, repo: str, repo_type: str, sha: str,
 def test_a_pinned_repo_pulled_with_rsync_has_upstreams_bytes_and_a_second_pull_transfers_nothing(rsync_mirror, fake_hub, tmp_path):
     modules = rsync(rsync_mirror.rsync_url + "/")
     assert modules.returncode == 0 and all(m in modules.stdout for m in ("models", "datasets", "indexes")), modules
-    status = subprocess.run([str(mirror_bin()), "status", "--url", rsync_mirror.url], capture_output=True, text=True,
+    status = subprocess.run([str(mirror_bin()), "status", *rsync_mirror.operator_args()], capture_output=True, text=True,
                             timeout=30, env=clean_env())
     assert status.returncode == 0 and "rsync" in status.stdout.splitlines()[0], status.stdout
     assert status.stdout.splitlines()[1].split()[0] == "solo" and " up " in status.stdout.splitlines()[1], status.stdout
@@ -106,7 +106,7 @@ def test_a_pinned_repo_pulled_with_rsync_has_upstreams_bytes_and_a_second_pull_t
 
     # Unpinned, the repo leaves the module.
     result = subprocess.run([str(mirror_bin()), "mirror", "--repo", "org/dataset", "--type", "dataset", "--unpin",
-                             "--url", rsync_mirror.url], capture_output=True, text=True, timeout=60, env=clean_env())
+                             *rsync_mirror.operator_args()], capture_output=True, text=True, timeout=60, env=clean_env())
     assert result.returncode == 0, result.stderr
     wait_until(lambda: trace_commit(rsync_mirror, "datasets/org/dataset") is None, "the unpinned tree to go", timeout=30)
 
@@ -123,7 +123,7 @@ def test_a_pinned_branch_that_moves_upstream_switches_the_tree(rsync_mirror, fak
     result = rsync("-a", f"{rsync_mirror.rsync_url}/models/org/model/", str(pulled))
     assert result.returncode == 0, result.stderr
     assert_tree_matches(fake_hub, "org/model", "org/model", "model", new, pulled)
-    pins = rsync_mirror.request("GET", "/_hfm/pins").json()["pins"]
+    pins = rsync_mirror.operator_request("GET", "/_hfm/pins").json()["pins"]
     assert [p["commit"] for p in pins if p["repo"] == "org/model"] == [new]
 
 
@@ -162,7 +162,7 @@ def test_the_parquet_indexes_match_the_catalog(rsync_mirror, fake_hub, tmp_path)
     repos = pq.read_table(indexes / "repos.parquet").to_pylist()
     assert [(r["cacheable"], r["pinned"]) for r in repos if r["repo"] == "org/model" and r["type"] == "model"] == [(True, True)]
     # The status endpoint agrees with the index.
-    status = rsync_mirror.request("GET", "/_hfm/pins").json()["pins"][0]
+    status = rsync_mirror.operator_request("GET", "/_hfm/pins").json()["pins"][0]
     assert status["commit"] == sha and status["nodes"]["solo"]["complete"] is True
     # Dated snapshots sit beside latest.
     listing = rsync(f"{rsync_mirror.rsync_url}/indexes/")

@@ -11,5 +11,7 @@ pub const FREE_DISK: &str = "free_disk";
 pub const VERSION: &str = "version";
 /// `http://host:port` of the node's Hub edge.
 pub const HTTP_URL: &str = "http_url";
+/// `http://host:port` of the node's operator port (status, drain, pins; a token is needed there).
+pub const OPERATOR_URL: &str = "operator_url";
 /// `host:port` of the node's QUIC peer endpoint.
 pub const PEER_ADDRESS: &str = "peer_address";

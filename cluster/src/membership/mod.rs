@@ -7,11 +7,14 @@
 //!
 //! This is the only module of the crate that imports chitchat.
 
+pub mod auth;
 pub mod keys;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::sync::Arc;
 
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat};
@@ -32,6 +35,9 @@ pub struct MembershipConfig {
     pub gossip_interval: Duration,
     /// What this node publishes at start (addresses, version); readiness starts false.
     pub advertised: Vec<(String, String)>,
+    /// The cluster's gossip key; every datagram is authenticated under it ([`auth`]). `None` gossips
+    /// in the clear, as chitchat does: for tests that show what the key prevents, never for a node.
+    pub gossip_key: Option<Vec<u8>>,
 }
 
 /// One node as gossip sees it.
@@ -45,6 +51,7 @@ pub struct Member {
     pub free_disk: Option<u64>,
     pub version: Option<String>,
     pub http_url: Option<String>,
+    pub operator_url: Option<String>,
     pub peer_address: Option<String>,
 }
 
@@ -77,6 +84,7 @@ fn member_from_state(id: &ChitchatId, state: &NodeState) -> Member {
         free_disk: state.get(keys::FREE_DISK).and_then(|value| value.parse().ok()),
         version: state.get(keys::VERSION).map(str::to_owned),
         http_url: state.get(keys::HTTP_URL).map(str::to_owned),
+        operator_url: state.get(keys::OPERATOR_URL).map(str::to_owned),
         peer_address: state.get(keys::PEER_ADDRESS).map(str::to_owned),
     }
 }
@@ -130,6 +138,7 @@ pub struct Membership {
     view_rx: watch::Receiver<ClusterView>,
     gossip_interval: Duration,
     watcher_stop: CancellationToken,
+    rejections: Arc<auth::GossipRejections>,
 }
 
 impl Membership {
@@ -159,8 +168,12 @@ impl Membership {
         let mut initial = config.advertised.clone();
         initial.push((keys::READY.to_owned(), "false".to_owned()));
         initial.push((keys::DRAINING.to_owned(), "false".to_owned()));
-        let handle =
-            spawn_chitchat(chitchat_config, initial, &UdpTransport).await.map_err(|error| MembershipError(format!("{error:#}")))?;
+        let rejections = Arc::new(auth::GossipRejections::default());
+        let spawned = match &config.gossip_key {
+            Some(key) => spawn_chitchat(chitchat_config, initial, &auth::AuthenticatedUdp::new(key, rejections.clone())).await,
+            None => spawn_chitchat(chitchat_config, initial, &UdpTransport).await,
+        };
+        let handle = spawned.map_err(|error| MembershipError(format!("{error:#}")))?;
         let mut live_rx = handle.with_chitchat(|chitchat| chitchat.live_nodes_watcher()).await;
         let (view_tx, view_rx) = watch::channel(view_of(&live_rx.borrow_and_update()));
         let watcher_stop = CancellationToken::new();
@@ -182,7 +195,7 @@ impl Membership {
             }
         });
         info!(node = %config.node_name, gossip = %config.gossip_listen, seeds = config.seeds.len(), "gossip started");
-        Ok(Membership { handle, view_rx, gossip_interval: config.gossip_interval, watcher_stop })
+        Ok(Membership { handle, view_rx, gossip_interval: config.gossip_interval, watcher_stop, rejections })
     }
 
     /// The live members, updated as gossip learns of joins, leaves and state changes.
@@ -205,6 +218,11 @@ impl Membership {
 
     pub fn gossip_interval(&self) -> Duration {
         self.gossip_interval
+    }
+
+    /// The datagrams dropped as forged, stale or replayed since start.
+    pub fn rejections(&self) -> Arc<auth::GossipRejections> {
+        self.rejections.clone()
     }
 
     /// Leaves gracefully: not ready first, for two gossip rounds so peers hear it, then stops.

@@ -29,6 +29,22 @@ pub fn ca_cert_path(directory: &Path) -> PathBuf {
     directory.join("ca.pem")
 }
 
+/// The cluster's gossip key: every gossip datagram carries a MAC under it.
+pub fn gossip_key_path(directory: &Path) -> PathBuf {
+    directory.join("gossip.key")
+}
+
+/// Reads the gossip key (its file's text, trimmed; at least 32 characters).
+pub fn read_gossip_key(directory: &Path) -> Result<Vec<u8>, CertError> {
+    let path = gossip_key_path(directory);
+    let text = std::fs::read_to_string(&path).map_err(|source| CertError::Io { path: path.clone(), source })?;
+    let key = text.trim().as_bytes().to_vec();
+    if key.len() < 32 {
+        return Err(CertError::Io { path, source: std::io::Error::other("a gossip key is at least 32 characters") });
+    }
+    Ok(key)
+}
+
 fn write(path: PathBuf, contents: &str, private: bool) -> Result<(), CertError> {
     std::fs::write(&path, contents).map_err(|source| CertError::Io { path: path.clone(), source })?;
     if private {
@@ -38,8 +54,9 @@ fn write(path: PathBuf, contents: &str, private: bool) -> Result<(), CertError> 
     Ok(())
 }
 
-/// Creates a new cluster CA and a certificate for every node in `directory`. The CA's private key is
-/// written too (`ca.key`), for the operator to keep offline; nodes never need it.
+/// Creates a new cluster CA and a certificate for every node in `directory`, and the cluster's gossip
+/// key (`gossip.key`, 32 random bytes in hex) when there is none yet. The CA's private key is written
+/// too (`ca.key`), for the operator to keep offline; nodes never need it.
 pub fn generate_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[String]) -> Result<(), CertError> {
     std::fs::create_dir_all(directory).map_err(|source| CertError::Io { path: directory.to_path_buf(), source })?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -58,6 +75,14 @@ pub fn generate_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[Str
         let certificate = params.signed_by(&key, &*ca)?;
         write(node_cert_path(directory, node), &certificate.pem(), false)?;
         write(node_key_path(directory, node), &key.serialize_pem(), true)?;
+    }
+    let gossip_key = gossip_key_path(directory);
+    if !gossip_key.exists() {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|error| CertError::Io { path: gossip_key.clone(), source: std::io::Error::other(error.to_string()) })?;
+        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        write(gossip_key, &hex, true)?;
     }
     Ok(())
 }

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -42,10 +44,12 @@ pub trait LocalBlobs: Send + Sync + 'static {
 /// The RPC services a node offers its peers, by name.
 pub type RpcServices = HashMap<String, Arc<dyn RpcHandler>>;
 
-/// Answers opaque RPCs from peers (the Raft catalog's messages, metadata requests).
+/// Answers opaque RPCs from peers (the Raft catalog's messages, metadata requests). `caller` is the
+/// topology name the calling node's certificate was issued to: a handler refuses a message that
+/// claims to come from another node.
 #[async_trait::async_trait]
 pub trait RpcHandler: Send + Sync + 'static {
-    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String>;
+    async fn handle(&self, caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,23 @@ pub struct PeerAddress {
 pub struct PeerEndpoint {
     endpoint: quinn::Endpoint,
     connections: Arc<Mutex<HashMap<PeerAddress, quinn::Connection>>>,
+    /// Connections closed because their certificate named no member of the topology.
+    refused: Arc<AtomicU64>,
+}
+
+/// The QUIC close code for a peer whose certificate names no member.
+const NOT_A_MEMBER: u32 = 0x101;
+
+/// The topology name the peer's certificate was issued to (the chain was verified against the
+/// cluster CA during the handshake): its subject alternative name must be one of `members`.
+fn peer_node_name<'a>(connection: &quinn::Connection, members: &'a [String]) -> Option<&'a str> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = rustls::server::ParsedCertificate::try_from(chain.first()?).ok()?;
+    members
+        .iter()
+        .map(String::as_str)
+        .find(|name| ServerName::try_from(*name).is_ok_and(|server_name| rustls::client::verify_server_name(&leaf, &server_name).is_ok()))
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -108,17 +129,23 @@ impl PeerEndpoint {
         let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
             .map_err(|error| PeerError::Setup(format!("opening the QUIC endpoint: {error}")))?;
         endpoint.set_default_client_config(client);
-        Ok(PeerEndpoint { endpoint, connections: Arc::new(Mutex::new(HashMap::new())) })
+        Ok(PeerEndpoint { endpoint, connections: Arc::new(Mutex::new(HashMap::new())), refused: Arc::default() })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
 
+    /// How many connections were closed because their certificate named no member.
+    pub fn refused_peers(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Serves peers until `shutdown`; every connection and stream task is owned by a tracker and
-    /// awaited before returning.
-    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, services: RpcServices, shutdown: CancellationToken) {
+    /// awaited before returning. Only nodes of `members` are served, each knowing only as itself.
+    pub async fn serve(&self, blobs: Arc<dyn LocalBlobs>, services: RpcServices, members: Vec<String>, shutdown: CancellationToken) {
         let rpc = Arc::new(services);
+        let members = Arc::new(members);
         let tasks = TaskTracker::new();
         loop {
             let incoming = tokio::select! {
@@ -128,17 +155,26 @@ impl PeerEndpoint {
             let Some(incoming) = incoming else { break };
             let blobs = blobs.clone();
             let rpc = rpc.clone();
+            let members = members.clone();
+            let refused = self.refused.clone();
             let shutdown = shutdown.clone();
             let stream_tasks = tasks.clone();
             tasks.spawn(async move {
                 let connection = match incoming.await {
                     Ok(connection) => connection,
                     Err(error) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
                         debug!(%error, "peer handshake failed");
                         return;
                     }
                 };
                 let remote = connection.remote_address();
+                let Some(caller) = peer_node_name(&connection, &members).map(str::to_owned) else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(%remote, "a peer certificate names no member of the topology; closing");
+                    connection.close(quinn::VarInt::from_u32(NOT_A_MEMBER), b"certificate names no member");
+                    return;
+                };
                 loop {
                     let stream = tokio::select! {
                         stream = connection.accept_bi() => stream,
@@ -147,8 +183,9 @@ impl PeerEndpoint {
                     let Ok((send, receive)) = stream else { break };
                     let blobs = blobs.clone();
                     let rpc = rpc.clone();
+                    let caller = caller.clone();
                     stream_tasks.spawn(async move {
-                        if let Err(error) = serve_stream(blobs.as_ref(), &rpc, send, receive).await {
+                        if let Err(error) = serve_stream(blobs.as_ref(), &rpc, &caller, send, receive).await {
                             debug!(%remote, %error, "peer fill stream ended with an error");
                         }
                     });
@@ -239,6 +276,7 @@ impl PeerEndpoint {
 async fn serve_stream(
     blobs: &dyn LocalBlobs,
     rpc: &RpcServices,
+    caller: &str,
     mut send: quinn::SendStream,
     mut receive: quinn::RecvStream,
 ) -> Result<(), String> {
@@ -246,7 +284,7 @@ async fn serve_stream(
         PeerRequest::Fill(request) => request,
         PeerRequest::Rpc { service, body } => {
             let response = match rpc.get(&service) {
-                Some(handler) => match handler.handle(body).await {
+                Some(handler) => match handler.handle(caller, body).await {
                     Ok(answer) => RpcResponse::Ok(answer),
                     Err(reason) => RpcResponse::Failed(reason),
                 },

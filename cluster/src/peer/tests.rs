@@ -51,11 +51,21 @@ fn serve_in_background(
     name: &str,
     blobs: Arc<MemoryBlobs>,
 ) -> (PeerAddress, CancellationToken, tokio::task::JoinHandle<()>) {
+    serve_with(server, name, blobs, RpcServices::new())
+}
+
+/// Like [`serve_in_background`], with RPC services.
+fn serve_with(
+    server: &PeerEndpoint,
+    name: &str,
+    blobs: Arc<MemoryBlobs>,
+    services: RpcServices,
+) -> (PeerAddress, CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn({
         let server = server.clone();
         let shutdown = shutdown.clone();
-        async move { server.serve(blobs, RpcServices::new(), shutdown).await }
+        async move { server.serve(blobs, services, vec!["a".into(), "b".into()], shutdown).await }
     });
     (PeerAddress { name: name.into(), address: server.local_addr().unwrap() }, shutdown, serving)
 }
@@ -105,18 +115,60 @@ async fn a_peer_failing_mid_stream_is_an_error_not_a_short_blob() {
     serving.await.unwrap();
 }
 
+/// Answers with the name of the node that called.
+struct WhoCalled;
+
+#[async_trait::async_trait]
+impl RpcHandler for WhoCalled {
+    async fn handle(&self, caller: &str, _request: Vec<u8>) -> Result<Vec<u8>, String> {
+        Ok(caller.as_bytes().to_vec())
+    }
+}
+
+fn who_called() -> RpcServices {
+    [("who".to_owned(), Arc::new(WhoCalled) as Arc<dyn RpcHandler>)].into()
+}
+
 #[tokio::test]
-async fn a_node_of_another_cluster_is_refused() {
+async fn the_server_names_its_caller_from_the_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let directory = tempfile::tempdir().unwrap();
+    generate_cluster_certs(directory.path(), "test", &["a".into(), "b".into()]).unwrap();
+    let (client, server) = (endpoint(directory.path(), "a"), endpoint(directory.path(), "b"));
+    let blobs = Arc::new(MemoryBlobs { blobs: HashMap::new(), broken: false });
+    let (peer, shutdown, serving) = serve_with(&server, "b", blobs, who_called());
+    let answer = client.call(&peer, "who", Vec::new(), std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer, b"a");
+    assert_eq!(server.refused_peers(), 0);
+    shutdown.cancel();
+    serving.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_server_refuses_a_foreign_ca_and_a_name_outside_the_topology() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ours = tempfile::tempdir().unwrap();
     let theirs = tempfile::tempdir().unwrap();
-    generate_cluster_certs(ours.path(), "ours", &["b".into()]).unwrap();
+    generate_cluster_certs(ours.path(), "ours", &["a".into(), "b".into(), "mallory".into()]).unwrap();
     generate_cluster_certs(theirs.path(), "theirs", &["a".into()]).unwrap();
-    let (intruder, server) = (endpoint(theirs.path(), "a"), endpoint(ours.path(), "b"));
+    // The intruders trust our CA, so their side of the handshake accepts the server: whatever fails
+    // is the server's refusal.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::copy(ours.path().join("ca.pem"), foreign.path().join("ca.pem")).unwrap();
+    std::fs::copy(theirs.path().join("a.pem"), foreign.path().join("a.pem")).unwrap();
+    std::fs::copy(theirs.path().join("a.key"), foreign.path().join("a.key")).unwrap();
+    let server = endpoint(ours.path(), "b");
     let blobs = Arc::new(MemoryBlobs { blobs: HashMap::from([("e1".to_owned(), Bytes::from_static(b"secret"))]), broken: false });
-    let (peer, shutdown, serving) = serve_in_background(&server, "b", blobs);
-    let result = intruder.fetch(&peer, &request("e1", 6, 0)).await;
-    assert!(matches!(result, Err(PeerError::Unreachable { .. })), "got {:?}", result.err());
+    let (peer, shutdown, serving) = serve_with(&server, "b", blobs, who_called());
+    // Another cluster's certificate for a member's name: refused in the handshake.
+    let foreign_client = endpoint(foreign.path(), "a");
+    assert!(foreign_client.fetch(&peer, &request("e1", 6, 0)).await.is_err());
+    assert_eq!(server.refused_peers(), 1, "the server refused the foreign CA");
+    // Our CA's certificate for a name that is no member of the topology the server serves.
+    let outsider = endpoint(ours.path(), "mallory");
+    assert!(outsider.call(&peer, "who", Vec::new(), std::time::Duration::from_secs(5)).await.is_err());
+    assert!(outsider.fetch(&peer, &request("e1", 6, 0)).await.is_err());
+    assert!(server.refused_peers() >= 2, "the server refused the outsider: {}", server.refused_peers());
     shutdown.cancel();
     serving.await.unwrap();
 }

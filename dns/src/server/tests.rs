@@ -10,6 +10,7 @@ use std::time::Duration;
 use hfm_cluster::membership::{ClusterView, Member};
 use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -31,6 +32,7 @@ fn view_of(live: &[&str]) -> ClusterView {
                 free_disk: None,
                 version: None,
                 http_url: None,
+                operator_url: None,
                 peer_address: None,
             };
             ((*name).to_owned(), member)
@@ -197,13 +199,61 @@ async fn a_known_name_without_that_type_is_nodata_with_the_soa() {
 }
 
 #[tokio::test]
-async fn unknown_opcodes_are_notimp() {
+async fn unknown_opcodes_are_notimp_without_echoed_flags() {
     let running = start(test_config(), 0).await;
     let mut message = query("www.hf-mirror.eu.", RecordType::A, None);
     message.metadata.op_code = OpCode::Status;
+    message.metadata.recursion_desired = true;
+    message.metadata.checking_disabled = true;
     let reply = ask(running.address, &message).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
-    assert!(dig(running.address, &["+opcode=notify", "www.hf-mirror.eu", "SOA"]).await.contains("status: NOTIMP"));
+    assert!(!reply.metadata.recursion_desired && !reply.metadata.checking_disabled, "{:?}", reply.metadata);
+    let text = dig(running.address, &["+opcode=notify", "+recurse", "+cdflag", "www.hf-mirror.eu", "SOA"]).await;
+    assert!(text.contains("status: NOTIMP") && text.contains("flags: qr;"), "{text}");
+}
+
+#[tokio::test]
+async fn a_query_signed_with_an_unknown_tsig_key_gets_notauth_badkey() {
+    let running = start(test_config(), 0).await;
+    let mut message = query("www.hf-mirror.eu.", RecordType::A, None);
+    let tsig = TSIG::new(
+        hickory_proto::rr::rdata::tsig::TsigAlgorithm::HmacSha256,
+        1_800_000_000,
+        300,
+        vec![7; 32],
+        message.metadata.id,
+        None,
+        Vec::new(),
+    );
+    message.additionals.push(make_tsig_record(Name::from_ascii("unknown.key.").unwrap(), tsig).into_record_of_rdata());
+    let reply = ask(running.address, &message).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotAuth);
+    assert!(reply.answers.is_empty(), "nothing is answered as if the signature were good");
+    let signed = reply.signature.as_ref().map(|record| record.data.error);
+    let error = signed.or_else(|| {
+        reply.additionals.iter().find_map(|record| match &record.data {
+            RData::TSIG(tsig) => Some(tsig.error),
+            _ => None,
+        })
+    });
+    assert_eq!(error, Some(Some(TsigError::BadKey)), "{reply:?}");
+    let text =
+        dig(running.address, &["-y", "hmac-sha256:unknown.key:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=", "www.hf-mirror.eu", "A"])
+            .await;
+    assert!(text.contains("NOTAUTH") || text.contains("BADKEY"), "{text}");
+}
+
+#[tokio::test]
+async fn the_do_bit_is_echoed() {
+    let running = start(test_config(), 0).await;
+    let mut message = query("www.hf-mirror.eu.", RecordType::A, None);
+    let mut edns = Edns::new();
+    edns.set_dnssec_ok(true);
+    message.edns = Some(edns);
+    let reply = ask(running.address, &message).await;
+    assert!(reply.edns.as_ref().is_some_and(|edns| edns.flags().dnssec_ok), "{reply:?}");
+    let text = dig(running.address, &["+dnssec", "www.hf-mirror.eu", "A"]).await;
+    assert!(text.contains("flags: do;"), "{text}");
 }
 
 #[tokio::test]

@@ -351,9 +351,14 @@ impl ReplicaService {
 
 #[async_trait::async_trait]
 impl hfm_cluster::peer::RpcHandler for ReplicaService {
-    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn handle(&self, caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         let message: ReplicaMessage = serde_json::from_slice(&request).map_err(|error| format!("undecodable replica message: {error}"))?;
         match message {
+            // A node offers only what it holds itself.
+            ReplicaMessage::Offer(offer) if offer.holder != caller => {
+                warn!(caller, holder = %offer.holder, "a replica offer names another holder; refused");
+                return Err(format!("{caller} may not offer for {}", offer.holder));
+            }
             ReplicaMessage::Offer(offer) => self.replicas.accept_offer(offer).await?,
             ReplicaMessage::Reconcile => self.replicas.kick(),
         }

@@ -54,12 +54,21 @@ pub struct NodeAddresses {
     pub dns: std::net::SocketAddr,
     /// TCP, when the topology has an `[rsync]` section.
     pub rsync: std::net::SocketAddr,
+    /// TCP: metrics, probes and the operator's routes.
+    pub operator: std::net::SocketAddr,
 }
 
 /// Writes the local variant of the topology: the same nodes (names, weights, places) with the given
-/// addresses, directories under `data_dir`, and the certificates in `certs_dir`. Used by `cluster up`
-/// and by the multi-node test harness.
-pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path, addresses: &[NodeAddresses]) -> anyhow::Result<String> {
+/// addresses, directories under `data_dir`, the certificates in `certs_dir`, one operator token in
+/// `DATA/operator-token` for every node, and the `local_clients` prefixes (the machine's own) allowed
+/// without limits. Used by `cluster up` and by the multi-node test harness.
+pub fn local_topology(
+    topology: &TopologyFile,
+    data_dir: &Path,
+    certs_dir: &Path,
+    addresses: &[NodeAddresses],
+    local_clients: &[&str],
+) -> anyhow::Result<String> {
     if addresses.len() != topology.nodes.len() {
         bail!("{} addresses for {} nodes", addresses.len(), topology.nodes.len());
     }
@@ -91,6 +100,7 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     }
     // A try-out shares one disk: leave 1 GiB free rather than the production reserve.
     text.push_str("min_free_disk = \"1GiB\"\n");
+    writeln!(text, "operator_token_file = {}", toml_string(&operator_token_path(data_dir).display().to_string())?)?;
     // [dns] and [[pins]] are copied as they are.
     #[derive(serde::Serialize)]
     struct Copied<'a> {
@@ -104,11 +114,28 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pins: &'a [crate::config::PinEntry],
     }
+    // The machine's own clients (the try-out's user, the harness' test clients) are not limited.
+    let mut limits = topology.limits.clone();
+    if !local_clients.is_empty() {
+        let section = limits.get_or_insert_with(Default::default);
+        for prefix in local_clients {
+            section.allow.insert(
+                0,
+                crate::config::AllowEntry {
+                    prefix: (*prefix).to_owned(),
+                    requests_per_second: Some(0.0),
+                    burst: Some(0.0),
+                    parallel: Some(0),
+                    daily_bytes: Some("0".into()),
+                },
+            );
+        }
+    }
     text.push('\n');
     text.push_str(&toml::to_string(&Copied {
         dns: topology.dns.as_ref(),
         rsync: topology.rsync.as_ref(),
-        limits: topology.limits.as_ref(),
+        limits: limits.as_ref(),
         pins: &topology.pins,
     })?);
     for (node, address) in topology.nodes.iter().zip(addresses) {
@@ -129,6 +156,7 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
         writeln!(text, "gossip_listen = \"{}\"", address.gossip)?;
         writeln!(text, "dns_listen = \"{}\"", address.dns)?;
         writeln!(text, "rsync_listen = \"{}\"", address.rsync)?;
+        writeln!(text, "metrics_listen = \"{}\"", address.operator)?;
         // Locally the node's DNS name points at its own address.
         match address.http.ip() {
             std::net::IpAddr::V4(ip) => writeln!(text, "ipv4 = \"{ip}\"")?,
@@ -138,23 +166,19 @@ pub fn local_topology(topology: &TopologyFile, data_dir: &Path, certs_dir: &Path
     Ok(text)
 }
 
+/// The operator token every node of a local cluster shares.
+pub fn operator_token_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("operator-token")
+}
+
 /// Waits until every node's gossip sees every node live, so the printed cluster is whole.
-async fn wait_for_gossip(urls: &[String], num_nodes: usize) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+async fn wait_for_gossip(operator_urls: &[String], token_file: &Path, num_nodes: usize) -> anyhow::Result<()> {
+    let client = super::operator::OperatorClient::new(token_file, Duration::from_secs(2))?;
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         let mut converged = true;
-        for url in urls {
-            let live = match client.get(format!("{url}/_hfm/status")).send().await {
-                Ok(response) => response
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
-                    .map_or(0, |status| super::status::live_members(&status).len()),
-                Err(_) => 0,
-            };
+        for url in operator_urls {
+            let live = client.get(url, "/_hfm/status").await.map_or(0, |status| super::status::live_members(&status).len());
             converged &= live == num_nodes;
         }
         if converged {
@@ -207,9 +231,14 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         // rsync binds its own port (the daemon is a child of the node): chosen here, released.
         let rsync =
             std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()));
-        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns, rsync });
+        // The operator port, too, is bound by the node itself: chosen here, released.
+        let operator = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        addresses.push(NodeAddresses { http: sockets.http.local_addr()?, peer: sockets.peer.local_addr()?, gossip, dns, rsync, operator });
     }
-    std::fs::write(&local_path, local_topology(&topology, &data_dir, &certs_dir, &addresses)?)?;
+    // One token for every node, made before any starts (they would race to make one each).
+    let token_file = operator_token_path(&data_dir);
+    crate::common::secret::ensure_token_file(&token_file).with_context(|| format!("making {}", token_file.display()))?;
+    std::fs::write(&local_path, local_topology(&topology, &data_dir, &certs_dir, &addresses, &["127.0.0.0/8", "::1/128"])?)?;
 
     let executable = std::env::current_exe().context("finding the hf-mirror executable")?;
     let mut children: Vec<(String, Child)> = Vec::new();
@@ -239,14 +268,18 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         let expected = format!("node {name} ");
         let dns_expected = format!("dns {name} ");
         let rsync_expected = format!("rsync {name} ");
+        let operator_expected = format!("operator {name} ");
         let mut dns_line = None;
         let mut rsync_line = None;
+        let mut operator_line = None;
         let line = tokio::time::timeout(READY_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if line.starts_with(&dns_expected) {
                     dns_line = Some(line);
                 } else if line.starts_with(&rsync_expected) {
                     rsync_line = Some(line);
+                } else if line.starts_with(&operator_expected) {
+                    operator_line = Some(line);
                 } else if line.starts_with(&expected) {
                     return Ok::<_, std::io::Error>(Some(line));
                 }
@@ -254,7 +287,7 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
             Ok(None)
         })
         .await;
-        dns_lines.push(dns_line.into_iter().chain(rsync_line).collect::<Vec<_>>());
+        dns_lines.push(dns_line.into_iter().chain(rsync_line).chain(operator_line).collect::<Vec<_>>());
         match line {
             Ok(Ok(Some(line))) => ready_lines.push(line),
             _ => {
@@ -264,8 +297,13 @@ pub async fn run(options: UpOptions, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     if outcome.is_ok() {
-        let urls: Vec<String> = ready_lines.iter().filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned)).collect();
-        if let Err(error) = wait_for_gossip(&urls, names.len()).await {
+        let operator_urls: Vec<String> = dns_lines
+            .iter()
+            .flatten()
+            .filter(|line| line.starts_with("operator "))
+            .filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned))
+            .collect();
+        if let Err(error) = wait_for_gossip(&operator_urls, &token_file, names.len()).await {
             outcome = Err(error);
         }
     }
@@ -327,7 +365,14 @@ mod tests {
         (0..count)
             .map(|index| {
                 let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port + index as u16));
-                NodeAddresses { http: at(8000), peer: at(9000), gossip: at(10_000), dns: at(11_000), rsync: at(12_000) }
+                NodeAddresses {
+                    http: at(8000),
+                    peer: at(9000),
+                    gossip: at(10_000),
+                    dns: at(11_000),
+                    rsync: at(12_000),
+                    operator: at(13_000),
+                }
             })
             .collect()
     }
@@ -340,16 +385,28 @@ mod tests {
             [Vec::new(), vec![crate::config::PinEntry { repo: "org/model".into(), repo_type: "model".into(), revision: "main".into() }]]
         {
             topology.pins = pins.clone();
-            let text =
-                local_topology(&topology, Path::new("/tmp/data"), Path::new("/tmp/certs"), &addresses(topology.nodes.len())).unwrap();
+            let text = local_topology(
+                &topology,
+                Path::new("/tmp/data"),
+                Path::new("/tmp/certs"),
+                &addresses(topology.nodes.len()),
+                &["127.0.0.0/8"],
+            )
+            .unwrap();
             let local = crate::config::parse_topology(&text, "local").unwrap_or_else(|error| panic!("{error}\n{text}"));
             assert_eq!(local.nodes.len(), topology.nodes.len());
             assert_eq!(local.pins.len(), pins.len());
             assert!(local.dns.is_some());
             let config = crate::config::resolve(Some((&local, "local")), Some("ams1"), &Default::default()).unwrap();
             assert_eq!(config.listen, "127.0.0.1:8001".parse().unwrap());
-            assert_eq!(config.dns.unwrap().settings.listen, "127.0.0.1:11001".parse().unwrap());
-            assert_eq!(config.rsync.unwrap().listen, "127.0.0.1:12001".parse().unwrap());
+            assert_eq!(config.dns.as_ref().unwrap().settings.listen, "127.0.0.1:11001".parse().unwrap());
+            assert_eq!(config.rsync.as_ref().unwrap().listen, "127.0.0.1:12001".parse().unwrap());
+            assert_eq!(config.metrics_listen, Some("127.0.0.1:13001".parse().unwrap()));
+            assert_eq!(config.operator_token_path(), Path::new("/tmp/data/operator-token"));
+            let loopback = "127.0.0.9".parse().unwrap();
+            assert!(
+                config.limits.allow.iter().any(|(prefix, quota)| prefix.contains(loopback) && *quota == crate::config::Quota::UNLIMITED)
+            );
         }
     }
 }

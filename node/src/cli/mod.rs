@@ -4,5 +4,6 @@
 pub mod cluster_up;
 #[cfg(feature = "http3")]
 pub mod h3_client;
+pub mod operator;
 pub mod pins;
 pub mod status;

@@ -4,41 +4,36 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use std::path::Path;
+
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::Method;
 use serde_json::Value;
 
+use super::operator::OperatorClient;
 use crate::common::units::human_bytes;
-
-fn admin_client() -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?)
-}
-
-async fn read_json(response: reqwest::Response, url: &str) -> anyhow::Result<Value> {
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body).trim());
-    }
-    Ok(serde_json::from_slice(&body)?)
-}
 
 /// `hf-mirror mirror`: pins a repository through a node and follows the fill until every live node
 /// holds every file (a progress bar on a terminal, plain lines otherwise). Interrupting it stops only
 /// the watching; the nodes go on, and running it again picks up where they are.
-pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &str, unpin_it: bool) -> anyhow::Result<()> {
-    let client = admin_client()?;
+pub async fn mirror_command(
+    url: &str,
+    token_file: &Path,
+    repo: &str,
+    repo_type: &str,
+    revision: &str,
+    unpin_it: bool,
+) -> anyhow::Result<()> {
+    let client = OperatorClient::new(token_file, Duration::from_secs(600))?;
     let base = url.trim_end_matches('/');
     let query = format!("repo={}&type={}&revision={}", urlencode(repo), urlencode(repo_type), urlencode(revision));
     if unpin_it {
-        let response = client.delete(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
-        read_json(response, url).await?;
+        client.call(Method::DELETE, base, &format!("/_hfm/pins?{query}")).await?;
         println!("unpinned {repo_type} {repo}");
         return Ok(());
     }
-    let response = client.post(format!("{base}/_hfm/pins?{query}")).send().await.with_context(|| format!("asking {url}"))?;
-    let pinned = read_json(response, url).await?;
+    let pinned = client.call(Method::POST, base, &format!("/_hfm/pins?{query}")).await?;
     let commit = pinned["commit"].as_str().unwrap_or("?").to_owned();
     let (files, bytes) = (pinned["files"].as_u64().unwrap_or(0), pinned["bytes"].as_u64().unwrap_or(0));
     println!("pinned {repo_type} {repo}@{revision} = {commit}: {files} files, {}", human_bytes(bytes as f64));
@@ -53,8 +48,8 @@ pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &s
     let started = Instant::now();
     let mut last_line = Instant::now() - Duration::from_secs(60);
     loop {
-        let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await?, url).await?;
-        let live = live_nodes(&client, base).await.unwrap_or_default();
+        let status = client.get(base, "/_hfm/pins").await?;
+        let live = client.get(base, "/_hfm/status").await.map(|status| super::status::live_members(&status)).unwrap_or_default();
         let pin = status["pins"]
             .as_array()
             .and_then(|pins| pins.iter().find(|pin| pin["repo"] == repo && pin["type"] == repo_type).cloned())
@@ -96,16 +91,10 @@ pub async fn mirror_command(url: &str, repo: &str, repo_type: &str, revision: &s
     }
 }
 
-async fn live_nodes(client: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
-    let status = read_json(client.get(format!("{base}/_hfm/status")).send().await?, base).await?;
-    Ok(super::status::live_members(&status))
-}
-
 /// `hf-mirror pins`: every pin with its commit and per-node completeness.
-pub async fn print_pins(url: &str) -> anyhow::Result<()> {
-    let client = admin_client()?;
-    let base = url.trim_end_matches('/');
-    let status = read_json(client.get(format!("{base}/_hfm/pins")).send().await.with_context(|| format!("asking {url}"))?, url).await?;
+pub async fn print_pins(url: &str, token_file: &Path) -> anyhow::Result<()> {
+    let client = OperatorClient::new(token_file, Duration::from_secs(60))?;
+    let status = client.get(url, "/_hfm/pins").await?;
     let pins = status["pins"].as_array().cloned().unwrap_or_default();
     if pins.is_empty() {
         println!("no pins");

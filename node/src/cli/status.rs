@@ -1,17 +1,12 @@
 //! `hf-mirror status` and `hf-mirror drain`: the operator's view of the nodes, through their
-//! `/_hfm/` endpoints.
+//! operator ports' `/_hfm/` routes.
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::Value;
 
-async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let response =
-        client.get(format!("{}/_hfm/status", url.trim_end_matches('/'))).send().await.with_context(|| format!("asking {url}"))?;
-    response.error_for_status_ref().with_context(|| format!("{url} answered an error"))?;
-    Ok(serde_json::from_slice(&response.bytes().await?)?)
-}
+use super::operator::OperatorClient;
 
 /// The names a node's `/_hfm/status` reports live (ready, not draining).
 pub fn live_members(status: &Value) -> Vec<String> {
@@ -56,10 +51,9 @@ fn gib(bytes: Option<u64>) -> String {
 
 /// Prints one line per node: state, stored bytes, free disk, the hit ratios of file downloads and of
 /// metadata, its rsync daemon, and its Raft role.
-pub async fn print_status(url: &str) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let own = fetch(&client, url).await?;
+pub async fn print_status(url: &str, token_file: &Path) -> anyhow::Result<()> {
+    let client = OperatorClient::new(token_file, Duration::from_secs(5))?;
+    let own = client.get(url, "/_hfm/status").await?;
     println!(
         "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
         "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "hits (metadata)", "rsync", "raft"
@@ -83,8 +77,9 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
     for member in members {
         let name = member["name"].as_str().unwrap_or("?");
         let state = member["state"].as_str().unwrap_or("?");
-        let remote = match member["http_url"].as_str() {
-            Some(member_url) if state != "dead" => fetch(&client, member_url).await.ok(),
+        // Each node's details come from its own operator port (the cluster shares one token).
+        let remote = match member["operator_url"].as_str() {
+            Some(member_url) if state != "dead" => client.get(member_url, "/_hfm/status").await.ok(),
             _ => None,
         };
         let store = remote.as_ref().map(|status| status["store"].clone()).unwrap_or(Value::Null);
@@ -119,17 +114,10 @@ pub async fn print_status(url: &str) -> anyhow::Result<()> {
 }
 
 /// Asks a node to drain and prints what it did.
-pub async fn drain(url: &str) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+pub async fn drain(url: &str, token_file: &Path) -> anyhow::Result<()> {
     // Draining waits for the node's fills, which may take minutes.
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(900)).build()?;
-    let response =
-        client.post(format!("{}/_hfm/drain", url.trim_end_matches('/'))).send().await.with_context(|| format!("asking {url}"))?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
-    }
-    println!("{}", String::from_utf8_lossy(&body));
+    let client = OperatorClient::new(token_file, Duration::from_secs(900))?;
+    let answer = client.call(reqwest::Method::POST, url, "/_hfm/drain").await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! another module of this crate.
 
 pub mod net;
+pub mod secret;
 pub mod singleflight;
 pub mod time;
 pub mod units;

@@ -30,8 +30,12 @@ pub struct NodeSettingsFile {
     pub dns_listen: Option<String>,
     /// The TCP address the rsync daemon binds (default `[rsync] listen`, else `0.0.0.0:873`).
     pub rsync_listen: Option<String>,
-    /// The operator port (`/metrics`, `/healthz`, `/readyz`); none by default.
+    /// The operator port: `/metrics`, `/healthz`, `/readyz`, and with the operator token the
+    /// operator's routes (status, drain, pins); none by default. Also spelled `operator_listen`.
+    #[serde(alias = "operator_listen")]
     pub metrics_listen: Option<String>,
+    /// The file holding the operator token (default `DATA/operator-token`, made at first start).
+    pub operator_token_file: Option<PathBuf>,
     /// The access log's directory, or `off` (default `DATA/logs`).
     pub access_log: Option<String>,
     /// PEM certificate chain for TLS on the HTTP port (with `tls_key`).
@@ -137,10 +141,23 @@ pub struct LimitsSection {
     pub max_clients: Option<usize>,
     /// Cold fills (files fetched from upstream to be stored) a node runs at once (default 64).
     pub cold_fills: Option<usize>,
-    /// Cold fills one client network may have running (default 4).
+    /// Cold fills one client network may have running (default 16; `snapshot_download` runs 8 at once).
     pub cold_fills_per_client: Option<usize>,
     /// The most files one commit may have to be cached (default 300000); bigger repos pass through.
     pub max_manifest_files: Option<usize>,
+    /// Client connections a node keeps open (default 16384).
+    pub connections: Option<usize>,
+    /// Client connections per IPv4 address or IPv6 /64 (default 256).
+    pub connections_per_client: Option<usize>,
+    /// Time to send a request's headers, and an HTTP/1.1 connection's idle time (default `20s`).
+    pub header_timeout: Option<String>,
+    /// Time an HTTP/2 or HTTP/3 connection may have no request in flight (default `120s`).
+    pub idle_timeout: Option<String>,
+    /// Concurrent requests per HTTP/2 or HTTP/3 connection (default 100).
+    pub streams_per_connection: Option<u32>,
+    /// Prefixes of reverse proxies whose PROXY protocol header or `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub allow: Vec<AllowEntry>,
 }

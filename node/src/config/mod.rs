@@ -57,8 +57,11 @@ pub struct NodeConfig {
     pub pins: Vec<(hfm_cluster::types::RepoKey, String)>,
     /// The node's rsync daemon, when the topology has an `[rsync]` section.
     pub rsync: Option<RsyncConfig>,
-    /// The operator port serving `/metrics`, `/healthz` and `/readyz` to anyone reaching it.
+    /// The operator port: `/metrics`, `/healthz` and `/readyz` for anyone reaching it, the operator's
+    /// routes (status, drain, pins) for a bearer of the operator token.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the operator token is; `None`: `DATA/operator-token`.
+    pub operator_token_file: Option<PathBuf>,
     /// Where the access log goes.
     pub access_log: AccessLogTarget,
     /// The certificate and key TLS connections on the HTTP port use (none: cleartext only).
@@ -84,6 +87,11 @@ pub enum AccessLogTarget {
 }
 
 impl NodeConfig {
+    /// The file holding the operator token.
+    pub fn operator_token_path(&self) -> PathBuf {
+        self.operator_token_file.clone().unwrap_or_else(|| self.data_dir.join("operator-token"))
+    }
+
     /// The access log's directory, unless it is off.
     pub fn access_log_dir(&self) -> Option<PathBuf> {
         match &self.access_log {
@@ -145,8 +153,11 @@ impl NodeConfig {
             dns: None,
             pins: Vec::new(),
             rsync: None,
-            limits: LimitsConfig::default(),
+            // The embedded default listens on loopback only: its clients are this host's own, and an
+            // allow rule leaves them unlimited. A topology's nodes get the published policy.
+            limits: LimitsConfig::for_local_use(),
             metrics_listen: None,
+            operator_token_file: None,
             access_log: AccessLogTarget::DataDir,
             tls: None,
         }
@@ -221,6 +232,9 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
             "off" => AccessLogTarget::Off,
             directory => AccessLogTarget::Directory(PathBuf::from(directory)),
         };
+    }
+    if let Some(path) = &layer.operator_token_file {
+        config.operator_token_file = Some(path.clone());
     }
     if let Some(listen) = &layer.metrics_listen {
         config.metrics_listen = Some(listen.parse().map_err(|_| fail("metrics_listen", format!("invalid socket address {listen:?}")))?);
@@ -319,9 +333,10 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         }
         let node_listen = topology.nodes[node_index].settings.rsync_listen.as_ref().map(|text| (text, node_index));
         config.rsync = resolve_rsync(topology.rsync.as_ref(), node_listen, overrides, origin)?;
-        if let Some(section) = &topology.limits {
-            config.limits = resolve_limits(section, origin)?;
-        }
+        config.limits = match &topology.limits {
+            Some(section) => resolve_limits(section, origin)?,
+            None => LimitsConfig::default(),
+        };
         for (index, entry) in topology.pins.iter().enumerate() {
             let pin = pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {
                 origin: origin.to_owned(),
@@ -394,6 +409,34 @@ fn resolve_limits(section: &LimitsSection, origin: &str) -> Result<LimitsConfig,
             });
         }
         limits.max_manifest_files = max_files;
+    }
+    if let Some(connections) = section.connections {
+        limits.connections = connections;
+    }
+    if let Some(per_client) = section.connections_per_client {
+        limits.connections_per_client = per_client;
+    }
+    let duration = |field: &str, text: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        let Some(text) = text else { return Ok(default) };
+        let value =
+            parse_duration(text).map_err(|message| ConfigError { origin: origin.to_owned(), field: format!("limits.{field}"), message })?;
+        if value.is_zero() {
+            return Err(ConfigError { origin: origin.to_owned(), field: format!("limits.{field}"), message: "must be above zero".into() });
+        }
+        Ok(value)
+    };
+    limits.header_timeout = duration("header_timeout", &section.header_timeout, limits.header_timeout)?;
+    limits.idle_timeout = duration("idle_timeout", &section.idle_timeout, limits.idle_timeout)?;
+    if let Some(streams) = section.streams_per_connection {
+        limits.streams_per_connection = streams.max(1);
+    }
+    for (index, text) in section.trusted_proxies.iter().enumerate() {
+        let prefix = Prefix::parse(text).map_err(|message| ConfigError {
+            origin: origin.to_owned(),
+            field: format!("limits.trusted_proxies[{index}]"),
+            message,
+        })?;
+        limits.trusted_proxies.push(prefix);
     }
     for (index, rule) in section.allow.iter().enumerate() {
         let field = format!("limits.allow[{index}].");
@@ -538,20 +581,35 @@ fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> 
         peers.push(PeerConfig { name: node.name.clone(), peer_address, gossip_address, weight });
     }
     let node = &topology.nodes[node_index];
-    // A bind address defaults to every interface on the port the node is reached at.
-    let bind_address = |own: &Option<String>, shared: &Option<String>, key: &str, advertised: &str| -> Result<SocketAddr, ConfigError> {
+    // A bind address defaults to every interface on the port the node is reached at; gossip, when
+    // the node is reached at an address (not a name), binds that address only: it is the cluster's
+    // own plane, not the Internet's.
+    let bind_address = |own: &Option<String>,
+                        shared: &Option<String>,
+                        key: &str,
+                        advertised: &str,
+                        own_address: bool|
+     -> Result<SocketAddr, ConfigError> {
         match own.clone().or_else(|| shared.clone()) {
             Some(text) => text.parse().map_err(|_| fail(format!("nodes[{node_index}].{key}"), format!("invalid socket address {text:?}"))),
-            None => {
-                let port = advertised.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(0);
-                Ok(SocketAddr::from(([0, 0, 0, 0], port)))
-            }
+            None => match advertised.parse::<SocketAddr>() {
+                Ok(address) if own_address => Ok(address),
+                _ => {
+                    let port = advertised.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).unwrap_or(0);
+                    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+                }
+            },
         }
     };
     let peer_listen =
-        bind_address(&node.settings.peer_listen, &topology.defaults.peer_listen, "peer_listen", &peers[node_index].peer_address)?;
-    let gossip_listen =
-        bind_address(&node.settings.gossip_listen, &topology.defaults.gossip_listen, "gossip_listen", &peers[node_index].gossip_address)?;
+        bind_address(&node.settings.peer_listen, &topology.defaults.peer_listen, "peer_listen", &peers[node_index].peer_address, false)?;
+    let gossip_listen = bind_address(
+        &node.settings.gossip_listen,
+        &topology.defaults.gossip_listen,
+        "gossip_listen",
+        &peers[node_index].gossip_address,
+        true,
+    )?;
     let gossip_interval = match &topology.cluster.gossip_interval {
         Some(text) => parse_duration(text).map_err(|message| fail("cluster.gossip_interval".into(), message))?,
         None => Duration::from_millis(500),

@@ -28,7 +28,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tracing::{field, warn};
 
-pub use self::operator::Operator;
+pub use self::operator::{Operator, OperatorToken};
 use crate::blobs::BlobSources;
 use crate::hub::headers::X_CACHE;
 use crate::hub::route::{Route, route};
@@ -93,14 +93,30 @@ pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>) -> Router {
 }
 
 /// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
-/// to an address only operators and Prometheus can reach).
+/// to an address only operators and Prometheus can reach), and the operator's routes (status, drain,
+/// pins, replicas) for a bearer of the operator token.
 pub fn operator_router(operator: Arc<Operator>) -> Router {
     async fn answer(State(operator): State<Arc<Operator>>, request: Request) -> Response {
+        let method = request.method().clone();
         let answered = match route(request.uri().path()) {
             Ok(Route::Metrics) => Ok(operator.metrics()),
             Ok(Route::Ready) => operator.readiness(),
             Ok(Route::Health) => Ok((StatusCode::OK, "ok\n").into_response()),
-            _ => Err(HubError::route_not_found()),
+            Ok(Route::Status) => operator.require_token(&request).map(|()| operator.status(&method)),
+            Ok(Route::Drain) => match require_method(&method, &[Method::POST]).and_then(|()| operator.require_token(&request)) {
+                Ok(()) => Ok(operator.drain(&method).await),
+                Err(error) => Err(error),
+            },
+            Ok(Route::Pins) => match operator.require_token(&request) {
+                Ok(()) => operator.pins(request, &method).await,
+                Err(error) => Err(error),
+            },
+            Ok(Route::Replicas { etag }) => match operator.require_token(&request) {
+                Ok(()) => operator.replicas(&method, &etag).await,
+                Err(error) => Err(error),
+            },
+            Ok(_) => Err(HubError::route_not_found()),
+            Err(error) => Err(error),
         };
         answered.unwrap_or_else(IntoResponse::into_response)
     }
@@ -180,18 +196,8 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
     match route {
         Route::Health => Ok((StatusCode::OK, "ok\n").into_response()),
         Route::Ready => operator.readiness(),
-        Route::Metrics => {
-            operator.require_own_host(&request, "Metrics")?;
-            Ok(operator.metrics())
-        }
-        Route::Status => Ok(operator.status(&method)),
-        Route::Drain => {
-            require_method(&method, &[Method::POST])?;
-            operator.require_own_host(&request, "Draining")?;
-            Ok(operator.drain(&method).await)
-        }
-        Route::Pins => operator.pins(request, &method).await,
-        Route::Replicas { etag } => operator.replicas(&method, &etag).await,
+        // The operator's routes live on the operator port only, behind its token.
+        Route::Metrics | Route::Status | Route::Drain | Route::Pins | Route::Replicas { .. } => Err(HubError::route_not_found()),
         Route::AgentHarnesses => Err(HubError::route_not_found()),
         Route::XetToken => Err(HubError::xet_not_served()),
         Route::Resolve { repo, revision, path } => {
@@ -302,6 +308,11 @@ mod tests {
 
     /// A node whose upstream is a closed port: every answer here must come from the edge itself.
     fn offline_router(directory: &std::path::Path) -> Router {
+        offline_routers(directory).0
+    }
+
+    /// The public and the operator router of such a node.
+    fn offline_routers(directory: &std::path::Path) -> (Router, Router) {
         let catalog: Arc<dyn hfm_cluster::catalog::Catalog> =
             Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
         let store = BlobStore::open(directory, None, 0, tokio_util::sync::CancellationToken::new()).unwrap();
@@ -327,7 +338,7 @@ mod tests {
         let pins = Pins::new("local".into(), catalog.clone(), metadata, store.clone(), None, PinWatch::default(), Vec::new());
         let operator = Arc::new(Operator {
             node_name: "local".into(),
-            listen: settings.listen,
+            token: OperatorToken::new("t".repeat(32)).unwrap(),
             catalog,
             store,
             file_answers: answers,
@@ -337,7 +348,7 @@ mod tests {
             cluster: None,
             rsync: None,
         });
-        router(hub, operator)
+        (router(hub, operator.clone()), operator_router(operator))
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {
@@ -388,11 +399,13 @@ mod tests {
         let response = send(&router, oversized).await;
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error_code(&response), "PayloadTooLarge");
-        // Draining is for the node's own operators: a caller that is not on loopback is refused.
-        let drain = http::Request::post("/_hfm/drain").body(Body::empty()).unwrap();
-        let response = send(&router, drain).await;
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        assert_eq!(error_code(&response), "Forbidden");
+        // The operator's routes are not on the public port at all.
+        for (method, uri) in [("POST", "/_hfm/drain"), ("GET", "/_hfm/status"), ("POST", "/_hfm/pins?repo=org/model"), ("GET", "/metrics")]
+        {
+            let request = http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+            let response = send(&router, request).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {uri}");
+        }
         // The node keeps answering after all of that.
         assert_eq!(send(&router, get("/healthz")).await.status(), StatusCode::OK);
     }
@@ -405,5 +418,30 @@ mod tests {
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(error_code(&response), "UpstreamUnreachable");
         assert_eq!(response.headers()[X_CACHE], "MISS");
+    }
+
+    #[tokio::test]
+    async fn the_operator_routes_need_the_token_whoever_asks() {
+        let directory = tempfile::tempdir().unwrap();
+        let (_, operator) = offline_routers(directory.path());
+        let with = |authorization: Option<&str>| {
+            let mut request = http::Request::get("/_hfm/status");
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        for refused in [None, Some("Bearer wrong"), Some(&format!("Bearer {}", "t".repeat(31))[..]), Some("t")] {
+            let response = send(&operator, with(refused)).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+            assert_eq!(error_code(&response), "Unauthorized");
+        }
+        let token = format!("Bearer {}", "t".repeat(32));
+        assert_eq!(send(&operator, with(Some(&token))).await.status(), StatusCode::OK);
+        let drain = http::Request::post("/_hfm/drain").body(Body::empty()).unwrap();
+        assert_eq!(send(&operator, drain).await.status(), StatusCode::UNAUTHORIZED);
+        // Probes and metrics stay open on the operator port (bind it where only operators reach).
+        assert_eq!(send(&operator, get("/metrics")).await.status(), StatusCode::OK);
+        assert_eq!(send(&operator, get("/readyz")).await.status(), StatusCode::OK);
     }
 }

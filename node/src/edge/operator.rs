@@ -1,11 +1,10 @@
 //! The operator's routes: `/_hfm/status`, `/_hfm/drain`, `/_hfm/pins`, `/_hfm/replicas/{etag}`,
 //! `/metrics`, `/healthz` and `/readyz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hfm_cluster::catalog::Catalog;
@@ -26,8 +25,8 @@ use crate::telemetry::{AnswerCounters, Exposition};
 /// What the operator's routes read and act on.
 pub struct Operator {
     pub node_name: String,
-    /// The HTTP port's address: a node bound to one address is asked from it by its own host.
-    pub listen: SocketAddr,
+    /// The secret an operator presents (`Authorization: Bearer …`); never a source address.
+    pub token: OperatorToken,
     pub catalog: Arc<dyn Catalog>,
     pub store: BlobStore,
     pub file_answers: Arc<AnswerCounters>,
@@ -44,19 +43,18 @@ impl Operator {
         self.cluster.as_ref().map(|(peers, ..)| peers)
     }
 
-    /// Operator actions (drain, pins) are taken only from the node's own host: loopback, or the
-    /// address the node listens on (a node bound to one address, e.g. in its own network namespace,
-    /// is asked from that address).
-    pub(super) fn require_own_host(&self, request: &Request, action: &str) -> Result<(), HubError> {
-        let own_address = self.listen.ip();
-        let from_own_host = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|info| info.0.ip().is_loopback() || (!own_address.is_unspecified() && info.0.ip() == own_address));
-        if from_own_host {
+    /// The operator's routes need the operator token, whoever asks and from wherever.
+    pub(super) fn require_token(&self, request: &Request) -> Result<(), HubError> {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if self.token.matches(presented) {
             return Ok(());
         }
-        Err(HubError::new(StatusCode::FORBIDDEN, "Forbidden", format!("{action} is for the node's own operators"), ErrorSource::Client))
+        Err(HubError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "The operator's routes need the operator token", ErrorSource::Client))
     }
 
     /// Whether this node takes traffic: not draining and, in a cluster, live in its own gossip view.
@@ -112,6 +110,7 @@ impl Operator {
                     Some(member) => serde_json::json!({
                         "name": name, "state": state,
                         "generation": member.generation, "free_disk": member.free_disk, "version": member.version, "http_url": member.http_url,
+                        "operator_url": member.operator_url,
                     }),
                     None => serde_json::json!({"name": name, "state": state}),
                 })
@@ -156,7 +155,6 @@ impl Operator {
         let answer = if method == Method::GET || method == Method::HEAD {
             self.pins.status().await?
         } else {
-            self.require_own_host(&request, "Pinning")?;
             let (repo, revision) = pin_target(request.uri().query().unwrap_or(""))?;
             record_span(&repo, Some(&revision), None);
             if method == Method::POST { self.pins.pin(&repo, &revision).await? } else { self.pins.unpin(&repo).await? }
@@ -178,6 +176,24 @@ impl Operator {
             "held_here": self.store.contains(etag),
         });
         Ok(pretty_json(method, &body))
+    }
+}
+
+/// The operator token, compared in constant time.
+#[derive(Clone)]
+pub struct OperatorToken(String);
+
+impl OperatorToken {
+    /// A token of at least 16 characters (a file holding less is refused at start-up).
+    pub fn new(token: String) -> Option<OperatorToken> {
+        (token.len() >= 16 && token.bytes().all(|byte| byte.is_ascii_graphic())).then_some(OperatorToken(token))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let (expected, presented) = (self.0.as_bytes(), presented.as_bytes());
+        // Every byte is looked at whatever the first difference, so timing says nothing of the token.
+        let difference = expected.iter().zip(presented).fold(0u8, |acc, (left, right)| acc | (left ^ right));
+        difference == 0 && expected.len() == presented.len()
     }
 }
 

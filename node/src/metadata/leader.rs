@@ -123,7 +123,7 @@ impl MetadataService {
 
 #[async_trait::async_trait]
 impl hfm_cluster::peer::RpcHandler for MetadataService {
-    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn handle(&self, _caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         let request: MetadataRequest =
             serde_json::from_slice(&request).map_err(|error| format!("undecodable metadata request: {error}"))?;
         let answer = self.metadata.answer_peer(request).await;

@@ -183,7 +183,12 @@ impl crate::telemetry::MetricSource for Peers {
                 count.1 += 1;
             }
         }
-        samples.gauges("hfm_gossip_members", "Nodes of the topology by the state gossip sees", "state", &states)
+        samples.gauges("hfm_gossip_members", "Nodes of the topology by the state gossip sees", "state", &states)?;
+        samples.counter(
+            "hfm_peer_connections_refused",
+            "Peer connections refused: a certificate not from the cluster CA, or naming no node of the topology",
+            self.endpoint().refused_peers(),
+        )
     }
 }
 
@@ -197,5 +202,21 @@ impl crate::telemetry::MetricSource for RaftMetrics {
         samples.gauge("hfm_raft_is_leader", "1 when this node leads the catalog", i64::from(status.leader == Some(status.id)))?;
         samples.gauge("hfm_raft_has_leader", "1 when this node knows a catalog leader", i64::from(status.leader.is_some()))?;
         samples.gauge("hfm_raft_last_applied", "Index of the last catalog entry applied here", status.last_applied.unwrap_or(0) as i64)
+    }
+}
+
+/// Exports the gossip datagrams dropped before chitchat saw them.
+pub struct GossipMetrics(pub Arc<hfm_cluster::membership::auth::GossipRejections>);
+
+impl crate::telemetry::MetricSource for GossipMetrics {
+    fn collect(&self, samples: &mut crate::telemetry::Samples<'_>) -> std::fmt::Result {
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let reasons = [("forged", load(&self.0.forged)), ("stale", load(&self.0.stale)), ("replayed", load(&self.0.replayed))];
+        samples.counters(
+            "hfm_gossip_rejected",
+            "Gossip datagrams dropped unread: no valid MAC, too old, or seen before",
+            "reason",
+            &reasons,
+        )
     }
 }

@@ -1,128 +1,78 @@
 //! The HTTP listener: HTTP/1.1 and HTTP/2 on one TCP port, in cleartext (HTTP/2 by prior
-//! knowledge) and over TLS (ALPN `h2`, `http/1.1`) when a certificate is configured. A connection
-//! is TLS when its first byte is a TLS handshake record (0x16), which no HTTP request starts with.
+//! knowledge) and over TLS (ALPN `h2`, `http/1.1`) when a certificate is configured.
 //!
-//! The certificate and key are read again on SIGHUP; connections already open keep the
-//! configuration they were accepted with, new ones get the new one, and a file that does not load
-//! leaves the old configuration in place.
+//! What a connection speaks is decided from its first bytes, read under the header timeout: a PROXY
+//! header first when the peer is a trusted proxy; then TLS when the first byte is a handshake record
+//! (0x16, which no HTTP request starts with); then HTTP/2 when the bytes are its preface. A
+//! connection that sends nothing decisive in time is closed, as is one whose headers do not arrive
+//! in time, an HTTP/1.1 connection idle between requests, and an HTTP/2 connection with no request
+//! in flight for the idle timeout. Connections are bounded per client network and in total.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
-use crate::config::tls::TlsFiles;
+use super::connections::{ConnectionLimits, ConnectionSlot};
+use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarded_scheme, read_proxy_start};
+use super::tls::TlsState;
 use crate::edge::RequestScheme;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
-/// How long a new connection may take to send its first byte (or finish its TLS handshake).
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// What an HTTP/2 connection by prior knowledge starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads the files into a server configuration offering `h2` and `http/1.1`.
-pub fn load_tls(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
-        .with_context(|| format!("reading {}", files.certificate.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", files.certificate.display()))?;
-    anyhow::ensure!(!certificates.is_empty(), "{} holds no certificate", files.certificate.display());
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading the private key {}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certificates, key)
-        .context("the certificate and key do not make a TLS configuration")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+/// How long clients may take and how much one connection may carry.
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    /// To send a request's headers (and, for a new connection, to say what it speaks and finish its
+    /// TLS handshake); also how long an HTTP/1.1 connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// How long an HTTP/2 connection may have no request in flight.
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection (and HTTP/3 requests per connection).
+    pub streams_per_connection: u32,
+    /// Who may name the client (PROXY protocol, `X-Forwarded-For`).
+    pub trusted_proxies: TrustedProxies,
 }
 
-/// Called with each newly loaded TLS configuration (HTTP/3 swaps its QUIC configuration).
-pub type ReloadHook = Box<dyn Fn(&rustls::ServerConfig) + Send + Sync>;
-
-/// The TLS configuration new connections get; replaced on reload.
-#[derive(Clone)]
-pub struct TlsState {
-    files: TlsFiles,
-    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
-    hooks: Arc<std::sync::Mutex<Vec<ReloadHook>>>,
-}
-
-impl TlsState {
-    pub fn load(files: TlsFiles) -> anyhow::Result<TlsState> {
-        let config = load_tls(&files)?;
-        Ok(TlsState { files, current: Arc::new(RwLock::new(config)), hooks: Arc::default() })
-    }
-
-    /// Reads the files again; on failure the old configuration stays.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let config = load_tls(&self.files)?;
-        *self.current.write().expect("tls state poisoned") = config.clone();
-        for hook in self.hooks.lock().expect("tls hooks poisoned").iter() {
-            hook(&config);
-        }
-        Ok(())
-    }
-
-    /// Runs `hook` after every successful reload.
-    pub fn on_reload(&self, hook: ReloadHook) {
-        self.hooks.lock().expect("tls hooks poisoned").push(hook);
-    }
-
-    /// The configuration new connections get now.
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        self.current.read().expect("tls state poisoned").clone()
-    }
-
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current())
-    }
-
-    pub fn files(&self) -> &Path {
-        &self.files.certificate
-    }
-}
-
-/// Reloads the certificate on every SIGHUP until `shutdown`.
-pub fn spawn_reloader(tls: TlsState, shutdown: CancellationToken) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("listening for SIGHUP")?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                received = hangups.recv() => if received.is_none() { break },
-            }
-            match tls.reload() {
-                Ok(()) => info!(certificate = %tls.files().display(), "TLS certificate reloaded"),
-                Err(error) => warn!(error = format!("{error:#}"), "TLS certificate not reloaded; the old one stays"),
-            }
-        }
-    }))
+/// What every connection of the listener shares.
+struct Listener {
+    app: Router,
+    tls: Option<TlsState>,
+    alt_svc: Option<http::HeaderValue>,
+    limits: ConnectionLimits,
+    settings: ConnectionSettings,
+    stop: CancellationToken,
 }
 
 /// Serves `app` on `listener` until `stop`; then lets open connections finish for up to `grace`.
 /// `alt_svc` is added to every response (HTTP/3 advertised while it runs).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsState>,
     alt_svc: Option<http::HeaderValue>,
+    limits: ConnectionLimits,
+    settings: ConnectionSettings,
     stop: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let shared = Arc::new(Listener { app, tls, alt_svc, limits, settings, stop: stop.clone() });
+    let connections = TaskTracker::new();
     loop {
         let (stream, remote) = tokio::select! {
             () = stop.cancelled() => break,
@@ -136,65 +86,253 @@ pub async fn serve(
                 }
             },
         };
+        // A trusted proxy carries many clients: it is bounded per client once it names them.
+        let trusted = shared.settings.trusted_proxies.contains(remote.ip());
+        let Some(slot) = shared.limits.try_open((!trusted).then_some(remote.ip())) else {
+            debug!(%remote, "connection over the bound; closed");
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             // Without TCP_NODELAY a body written after its headers waits for the client's delayed ACK.
             warn!(%error, "cannot set TCP_NODELAY");
         }
-        let app = app.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let alt_svc = alt_svc.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, remote, app, &builder, tls, alt_svc, watcher).await {
+        let shared = shared.clone();
+        connections.spawn(async move {
+            if let Err(error) = serve_connection(stream, remote, trusted, slot, &shared).await {
                 debug!(%remote, error = format!("{error:#}"), "connection ended with an error");
             }
         });
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => warn!("grace period over; cutting open connections"),
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        warn!("grace period over; cutting open connections");
     }
     Ok(())
+}
+
+/// Who a connection's requests come from.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// The client: the TCP peer, or the one a PROXY header named.
+    client: SocketAddr,
+    /// The TCP peer is a trusted proxy that sent no PROXY header: its requests name their client in
+    /// `X-Forwarded-For`.
+    forwarded: bool,
+    tls: bool,
 }
 
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    app: Router,
-    builder: &auto::Builder<TokioExecutor>,
-    tls: Option<TlsState>,
-    alt_svc: Option<http::HeaderValue>,
-    watcher: hyper_util::server::graceful::Watcher,
+    trusted: bool,
+    mut slot: ConnectionSlot,
+    shared: &Listener,
 ) -> anyhow::Result<()> {
-    let service = |scheme: &'static str| {
+    let timeout = shared.settings.header_timeout;
+    let mut stream = stream;
+    let mut peer = Peer { client: remote, forwarded: false, tls: false };
+    let mut prefix = Vec::new();
+    if trusted {
+        match tokio::time::timeout(timeout, read_proxy_start(&mut stream)).await.context("no PROXY header in time")?? {
+            ProxyStart::Header(Some(client)) => {
+                anyhow::ensure!(shared.limits.assign(&mut slot, client.ip()), "the proxied client is over its connection bound");
+                peer.client = client;
+            }
+            // The proxy's own health check.
+            ProxyStart::Header(None) => {}
+            ProxyStart::Plain(read) => {
+                peer.forwarded = true;
+                prefix = read;
+            }
+        }
+    }
+    let mut stream = Prefixed::new(prefix, stream);
+    if stream.prefix().is_empty() {
+        tokio::time::timeout(timeout, stream.read_more()).await.context("no first byte in time")??;
+    }
+    match &shared.tls {
+        Some(tls) if stream.prefix()[0] == TLS_HANDSHAKE => {
+            let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await.context("TLS handshake timed out")??;
+            let is_h2 = accepted.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            peer.tls = true;
+            serve_http(accepted, is_h2, peer, shared).await
+        }
+        _ => {
+            let is_h2 = tokio::time::timeout(timeout, speaks_h2(&mut stream)).await.context("no request in time")??;
+            serve_http(stream, is_h2, peer, shared).await
+        }
+    }
+}
+
+/// Reads until the bytes either are HTTP/2's preface or cannot be.
+async fn speaks_h2<S: AsyncRead + Unpin>(stream: &mut Prefixed<S>) -> std::io::Result<bool> {
+    loop {
+        let seen = stream.prefix();
+        let compared = seen.len().min(H2_PREFACE.len());
+        if seen[..compared] != H2_PREFACE[..compared] {
+            return Ok(false);
+        }
+        if compared == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        stream.read_more().await?;
+    }
+}
+
+/// Requests in flight on a connection and when that last changed, for the idle timeout.
+struct InFlight {
+    count: AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight { count: AtomicUsize::new(0), since: std::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+}
+
+impl InFlight {
+    fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        *self.since.lock().expect("in-flight clock poisoned") = tokio::time::Instant::now();
+        InFlightGuard(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight (`None` while something is).
+    fn idle(&self) -> Option<Duration> {
+        let since = *self.since.lock().expect("in-flight clock poisoned");
+        (self.count.load(Ordering::SeqCst) == 0).then(|| since.elapsed())
+    }
+}
+
+/// Holds a request in flight until its response body is sent or dropped.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        *self.0.since.lock().expect("in-flight clock poisoned") = tokio::time::Instant::now();
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve_http<I>(io: I, is_h2: bool, peer: Peer, shared: &Listener) -> anyhow::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let in_flight = Arc::new(InFlight::default());
+    let service = {
+        let (app, alt_svc, trusted, in_flight) =
+            (shared.app.clone(), shared.alt_svc.clone(), shared.settings.trusted_proxies.clone(), in_flight.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(remote));
+            let mut client = peer.client;
+            let mut scheme = if peer.tls { "https" } else { "http" };
+            if peer.forwarded {
+                if let Some(address) = forwarded_for(request.headers(), &trusted) {
+                    client = SocketAddr::new(address, 0);
+                }
+                scheme = forwarded_scheme(request.headers()).unwrap_or(scheme);
+            }
+            request.extensions_mut().insert(ConnectInfo(client));
             request.extensions_mut().insert(RequestScheme(scheme));
-            let app = app.clone();
-            let alt_svc = alt_svc.clone();
+            let (app, alt_svc) = (app.clone(), alt_svc.clone());
+            let guard = in_flight.start();
             async move {
                 let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
                 if let Some(alt_svc) = alt_svc {
                     response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
                 }
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(response.map(|body| axum::body::Body::new(GuardedBody { inner: body, _guard: guard })))
             }
         })
     };
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first)).await.context("no first byte")??;
-    match tls {
-        Some(tls) if peeked == 1 && first[0] == TLS_HANDSHAKE => {
-            let stream =
-                tokio::time::timeout(FIRST_BYTES_TIMEOUT, tls.acceptor().accept(stream)).await.context("TLS handshake timed out")??;
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service("https")).into_owned();
-            watcher.watch(connection).await.map_err(|error| anyhow::anyhow!("{error}"))
+    let settings = &shared.settings;
+    if is_h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(settings.streams_per_connection)
+            // Rapid reset (CVE-2023-44487): streams a client opens and cancels are bounded.
+            .max_pending_accept_reset_streams(20usize)
+            .max_local_error_reset_streams(256usize)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(64 << 10);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        drive(connection, &shared.stop, Some((in_flight, settings.idle_timeout))).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // Armed at the start of every request's headers, including while the connection waits
+            // for the next request: it is also the idle timeout of a kept-alive connection.
+            .header_read_timeout(settings.header_timeout)
+            .max_headers(128usize)
+            .keep_alive(true);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        drive(connection, &shared.stop, None).await
+    }
+}
+
+/// Runs a connection until it ends; on `stop` (or after `idle` with no request in flight) it is
+/// asked to finish what it serves and close.
+async fn drive<C>(connection: C, stop: &CancellationToken, idle: Option<(Arc<InFlight>, Duration)>) -> anyhow::Result<()>
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result.map_err(|error| anyhow::anyhow!("{error}")),
+            () = stop.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = idle_for(idle.as_ref()), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
         }
-        _ => {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service("http")).into_owned();
-            watcher.watch(connection).await.map_err(|error| anyhow::anyhow!("{error}"))
+    }
+}
+
+/// Completes once the connection had no request in flight for the whole idle period (never when
+/// there is no idle timeout).
+async fn idle_for(idle: Option<&(Arc<InFlight>, Duration)>) {
+    let Some((in_flight, period)) = idle else { return std::future::pending().await };
+    loop {
+        match in_flight.idle() {
+            Some(idle) if idle >= *period => return,
+            Some(idle) => tokio::time::sleep(*period - idle).await,
+            None => tokio::time::sleep(*period).await,
         }
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped.
+struct GuardedBody {
+    inner: axum::body::Body,
+    _guard: InFlightGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

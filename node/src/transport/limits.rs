@@ -2,7 +2,8 @@
 //! mirror hammer upstream): requests per second per client (governor's GCRA per IPv4 address or IPv6
 //! /64, through `hfm-ratelimit`), parallel requests per IPv4 address or IPv6 /48, and bytes per 24 hours over HTTP (beyond,
 //! the client is pointed to rsync). Allow-listed prefixes (academic networks, CI farms) get their own
-//! quotas; the node's own host (loopback) is not limited unless a rule names it. Every table is
+//! quotas. Loopback is a client like any other (behind a proxy on the same host every client would be
+//! it); an allow rule may name it. Every table is
 //! bounded under a flood of distinct addresses.
 
 use std::collections::HashMap;
@@ -132,13 +133,12 @@ impl EdgeLimits {
     }
 
     fn quota(&self, address: IpAddr) -> Option<(Tier, Quota)> {
-        if let Some(index) = self.config.allow.iter().position(|(prefix, _)| prefix.contains(address)) {
-            return Some((Tier::Rule(index), self.config.allow[index].1));
-        }
-        if canonical(address).is_loopback() {
-            return None;
-        }
-        Some((Tier::Default, self.config.default))
+        let (tier, quota) = match self.config.allow.iter().position(|(prefix, _)| prefix.contains(address)) {
+            Some(index) => (Tier::Rule(index), self.config.allow[index].1),
+            None => (Tier::Default, self.config.default),
+        };
+        // An unlimited tier keeps no state at all.
+        (quota != Quota::UNLIMITED).then_some((tier, quota))
     }
 
     /// Lets a request from `address` through, or says why not and when to retry.
@@ -261,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn allow_rules_replace_the_default_and_loopback_is_free_unless_named() {
+    fn allow_rules_replace_the_default_and_loopback_is_a_client_like_any_other() {
         let generous = Quota { requests_per_second: 1000.0, burst: 1000.0, ..Quota::UNLIMITED };
         let limits = limits(
             Quota { requests_per_second: 1.0, burst: 1.0, ..Quota::UNLIMITED },
@@ -269,10 +269,15 @@ mod tests {
         );
         for _ in 0..50 {
             assert!(limits.admit(ip("192.0.2.5")).is_ok());
-            assert!(limits.admit(ip("127.0.0.1")).unwrap().is_none(), "loopback is not limited");
         }
         assert!(limits.admit(ip("198.51.100.1")).is_ok());
         assert_eq!(limits.admit(ip("198.51.100.1")).err().map(|(refusal, _)| refusal), Some(Refusal::Rate));
+        assert!(limits.admit(ip("127.0.0.1")).is_ok());
+        assert!(limits.admit(ip("127.0.0.1")).is_err(), "a proxy on the node's own host gets no exemption");
+        let local = std::sync::Arc::new(EdgeLimits::new(LimitsConfig::for_local_use()));
+        for _ in 0..100 {
+            assert!(local.admit(ip("127.0.0.1")).unwrap().is_none(), "only an allow rule frees loopback");
+        }
         let strict = limits_for_loopback();
         assert!(strict.admit(ip("127.0.0.1")).is_ok());
         assert!(strict.admit(ip("127.0.0.1")).is_err(), "a rule naming loopback applies");

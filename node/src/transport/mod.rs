@@ -4,15 +4,20 @@
 //!
 //! # Layout
 //!
-//! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, certificate reloads.
+//! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, header and idle timeouts;
+//!   `tls`: the certificate and its reloads; `proxy`: PROXY protocol and `X-Forwarded-For` from
+//!   trusted proxies; `connections`: connections bounded per client network and in total.
 //! - `http3`: HTTP/3 on the same port number over UDP (cargo feature `http3`).
 //! - `sockets`: adopting sockets a supervisor bound (`HF_MIRROR_LISTEN_FDS`).
 //! - `admission`: the front door; `limits`: the per-client quotas; `access_log`: the anonymised log.
 
 pub mod access_log;
 pub mod admission;
+pub mod connections;
 pub mod http;
 #[cfg(feature = "http3")]
 pub mod http3;
 pub mod limits;
+pub mod proxy;
 pub mod sockets;
+pub mod tls;

@@ -38,6 +38,7 @@ const PEER_PORT: u16 = 7443;
 const GOSSIP_PORT: u16 = 7946;
 const DNS_PORT: u16 = 5353;
 const RSYNC_PORT: u16 = 8873;
+const OPERATOR_PORT: u16 = 9090;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository root.
@@ -82,6 +83,8 @@ pub struct Node {
     pub name: String,
     pub addresses: NodeAddresses,
     pub url: String,
+    /// The operator port: status, drain, pins, replicas (with the token).
+    pub operator_url: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -105,6 +108,9 @@ pub struct Cluster {
     pub client: reqwest::Client,
     binary: PathBuf,
     topology_path: PathBuf,
+    /// The operator token every node shares, and its file.
+    pub token_file: PathBuf,
+    pub token: String,
     max_disk: Option<&'static str>,
     // Dropped last: the nodes and the Hub go before their network and directory.
     pub net: Network,
@@ -163,11 +169,17 @@ impl Cluster {
                     gossip: SocketAddr::from((ip, GOSSIP_PORT)),
                     dns: SocketAddr::from((ip, DNS_PORT)),
                     rsync: SocketAddr::from((ip, RSYNC_PORT)),
+                    operator: SocketAddr::from((ip, OPERATOR_PORT)),
                 }
             })
             .collect();
         let topology_path = dir.path().join("topology.toml");
-        std::fs::write(&topology_path, local_topology(&topology, dir.path(), &certs_dir, &addresses)?)?;
+        // One operator token for all nodes, made before any starts; the test's own clients (on the
+        // bridge, or loopback in the fallback) are not limited.
+        let token_file = hfm_node::cli::cluster_up::operator_token_path(dir.path());
+        let token = hfm_node::common::secret::ensure_token_file(&token_file)?;
+        let clients = net.client_prefix();
+        std::fs::write(&topology_path, local_topology(&topology, dir.path(), &certs_dir, &addresses, &[&clients, "127.0.0.0/8"])?)?;
         // The placement the nodes compute, from the same file.
         let local = hfm_node::config::read_topology(&topology_path)?;
         let origin = topology_path.display().to_string();
@@ -183,6 +195,7 @@ impl Cluster {
                 name: name.clone(),
                 addresses: *addresses,
                 url: format!("http://{}", addresses.http),
+                operator_url: format!("http://{}", addresses.operator),
                 data_dir: dir.path().join(name),
                 log: dir.path().join(format!("{name}.log")),
                 child: None,
@@ -190,7 +203,8 @@ impl Cluster {
             })
             .collect();
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
-        let mut cluster = Cluster { nodes, placement, hub, client, binary, topology_path, max_disk: options.max_disk, net, dir };
+        let mut cluster =
+            Cluster { nodes, placement, hub, client, binary, topology_path, token_file, token, max_disk: options.max_disk, net, dir };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index)?;
         }
@@ -307,7 +321,8 @@ impl Cluster {
 
     /// The holders of a blob as `index`'s catalog records them.
     pub async fn replica_holders(&self, index: usize, etag: &str) -> anyhow::Result<Vec<String>> {
-        let response = self.client.get(format!("{}/_hfm/replicas/{etag}", self.nodes[index].url)).send().await?;
+        let url = format!("{}/_hfm/replicas/{etag}", self.nodes[index].operator_url);
+        let response = self.client.get(url).bearer_auth(&self.token).send().await?;
         let record: Value = serde_json::from_slice(&response.bytes().await?)?;
         Ok(record["holders"]
             .as_array()
@@ -315,10 +330,18 @@ impl Cluster {
             .unwrap_or_default())
     }
 
-    /// `hf-mirror drain` run on the node's own host (inside its namespace).
+    /// `hf-mirror drain` run on the node's own host (inside its namespace), through its operator port.
     pub async fn drain(&self, index: usize) -> anyhow::Result<()> {
-        let url = self.nodes[index].url.clone();
-        self.run_on(index, &["drain", "--url", &url]).await.map(|_| ())
+        let url = self.nodes[index].operator_url.clone();
+        self.run_operator_command(index, &["drain", "--url", &url]).await.map(|_| ())
+    }
+
+    /// An operator command (`status`, `drain`, `mirror`, `pins`) run on node `index`'s host with
+    /// the cluster's operator token.
+    pub async fn run_operator_command(&self, index: usize, args: &[&str]) -> anyhow::Result<String> {
+        let token_file = self.token_file.display().to_string();
+        let with_token: Vec<&str> = args.iter().copied().chain(["--token-file", token_file.as_str()]).collect();
+        self.run_on(index, &with_token).await
     }
 
     /// The `hf-mirror` binary as a command run on node `index`'s host (inside its namespace).
@@ -372,9 +395,10 @@ impl Cluster {
         Ok(answers)
     }
 
-    /// A node's `/_hfm/status`.
+    /// A node's `/_hfm/status` (on its operator port).
     pub async fn status(&self, index: usize) -> anyhow::Result<Value> {
-        let response = self.client.get(format!("{}/_hfm/status", self.nodes[index].url)).timeout(Duration::from_secs(3)).send().await?;
+        let url = format!("{}/_hfm/status", self.nodes[index].operator_url);
+        let response = self.client.get(url).bearer_auth(&self.token).timeout(Duration::from_secs(3)).send().await?;
         Ok(serde_json::from_slice(&response.bytes().await?)?)
     }
 

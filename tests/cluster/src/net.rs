@@ -139,6 +139,12 @@ impl Network {
         }
     }
 
+    /// The prefix the nodes and the test's own clients share (the bridge's subnet, or the loopback
+    /// addresses of the fallback).
+    pub fn client_prefix(&self) -> String {
+        format!("{}.{}.{}.0/24", self.prefix[0], self.prefix[1], self.prefix[2])
+    }
+
     pub fn node_ip(&self, index: usize) -> Ipv4Addr {
         Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], index as u8 + 1)
     }

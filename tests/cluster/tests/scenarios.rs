@@ -184,7 +184,7 @@ async fn scenario_2b_an_evicted_copy_leaves_the_replica_set_and_is_not_copied_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scenario_3b_a_range_far_into_a_cold_huge_blob_is_answered_ahead_of_the_fill() -> anyhow::Result<()> {
+async fn scenario_3b_a_footer_of_a_cold_huge_blob_is_fetched_by_itself_and_the_whole_file_is_filled_when_asked() -> anyhow::Result<()> {
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Cluster::start(ClusterOptions { big_size: 48 << 20, ..ClusterOptions::default() }).await?;
     let blob = cluster.hub.file("bench/big", "main", "big.bin").await?;
@@ -204,15 +204,19 @@ async fn scenario_3b_a_range_far_into_a_cold_huge_blob_is_answered_ahead_of_the_
     };
     let footer = ranged(url.clone()).await?;
     assert_eq!(footer.len() as u64, end - start + 1);
+    // A small range of a large cold file is one ranged request upstream and nothing else: one
+    // byte asked for must not commit the node to fetching and storing the whole file.
     let ranges = cluster.hub.cdn_ranges(&blob.etag).await?;
     assert!(
-        ranges.iter().any(|range| range.as_deref().is_some_and(|range| range.starts_with(&format!("bytes={start}-")))),
-        "the range was fetched by itself, not after the whole file: {ranges:?}"
+        matches!(ranges.as_slice(), [Some(range)] if range.starts_with(&format!("bytes={start}-"))),
+        "only the range was fetched: {ranges:?}"
     );
-    // The fill went on in the background; once stored, the same range from disk is identical.
+    assert!((0..4).all(|index| !cluster.holds(index, &blob.etag)), "a footer does not store the blob");
+    // The whole file, asked for, is filled once; the same range from disk is identical.
     cluster.hub.throttle(0).await?;
-    wait_until("the blob is stored after all", Duration::from_secs(120), || async { (0..4).any(|index| cluster.holds(index, &blob.etag)) })
-        .await?;
+    let whole = cluster.client.get(url.clone()).send().await?;
+    anyhow::ensure!(whole.status() == 200, "the whole file answered {}", whole.status());
+    assert_eq!(whole.bytes().await?.len() as u64, blob.size);
     wait_held(&cluster, &[node], &blob.etag).await?;
     assert_eq!(ranged(url).await?, footer, "the range answered ahead of the fill has the blob's bytes");
     cluster.verify_disks()?;
@@ -476,10 +480,10 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let files = cluster.hub.files("org/model", "main").await?;
-    let url = cluster.nodes[0].url.clone();
+    let url = cluster.nodes[0].operator_url.clone();
     cluster.hub.reset().await?;
     // `hf-mirror mirror` returns once every live node holds every file.
-    let output = cluster.run_on(0, &["mirror", "--repo", "org/model", "--url", &url]).await?;
+    let output = cluster.run_operator_command(0, &["mirror", "--repo", "org/model", "--url", &url]).await?;
     assert!(output.contains("is on every live node"), "{output}");
     for node in 0..4 {
         for file in &files {
@@ -489,7 +493,7 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     for file in files.iter().filter(|file| file.etag.len() == 64) {
         assert_eq!(cluster.hub.cdn_gets(&file.etag).await?, 1, "{}: one upstream fetch for four copies", file.path);
     }
-    let listing = cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await?;
+    let listing = cluster.run_operator_command(1, &["pins", "--url", &cluster.nodes[1].operator_url]).await?;
     assert!(listing.contains("model org/model@main") && listing.matches("complete").count() == 4, "{listing}");
 
     // Every node's rsync `models` module shows the repo once it is complete there, with upstream's
@@ -528,7 +532,10 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
     // The pinned branch moves upstream: its new commit is filled everywhere, then the pin switches.
     let new_commit = cluster.hub.move_branch("org/model", "main").await?;
     wait_until("the pin switched to the branch's new commit", Duration::from_secs(120), || async {
-        cluster.run_on(1, &["pins", "--url", &cluster.nodes[1].url]).await.is_ok_and(|listing| listing.contains(&new_commit))
+        cluster
+            .run_operator_command(1, &["pins", "--url", &cluster.nodes[1].operator_url])
+            .await
+            .is_ok_and(|listing| listing.contains(&new_commit))
     })
     .await?;
     for file in cluster.hub.files("org/model", &new_commit).await? {
@@ -536,11 +543,13 @@ async fn scenario_9_a_repo_pinned_through_one_node_is_filled_onto_every_node() -
             assert!(cluster.holds(node, &file.etag), "{} lacks {} of the new commit", cluster.nodes[node].name, file.path);
         }
     }
-    // Pinning from another host is refused; unpinning from the node works.
+    // Pinning without the operator token is refused, whoever asks; the public port has no such route.
     let refused = cluster.client.post(format!("{url}/_hfm/pins?repo=org/model")).send().await?;
-    assert_eq!(refused.status(), 403);
-    cluster.run_on(0, &["mirror", "--repo", "org/model", "--unpin", "--url", &url]).await?;
-    assert!(cluster.run_on(0, &["pins", "--url", &url]).await?.contains("no pins"));
+    assert_eq!(refused.status(), 401);
+    let public = cluster.client.post(format!("{}/_hfm/pins?repo=org/model", cluster.nodes[0].url)).send().await?;
+    assert_eq!(public.status(), 404);
+    cluster.run_operator_command(0, &["mirror", "--repo", "org/model", "--unpin", "--url", &url]).await?;
+    assert!(cluster.run_operator_command(0, &["pins", "--url", &url]).await?.contains("no pins"));
     cluster.verify_disks()?;
     Ok(())
 }
@@ -554,7 +563,7 @@ async fn scenario_9b_pins_declared_in_the_topology_are_made_and_filled_without_a
         (0..4).all(|node| files.iter().all(|file| cluster.holds(node, &file.etag)))
     })
     .await?;
-    let listing = cluster.run_on(2, &["pins", "--url", &cluster.nodes[2].url]).await?;
+    let listing = cluster.run_operator_command(2, &["pins", "--url", &cluster.nodes[2].operator_url]).await?;
     assert!(listing.contains("model org/tiny-tokenizer@main"), "{listing}");
     Ok(())
 }

@@ -36,6 +36,21 @@ pub(super) enum RaftRpc {
     Write(CatalogCommand),
 }
 
+impl RaftRpc {
+    /// The node a message speaks for: the leader (entries, snapshots, transfers) or the candidate
+    /// (votes); none for a forwarded write, which any member may send.
+    pub(super) fn sender(&self) -> Option<u64> {
+        use openraft::vote::RaftLeaderId;
+        match self {
+            RaftRpc::AppendEntries(rpc) => Some(*rpc.vote.leader_id().node_id()),
+            RaftRpc::Vote(rpc) => Some(*rpc.vote.leader_id().node_id()),
+            RaftRpc::Snapshot { vote, .. } => Some(*vote.leader_id().node_id()),
+            RaftRpc::TransferLeader(request) => Some(*request.from_leader().leader_id().node_id()),
+            RaftRpc::Write(_) => None,
+        }
+    }
+}
+
 /// Connects catalog nodes by their Raft ids.
 #[derive(Clone)]
 pub struct CatalogNetwork {
@@ -46,6 +61,11 @@ pub struct CatalogNetwork {
 impl CatalogNetwork {
     pub fn new(endpoint: PeerEndpoint, peers: HashMap<u64, PeerAddress>) -> CatalogNetwork {
         CatalogNetwork { endpoint, peers: Arc::new(peers) }
+    }
+
+    /// The catalog id of the node named `name`.
+    pub(super) fn id_of(&self, name: &str) -> Option<u64> {
+        self.peers.iter().find(|(_, peer)| peer.name == name).map(|(id, _)| *id)
     }
 
     /// Sends one message to a node and decodes its answer.

@@ -166,8 +166,17 @@ impl RaftCatalog {
 
 #[async_trait::async_trait]
 impl RpcHandler for RaftCatalog {
-    async fn handle(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn handle(&self, caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         let message: RaftRpc = serde_json::from_slice(&request).map_err(|error| format!("undecodable raft message: {error}"))?;
+        // A node speaks for itself only: the leader or candidate a message names must be the node
+        // whose certificate the connection showed (a leaked key cannot vote or lead as another).
+        if let Some(claimed) = message.sender() {
+            let caller_id = self.network.id_of(caller);
+            if caller_id != Some(claimed) {
+                warn!(caller, claimed, "a raft message claims another node; refused");
+                return Err(format!("{caller} may not speak for catalog node {claimed}"));
+            }
+        }
         let answer = match message {
             RaftRpc::AppendEntries(rpc) => serde_json::to_vec(&self.raft.append_entries(rpc).await.map_err(|error| error.to_string())?),
             RaftRpc::Vote(rpc) => serde_json::to_vec(&self.raft.vote(rpc).await.map_err(|error| error.to_string())?),

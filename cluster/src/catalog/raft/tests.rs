@@ -105,8 +105,9 @@ mod cluster {
             let serving = endpoint.clone();
             let handler = catalog.rpc_handler();
             let token = stop.clone();
+            let names: Vec<String> = members.iter().map(|member| member.name.clone()).collect();
             tokio::spawn(async move {
-                serving.serve(Arc::new(NoBlobs), [(crate::catalog::raft::RAFT_SERVICE.to_owned(), handler)].into(), token).await
+                serving.serve(Arc::new(NoBlobs), [(crate::catalog::raft::RAFT_SERVICE.to_owned(), handler)].into(), names, token).await
             });
             nodes.push(TestNode { catalog, stop, _directory: directory });
         }
@@ -136,9 +137,30 @@ mod cluster {
         for node in &nodes {
             wait_for_ref(node, &repo, "main", &"b".repeat(40)).await;
         }
+        // A node speaks for itself only: a vote request naming node 3 as candidate, sent by a
+        // connection whose certificate is node 1's, is refused before Raft sees it.
+        let survivor = &nodes[0].catalog;
+        let names: Vec<String> = ["n1", "n2", "n3"].map(str::to_owned).to_vec();
+        let (honest, impostor) = (names[0].as_str(), crate::catalog::raft::network::RaftRpc::Vote(vote_request(3)));
+        let handler = survivor.rpc_handler();
+        let refused = handler.handle(honest, serde_json::to_vec(&impostor).unwrap()).await;
+        assert!(refused.is_err_and(|reason| reason.contains("may not speak for")), "a vote as another node");
+        let own = crate::catalog::raft::network::RaftRpc::Vote(vote_request(1));
+        let answered = handler.handle(honest, serde_json::to_vec(&own).unwrap()).await;
+        assert!(answered.is_ok(), "a node's own vote request is handled: {answered:?}");
         for node in &nodes {
             node.catalog.shutdown().await;
             node.stop.cancel();
         }
+    }
+
+    /// A vote request with `candidate` in an old term (it will not win anything).
+    fn vote_request(candidate: u64) -> openraft::raft::VoteRequest<crate::catalog::raft::CatalogTypes> {
+        use openraft::vote::RaftVote;
+        let vote = <openraft::type_config::alias::VoteOf<crate::catalog::raft::CatalogTypes> as RaftVote>::from_leader_id(
+            openraft::vote::RaftLeaderId::new(0, candidate),
+            false,
+        );
+        openraft::raft::VoteRequest::new(vote, None)
     }
 }
