@@ -50,6 +50,7 @@ locals {
     limit_nofile     = var.limit_nofile
     dns_port         = local.dns_port
     rsync_port       = local.rsync_port
+    anycast          = var.anycast
   }
 
   ssh = {

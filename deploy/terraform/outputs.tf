@@ -25,3 +25,8 @@ output "release_sha256" {
   description = "The sha256 of the binary this configuration deploys."
   value       = local.binary_sha256
 }
+
+output "anycast_address" {
+  description = "The service address every ready node announces over BGP (null without anycast)."
+  value       = try(var.anycast.address, null)
+}

@@ -48,6 +48,8 @@ variable "nodes" {
       tls_cert     optional local PEM certificate chain for TLS on the HTTP port
       tls_key      its private key (both or neither); copied with mode 0640
       environment  extra HF_MIRROR_* settings for this node's unit (flags override topology.toml)
+      bgp          with `anycast`: this host's BGP session to its upstream router
+                   { neighbor, neighbor_as, local_as, router_id (default: host) }
   EOT
   type = map(object({
     host        = string
@@ -61,6 +63,12 @@ variable "nodes" {
     tls_cert    = optional(string)
     tls_key     = optional(string)
     environment = optional(map(string), {})
+    bgp = optional(object({
+      neighbor    = string
+      neighbor_as = number
+      local_as    = number
+      router_id   = optional(string)
+    }))
   }))
 
   # The topology's own shape (checked here: a validation of var.topology cannot read what is parsed
@@ -88,6 +96,29 @@ variable "nodes" {
   validation {
     condition     = alltrue([for node in values(var.nodes) : (node.tls_cert == null) == (node.tls_key == null)])
     error_message = "tls_cert and tls_key go together."
+  }
+}
+
+variable "anycast" {
+  description = <<-EOT
+    Optional: every node announces the same service address over BGP (BIRD, Debian's bird2 on each
+    host) while its /readyz answers 200, and withdraws it when it drains, stops or dies; the drain
+    in ExecStop withdraws it explicitly and waits withdraw_delay seconds before the process stops.
+    Each node then needs `bgp` in `nodes`. Null (the default) configures no BGP at all.
+  EOT
+  type = object({
+    address        = string
+    withdraw_delay = optional(number, 1)
+  })
+  default = null
+
+  validation {
+    condition     = var.anycast == null || alltrue([for node in values(var.nodes) : node.bgp != null])
+    error_message = "With anycast, every node needs bgp = { neighbor, neighbor_as, local_as }."
+  }
+  validation {
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$", try(var.anycast.address, "0.0.0.0")))
+    error_message = "anycast.address must be an IPv4 address (announced as /32)."
   }
 }
 

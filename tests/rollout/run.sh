@@ -17,6 +17,12 @@
 #     (0 failed requests, every byte hashed)          Raft membership changes in the node)
 #                                                   8 destroy: stopped, data kept, no keys left
 #
+# Anycast (HFM_ROLLOUT_ANYCAST=1, the default): every host also runs BIRD (Debian's bird2) and
+# announces one service address over BGP to a BIRD in the router namespace while its /readyz is 200;
+# the router installs them as equal-cost routes and pins each connection to the host it started on
+# (conntrack mark + policy routing), and a client namespace behind the router downloads through the
+# anycast address during the rolling upgrade.
+#
 # Everything it makes (namespaces, mounts, containers, processes) is removed on exit, also when it
 # fails; it stops only processes it started, by PID. Logs of the last run: target/rollout/last-run/.
 # Environment: HF_MIRROR_BUILD_DIR (default target), HFM_ROLLOUT_KEEP=1 keeps the work directory's
@@ -97,6 +103,11 @@ command -v curl >/dev/null || needed+=(curl)
 command -v dig >/dev/null || needed+=(bind9-dnsutils)
 command -v rsync >/dev/null || needed+=(rsync)
 command -v openssl >/dev/null || needed+=(openssl)
+ANYCAST=${HFM_ROLLOUT_ANYCAST:-1}
+if [ "$ANYCAST" = 1 ]; then
+    command -v bird >/dev/null || needed+=(bird2)
+    command -v nft >/dev/null || needed+=(nftables)
+fi
 if [ ${#needed[@]} -gt 0 ]; then
     note "installing ${needed[*]}"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"; } >/dev/null ||
@@ -123,6 +134,10 @@ SUBNET=10.77.0
 ROUTER_IP=$SUBNET.1
 CDN_IP=$SUBNET.2
 HUB_URL=http://$ROUTER_IP:8000
+NS_C=${PREFIX}c                 # client namespace behind the router (anycast)
+CLIENT_NET=10.78.0
+ANYCAST_IP=10.77.100.1
+ROUTER_AS=65000
 mapfile -t NODES < <("$PY" -c 'import sys, tomllib; print("\n".join(n["name"] for n in tomllib.load(open(sys.argv[1], "rb"))["nodes"]))' "$ROOT/topology.toml")
 [ ${#NODES[@]} -ge 2 ] || fatal "topology.toml lists fewer than two nodes"
 declare -A HOST_IP NS_OF MACHINE NSPAWN_PID INIT_PID
@@ -139,6 +154,9 @@ CREATED_NETNS=()
 MERGED_MOUNTS=()
 FAKEHUB_PID=""
 CLIENT_PID=""
+ANYCAST_CLIENT_PID=""
+BIRD_PID=""
+MONITOR_PID=""
 LOGS=$WORK/logs
 RESULT_DIR=$BUILD_DIR/rollout/last-run
 
@@ -160,11 +178,22 @@ stop_pid() { # PID SECONDS: SIGTERM, a bounded wait, then SIGKILL
 
 cleanup() {
     local status=$?
-    set +e
+    set +eu
     trap - EXIT INT TERM
     stage_end
     say "cleanup"
     stop_pid "$CLIENT_PID" 5
+    stop_pid "$ANYCAST_CLIENT_PID" 5
+    stop_pid "$MONITOR_PID" 5
+    # The hosts' journals, for whoever looks next (bounded: 20 s a host).
+    if [ -d "$LOGS" ]; then
+        for node in "${NODES[@]}"; do
+            pid=${NSPAWN_PID[$node]:-}
+            [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
+            timeout 20 ip netns exec "$NS_R" ssh "${SSH_OPTIONS[@]}" "root@${HOST_IP[$node]}" \
+                'journalctl --no-pager -o short-iso -n 400' >"$LOGS/host-journal-$node.log" 2>&1
+        done
+    fi
     # Containers: SIGTERM to systemd-nspawn asks the host's systemd to power off (all at once).
     for node in "${NODES[@]}"; do
         pid=${NSPAWN_PID[$node]:-}
@@ -185,6 +214,7 @@ cleanup() {
         fi
     done
     stop_pid "$FAKEHUB_PID" 5
+    stop_pid "$BIRD_PID" 5
     # Logs of this run, for whoever looks next.
     if [ -d "$LOGS" ]; then
         rm -rf "$RESULT_DIR"
@@ -210,7 +240,7 @@ cleanup() {
     done
     # Nothing of ours may be left.
     left=()
-    for pid in "$CLIENT_PID" "$FAKEHUB_PID" "${NSPAWN_PID[@]}" "${INIT_PID[@]}"; do
+    for pid in "$CLIENT_PID" "$ANYCAST_CLIENT_PID" "$FAKEHUB_PID" "$BIRD_PID" "$MONITOR_PID" "${NSPAWN_PID[@]}" "${INIT_PID[@]}"; do
         [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && left+=("process $pid")
     done
     for ns in "${CREATED_NETNS[@]}"; do
@@ -241,8 +271,8 @@ report() {
 }
 
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'FAILED=$((FAILED + 1)); FAILURES+=("interrupted (SIGINT)"); exit 130' INT
+trap 'FAILED=$((FAILED + 1)); FAILURES+=("interrupted (SIGTERM)"); exit 143' TERM
 
 mount -t tmpfs -o size=6g,mode=0700 "$PREFIX-work" "$WORK" || fatal "cannot mount a tmpfs on $WORK"
 WORK_MOUNTED=yes
@@ -349,6 +379,18 @@ rotate_cert() {
 }
 
 now_ns() { date +%s%N; }
+# The next hops of the router's route to the anycast address, sorted, on one line.
+anycast_hops() { ip -n "$NS_R" route show "$ANYCAST_IP/32" 2>/dev/null | grep -o 'via [0-9.]*' | cut -d' ' -f2 | sort | tr '\n' ' '; }
+# Waits (bounded) until the router routes the anycast address to every node.
+wait_all_announced() {
+    local all
+    all=$(for node in "${NODES[@]}"; do echo "${HOST_IP[$node]}"; done | sort | tr '\n' ' ')
+    for _ in $(seq 1 60); do
+        [ "$(anycast_hops)" = "$all" ] && return 0
+        sleep 0.5
+    done
+    return 1
+}
 all_positive() { for value in "$@"; do [ "${value:-0}" -gt 0 ] 2>/dev/null || return 1; done; }
 held_by_both() { [[ $1 == *'"systemd"'* && $1 == *'"hf-mirror"'* ]]; }
 
@@ -376,6 +418,63 @@ for index in "${!NODES[@]}"; do
     ip -n "$ns" route add default via "$ROUTER_IP"
 done
 ip -n "$NS_R" route | grep -q '^default' && fatal "the router namespace must have no default route"
+
+if [ "$ANYCAST" = 1 ]; then
+    # A client network behind the router; the router forwards, spreads new connections over the
+    # equal-cost routes BIRD installs (hashing ports too), and keeps each connection on the host it
+    # began on: the first packet's next hop becomes the connection's mark, later packets are routed
+    # by the mark to that host, even once its route is withdrawn (so a drained node finishes what
+    # it serves while new connections go elsewhere).
+    ip netns add "$NS_C" || fatal "cannot create network namespace $NS_C"
+    CREATED_NETNS+=("$NS_C")
+    ip -n "$NS_R" link add c0 type veth peer name eth0 netns "$NS_C" || fatal "cannot create the client veth"
+    ip -n "$NS_R" addr add "$CLIENT_NET.1/24" dev c0
+    ip -n "$NS_R" link set c0 up
+    ip -n "$NS_C" link set lo up
+    ip -n "$NS_C" addr add "$CLIENT_NET.2/24" dev eth0
+    ip -n "$NS_C" link set eth0 up
+    ip -n "$NS_C" route add default via "$CLIENT_NET.1"
+    ip netns exec "$NS_R" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 ||
+        fatal "cannot enable forwarding in the router namespace"
+    marks=""
+    for index in "${!NODES[@]}"; do
+        node=${NODES[$index]}
+        mark=$((index + 1))
+        ip -n "$NS_R" rule add fwmark "$mark" lookup $((100 + mark)) priority $((100 + mark))
+        ip -n "$NS_R" route add "$ANYCAST_IP/32" via "${HOST_IP[$node]}" dev br0 table $((100 + mark))
+        marks="$marks${marks:+, }${HOST_IP[$node]} : $mark"
+    done
+    printf '%s\n' "table ip hfro_anycast {" \
+        "    chain prerouting {" \
+        "        type filter hook prerouting priority mangle; policy accept;" \
+        "        ip daddr $ANYCAST_IP ct state established,related meta mark set ct mark" \
+        "    }" \
+        "    chain postrouting {" \
+        "        type filter hook postrouting priority mangle; policy accept;" \
+        "        ip daddr $ANYCAST_IP ct state new ct mark set rt ip nexthop map { $marks }" \
+        "    }" \
+        "}" >"$WORK/anycast.nft"
+    ip netns exec "$NS_R" nft -f "$WORK/anycast.nft" || fatal "cannot load the router's connection pinning (nft)"
+    {
+        echo "log stderr all;"
+        echo "router id $ROUTER_IP;"
+        echo "protocol device { }"
+        echo "protocol kernel { ipv4 { import none; export all; }; merge paths on; }"
+        echo "template bgp hosts {"
+        echo "  local as $ROUTER_AS; hold time 9; keepalive time 3;"
+        echo "  connect delay time 1; connect retry time 5; error wait time 1, 10;"
+        echo "  ipv4 { import all; export none; };"
+        echo "}"
+        for index in "${!NODES[@]}"; do
+            echo "protocol bgp ${NODES[$index]} from hosts { neighbor ${HOST_IP[${NODES[$index]}]} as $((65101 + index)); }"
+        done
+    } >"$WORK/bird-router.conf"
+    ip netns exec "$NS_R" bird -f -c "$WORK/bird-router.conf" -s "$WORK/bird-router.ctl" >"$LOGS/bird-router.log" 2>&1 </dev/null &
+    BIRD_PID=$!
+    sleep 0.5
+    kill -0 "$BIRD_PID" 2>/dev/null || fatal "the router's BIRD did not start: $(tail -3 "$LOGS/bird-router.log")"
+    note "router: BIRD (AS $ROUTER_AS) for anycast $ANYCAST_IP; client namespace $CLIENT_NET.2"
+fi
 
 in_router "$PY" "$ROOT/tests/fakehub/fake_hub.py" --host "$ROUTER_IP" --port 8000 --cdn-host "$CDN_IP" --cdn-port 8001 \
     >"$LOGS/fakehub.log" 2>&1 </dev/null &
@@ -436,8 +535,10 @@ for node in "${NODES[@]}"; do
     chmod 600 "$root/root/.ssh/authorized_keys"
     echo "${HOST_IP[$node]} $(cut -d' ' -f1,2 "$root/etc/ssh/ssh_host_ed25519_key.pub")" >>"$WORK/keys/known_hosts"
     chmod 755 "$WORK/data/$node"
+    # CAP_NET_ADMIN: nspawn drops it for a network namespace it did not make; a host needs it (the
+    # anycast address on lo). The namespace is the host's own, so it reaches nothing else.
     systemd-nspawn --boot --keep-unit --register=no --link-journal=no --resolv-conf=off --timezone=off \
-        --console=pipe --directory="$root" --machine="${MACHINE[$node]}" \
+        --capability=CAP_NET_ADMIN --console=pipe --directory="$root" --machine="${MACHINE[$node]}" \
         --network-namespace-path="/run/netns/${NS_OF[$node]}" \
         --bind="$WORK/data/$node:/var/lib/hf-mirror" \
         >"$LOGS/console-$node.log" 2>&1 </dev/null &
@@ -465,7 +566,7 @@ stage "topology, certificates, Terraform configuration"
 addresses=()
 for node in "${NODES[@]}"; do addresses+=("$node=${HOST_IP[$node]}"); done
 "$PY" "$HERE/lib/topology.py" "$ROOT/topology.toml" "$WORK/topology.toml" --hub "$HUB_URL" \
-    --client-prefix "$SUBNET.0/24" "${addresses[@]}" >/dev/null || fatal "cannot derive the test topology"
+    --client-prefix "10.64.0.0/10" "${addresses[@]}" >/dev/null || fatal "cannot derive the test topology"
 "$BINARY" cluster certs --config "$WORK/topology.toml" --out "$WORK/certs" >"$LOGS/certs.log" 2>&1 ||
     fatal "hf-mirror cluster certs failed: $(tail -3 "$LOGS/certs.log")"
 for node in "${NODES[@]}"; do
@@ -498,15 +599,19 @@ provider_installation {
   }
 }
 EOF
-"$PY" - "$WORK" "$B1" "${addresses[@]}" <<'PY' >"$TF_DIR/terraform.tfvars.json" || fatal "cannot write terraform.tfvars.json"
+"$PY" - "$WORK" "$B1" "$ANYCAST" "$ANYCAST_IP" "$ROUTER_IP" "$ROUTER_AS" "${addresses[@]}" <<'PY' >"$TF_DIR/terraform.tfvars.json" || fatal "cannot write terraform.tfvars.json"
 import json, sys
-work, binary, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
+work, binary, anycast, anycast_ip, router_ip, router_as, pairs = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7:]
 hosts = {}
-for pair in pairs:
+for index, pair in enumerate(pairs):
     node, address = pair.split("=", 1)
     key = open(f"{work}/hosts/{node}/root/etc/ssh/ssh_host_ed25519_key.pub").read().strip()
     hosts[node] = {"host": address, "host_key": key, "http_listen": "0.0.0.0:80", "dns_listen": "0.0.0.0:53"}
+    if anycast:
+        hosts[node]["bgp"] = {"neighbor": router_ip, "neighbor_as": router_as, "local_as": 65101 + index}
+extra = {"anycast": {"address": anycast_ip, "withdraw_delay": 1}} if anycast else {}
 json.dump({
+    **extra,
     "topology": f"{work}/topology.toml",
     "binary": binary,
     "certs_dir": f"{work}/certs",
@@ -572,13 +677,24 @@ print(len(views), len({v["raft"]["leader"] for v in views}), sum(1 for v in view
 expect "every node's /_hfm/status: same leader, exactly one node leads, all see all live" "$leaders" \
     "${#NODES[@]} 1 1 $((${#NODES[@]} * ${#NODES[@]}))"
 hosts_arg=$(for node in "${NODES[@]}"; do printf '%s=http://%s,' "$node" "${HOST_IP[$node]}"; done)
-in_router env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
+in_router timeout 300 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
     --count $((${#NODES[@]} * 10)) --scratch "$WORK/scratch" --out "$LOGS/client-first.json" >"$LOGS/client-first.log" 2>&1
 client_status=$?
 note "$(tail -1 "$LOGS/client-first.log")"
 check "real huggingface_hub HEADs and downloads (small and LFS) through every host, every byte checked" [ $client_status -eq 0 ]
 "$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key >"$LOGS/secrets-first.json"
 expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-first.json")" 'v["clean"]')" True
+if [ "$ANYCAST" = 1 ]; then
+    wait_all_announced
+    check "anycast: the router has one equal-cost route per node to $ANYCAST_IP (BGP from each host's BIRD)" [ $? -eq 0 ]
+    note "router: $(ip -n "$NS_R" route show "$ANYCAST_IP/32" | tr -s ' \n\t' ' ')"
+    ip netns exec "$NS_C" timeout 300 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" \
+        --hosts "anycast=http://$ANYCAST_IP" --count 10 --scratch "$WORK/scratch" \
+        --out "$LOGS/anycast-first.json" >"$LOGS/anycast-first.log" 2>&1
+    client_status=$?
+    note "$(tail -1 "$LOGS/anycast-first.log")"
+    check "anycast: real huggingface_hub HEADs and downloads through $ANYCAST_IP from the client network" [ $client_status -eq 0 ]
+fi
 
 # ------------------------------------------------------------------------------------------------
 stage "3. a second plan: no changes"
@@ -596,19 +712,34 @@ plan_summary upgrade -var "binary=$B2" || fatal "the upgrade plan failed"
 expect "the plan replaces every node, in topology order" "$(json_field "$SUMMARY" '" ".join(v["replace"])')" "${NODES[*]}"
 rm -f "$WORK/stop-client"
 since=$(now_ns)
-in_router env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
-    --count 20000 --pause 0.03 --stop-file "$WORK/stop-client" --scratch "$WORK/scratch" \
+in_router timeout 900 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
+    --count 20000 --pause 0.05 --stop-file "$WORK/stop-client" --scratch "$WORK/scratch" \
     --out "$LOGS/client-upgrade.json" >"$LOGS/client-upgrade.log" 2>&1 </dev/null &
 CLIENT_PID=$!
+if [ "$ANYCAST" = 1 ]; then
+    ip -n "$NS_R" -ts monitor route >"$LOGS/routes-upgrade.log" 2>&1 </dev/null &
+    MONITOR_PID=$!
+    ip netns exec "$NS_C" timeout 900 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" \
+        --hosts "anycast=http://$ANYCAST_IP" --count 20000 --pause 0.05 --stop-file "$WORK/stop-client" \
+        --scratch "$WORK/scratch" --out "$LOGS/anycast-upgrade.json" >"$LOGS/anycast-upgrade.log" 2>&1 </dev/null &
+    ANYCAST_CLIENT_PID=$!
+fi
 sleep 2
 apply_plan upgrade
 apply_status=$?
+[ "$ANYCAST" = 1 ] && wait_all_announced
 sleep 2
 touch "$WORK/stop-client"
-for _ in $(seq 1 150); do kill -0 "$CLIENT_PID" 2>/dev/null || break; sleep 0.2; done
-stop_pid "$CLIENT_PID" 5
-wait "$CLIENT_PID" 2>/dev/null
+for pid in "$CLIENT_PID" "$ANYCAST_CLIENT_PID"; do
+    [ -n "$pid" ] || continue
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    stop_pid "$pid" 5
+    wait "$pid" 2>/dev/null
+done
+stop_pid "$MONITOR_PID" 5
 CLIENT_PID=""
+ANYCAST_CLIENT_PID=""
+MONITOR_PID=""
 grep -E '^Apply complete|^Error' "$LOGS/apply-upgrade.log" | sed 's/^/   | /'
 check "the upgrade apply succeeds" [ "$apply_status" -eq 0 ]
 check "upgrade: 4 replaced (4 added, 4 destroyed)" grep -q "Resources: ${#NODES[@]} added, 0 changed, ${#NODES[@]} destroyed" "$LOGS/apply-upgrade.log"
@@ -679,6 +810,65 @@ else
 fi
 table=$(wait_cluster_settled "${NODES[0]}")
 check "after the upgrade: every node live and a catalog leader" [ $? -eq 0 ]
+if [ "$ANYCAST" = 1 ]; then
+    note "anycast client: $(tail -1 "$LOGS/anycast-upgrade.log")"
+    anycast=$("$PY" - "$LOGS/anycast-upgrade.json" "$LOGS/routes-upgrade.log" "$windows" "$LOGS" "${addresses[@]}" <<'PY'
+import datetime, json, re, sys
+report = json.load(open(sys.argv[1]))
+windows = json.loads(sys.argv[3])["windows"]
+logs = sys.argv[4]
+address = dict(pair.split("=", 1) for pair in sys.argv[5:])
+# Route events: (time ns, next hops) for the anycast route, from `ip -ts monitor route`.
+events = []
+current = None
+for line in open(sys.argv[2], errors="replace"):
+    match = re.match(r"^\[([0-9T:.\-]+)\] (.*)$", line.rstrip("\n"))
+    if match:
+        if current:
+            events.append(current)
+        stamp = int(datetime.datetime.fromisoformat(match.group(1)).timestamp() * 1e9)
+        body = match.group(2)
+        current = [stamp, body, set(re.findall(r"via ([0-9.]+)", body))] if "10.77.100.1" in body else None
+        if current and body.startswith("Deleted"):
+            current[2] = set()
+    elif current and line.startswith("\t"):
+        current[2] |= set(re.findall(r"via ([0-9.]+)", line))
+if current:
+    events.append(current)
+out = []
+for node, window in sorted(windows.items()):
+    ip = address[node]
+    start, end = window["restarting"], window["deployed"]
+    sigterm = None
+    ready = None
+    for line in open(f"{logs}/journal-{node}.log", errors="replace"):
+        parts = line.split()
+        if not parts or not parts[0].replace(".", "").isdigit():
+            continue
+        stamp = int(float(parts[0]) * 1e9)
+        if start and end and start <= stamp <= end:
+            if "shutting down" in line and sigterm is None:
+                sigterm = stamp
+            if "node ready" in line:
+                ready = stamp
+    withdrawn = next((t for t, _, hops in events if start and end and start <= t <= end and ip not in hops), None)
+    back = next((t for t, _, hops in events if withdrawn and t > withdrawn and ip in hops), None)
+    ok = bool(sigterm and withdrawn and withdrawn < sigterm and back and ready and back > ready)
+    out.append(f"{node}:{'ok' if ok else 'no'}:{(sigterm - withdrawn) / 1e9 if sigterm and withdrawn else 'nan'}")
+print(report["requests"], report["failed"], " ".join(out))
+PY
+)
+    read -r any_requests any_failed any_rest <<<"$anycast"
+    note "anycast: withdrawn before SIGTERM, announced again after ready (node:ok:seconds between): $any_rest"
+    expect "anycast: 0 failed client requests through $ANYCAST_IP during the rolling upgrade ($any_requests requests)" "$any_failed" 0
+    check "anycast: the client loop through $ANYCAST_IP made requests" all_positive "$any_requests"
+    for item in $any_rest; do
+        node=${item%%:*}
+        rest=${item#*:}
+        expect "anycast: $node's route was withdrawn before it stopped and came back once it was ready" "${rest%%:*}" ok
+    done
+    check "anycast: after the upgrade every node is announced again" wait_all_announced
+fi
 
 # ------------------------------------------------------------------------------------------------
 stage "5. a release that cannot start"
@@ -712,6 +902,7 @@ apply_plan recover
 check "the recovery apply succeeds" [ $? -eq 0 ]
 plan_summary after-recover -var "binary=$B2"
 expect "then no changes" "$PLAN_EXIT" 0
+[ "$ANYCAST" = 1 ] && check "anycast: every node announced again after the rollback and recovery" wait_all_announced
 
 # ------------------------------------------------------------------------------------------------
 stage "6. one node's certificate changes"
@@ -791,6 +982,10 @@ for node in "${NODES[@]}"; do
     check "$node: decommissioned by the destroy-time step" hx "$node" "awk -v since=$since '\$1 > since' /var/log/hf-mirror-rollout.log | grep -q decommissioned"
     expect "$node: drained exactly once on the way out" "$(($(drained_count "$node") - DRAINED_BEFORE[$node]))" 1
 done
+if [ "$ANYCAST" = 1 ]; then
+    for _ in $(seq 1 40); do [ -z "$(anycast_hops)" ] && break; sleep 0.5; done
+    expect "anycast: no node announces $ANYCAST_IP any more" "$(anycast_hops)" ""
+fi
 "$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key >"$LOGS/secrets-destroy.json"
 expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-destroy.json")" 'v["clean"]')" True
 ca_line=$(grep -v -- '-----' "$WORK/certs/ca.key" | head -1)

@@ -25,6 +25,27 @@ locals {
   node_key = "${var.cluster.certs_dir}/${var.node.name}.key"
   tls      = var.node.tls_cert != null
 
+  # Anycast (optional): BIRD's configuration and the two units, or nothing.
+  anycast   = var.cluster.anycast
+  router_id = try(coalesce(var.node.bgp.router_id, var.node.host), var.node.host)
+  bird_conf = local.anycast == null ? "" : templatefile("${path.module}/templates/bird.conf.tftpl", {
+    name        = var.node.name
+    address     = local.anycast.address
+    router_id   = local.router_id
+    local_as    = var.node.bgp.local_as
+    neighbor    = var.node.bgp.neighbor
+    neighbor_as = var.node.bgp.neighbor_as
+  })
+  bird_unit = local.anycast == null ? "" : templatefile("${path.module}/templates/hf-mirror-bird.service.tftpl", {
+    name = var.node.name
+  })
+  anycast_unit = local.anycast == null ? "" : templatefile("${path.module}/templates/hf-mirror-anycast.service.tftpl", {
+    name         = var.node.name
+    address      = local.anycast.address
+    local_url    = local.local_url
+    install_root = var.cluster.install_root
+  })
+
   service_unit = templatefile("${path.module}/templates/hf-mirror.service.tftpl", {
     name         = var.node.name
     data_dir     = var.node.data_dir
@@ -35,6 +56,7 @@ locals {
     limit_nofile = var.cluster.limit_nofile
     tls          = local.tls
     environment  = var.node.environment
+    anycast      = local.anycast
   })
   socket_unit = templatefile("${path.module}/templates/hf-mirror.socket.tftpl", {
     name        = var.node.name
@@ -58,6 +80,7 @@ locals {
     HFM_TLS           = local.tls ? "1" : "0"
     HFM_READY_TIMEOUT = tostring(var.cluster.ready_timeout)
     HFM_PEERS_TIMEOUT = tostring(var.cluster.peers_timeout)
+    HFM_ANYCAST       = local.anycast == null ? "" : local.anycast.address
   } : "${key}='${replace(value, "'", "")}'"])
 
   # Runs what follows as root: directly, or through sudo for another SSH user.
@@ -83,6 +106,12 @@ resource "terraform_data" "node" {
     } : null
     service_unit = local.service_unit
     socket_unit  = local.socket_unit
+    anycast = local.anycast == null ? null : {
+      bird_conf    = local.bird_conf
+      bird_unit    = local.bird_unit
+      anycast_unit = local.anycast_unit
+      helper       = filesha256("${path.module}/files/hf-mirror-anycast.sh")
+    }
   }
 
   # What the destroy-time step and the outputs need (a destroy-time provisioner may only read self).
@@ -104,6 +133,7 @@ resource "terraform_data" "node" {
     sha256           = var.cluster.binary_sha256
     local_url        = local.local_url
     http_port        = local.http_port
+    anycast_address  = try(local.anycast.address, "")
   }
 
   lifecycle {
@@ -187,6 +217,23 @@ resource "terraform_data" "node" {
     source      = "${path.module}/files/hf-mirror-step.sh"
     destination = "${local.incoming}/hf-mirror-step.sh"
   }
+  # Anycast files (placeholders without anycast; the step then removes any left from before).
+  provisioner "file" {
+    content     = local.anycast == null ? "# no anycast\n" : local.bird_conf
+    destination = "${local.incoming}/bird.conf"
+  }
+  provisioner "file" {
+    content     = local.anycast == null ? "# no anycast\n" : local.bird_unit
+    destination = "${local.incoming}/hf-mirror-bird.service"
+  }
+  provisioner "file" {
+    content     = local.anycast == null ? "# no anycast\n" : local.anycast_unit
+    destination = "${local.incoming}/hf-mirror-anycast.service"
+  }
+  provisioner "file" {
+    source      = "${path.module}/files/hf-mirror-anycast.sh"
+    destination = "${local.incoming}/hf-mirror-anycast.sh"
+  }
 
   provisioner "remote-exec" {
     inline = [
@@ -203,7 +250,7 @@ resource "terraform_data" "node" {
     inline = [
       "set -eu",
       "S=; [ \"$(id -u)\" -eq 0 ] || S='sudo -n'",
-      "if [ -f ${self.input.install_root}/bin/hf-mirror-step.sh ]; then $S env HFM_NODE='${self.input.name}' HFM_ROOT='${self.input.install_root}' HFM_CERTS_DIR='${self.input.remote_certs_dir}' sh ${self.input.install_root}/bin/hf-mirror-step.sh decommission; else $S systemctl stop hf-mirror.service hf-mirror.socket || true; fi",
+      "if [ -f ${self.input.install_root}/bin/hf-mirror-step.sh ]; then $S env HFM_NODE='${self.input.name}' HFM_ROOT='${self.input.install_root}' HFM_CERTS_DIR='${self.input.remote_certs_dir}' HFM_ANYCAST='${self.input.anycast_address}' sh ${self.input.install_root}/bin/hf-mirror-step.sh decommission; else $S systemctl stop hf-mirror.service hf-mirror.socket || true; fi",
     ]
   }
 }

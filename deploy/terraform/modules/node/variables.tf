@@ -15,6 +15,12 @@ variable "node" {
     tls_cert    = optional(string)
     tls_key     = optional(string)
     environment = map(string)
+    bgp = optional(object({
+      neighbor    = string
+      neighbor_as = number
+      local_as    = number
+      router_id   = optional(string)
+    }))
   })
 }
 
@@ -39,6 +45,11 @@ variable "cluster" {
     # ports of the DNS server and the rsync daemon, for the outputs
     dns_port   = string
     rsync_port = string
+    # the anycast address and how long a withdrawn node waits before it stops (null: no anycast)
+    anycast = optional(object({
+      address        = string
+      withdraw_delay = number
+    }))
   })
 }
 

@@ -16,7 +16,8 @@
 #   5. restart  `systemctl restart`: ExecStop drains the running node, SIGTERM stops it, the new
 #               release starts on the same listening sockets (hf-mirror.socket holds them)
 #   6. wait     /readyz 200, the process runs the new release, every other node live in its view and
-#               seeing it live, and its catalog caught up with the leader's applied index
+#               seeing it live, its catalog caught up with the leader's applied index, and (with
+#               anycast) BIRD's session up and the service address announced again
 #   7. on any failure in 5 or 6: switch everything back to what it was, restart, and exit non-zero so
 #      that Terraform fails the apply and the nodes after this one are never touched
 #
@@ -27,6 +28,7 @@
 #   HFM_CERTS_DIR      [cluster] certs_dir of topology  HFM_LOCAL_URL    http://127.0.0.1:PORT
 #   HFM_PEER_URLS      "name=url …" of the other nodes  HFM_TLS          1 when TLS files were uploaded
 #   HFM_READY_TIMEOUT  checks of /readyz (one a second) HFM_PEERS_TIMEOUT checks of the cluster (same)
+#   HFM_ANYCAST        the anycast address when BIRD announces it (empty: no anycast)
 #
 # Every wait is a bounded count of checks. Each action is also appended, with a nanosecond timestamp,
 # to /var/log/hf-mirror-rollout.log (the rollout's own journal on the host).
@@ -38,6 +40,9 @@ ROOT=${HFM_ROOT:-/opt/hf-mirror}
 LOG_FILE=/var/log/hf-mirror-rollout.log
 SERVICE=hf-mirror.service
 SOCKET=hf-mirror.socket
+BIRD_UNIT=hf-mirror-bird.service
+ANYCAST_UNIT=hf-mirror-anycast.service
+BIRD_CTL=/run/hf-mirror-bird.ctl
 UNIT_DIR=/etc/systemd/system
 CONF_DIR=/etc/hf-mirror
 BACKUP=$ROOT/rollback
@@ -223,7 +228,8 @@ peer_url() {
 # The files a deploy replaces, as "backup name|path".
 config_items() {
     printf '%s\n' "service|$UNIT_DIR/$SERVICE" "socket|$UNIT_DIR/$SOCKET" "topology|$CONF_DIR/topology.toml" \
-        "certs|$HFM_CERTS_DIR" "tls|$CONF_DIR/tls"
+        "certs|$HFM_CERTS_DIR" "tls|$CONF_DIR/tls" "bird|$CONF_DIR/bird.conf" "bird-unit|$UNIT_DIR/$BIRD_UNIT" \
+        "anycast-unit|$UNIT_DIR/$ANYCAST_UNIT"
 }
 
 backup_config() {
@@ -242,7 +248,7 @@ restore_config() {
 }
 
 install_config() {
-    install -d -m 0755 "$CONF_DIR"
+    install -d -m 0755 "$CONF_DIR" "$ROOT/bin"
     install -m 0644 -o root -g root "$HFM_INCOMING/topology.toml" "$CONF_DIR/topology.toml"
     # Only the CA certificate and this node's own certificate and key; anything else found in the
     # directory (another node's key, a ca.key copied by hand) is removed.
@@ -266,7 +272,14 @@ install_config() {
     fi
     install -m 0644 "$HFM_INCOMING/$SERVICE" "$UNIT_DIR/$SERVICE"
     install -m 0644 "$HFM_INCOMING/$SOCKET" "$UNIT_DIR/$SOCKET"
-    install -d -m 0755 "$ROOT/bin"
+    if [ -n "${HFM_ANYCAST:-}" ]; then
+        install -m 0644 "$HFM_INCOMING/bird.conf" "$CONF_DIR/bird.conf"
+        install -m 0644 "$HFM_INCOMING/$BIRD_UNIT" "$UNIT_DIR/$BIRD_UNIT"
+        install -m 0644 "$HFM_INCOMING/$ANYCAST_UNIT" "$UNIT_DIR/$ANYCAST_UNIT"
+    else
+        rm -f "$CONF_DIR/bird.conf" "$UNIT_DIR/$BIRD_UNIT" "$UNIT_DIR/$ANYCAST_UNIT"
+    fi
+    install -m 0755 "$HFM_INCOMING/hf-mirror-anycast.sh" "$ROOT/bin/hf-mirror-anycast.sh"
     install -m 0755 "$HFM_INCOMING/hf-mirror-step.sh" "$ROOT/bin/hf-mirror-step.sh"
 }
 
@@ -297,6 +310,42 @@ restart_node() {
     fi
 }
 
+# BIRD and the announcement helper follow the installed configuration: started (or reloaded) when
+# anycast is on, stopped and disabled when it is off. Withdrawing is the helper's job (/readyz).
+apply_anycast() {
+    if [ -n "${HFM_ANYCAST:-}" ]; then
+        ip -4 address show dev lo | grep -q " $HFM_ANYCAST/32 " || ip address add "$HFM_ANYCAST/32" dev lo
+        systemctl enable --quiet "$BIRD_UNIT" "$ANYCAST_UNIT"
+        if systemctl is-active --quiet "$BIRD_UNIT"; then
+            systemctl reload "$BIRD_UNIT" || return 1
+        else
+            systemctl start "$BIRD_UNIT" || return 1
+        fi
+        systemctl restart "$ANYCAST_UNIT" || return 1
+    elif systemctl cat "$BIRD_UNIT" >/dev/null 2>&1 || systemctl is-active --quiet "$BIRD_UNIT"; then
+        systemctl disable --now --quiet "$ANYCAST_UNIT" "$BIRD_UNIT" 2>/dev/null || true
+    fi
+    return 0
+}
+
+# With anycast: waits (bounded) until BIRD's BGP session is established and the address announced.
+wait_announced() {
+    [ -n "${HFM_ANYCAST:-}" ] || return 0
+    checks=0
+    while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
+        protocols=$(birdc -s "$BIRD_CTL" show protocols 2>/dev/null || true)
+        if printf '%s\n' "$protocols" | awk '$1 == "anycast" && $4 == "up" { a = 1 } $1 == "upstream" && /Established/ { b = 1 } END { exit !(a && b) }'; then
+            log "anycast: $HFM_ANYCAST announced (BGP session established)"
+            return 0
+        fi
+        checks=$((checks + 1))
+        sleep 1
+    done
+    log "anycast: $HFM_ANYCAST not announced after $HFM_PEERS_TIMEOUT checks"
+    birdc -s "$BIRD_CTL" show protocols 2>/dev/null | sed 's/^/    /'
+    return 1
+}
+
 # Keeps the releases `current` and `previous` name, and removes the others.
 prune_releases() {
     keep_current=$(readlink "$ROOT/current" 2>/dev/null || true)
@@ -312,7 +361,8 @@ prune_releases() {
 
 deploy() {
     [ "$(id -u)" -eq 0 ] || fail "must run as root"
-    need_tools systemctl journalctl curl sha256sum useradd getent install readlink awk sed
+    need_tools systemctl journalctl curl sha256sum useradd getent install readlink awk sed cmp
+    if [ -n "${HFM_ANYCAST:-}" ]; then need_tools bird birdc ip; fi
     : "${HFM_SHA256:?}" "${HFM_INCOMING:?}" "${HFM_DATA_DIR:?}" "${HFM_CERTS_DIR:?}" "${HFM_LOCAL_URL:?}"
     : "${HFM_NODES:?}" "${HFM_READY_TIMEOUT:=180}" "${HFM_PEERS_TIMEOUT:=180}" "${HFM_PEER_URLS:=}"
 
@@ -322,7 +372,7 @@ deploy() {
     # 1. verify
     actual=$(sha256sum "$HFM_INCOMING/hf-mirror" | cut -d' ' -f1)
     [ "$actual" = "$HFM_SHA256" ] || fail "the uploaded binary's sha256 is $actual, not $HFM_SHA256"
-    for file in topology.toml ca.pem node.pem node.key "$SERVICE" "$SOCKET" hf-mirror-step.sh; do
+    for file in topology.toml ca.pem node.pem node.key "$SERVICE" "$SOCKET" hf-mirror-step.sh hf-mirror-anycast.sh; do
         [ -s "$HFM_INCOMING/$file" ] || fail "the upload lacks $file"
     done
 
@@ -375,7 +425,7 @@ deploy() {
 
     # 5. restart (ExecStop drains the running node first)
     log "restarting: drain, stop, start on $new_current"
-    if restart_node "$socket_changed" && verify_started "$first_install"; then
+    if restart_node "$socket_changed" && apply_anycast && verify_started "$first_install" && wait_announced; then
         prune_releases
         rm -rf "$BACKUP"
         log "deployed $HFM_SHA256"
@@ -398,6 +448,10 @@ deploy() {
     reopen=$socket_changed
     systemctl is-active --quiet "$SOCKET" || reopen=yes
     if restart_node "$reopen" && wait_ready; then
+        if [ -f "$CONF_DIR/bird.conf" ]; then
+            systemctl try-reload-or-restart "$BIRD_UNIT" 2>/dev/null || true
+            systemctl try-restart "$ANYCAST_UNIT" 2>/dev/null || true
+        fi
         log "rolled back: running $(running_release)"
     else
         log "the rollback did not come up either: the node needs an operator"
@@ -413,7 +467,9 @@ decommission() {
     systemctl stop "$SERVICE" 2>/dev/null || true
     systemctl stop "$SOCKET" 2>/dev/null || true
     systemctl disable --quiet "$SERVICE" "$SOCKET" 2>/dev/null || true
-    rm -f "$UNIT_DIR/$SERVICE" "$UNIT_DIR/$SOCKET"
+    systemctl disable --now --quiet "$ANYCAST_UNIT" "$BIRD_UNIT" 2>/dev/null || true
+    if [ -n "${HFM_ANYCAST:-}" ]; then ip address del "$HFM_ANYCAST/32" dev lo 2>/dev/null || true; fi
+    rm -f "$UNIT_DIR/$SERVICE" "$UNIT_DIR/$SOCKET" "$UNIT_DIR/$BIRD_UNIT" "$UNIT_DIR/$ANYCAST_UNIT" "$CONF_DIR/bird.conf"
     systemctl daemon-reload 2>/dev/null || true
     systemctl reset-failed "$SERVICE" "$SOCKET" 2>/dev/null || true
     if [ -n "${HFM_CERTS_DIR:-}" ]; then
