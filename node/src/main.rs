@@ -37,6 +37,9 @@ enum Command {
         /// The operator token (the node's `DATA/operator-token` unless set otherwise).
         #[arg(long, default_value = "hf-mirror-data/operator-token", env = "HF_MIRROR_OPERATOR_TOKEN_FILE")]
         token_file: PathBuf,
+        /// Prints one JSON document (the node's status and each member's) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Drains a node: out of placement and DNS, catalog leadership handed over, fills finished;
     /// then it can be stopped. Through the node's operator port, with the operator token.
@@ -114,9 +117,14 @@ enum ClusterCommand {
     Certs {
         #[arg(long, default_value = "topology.toml", env = "HF_MIRROR_CONFIG")]
         config: PathBuf,
-        /// Directory to write ca.pem, ca.key and NODE.pem/NODE.key into.
+        /// Directory to write ca.pem, ca.key and NODE.pem/NODE.key into. A CA already there is
+        /// kept, and so is every node's certificate: only nodes without one get one.
         #[arg(long)]
         out: PathBuf,
+        /// Also issue a new certificate and key for this node (repeatable), e.g. after a host's key
+        /// leaked or was lost.
+        #[arg(long, value_name = "NODE")]
+        reissue: Vec<String>,
     },
     /// Starts every node of the topology on loopback and prints `node NAME http://ADDR:PORT` for
     /// each once all are ready; SIGINT or SIGTERM stops them.
@@ -137,11 +145,21 @@ enum ClusterCommand {
 
 async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
-        ClusterCommand::Certs { config: path, out } => {
+        ClusterCommand::Certs { config: path, out, reissue } => {
             let topology = config::read_topology(&path)?;
             let names: Vec<String> = topology.nodes.iter().map(|node| node.name.clone()).collect();
-            hfm_cluster::peer::certs::generate_cluster_certs(&out, &topology.cluster.name, &names)?;
-            println!("wrote the cluster CA and {} node certificates to {}", names.len(), out.display());
+            if let Some(unknown) = reissue.iter().find(|name| !names.contains(name)) {
+                anyhow::bail!("--reissue {unknown}: no node of {} has that name", path.display());
+            }
+            let written = hfm_cluster::peer::certs::issue_cluster_certs(&out, &topology.cluster.name, &names, &reissue)?;
+            let list = |names: &[String]| if names.is_empty() { "none".to_owned() } else { names.join(" ") };
+            println!(
+                "{} the cluster CA in {}; issued certificates for: {}; kept: {}",
+                if written.new_ca { "made" } else { "kept" },
+                out.display(),
+                list(&written.issued),
+                list(&written.kept)
+            );
             Ok(())
         }
         ClusterCommand::Up { config: path, data_dir, upstream, ref_ttl } => {
@@ -323,7 +341,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Cluster(command) => cluster(command).await,
-            Command::Status { url, token_file } => hfm_node::cli::status::print_status(&url, &token_file).await,
+            Command::Status { url, token_file, json } => hfm_node::cli::status::print_status(&url, &token_file, json).await,
             #[cfg(feature = "http3")]
             Command::H3Get { url, cacert, headers, head, output, repeat: None, .. } => {
                 h3_get(&url, cacert.as_deref(), &headers, head, output.as_deref()).await

@@ -23,7 +23,7 @@ use crate::blobs::{BlobSources, PeerFills, PinWatch, REPLICA_SERVICE, ReplicaSer
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::edge::{EdgeSettings, HubApi, Operator, OperatorToken};
 use crate::metadata::{METADATA_SERVICE, Metadata, MetadataService, MetadataSettings};
-use crate::peers::{GossipMetrics, Peers, RaftMetrics};
+use crate::peers::{GossipMetrics, Peers, RaftMetrics, catalog_membership};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
 use crate::store::BlobStore;
@@ -140,12 +140,15 @@ fn open_storage(config: &NodeConfig) -> anyhow::Result<(LocalCatalog, BlobStore,
     Ok((catalog, store, store_shutdown))
 }
 
-/// What a node has beyond a single node: gossip membership, its peers over QUIC, the Raft catalog.
+/// What a node has beyond a single node: gossip membership, its peers over QUIC, the Raft catalog
+/// and the keeper that makes the catalog's members follow the topology.
 struct ClusterPlane {
     config: ClusterConfig,
     membership: Membership,
     peers: Peers,
     raft: RaftCatalog,
+    /// The membership keeper's stop token and its task.
+    membership_keeper: (CancellationToken, tokio_util::task::TaskTracker),
 }
 
 /// Joins gossip (not ready yet), opens the peer endpoint and starts the Raft catalog over the local
@@ -158,15 +161,23 @@ async fn join_cluster(
     peer_socket: Option<std::net::UdpSocket>,
     local_catalog: LocalCatalog,
 ) -> anyhow::Result<ClusterPlane> {
-    let membership = join_gossip(config, cluster_config, local_address, operator_address).await?;
+    let digest = catalog_membership::topology_digest(cluster_config);
+    let membership = join_gossip(config, cluster_config, local_address, operator_address, &digest).await?;
     let peers = Peers::start(cluster_config, &config.name, peer_socket, membership.view(), membership.state()).await?;
     let members = peers.catalog_members(cluster_config);
     let self_id =
         members.iter().find(|member| member.name == config.name).map(|member| member.id).context("this node is not a catalog member")?;
-    let raft = RaftCatalog::start(&config.data_dir, local_catalog, self_id, &members, peers.endpoint().clone())
+    // The topology's first node makes the first voters, once, on an empty catalog.
+    let bootstrap =
+        (cluster_config.peers.first().map(|peer| peer.name.as_str()) == Some(config.name.as_str())).then_some(members.as_slice());
+    let raft = RaftCatalog::start(&config.data_dir, local_catalog, self_id, &members, bootstrap, peers.endpoint().clone())
         .await
         .context("starting the Raft catalog")?;
-    Ok(ClusterPlane { config: cluster_config.clone(), membership, peers, raft })
+    let keeper_shutdown = CancellationToken::new();
+    let keeper = tokio_util::task::TaskTracker::new();
+    keeper.spawn(catalog_membership::run(raft.clone(), peers.clone(), members, digest, keeper_shutdown.clone()));
+    keeper.close();
+    Ok(ClusterPlane { config: cluster_config.clone(), membership, peers, raft, membership_keeper: (keeper_shutdown, keeper) })
 }
 
 /// Starts gossip for this node, publishing its version and addresses; it is not ready yet.
@@ -175,6 +186,7 @@ async fn join_gossip(
     cluster: &ClusterConfig,
     local_address: SocketAddr,
     operator_address: Option<SocketAddr>,
+    topology_digest: &str,
 ) -> anyhow::Result<Membership> {
     let own = cluster.peers.iter().find(|peer| peer.name == config.name).context("this node is not in the topology")?;
     let gossip_advertise = tokio::net::lookup_host(&own.gossip_address)
@@ -182,15 +194,20 @@ async fn join_gossip(
         .with_context(|| format!("resolving this node's gossip address {}", own.gossip_address))?
         .next()
         .context("the gossip address resolves to nothing")?;
-    let http_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local_address}"));
+    // A listener on a wildcard address is reached at the address the node gossips from.
+    let reachable = |address: SocketAddr| {
+        if address.ip().is_unspecified() { SocketAddr::new(gossip_advertise.ip(), address.port()) } else { address }
+    };
+    let http_url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", reachable(local_address)));
     let mut advertised = vec![
         (keys::VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
         (keys::HTTP_URL.to_owned(), http_url),
         (keys::PEER_ADDRESS.to_owned(), own.peer_address.clone()),
+        (keys::TOPOLOGY.to_owned(), topology_digest.to_owned()),
     ];
     // Where `hf-mirror status` asks this node for its details (with the operator token).
     if let Some(address) = operator_address {
-        advertised.push((keys::OPERATOR_URL.to_owned(), format!("http://{address}")));
+        advertised.push((keys::OPERATOR_URL.to_owned(), format!("http://{}", reachable(address))));
     }
     let membership = Membership::join(MembershipConfig {
         node_name: config.name.clone(),
@@ -655,8 +672,10 @@ async fn serve_until_shutdown(
 /// Hands catalog leadership over first, so the others need no election timeout to go on, then stops
 /// the Raft catalog.
 async fn hand_over_catalog(cluster: &ClusterPlane) {
-    let voters: Vec<u64> = (1..=cluster.config.peers.len() as u64).collect();
-    if let Some(successor) = cluster.raft.step_down(&voters).await {
+    let (keeper_shutdown, keeper) = &cluster.membership_keeper;
+    keeper_shutdown.cancel();
+    keeper.wait().await;
+    if let Some(successor) = cluster.raft.step_down().await {
         info!(successor, "handed catalog leadership over");
     }
     cluster.raft.shutdown().await;

@@ -267,15 +267,14 @@ def test_metadata_fetched_through_one_node_is_known_to_all(cluster, fake_hub):
 
 def test_killing_the_catalog_leader_elects_a_new_one_and_writes_go_on(cluster, fake_hub):
     names = list(cluster.nodes)
-    leader_id = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader"], "a catalog leader")
-    leader = names[leader_id - 1]
+    leader = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader_name"], "a catalog leader")
     survivors = [name for name in names if name != leader]
     os.kill(cluster.node_pid(leader), signal.SIGKILL)
     new_leader = wait_until(
-        lambda: (lambda status: status["raft"]["leader"] if status["raft"]["leader"] not in (None, leader_id) else None)(
+        lambda: (lambda status: status["raft"]["leader_name"] if status["raft"]["leader_name"] not in (None, leader) else None)(
             node_status(cluster, survivors[0])),
         "a new catalog leader")
-    assert names[new_leader - 1] in survivors
+    assert new_leader in survivors
     # A write after the election (a new ref) reaches every survivor's catalog.
     r = http_request(cluster.nodes[survivors[0]], "HEAD", "/org/model/resolve/v1.0/config.json")
     assert r.status == 200
@@ -296,8 +295,8 @@ def test_a_drained_node_leaves_placement_and_catalog_leadership(cluster, fake_hu
                "the others to see the node draining")
     # If the drained node led the catalog, it handed leadership over.
     names = list(cluster.nodes)
-    wait_until(lambda: (lambda leader: leader is not None and names[leader - 1] != drained)(
-        node_status(cluster, client_node)["raft"]["leader"]), "a catalog leader other than the drained node")
+    wait_until(lambda: (lambda leader: leader is not None and leader != drained)(
+        node_status(cluster, client_node)["raft"]["leader_name"]), "a catalog leader other than the drained node")
     r = http_request(cluster.nodes[client_node], "GET", LFS)
     assert r.status == 200 and hashlib.sha256(r.body).hexdigest() == meta["sha256"]
     assert not fetched_upstream(cluster.log(drained)), "a draining node was chosen as fill leader"
@@ -310,14 +309,16 @@ def test_a_drained_node_leaves_placement_and_catalog_leadership(cluster, fake_hu
 
 def test_draining_the_catalog_leader_hands_leadership_over(cluster):
     names = list(cluster.nodes)
-    leader_id = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader"], "a catalog leader")
-    leader = names[leader_id - 1]
+    leader = wait_until(lambda: node_status(cluster, names[0])["raft"]["leader_name"], "a catalog leader")
     r = cluster.operator(leader, "POST", "/_hfm/drain", timeout=120)
     assert r.status == 200, r
     assert r.json()["catalog_leadership_handed_to"] is not None
     other = next(name for name in names if name != leader)
-    wait_until(lambda: (lambda new: new is not None and new != leader_id)(node_status(cluster, other)["raft"]["leader"]),
+    wait_until(lambda: (lambda new: new is not None and new != leader)(node_status(cluster, other)["raft"]["leader_name"]),
                "leadership to move off the drained node")
+    # Every node of the topology votes; nobody is left a learner.
+    raft = node_status(cluster, other)["raft"]
+    assert sorted(raft["voters"]) == sorted(names) and raft["learners"] == [], raft
 
 
 def test_concurrent_cold_metadata_misses_on_every_node_reach_upstream_once(cluster, fake_hub):

@@ -15,3 +15,6 @@ pub const HTTP_URL: &str = "http_url";
 pub const OPERATOR_URL: &str = "operator_url";
 /// `host:port` of the node's QUIC peer endpoint.
 pub const PEER_ADDRESS: &str = "peer_address";
+/// A digest of the topology file's node list as this node read it. Catalog membership follows the
+/// topology only while every live node reports the same digest (a rollout in progress waits).
+pub const TOPOLOGY: &str = "topology";

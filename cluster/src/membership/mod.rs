@@ -41,7 +41,7 @@ pub struct MembershipConfig {
 }
 
 /// One node as gossip sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Member {
     pub name: String,
     /// Start time of the process that gossips for this node (tells a restart apart).
@@ -53,6 +53,8 @@ pub struct Member {
     pub http_url: Option<String>,
     pub operator_url: Option<String>,
     pub peer_address: Option<String>,
+    /// The digest of the node list this node's topology file holds.
+    pub topology: Option<String>,
 }
 
 impl Member {
@@ -86,6 +88,7 @@ fn member_from_state(id: &ChitchatId, state: &NodeState) -> Member {
         http_url: state.get(keys::HTTP_URL).map(str::to_owned),
         operator_url: state.get(keys::OPERATOR_URL).map(str::to_owned),
         peer_address: state.get(keys::PEER_ADDRESS).map(str::to_owned),
+        topology: state.get(keys::TOPOLOGY).map(str::to_owned),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -54,27 +54,64 @@ fn write(path: PathBuf, contents: &str, private: bool) -> Result<(), CertError> 
     Ok(())
 }
 
-/// Creates a new cluster CA and a certificate for every node in `directory`, and the cluster's gossip
-/// key (`gossip.key`, 32 random bytes in hex) when there is none yet. The CA's private key is written
-/// too (`ca.key`), for the operator to keep offline; nodes never need it.
-pub fn generate_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[String]) -> Result<(), CertError> {
+/// What [`generate_cluster_certs`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CertsWritten {
+    /// A new cluster CA was made (there was none in the directory).
+    pub new_ca: bool,
+    /// The nodes that got a new certificate and key.
+    pub issued: Vec<String>,
+    /// The nodes whose certificate was already there and was kept.
+    pub kept: Vec<String>,
+}
+
+/// Makes the cluster's certificates in `directory`: the cluster CA when there is none yet (its
+/// private key `ca.key` is written for the operator to keep offline; nodes never need it), a
+/// certificate for every node that has none or is named in `reissue`, and the gossip key
+/// (`gossip.key`, 32 random bytes in hex) when there is none. Existing certificates are kept, so
+/// adding a node to the topology issues exactly one new certificate under the same CA, and
+/// reissuing one node's leaves every other node's as it was.
+pub fn generate_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[String]) -> Result<CertsWritten, CertError> {
+    issue_cluster_certs(directory, cluster_name, nodes, &[])
+}
+
+/// [`generate_cluster_certs`], with a new certificate and key for the nodes in `reissue` even when
+/// they have one.
+pub fn issue_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[String], reissue: &[String]) -> Result<CertsWritten, CertError> {
     std::fs::create_dir_all(directory).map_err(|source| CertError::Io { path: directory.to_path_buf(), source })?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, format!("{cluster_name} cluster CA"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    write(ca_cert_path(directory), &ca.pem(), false)?;
-    write(directory.join("ca.key"), &ca.key().serialize_pem(), true)?;
+    let mut written = CertsWritten::default();
+    let (ca_cert, ca_key) = (ca_cert_path(directory), directory.join("ca.key"));
+    let issuer = if ca_cert.exists() {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|source| CertError::Io { path: path.to_path_buf(), source });
+        let key = KeyPair::from_pem(&read(&ca_key)?)?;
+        Issuer::from_ca_cert_pem(&read(&ca_cert)?, key)?
+    } else {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.distinguished_name.push(DnType::CommonName, format!("{cluster_name} cluster CA"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let certificate = ca_params.self_signed(&key)?;
+        write(ca_key.clone(), &key.serialize_pem(), true)?;
+        write(ca_cert.clone(), &certificate.pem(), false)?;
+        written.new_ca = true;
+        Issuer::new(ca_params, key)
+    };
     for node in nodes {
+        let present = node_cert_path(directory, node).exists() && node_key_path(directory, node).exists();
+        if present && !written.new_ca && !reissue.contains(node) {
+            written.kept.push(node.clone());
+            continue;
+        }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![node.clone()])?;
         params.distinguished_name.push(DnType::CommonName, node.clone());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let certificate = params.signed_by(&key, &*ca)?;
-        write(node_cert_path(directory, node), &certificate.pem(), false)?;
+        let certificate = params.signed_by(&key, &issuer)?;
         write(node_key_path(directory, node), &key.serialize_pem(), true)?;
+        write(node_cert_path(directory, node), &certificate.pem(), false)?;
+        written.issued.push(node.clone());
     }
     let gossip_key = gossip_key_path(directory);
     if !gossip_key.exists() {
@@ -84,5 +121,5 @@ pub fn generate_cluster_certs(directory: &Path, cluster_name: &str, nodes: &[Str
         let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
         write(gossip_key, &hex, true)?;
     }
-    Ok(())
+    Ok(written)
 }

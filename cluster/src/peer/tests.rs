@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::certs::generate_cluster_certs;
+use super::certs::{generate_cluster_certs, issue_cluster_certs};
 use super::protocol::FillRequest;
 use super::tls::PeerTls;
 use super::*;
@@ -65,7 +65,7 @@ fn serve_with(
     let serving = tokio::spawn({
         let server = server.clone();
         let shutdown = shutdown.clone();
-        async move { server.serve(blobs, services, vec!["a".into(), "b".into()], shutdown).await }
+        async move { server.serve(blobs, services, vec!["a".into(), "b".into(), "c".into()], shutdown).await }
     });
     (PeerAddress { name: name.into(), address: server.local_addr().unwrap() }, shutdown, serving)
 }
@@ -169,6 +169,33 @@ async fn the_server_refuses_a_foreign_ca_and_a_name_outside_the_topology() {
     assert!(outsider.call(&peer, "who", Vec::new(), std::time::Duration::from_secs(5)).await.is_err());
     assert!(outsider.fetch(&peer, &request("e1", 6, 0)).await.is_err());
     assert!(server.refused_peers() >= 2, "the server refused the outsider: {}", server.refused_peers());
+    shutdown.cancel();
+    serving.await.unwrap();
+}
+
+#[tokio::test]
+async fn certificates_are_issued_under_the_existing_ca_and_kept_unless_reissued() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let directory = tempfile::tempdir().unwrap();
+    let read = |name: &str| std::fs::read(directory.path().join(name)).unwrap();
+    let first = generate_cluster_certs(directory.path(), "test", &["a".into(), "b".into()]).unwrap();
+    assert!(first.new_ca && first.issued == ["a", "b"]);
+    let (ca, a_cert, b_cert, gossip) = (read("ca.pem"), read("a.pem"), read("b.pem"), read("gossip.key"));
+    // A node added to the topology: one new certificate, under the same CA; nothing else changes.
+    let added = generate_cluster_certs(directory.path(), "test", &["a".into(), "b".into(), "c".into()]).unwrap();
+    assert!(!added.new_ca && added.issued == ["c"] && added.kept == ["a", "b"], "{added:?}");
+    assert_eq!((read("ca.pem"), read("a.pem"), read("b.pem"), read("gossip.key")), (ca.clone(), a_cert.clone(), b_cert.clone(), gossip));
+    let server = endpoint(directory.path(), "b");
+    let (peer, shutdown, serving) = serve_with(&server, "b", Arc::new(MemoryBlobs { blobs: HashMap::new(), broken: false }), who_called());
+    let newcomer = endpoint(directory.path(), "c");
+    assert_eq!(newcomer.call(&peer, "who", Vec::new(), std::time::Duration::from_secs(5)).await.unwrap(), b"c");
+    // One node's certificate reissued: only its files change, and the others still accept it.
+    let reissued = issue_cluster_certs(directory.path(), "test", &["a".into(), "b".into(), "c".into()], &["a".into()]).unwrap();
+    assert!(reissued.issued == ["a"] && reissued.kept == ["b", "c"], "{reissued:?}");
+    assert_ne!(read("a.pem"), a_cert);
+    assert_eq!((read("ca.pem"), read("b.pem")), (ca, b_cert));
+    let renewed = endpoint(directory.path(), "a");
+    assert_eq!(renewed.call(&peer, "who", Vec::new(), std::time::Duration::from_secs(5)).await.unwrap(), b"a");
     shutdown.cancel();
     serving.await.unwrap();
 }

@@ -24,17 +24,7 @@ fn view_of(live: &[&str]) -> ClusterView {
     let members = live
         .iter()
         .map(|name| {
-            let member = Member {
-                name: (*name).into(),
-                generation: 1,
-                ready: true,
-                draining: false,
-                free_disk: None,
-                version: None,
-                http_url: None,
-                operator_url: None,
-                peer_address: None,
-            };
+            let member = Member { name: (*name).into(), generation: 1, ready: true, ..Member::default() };
             ((*name).to_owned(), member)
         })
         .collect::<BTreeMap<_, _>>();

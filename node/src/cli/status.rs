@@ -50,15 +50,40 @@ fn gib(bytes: Option<u64>) -> String {
 }
 
 /// Prints one line per node: state, stored bytes, free disk, the hit ratios of file downloads and of
-/// metadata, its rsync daemon, and its Raft role.
-pub async fn print_status(url: &str, token_file: &Path) -> anyhow::Result<()> {
+/// metadata, its rsync daemon, and its Raft role; then the catalog's leader, voters and learners.
+/// With `json`, one JSON document instead: `{"node": own status, "members": [{name, state,
+/// status}]}` where each member's `status` is its own `/_hfm/status` (null when unreachable).
+pub async fn print_status(url: &str, token_file: &Path, json: bool) -> anyhow::Result<()> {
     let client = OperatorClient::new(token_file, Duration::from_secs(5))?;
     let own = client.get(url, "/_hfm/status").await?;
+    let mut members = Vec::new();
+    for member in own["members"].as_array().into_iter().flatten() {
+        let state = member["state"].as_str().unwrap_or("?");
+        // Each node's details come from its own operator port (the cluster shares one token).
+        let remote = match member["operator_url"].as_str() {
+            Some(member_url) if state != "dead" => client.get(member_url, "/_hfm/status").await.ok(),
+            _ => None,
+        };
+        members.push((member.clone(), remote));
+    }
+    if json {
+        let members: Vec<Value> = members
+            .into_iter()
+            .map(|(member, remote)| serde_json::json!({"name": member["name"], "state": member["state"], "status": remote}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"node": own, "members": members}))?);
+        return Ok(());
+    }
+    print_table(&own, &members);
+    Ok(())
+}
+
+fn print_table(own: &Value, members: &[(Value, Option<Value>)]) {
     println!(
         "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
         "node", "state", "blobs", "stored", "free disk", "hits (downloads)", "hits (metadata)", "rsync", "raft"
     );
-    let Some(members) = own["members"].as_array() else {
+    if own["members"].as_array().is_none() {
         let store = &own["store"];
         println!(
             "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
@@ -67,21 +92,14 @@ pub async fn print_status(url: &str, token_file: &Path) -> anyhow::Result<()> {
             store["blobs"].as_u64().unwrap_or(0),
             gib(store["stored_bytes"].as_u64()),
             "-",
-            hit_ratio(&own, "answers"),
-            hit_ratio(&own, "metadata_answers"),
-            rsync_text(Some(&own)),
+            hit_ratio(own, "answers"),
+            hit_ratio(own, "metadata_answers"),
+            rsync_text(Some(own)),
             "single node"
         );
-        return Ok(());
-    };
-    for member in members {
-        let name = member["name"].as_str().unwrap_or("?");
-        let state = member["state"].as_str().unwrap_or("?");
-        // Each node's details come from its own operator port (the cluster shares one token).
-        let remote = match member["operator_url"].as_str() {
-            Some(member_url) if state != "dead" => client.get(member_url, "/_hfm/status").await.ok(),
-            _ => None,
-        };
+        return;
+    }
+    for (member, remote) in members {
         let store = remote.as_ref().map(|status| status["store"].clone()).unwrap_or(Value::Null);
         let raft = remote.as_ref().map(|status| status["raft"].clone()).unwrap_or(Value::Null);
         let raft_text = match (raft["state"].as_str(), raft["term"].as_u64()) {
@@ -92,8 +110,8 @@ pub async fn print_status(url: &str, token_file: &Path) -> anyhow::Result<()> {
         };
         println!(
             "{:<8} {:<9} {:>7} {:>12} {:>12} {:>18} {:>18}  {:<16} {}",
-            name,
-            state,
+            member["name"].as_str().unwrap_or("?"),
+            member["state"].as_str().unwrap_or("?"),
             store["blobs"].as_u64().map_or_else(|| "-".into(), |blobs| blobs.to_string()),
             gib(store["stored_bytes"].as_u64()),
             gib(member["free_disk"].as_u64()),
@@ -103,14 +121,19 @@ pub async fn print_status(url: &str, token_file: &Path) -> anyhow::Result<()> {
             raft_text
         );
     }
-    match own["raft"]["leader"].as_u64() {
-        Some(leader) => {
-            let name = members.get(leader as usize - 1).and_then(|member| member["name"].as_str()).unwrap_or("?");
-            println!("catalog leader: {name} (raft id {leader}), term {}", own["raft"]["term"].as_u64().unwrap_or(0));
+    let raft = &own["raft"];
+    match (raft["leader"].as_u64(), raft["leader_name"].as_str()) {
+        (Some(leader), name) => {
+            println!("catalog leader: {} (raft id {leader}), term {}", name.unwrap_or("?"), raft["term"].as_u64().unwrap_or(0))
         }
-        None => println!("catalog leader: none (no quorum)"),
+        (None, _) => println!("catalog leader: none (no quorum)"),
     }
-    Ok(())
+    let list = |key: &str| {
+        let names: Vec<&str> = raft[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if names.is_empty() { "none".to_owned() } else { names.join(" ") }
+    };
+    println!("catalog voters: {}", list("voters"));
+    println!("catalog learners: {}", list("learners"));
 }
 
 /// Asks a node to drain and prints what it did.

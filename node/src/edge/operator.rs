@@ -117,7 +117,13 @@ impl Operator {
                 .collect();
             status["members"] = Value::Array(members);
             let raft = raft.status();
-            status["raft"] = serde_json::json!({"id": raft.id, "state": raft.state, "term": raft.term, "leader": raft.leader, "last_applied": raft.last_applied});
+            let names = |ids: &[u64]| ids.iter().map(|id| raft.name_of(*id).unwrap_or("?").to_owned()).collect::<Vec<_>>();
+            status["raft"] = serde_json::json!({
+                "id": raft.id, "state": raft.state, "term": raft.term, "leader": raft.leader,
+                "leader_name": raft.leader.and_then(|id| raft.name_of(id)),
+                "last_applied": raft.last_applied,
+                "voters": names(&raft.voters), "learners": names(&raft.learners),
+            });
         }
         pretty_json(method, &status)
     }
@@ -129,8 +135,7 @@ impl Operator {
         let mut handed_to = None;
         if let Some((peers, raft, _)) = &self.cluster {
             peers.start_draining().await;
-            let voters: Vec<u64> = (1..=peers.topology_names().len() as u64).collect();
-            handed_to = raft.step_down(&voters).await;
+            handed_to = raft.step_down().await;
         }
         let started = Instant::now();
         while self.store.usage().reserved_bytes > 0 && started.elapsed() < FILL_WAIT {

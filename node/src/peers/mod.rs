@@ -17,6 +17,8 @@ use tracing::info;
 
 use crate::config::ClusterConfig;
 
+pub mod catalog_membership;
+
 /// This node's view of its peers; a cheap handle.
 #[derive(Clone)]
 pub struct Peers {
@@ -104,15 +106,19 @@ impl Peers {
         self.inner.view.borrow().clone()
     }
 
-    /// The Raft catalog's members: every node of the topology, numbered from 1 in file order.
+    /// The Raft catalog's members: every node of the topology, in file order, numbered by name
+    /// ([`hfm_cluster::catalog::raft::catalog_id`]).
     pub fn catalog_members(&self, config: &ClusterConfig) -> Vec<CatalogMember> {
         config
             .peers
             .iter()
-            .enumerate()
-            .filter_map(|(index, peer)| {
+            .filter_map(|peer| {
                 let address = self.inner.addresses.get(&peer.name)?;
-                Some(CatalogMember { id: index as u64 + 1, name: peer.name.clone(), peer: address.clone() })
+                Some(CatalogMember {
+                    id: hfm_cluster::catalog::raft::catalog_id(&peer.name),
+                    name: peer.name.clone(),
+                    peer: address.clone(),
+                })
             })
             .collect()
     }

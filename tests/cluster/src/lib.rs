@@ -433,8 +433,7 @@ impl Cluster {
     /// The catalog leader's name as `index` sees it.
     pub async fn raft_leader_seen_by(&self, index: usize) -> Option<String> {
         let status = self.status(index).await.ok()?;
-        let leader = status["raft"]["leader"].as_u64()?;
-        status["members"][leader as usize - 1]["name"].as_str().map(str::to_owned)
+        status["raft"]["leader_name"].as_str().map(str::to_owned)
     }
 
     /// A node's Raft term and last applied log index.

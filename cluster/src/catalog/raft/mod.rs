@@ -18,7 +18,7 @@ use std::fmt;
 
 pub use log_store::RedbLogStore;
 pub use network::{CatalogNetwork, RAFT_SERVICE};
-pub use node::{CatalogMember, RaftCatalog, RaftStatus};
+pub use node::{CatalogMember, MembershipStep, RaftCatalog, RaftStatus};
 use serde::{Deserialize, Serialize};
 pub use state_machine::CatalogStateMachine;
 
@@ -61,8 +61,18 @@ impl fmt::Display for CatalogCommand {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogResponse;
 
+/// The catalog id of the node named `name`: derived from the name alone, so a node keeps its id
+/// whatever its place in the topology file, and removing a node renumbers nobody.
+pub fn catalog_id(name: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // Below 2^53, so the id survives JSON readers that hold numbers as doubles; never 0.
+    (u64::from_be_bytes(first) >> 11).max(1)
+}
+
 openraft::declare_raft_types!(
-    /// The openraft types of the catalog: node ids are the topology's node numbers (from 1).
+    /// The openraft types of the catalog: node ids are [`catalog_id`]s of the node names.
     pub CatalogTypes:
         D = CatalogCommand,
         R = CatalogResponse,

@@ -1,13 +1,13 @@
 //! A node of the Raft catalog: the openraft instance, the `Catalog` it offers the node (reads local,
 //! writes through the leader), and the handler of its peers' RPCs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, Raft};
+use openraft::{BasicNode, ChangeMembers, Config, Raft};
 use tracing::{debug, info, warn};
 
 use super::network::{CatalogNetwork, RaftRpc};
@@ -29,7 +29,36 @@ pub struct RaftStatus {
     pub term: u64,
     pub leader: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The voters and learners of the membership this node knows (committed or not).
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The names the membership gives its nodes, by id.
+    pub names: BTreeMap<u64, String>,
 }
+
+impl RaftStatus {
+    /// The name of node `id` as the membership records it.
+    pub fn name_of(&self, id: u64) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+}
+
+/// One step the leader took to bring the catalog's membership to the topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipStep {
+    /// A node of the topology joined as a learner; it copies the log before it may vote.
+    AddedLearner(String),
+    /// A learner that caught up became a voter.
+    Promoted(String),
+    /// A voter no longer in the topology left the voter set.
+    RemovedVoter(String),
+    /// A learner no longer in the topology was dropped.
+    RemovedLearner(String),
+}
+
+/// How far behind the leader's log a learner may be and still be promoted: a voter that starts far
+/// behind would slow every commit while it catches up.
+const PROMOTION_LAG: u64 = 16;
 
 /// One member of the catalog cluster.
 pub struct CatalogMember {
@@ -63,12 +92,16 @@ fn raft_config() -> Config {
 
 impl RaftCatalog {
     /// Opens the log and the state machine under `data_dir` and starts Raft. `members` are every
-    /// voter of the topology (four voters: any one may fail; see docs/operations.md).
+    /// node of the topology (where to reach them). `bootstrap` is given to the topology's first node
+    /// only: the first voters, used once, when its log is empty. Every other node, and every later
+    /// start, joins through the log; a node added later joins as a learner the leader adds
+    /// ([`Self::reconcile_membership`]).
     pub async fn start(
         data_dir: &Path,
         local: LocalCatalog,
         self_id: u64,
         members: &[CatalogMember],
+        bootstrap: Option<&[CatalogMember]>,
         endpoint: PeerEndpoint,
     ) -> anyhow::Result<RaftCatalog> {
         let config = Arc::new(raft_config().validate()?);
@@ -77,16 +110,20 @@ impl RaftCatalog {
         let peers: HashMap<u64, PeerAddress> = members.iter().map(|member| (member.id, member.peer.clone())).collect();
         let network = CatalogNetwork::new(endpoint, peers);
         let raft = Raft::new(self_id, config, network.clone(), log, state_machine).await?;
-        // The first node of the topology bootstraps the cluster once; everyone else (and every later
-        // start) finds it initialized and joins through the log.
-        if self_id == members.iter().map(|member| member.id).min().unwrap_or(self_id) {
-            let voters: BTreeMap<u64, BasicNode> = members.iter().map(|member| (member.id, BasicNode::new(member.name.clone()))).collect();
+        check_membership_ids(&raft, members)?;
+        if let Some(first_voters) = bootstrap {
+            let voters: BTreeMap<u64, BasicNode> =
+                first_voters.iter().map(|member| (member.id, BasicNode::new(member.name.clone()))).collect();
             match raft.initialize(voters).await {
-                Ok(()) => info!(voters = members.len(), "catalog cluster initialized"),
+                Ok(()) => info!(voters = first_voters.len(), "catalog cluster initialized"),
                 Err(error) => debug!(%error, "catalog already initialized"),
             }
         }
         Ok(RaftCatalog { raft, self_id, local, network })
+    }
+
+    pub fn self_id(&self) -> u64 {
+        self.self_id
     }
 
     /// The Raft instance, for metrics and status.
@@ -99,13 +136,87 @@ impl RaftCatalog {
         use openraft::async_runtime::watch::WatchReceiver;
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
         RaftStatus {
             id: metrics.id,
             state: format!("{:?}", metrics.state),
             term: metrics.current_term,
             leader: metrics.current_leader,
             last_applied: metrics.last_applied.map(|log_id| log_id.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            names: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
         }
+    }
+
+    /// One step towards a membership whose voters are exactly `desired` (the topology), taken only
+    /// by the leader and only when no membership change is still uncommitted: a node of the
+    /// topology that is not a member joins as a learner; a learner that is `live` and within
+    /// [`PROMOTION_LAG`] entries of the log becomes a voter; a voter or learner the topology no
+    /// longer names is removed. One change at a time keeps every step a single-node change, so
+    /// a quorum of the old voters is always a quorum of the new ones too.
+    pub async fn reconcile_membership(
+        &self,
+        desired: &[CatalogMember],
+        live: impl Fn(&str) -> bool,
+    ) -> Result<Option<MembershipStep>, CatalogError> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let (voters, learners, last_log, matched) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            if metrics.current_leader != Some(self.self_id)
+                || metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+            {
+                return Ok(None);
+            }
+            let membership = metrics.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let learners: BTreeSet<u64> = membership.learner_ids().collect();
+            let matched: BTreeMap<u64, u64> =
+                metrics.replication.iter().flatten().map(|(id, log_id)| (*id, log_id.as_ref().map_or(0, |log_id| log_id.index))).collect();
+            (voters, learners, metrics.last_log_index.unwrap_or(0), matched)
+        };
+        let wanted: BTreeSet<u64> = desired.iter().map(|member| member.id).collect();
+        let unavailable = |error: String| CatalogError::Unavailable(format!("changing the catalog membership: {error}"));
+        if let Some(member) = desired.iter().find(|member| !voters.contains(&member.id) && !learners.contains(&member.id)) {
+            self.raft
+                .add_learner(member.id, BasicNode::new(member.name.clone()), false)
+                .await
+                .map_err(|error| unavailable(error.to_string()))?;
+            info!(node = member.name, "added to the catalog as a learner");
+            return Ok(Some(MembershipStep::AddedLearner(member.name.clone())));
+        }
+        let caught_up = |id: u64| matched.get(&id).is_some_and(|index| index + PROMOTION_LAG >= last_log);
+        if let Some(member) = desired.iter().find(|member| learners.contains(&member.id) && live(&member.name) && caught_up(member.id)) {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([member.id])), false)
+                .await
+                .map_err(|error| unavailable(error.to_string()))?;
+            info!(node = member.name, "promoted to catalog voter");
+            return Ok(Some(MembershipStep::Promoted(member.name.clone())));
+        }
+        let status = self.status();
+        let name = |id: u64| status.name_of(id).unwrap_or("?").to_owned();
+        // The leader never removes itself (its own topology names it), and never the last voter.
+        if let Some(id) = voters.iter().copied().find(|id| !wanted.contains(id) && *id != self.self_id) {
+            if voters.len() > 1 {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(|error| unavailable(error.to_string()))?;
+                info!(node = name(id), "removed from the catalog voters");
+                return Ok(Some(MembershipStep::RemovedVoter(name(id))));
+            }
+        }
+        if let Some(id) = learners.iter().copied().find(|id| !wanted.contains(id)) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|error| unavailable(error.to_string()))?;
+            info!(node = name(id), "removed from the catalog learners");
+            return Ok(Some(MembershipStep::RemovedLearner(name(id))));
+        }
+        Ok(None)
     }
 
     /// The handler the peer endpoint gives Raft messages to.
@@ -141,13 +252,21 @@ impl RaftCatalog {
         }
     }
 
-    /// Hands leadership to another voter if this node leads (before it drains or stops).
-    /// Returns the node it was handed to.
-    pub async fn step_down(&self, voters: &[u64]) -> Option<u64> {
+    /// Hands leadership to another voter if this node leads (before it drains or stops): the one
+    /// whose copy of the log is furthest along, so it can lead at once. Returns its id.
+    pub async fn step_down(&self) -> Option<u64> {
+        use openraft::async_runtime::watch::WatchReceiver;
         if self.raft.current_leader().await != Some(self.self_id) {
             return None;
         }
-        let successor = voters.iter().copied().find(|id| *id != self.self_id)?;
+        let successor = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let matched = |id: &u64| {
+                metrics.replication.as_ref().and_then(|replication| replication.get(id).cloned().flatten()).map(|log_id| log_id.index)
+            };
+            metrics.membership_config.membership().voter_ids().filter(|id| *id != self.self_id).max_by_key(|id| matched(id))?
+        };
         match self.raft.trigger().transfer_leader(successor).await {
             Ok(()) => Some(successor),
             Err(error) => {
@@ -162,6 +281,26 @@ impl RaftCatalog {
             warn!(%error, "raft did not shut down cleanly");
         }
     }
+}
+
+/// Refuses to start on a catalog whose membership numbers a topology node differently from
+/// [`super::catalog_id`]: a log written by a build that numbered nodes by their place in the file.
+fn check_membership_ids(raft: &Raft<CatalogTypes, CatalogStateMachine>, members: &[CatalogMember]) -> anyhow::Result<()> {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    for (id, node) in metrics.membership_config.membership().nodes() {
+        if let Some(member) = members.iter().find(|member| member.name == node.addr) {
+            anyhow::ensure!(
+                member.id == *id,
+                "the catalog under the data directory numbers {} as {id}, not {}: it was written by an older build; \
+                 move raft-log.redb and catalog.redb out of the data directory and start again (see docs/operations.md, Upgrades)",
+                node.addr,
+                member.id
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]

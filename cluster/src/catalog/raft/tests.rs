@@ -29,7 +29,7 @@ mod cluster {
 
     use tokio_util::sync::CancellationToken;
 
-    use crate::catalog::raft::{CatalogMember, RaftCatalog};
+    use crate::catalog::raft::{CatalogMember, MembershipStep, RaftCatalog};
     use crate::catalog::{Catalog, LocalCatalog, RefRecord};
     use crate::peer::certs::generate_cluster_certs;
     use crate::peer::protocol::FillRequest;
@@ -74,11 +74,11 @@ mod cluster {
         panic!("ref {revision} never reached {commit}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn three_voters_replicate_writes_and_survive_losing_the_leader() {
+    /// Certificates, endpoints and catalog members for nodes `names` (ids 1, 2, … in order).
+    fn prepare(names: &[&str]) -> (tempfile::TempDir, Vec<PeerEndpoint>, Vec<CatalogMember>) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let certs = tempfile::tempdir().unwrap();
-        let names: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
         generate_cluster_certs(certs.path(), "test", &names).unwrap();
         let endpoints: Vec<PeerEndpoint> = names
             .iter()
@@ -86,7 +86,7 @@ mod cluster {
                 PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &PeerTls::load(certs.path(), name, &peer_alpn()).unwrap()).unwrap()
             })
             .collect();
-        let members: Vec<CatalogMember> = names
+        let members = names
             .iter()
             .zip(&endpoints)
             .enumerate()
@@ -96,20 +96,31 @@ mod cluster {
                 peer: PeerAddress { name: name.clone(), address: endpoint.local_addr().unwrap() },
             })
             .collect();
+        (certs, endpoints, members)
+    }
+
+    /// Starts the catalog of member `index` and serves its Raft RPCs on its endpoint.
+    async fn start_node(members: &[CatalogMember], endpoint: &PeerEndpoint, index: usize, bootstrap: Option<&[CatalogMember]>) -> TestNode {
+        let directory = tempfile::tempdir().unwrap();
+        let local = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
+        let catalog = RaftCatalog::start(directory.path(), local, members[index].id, members, bootstrap, endpoint.clone()).await.unwrap();
+        let stop = CancellationToken::new();
+        let serving = endpoint.clone();
+        let handler = catalog.rpc_handler();
+        let token = stop.clone();
+        let names: Vec<String> = members.iter().map(|member| member.name.clone()).collect();
+        tokio::spawn(async move {
+            serving.serve(Arc::new(NoBlobs), [(crate::catalog::raft::RAFT_SERVICE.to_owned(), handler)].into(), names, token).await
+        });
+        TestNode { catalog, stop, _directory: directory }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_voters_replicate_writes_and_survive_losing_the_leader() {
+        let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3"]);
         let mut nodes = Vec::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
-            let directory = tempfile::tempdir().unwrap();
-            let local = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
-            let catalog = RaftCatalog::start(directory.path(), local, index as u64 + 1, &members, endpoint.clone()).await.unwrap();
-            let stop = CancellationToken::new();
-            let serving = endpoint.clone();
-            let handler = catalog.rpc_handler();
-            let token = stop.clone();
-            let names: Vec<String> = members.iter().map(|member| member.name.clone()).collect();
-            tokio::spawn(async move {
-                serving.serve(Arc::new(NoBlobs), [(crate::catalog::raft::RAFT_SERVICE.to_owned(), handler)].into(), names, token).await
-            });
-            nodes.push(TestNode { catalog, stop, _directory: directory });
+            nodes.push(start_node(&members, endpoint, index, (index == 0).then_some(members.as_slice())).await);
         }
         let repo = RepoKey::new(RepoType::Model, "org/model");
         let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
@@ -148,6 +159,82 @@ mod cluster {
         let own = crate::catalog::raft::network::RaftRpc::Vote(vote_request(1));
         let answered = handler.handle(honest, serde_json::to_vec(&own).unwrap()).await;
         assert!(answered.is_ok(), "a node's own vote request is handled: {answered:?}");
+        for node in &nodes {
+            node.catalog.shutdown().await;
+            node.stop.cancel();
+        }
+    }
+
+    /// Steps the leader's membership towards `desired` until it has nothing left to do; the steps
+    /// it took, in order.
+    async fn reconcile_until_settled(leader: &RaftCatalog, desired: &[CatalogMember], live: &[&str]) -> Vec<MembershipStep> {
+        let mut steps = Vec::new();
+        for _ in 0..200 {
+            match leader.reconcile_membership(desired, |name| live.contains(&name)).await.unwrap() {
+                Some(step) => steps.push(step),
+                None => {
+                    let status = leader.status();
+                    let voters: Vec<u64> = desired.iter().map(|member| member.id).filter(|id| status.voters.contains(id)).collect();
+                    // Settled: every desired node votes and nothing else is a member (or the
+                    // remaining learners are not live, so they wait).
+                    let rest_waiting =
+                        desired.iter().all(|member| status.voters.contains(&member.id) || !live.contains(&member.name.as_str()));
+                    if voters.len() == status.voters.len()
+                        && rest_waiting
+                        && status.learners.iter().all(|id| desired.iter().any(|m| m.id == *id))
+                    {
+                        return steps;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the membership never settled; steps so far {steps:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_follows_the_topology_one_node_at_a_time() {
+        let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3", "n4"]);
+        // n1..n3 are the first voters; n4 is in the topology from the start but not yet running.
+        let mut nodes = Vec::new();
+        for index in 0..3 {
+            nodes.push(start_node(&members, &endpoints[index], index, (index == 0).then_some(&members[..3])).await);
+        }
+        let leader_id = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+        let leader = nodes[leader_id as usize - 1].catalog.clone();
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        leader.put_ref(&repo, "main", RefRecord { commit: "a".repeat(40), checked_at_ms: 1 }).await.unwrap();
+
+        // n4 not live: it joins as a learner and waits there.
+        let steps = reconcile_until_settled(&leader, &members, &["n1", "n2", "n3"]).await;
+        assert_eq!(steps, vec![MembershipStep::AddedLearner("n4".into())]);
+        assert_eq!(leader.status().learners, vec![4]);
+        // n4 starts (an empty log, no bootstrap), catches up and is promoted.
+        nodes.push(start_node(&members, &endpoints[3], 3, None).await);
+        let steps = reconcile_until_settled(&leader, &members, &["n1", "n2", "n3", "n4"]).await;
+        assert_eq!(steps, vec![MembershipStep::Promoted("n4".into())]);
+        assert_eq!(leader.status().voters, vec![1, 2, 3, 4]);
+        wait_for_ref(&nodes[3], &repo, "main", &"a".repeat(40)).await;
+        assert_eq!(nodes[3].catalog.status().voters, vec![1, 2, 3, 4], "the new node knows it votes");
+
+        // A node leaves the topology (not the leader: a leader never removes itself).
+        let leaving = (1..=4).find(|id| *id != leader_id).unwrap();
+        let remaining: Vec<CatalogMember> = members
+            .iter()
+            .filter(|member| member.id != leaving)
+            .map(|member| CatalogMember { id: member.id, name: member.name.clone(), peer: member.peer.clone() })
+            .collect();
+        let live: Vec<&str> = remaining.iter().map(|member| member.name.as_str()).collect();
+        let steps = reconcile_until_settled(&leader, &remaining, &live).await;
+        assert_eq!(steps, vec![MembershipStep::RemovedVoter(format!("n{leaving}"))]);
+        let voters: Vec<u64> = (1..=4).filter(|id| *id != leaving).collect();
+        assert_eq!(leader.status().voters, voters);
+        assert!(leader.status().learners.is_empty(), "removed, not kept as a learner");
+        // The catalog goes on with the three voters left.
+        leader.put_ref(&repo, "main", RefRecord { commit: "b".repeat(40), checked_at_ms: 2 }).await.unwrap();
+        for node in nodes.iter().filter(|node| node.catalog.self_id() != leaving) {
+            wait_for_ref(node, &repo, "main", &"b".repeat(40)).await;
+        }
         for node in &nodes {
             node.catalog.shutdown().await;
             node.stop.cancel();
