@@ -662,9 +662,8 @@ async fn serve_until_shutdown(
         })
     };
     let (tls, alt_svc) = (front_end.tls.clone(), front_end.alt_svc.clone());
-    let served = crate::transport::http::serve(listener, app, tls, alt_svc, connections, settings, http_shutdown, GRACE_PERIOD)
-        .await
-        .context("serving HTTP");
+    let site = crate::transport::http::Site { app, tls, alt_svc, limits: connections, settings };
+    let served = crate::transport::http::serve(listener, site, http_shutdown, GRACE_PERIOD).await.context("serving HTTP");
     leaving.abort();
     served
 }

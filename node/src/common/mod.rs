@@ -5,5 +5,6 @@
 pub mod net;
 pub mod secret;
 pub mod singleflight;
+pub mod slots;
 pub mod time;
 pub mod units;

@@ -188,7 +188,7 @@ fn fill_refused(refusal: FillRefusal) -> HubError {
         FillRefusal::Client => {
             "Too many downloads of files this mirror does not hold yet are running for your network; retry after the delay in Retry-After"
         }
-        FillRefusal::Node => "This mirror is fetching as many new files as it can; retry after the delay in Retry-After",
+        FillRefusal::Total => "This mirror is fetching as many new files as it can; retry after the delay in Retry-After",
     };
     let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
     error.retry_after = Some("5".into());

@@ -49,29 +49,23 @@ pub struct ConnectionSettings {
 }
 
 /// What every connection of the listener shares.
+pub struct Site {
+    pub app: Router,
+    pub tls: Option<TlsState>,
+    /// Added to every response (HTTP/3 advertised while it runs).
+    pub alt_svc: Option<http::HeaderValue>,
+    pub limits: ConnectionLimits,
+    pub settings: ConnectionSettings,
+}
+
 struct Listener {
-    app: Router,
-    tls: Option<TlsState>,
-    alt_svc: Option<http::HeaderValue>,
-    limits: ConnectionLimits,
-    settings: ConnectionSettings,
+    site: Site,
     stop: CancellationToken,
 }
 
-/// Serves `app` on `listener` until `stop`; then lets open connections finish for up to `grace`.
-/// `alt_svc` is added to every response (HTTP/3 advertised while it runs).
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    tls: Option<TlsState>,
-    alt_svc: Option<http::HeaderValue>,
-    limits: ConnectionLimits,
-    settings: ConnectionSettings,
-    stop: CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let shared = Arc::new(Listener { app, tls, alt_svc, limits, settings, stop: stop.clone() });
+/// Serves `site` on `listener` until `stop`; then lets open connections finish for up to `grace`.
+pub async fn serve(listener: TcpListener, site: Site, stop: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    let shared = Arc::new(Listener { site, stop: stop.clone() });
     let connections = TaskTracker::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -87,8 +81,8 @@ pub async fn serve(
             },
         };
         // A trusted proxy carries many clients: it is bounded per client once it names them.
-        let trusted = shared.settings.trusted_proxies.contains(remote.ip());
-        let Some(slot) = shared.limits.try_open((!trusted).then_some(remote.ip())) else {
+        let trusted = shared.site.settings.trusted_proxies.contains(remote.ip());
+        let Some(slot) = shared.site.limits.try_open((!trusted).then_some(remote.ip())) else {
             debug!(%remote, "connection over the bound; closed");
             continue;
         };
@@ -129,14 +123,14 @@ async fn serve_connection(
     mut slot: ConnectionSlot,
     shared: &Listener,
 ) -> anyhow::Result<()> {
-    let timeout = shared.settings.header_timeout;
+    let timeout = shared.site.settings.header_timeout;
     let mut stream = stream;
     let mut peer = Peer { client: remote, forwarded: false, tls: false };
     let mut prefix = Vec::new();
     if trusted {
         match tokio::time::timeout(timeout, read_proxy_start(&mut stream)).await.context("no PROXY header in time")?? {
             ProxyStart::Header(Some(client)) => {
-                anyhow::ensure!(shared.limits.assign(&mut slot, client.ip()), "the proxied client is over its connection bound");
+                anyhow::ensure!(shared.site.limits.assign(&mut slot, client.ip()), "the proxied client is over its connection bound");
                 peer.client = client;
             }
             // The proxy's own health check.
@@ -151,7 +145,7 @@ async fn serve_connection(
     if stream.prefix().is_empty() {
         tokio::time::timeout(timeout, stream.read_more()).await.context("no first byte in time")??;
     }
-    match &shared.tls {
+    match &shared.site.tls {
         Some(tls) if stream.prefix()[0] == TLS_HANDSHAKE => {
             let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await.context("TLS handshake timed out")??;
             let is_h2 = accepted.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
@@ -223,7 +217,7 @@ where
     let in_flight = Arc::new(InFlight::default());
     let service = {
         let (app, alt_svc, trusted, in_flight) =
-            (shared.app.clone(), shared.alt_svc.clone(), shared.settings.trusted_proxies.clone(), in_flight.clone());
+            (shared.site.app.clone(), shared.site.alt_svc.clone(), shared.site.settings.trusted_proxies.clone(), in_flight.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let mut client = peer.client;
             let mut scheme = if peer.tls { "https" } else { "http" };
@@ -246,7 +240,7 @@ where
             }
         })
     };
-    let settings = &shared.settings;
+    let settings = &shared.site.settings;
     if is_h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder

@@ -198,15 +198,13 @@ impl RaftCatalog {
         let status = self.status();
         let name = |id: u64| status.name_of(id).unwrap_or("?").to_owned();
         // The leader never removes itself (its own topology names it), and never the last voter.
-        if let Some(id) = voters.iter().copied().find(|id| !wanted.contains(id) && *id != self.self_id) {
-            if voters.len() > 1 {
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(|error| unavailable(error.to_string()))?;
-                info!(node = name(id), "removed from the catalog voters");
-                return Ok(Some(MembershipStep::RemovedVoter(name(id))));
-            }
+        if let Some(id) = voters.iter().copied().find(|id| !wanted.contains(id) && *id != self.self_id && voters.len() > 1) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|error| unavailable(error.to_string()))?;
+            info!(node = name(id), "removed from the catalog voters");
+            return Ok(Some(MembershipStep::RemovedVoter(name(id))));
         }
         if let Some(id) = learners.iter().copied().find(|id| !wanted.contains(id)) {
             self.raft
