@@ -402,6 +402,7 @@ fn build_exposition(
         help: "File downloads by cache result",
     });
     exposition.add_source(parts.store.clone());
+    exposition.add_source(parts.metadata.clone());
     if let Some(replicas) = &parts.replicas {
         exposition.add_source(replicas.clone());
     }

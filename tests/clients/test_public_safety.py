@@ -100,3 +100,23 @@ def test_one_byte_of_a_cold_huge_file_costs_upstream_about_one_byte(big_hub, big
     again = big_mirror.request("GET", path, headers={"Range": "bytes=0-0"})
     assert again.status == 206 and again.body == whole.body[:1] and again.header("X-Cache") == "HIT"
     assert big_hub.bytes_sent() == 0
+
+
+def test_a_flood_of_invented_repo_names_leaves_bounded_node_local_state(fake_hub, mirror):
+    from test_metrics import parse
+    names = [f"nobody/invented-{index}" for index in range(150)]
+    for name in names:
+        for path in (f"/api/models/{name}", f"/{name}/resolve/main/config.json"):
+            r = mirror.request("GET", path)
+            assert r.status in (401, 404) and r.header("X-Error-Code") == "RepoNotFound", (path, r.status)
+    samples = parse(http_request(mirror.operator_url, "GET", "/metrics").body.decode())
+    # One remembered answer per invented name, on this node only and bounded (10,000, expiring with
+    # the policy TTL); no fetch is left behind by callers that are gone.
+    assert samples["hfm_negative_policies_remembered"] == len(names)
+    assert samples["hfm_metadata_fetches_in_progress"] == 0
+    assert samples["hfm_store_blobs"] == 0
+    # Asked again, the node answers the policy from memory: one upstream repo-info per name, not two.
+    fake_hub.reset()
+    assert mirror.request("GET", f"/{names[0]}/resolve/main/config.json").status in (401, 404)
+    info = [r for r in fake_hub.requests() if r["path"].startswith(f"/api/models/{names[0]}")]
+    assert len(info) == 0, info

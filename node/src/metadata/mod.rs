@@ -122,6 +122,22 @@ impl VariantBudget {
     }
 }
 
+/// Exports the state anonymous traffic can grow, to show it stays bounded.
+impl crate::telemetry::MetricSource for Metadata {
+    fn collect(&self, samples: &mut crate::telemetry::Samples<'_>) -> std::fmt::Result {
+        samples.gauge(
+            "hfm_negative_policies_remembered",
+            "Repos upstream did not show anonymously, remembered on this node only (bounded, expiring)",
+            self.inner.negative_policies.len() as i64,
+        )?;
+        samples.gauge(
+            "hfm_metadata_fetches_in_progress",
+            "Metadata fetches from upstream or a peer running now",
+            self.inner.flights.in_progress() as i64,
+        )
+    }
+}
+
 /// A catalog read that failed is an internal error for the client.
 fn catalog_error(error: hfm_cluster::catalog::CatalogError) -> HubError {
     HubError::internal(error)

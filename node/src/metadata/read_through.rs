@@ -60,6 +60,13 @@ pub(super) struct Flights {
     pub documents: SingleFlight<Result<Bytes, HubError>>,
 }
 
+impl Flights {
+    /// Metadata fetches in progress, of every kind.
+    pub fn in_progress(&self) -> usize {
+        self.policies.in_progress() + self.commits.in_progress() + self.manifests.in_progress() + self.documents.in_progress()
+    }
+}
+
 /// One kind of metadata read through the catalog.
 pub(super) trait Kind: Send + Sync + 'static {
     type Value: Clone + Send + Sync + 'static;
