@@ -352,6 +352,11 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         config.rsync = resolve_rsync(None, None, overrides, "flag or environment")?;
     }
     apply_layer(&mut config, overrides, "flag or environment", "--")?;
+    // Loopback's allow rule is for a node only its own host reaches. Listening anywhere else, its
+    // loopback clients may be a reverse proxy carrying the whole Internet: the published policy.
+    if topology.is_none() && !config.listen.ip().is_loopback() {
+        config.limits = LimitsConfig::default();
+    }
     Ok(config)
 }
 
@@ -702,6 +707,15 @@ gossip_address = "ams1.test:7947"
         assert_eq!(config, NodeConfig::embedded_default());
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.upstream, "https://huggingface.co");
+    }
+
+    #[test]
+    fn loopback_is_unlimited_only_while_the_node_listens_on_loopback() {
+        let local = resolve(None, None, &Overrides::default()).unwrap();
+        assert_eq!(local.limits, LimitsConfig::for_local_use());
+        let overrides = Overrides { listen: Some("0.0.0.0:8080".into()), ..Overrides::default() };
+        let public = resolve(None, None, &overrides).unwrap();
+        assert_eq!(public.limits, LimitsConfig::default(), "a proxy on the host must not carry everyone past the limits");
     }
 
     #[test]
