@@ -6,8 +6,16 @@
 # the instances of one for_each, so the chain is written out as numbered slots (node_1 … node_8): slot
 # N holds the topology's N-th node, keyed by its name, e.g. module.node_2["ams1"].
 #
-# New nodes go at the end of topology.toml: the catalog's Raft ids follow the file's order, and a node
-# inserted in the middle would move every later node to another slot.
+# Adding and removing nodes: edit topology.toml and `nodes` together. The topology's sha256 is in every
+# node's trigger, so every node restarts on the new file, one at a time in topology order; an added
+# node's slot comes last in the chain (its first install runs after every other node knows it), and a
+# removed node's resource is destroyed after the other nodes were restarted (Terraform orders the
+# destruction of a create_before_destroy chain's dependents after the creations): its destroy-time
+# step drains and stops it. The catalog follows topology.toml by itself (the new node joins as a
+# learner and becomes a voter; the removed one leaves the voters once it is gone). Put new nodes at
+# the end of topology.toml, never first (the first node bootstraps a new catalog): a node inserted
+# in the middle moves every later node to another slot, which restarts them once more and is safe
+# (see the slot check of the destroy-time step) but slower.
 
 locals {
   topology_text   = replace(file(var.topology), "\r\n", "\n")
@@ -26,31 +34,23 @@ locals {
 
   binary_sha256 = filesha256(var.binary)
 
-  # Node name => where its rollout step's neighbours ask `hf-mirror status`.
-  status_urls = {
-    for name, node in var.nodes : name => coalesce(
-      node.status_url,
-      "http://${strcontains(node.host, ":") ? "[${node.host}]" : node.host}:${regex(":([0-9]+)$", node.http_listen)[0]}",
-    )
-  }
-
   cluster = {
-    nodes            = local.topology_nodes
-    status_urls      = local.status_urls
-    binary           = abspath(pathexpand(var.binary))
-    binary_sha256    = local.binary_sha256
-    topology         = abspath(var.topology)
-    topology_sha256  = local.topology_sha256
-    certs_dir        = abspath(pathexpand(var.certs_dir))
-    remote_certs_dir = local.remote_certs_dir
-    install_root     = var.install_root
-    ready_timeout    = var.ready_timeout
-    peers_timeout    = var.peers_timeout
-    stop_timeout     = var.stop_timeout
-    limit_nofile     = var.limit_nofile
-    dns_port         = local.dns_port
-    rsync_port       = local.rsync_port
-    anycast          = var.anycast
+    nodes               = local.topology_nodes
+    operator_token_file = abspath(pathexpand(var.operator_token_file))
+    binary              = abspath(pathexpand(var.binary))
+    binary_sha256       = local.binary_sha256
+    topology            = abspath(var.topology)
+    topology_sha256     = local.topology_sha256
+    certs_dir           = abspath(pathexpand(var.certs_dir))
+    remote_certs_dir    = local.remote_certs_dir
+    install_root        = var.install_root
+    ready_timeout       = var.ready_timeout
+    peers_timeout       = var.peers_timeout
+    stop_timeout        = var.stop_timeout
+    limit_nofile        = var.limit_nofile
+    dns_port            = local.dns_port
+    rsync_port          = local.rsync_port
+    anycast             = var.anycast
   }
 
   ssh = {
@@ -68,6 +68,7 @@ locals {
 module "node_1" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 1 ? { (try(local.slots[0].name, "")) = try(local.slots[0], null) } : {}
+  slot     = 1
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -76,6 +77,7 @@ module "node_1" {
 module "node_2" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 2 ? { (try(local.slots[1].name, "")) = try(local.slots[1], null) } : {}
+  slot     = 2
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -86,6 +88,7 @@ module "node_2" {
 module "node_3" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 3 ? { (try(local.slots[2].name, "")) = try(local.slots[2], null) } : {}
+  slot     = 3
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -96,6 +99,7 @@ module "node_3" {
 module "node_4" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 4 ? { (try(local.slots[3].name, "")) = try(local.slots[3], null) } : {}
+  slot     = 4
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -106,6 +110,7 @@ module "node_4" {
 module "node_5" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 5 ? { (try(local.slots[4].name, "")) = try(local.slots[4], null) } : {}
+  slot     = 5
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -116,6 +121,7 @@ module "node_5" {
 module "node_6" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 6 ? { (try(local.slots[5].name, "")) = try(local.slots[5], null) } : {}
+  slot     = 6
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -126,6 +132,7 @@ module "node_6" {
 module "node_7" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 7 ? { (try(local.slots[6].name, "")) = try(local.slots[6], null) } : {}
+  slot     = 7
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh
@@ -136,6 +143,7 @@ module "node_7" {
 module "node_8" {
   source   = "./modules/node"
   for_each = length(local.slots) >= 8 ? { (try(local.slots[7].name, "")) = try(local.slots[7], null) } : {}
+  slot     = 8
   node     = each.value
   cluster  = local.cluster
   ssh      = local.ssh

@@ -12,7 +12,7 @@ locals {
 }
 
 output "nodes" {
-  description = "Per node (by name): host, the sha256 of the release deployed, data directory, and its HTTP, DNS and rsync endpoints."
+  description = "Per node (by name): host, the sha256 of the release deployed, data directory, and its HTTP, operator, DNS and rsync endpoints."
   value       = local.deployed
 }
 

@@ -22,11 +22,29 @@ variable "binary" {
 variable "certs_dir" {
   description = <<-EOT
     Local directory made by `hf-mirror cluster certs --config TOPOLOGY --out DIR` before the first
-    plan (filesha256 reads the files at plan time, so they must exist). Each host gets ca.pem and
-    its own NODE.pem and NODE.key only; ca.key is never read by this configuration and never
-    leaves the operator.
+    plan (filesha256 reads the files at plan time, so they must exist). Run it again after adding a
+    node to topology.toml: it keeps the CA and every existing certificate and issues the new node's
+    only (`--reissue NODE` replaces one node's). Each host gets ca.pem, its own NODE.pem and
+    NODE.key, and the cluster's gossip.key (the same on every node) only; ca.key is never read by
+    this configuration and never leaves the operator.
   EOT
   type        = string
+}
+
+variable "operator_token_file" {
+  description = <<-EOT
+    Local file holding the cluster's operator token (one line, at least 16 visible characters; e.g.
+    `openssl rand -hex 32 > operator-token`, kept beside the certificates). Every node gets the same
+    file as /etc/hf-mirror/operator-token (0640 root:hf-mirror) and serves its operator port with it:
+    `hf-mirror status` on one node asks every member's operator port with one token. Terraform keeps
+    only its sha256; changing it restarts every node, one at a time.
+  EOT
+  type        = string
+
+  validation {
+    condition     = fileexists(var.operator_token_file)
+    error_message = "operator_token_file must name an existing file (make it once: openssl rand -hex 32 > FILE)."
+  }
 }
 
 variable "nodes" {
@@ -41,10 +59,13 @@ variable "nodes" {
                    formatted or emptied by the rollout (/var/lib/hf-mirror)
       http_listen  address of the HTTP port, held by the systemd socket unit across restarts
                    ("0.0.0.0:80"; "[::]:80" for both families)
+      operator_listen  address of the operator port (`hf-mirror serve --operator-listen`: status,
+                   drain, pins with the operator token; metrics and probes without) ("0.0.0.0:9090").
+                   The other nodes' `hf-mirror status` and rollout steps reach it at the address the
+                   node gossips from: firewall it to the operators', Prometheus' and the other
+                   nodes' addresses
       dns_listen   when set, the DNS server's UDP and TCP sockets are held by systemd too (same
                    address as the topology's [dns] listen); when null the node binds them itself
-      status_url   URL the other nodes' rollout steps use to ask this node's view
-                   (default http://HOST:HTTP_PORT)
       tls_cert     optional local PEM certificate chain for TLS on the HTTP port
       tls_key      its private key (both or neither); copied with mode 0640
       environment  extra HF_MIRROR_* settings for this node's unit (flags override topology.toml)
@@ -52,17 +73,17 @@ variable "nodes" {
                    { neighbor, neighbor_as, local_as, router_id (default: host) }
   EOT
   type = map(object({
-    host        = string
-    port        = optional(number, 22)
-    user        = optional(string, "root")
-    host_key    = string
-    data_dir    = optional(string, "/var/lib/hf-mirror")
-    http_listen = optional(string, "0.0.0.0:80")
-    dns_listen  = optional(string)
-    status_url  = optional(string)
-    tls_cert    = optional(string)
-    tls_key     = optional(string)
-    environment = optional(map(string), {})
+    host            = string
+    port            = optional(number, 22)
+    user            = optional(string, "root")
+    host_key        = string
+    data_dir        = optional(string, "/var/lib/hf-mirror")
+    http_listen     = optional(string, "0.0.0.0:80")
+    operator_listen = optional(string, "0.0.0.0:9090")
+    dns_listen      = optional(string)
+    tls_cert        = optional(string)
+    tls_key         = optional(string)
+    environment     = optional(map(string), {})
     bgp = optional(object({
       neighbor    = string
       neighbor_as = number

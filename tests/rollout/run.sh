@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# The rollout test: deploy/terraform against four real systemd hosts.
+# The rollout test: deploy/terraform against four (then five) real systemd hosts.
 #
 #   tests/rollout/run.sh PATH/TO/hf-mirror        (as root; a release build)
 #
 # Each node of topology.toml gets a host: a `systemd-nspawn --boot` container over its own overlay
 # (a tmpfs upper layer over the machine's / as the shared lower layer), in a network namespace this
 # script creates, joined by veth to a bridge in a router namespace it also creates. The router
-# namespace runs the fake Hub (tests/fakehub/fake_hub.py), Terraform and the clients; it has no route
-# anywhere else, so `terraform init` provably needs no network. The checks log into the hosts over
+# namespace runs the fake Hub (tests/fakehub/fake_hub.py, started through lib/fakehub.py, which adds
+# the LFS shards of item 7), Terraform and the clients; it has no route anywhere else, so
+# `terraform init` provably needs no network. The checks log into the hosts over
 # SSH; Terraform's outputs are never trusted.
 #
 #   1 init offline, only the built-in provider     5 a binary that cannot start: one node rolled back
 #   2 first apply: 4 nodes up, real downloads       6 one node's certificate changed: that node only
 #   3 a second plan: no changes                    6b the gate: no node stops while another is down
-#   4 rolling upgrade under a client loop           7 a fifth node added and removed (skipped: needs
-#     (0 failed requests, every byte hashed)          Raft membership changes in the node)
+#   4 rolling upgrade under a client loop           7 a fifth node added (a voter, its share of the
+#     (0 failed requests, every byte hashed)          blobs) and removed (4 voters, nothing lost, no
+#                                                     upstream request for blobs the cluster held)
 #                                                   8 destroy: stopped, data kept, no keys left
+#
+# The fifth host (EXTRA_NODE) boots with the others but gets hf-mirror only in item 7. The nodes'
+# operator ports (status, drain; metrics) answer on 9090 with the cluster's operator token, made by
+# this script beside the certificates and given to Terraform as operator_token_file.
 #
 # Anycast (HFM_ROLLOUT_ANYCAST=1, the default): every host also runs BIRD (Debian's bird2) and
 # announces one service address over BGP to a BIRD in the router namespace while its /readyz is 200;
@@ -100,6 +106,7 @@ command -v systemd-nspawn >/dev/null || needed+=(systemd-container)
 command -v ssh >/dev/null || needed+=(openssh-client)
 command -v ip >/dev/null || needed+=(iproute2)
 command -v curl >/dev/null || needed+=(curl)
+command -v jq >/dev/null || needed+=(jq)
 command -v dig >/dev/null || needed+=(bind9-dnsutils)
 command -v rsync >/dev/null || needed+=(rsync)
 command -v openssl >/dev/null || needed+=(openssl)
@@ -141,8 +148,15 @@ ROUTER_AS=65000
 mapfile -t NODES < <("$PY" -c 'import sys, tomllib; print("\n".join(n["name"] for n in tomllib.load(open(sys.argv[1], "rb"))["nodes"]))' "$ROOT/topology.toml")
 [ ${#NODES[@]} -ge 2 ] || fatal "topology.toml lists fewer than two nodes"
 declare -A HOST_IP NS_OF MACHINE NSPAWN_PID INIT_PID
-for index in "${!NODES[@]}"; do
-    node=${NODES[$index]}
+# The fifth host of item 7: a name no node of the topology has.
+EXTRA_NODE=sto2
+for candidate in sto2 node5 extra5; do
+    case " ${NODES[*]} " in *" $candidate "*) ;; *) EXTRA_NODE=$candidate; break ;; esac
+done
+HOSTS=("${NODES[@]}" "$EXTRA_NODE")
+OPERATOR_PORT=9090
+for index in "${!HOSTS[@]}"; do
+    node=${HOSTS[$index]}
     HOST_IP[$node]=$SUBNET.$((11 + index))
     NS_OF[$node]=$PREFIX-$node
     MACHINE[$node]=$PREFIX-$node
@@ -187,19 +201,21 @@ cleanup() {
     stop_pid "$MONITOR_PID" 5
     # The hosts' journals, for whoever looks next (bounded: 20 s a host).
     if [ -d "$LOGS" ]; then
-        for node in "${NODES[@]}"; do
+        for node in "${HOSTS[@]}"; do
             pid=${NSPAWN_PID[$node]:-}
             [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue
             timeout 20 ip netns exec "$NS_R" ssh "${SSH_OPTIONS[@]}" "root@${HOST_IP[$node]}" \
-                'journalctl --no-pager -o short-iso -n 400' >"$LOGS/host-journal-$node.log" 2>&1
+                'journalctl --no-pager -o short-iso -n 20000' >"$LOGS/host-journal-$node.log" 2>&1
+            timeout 20 ip netns exec "$NS_R" ssh "${SSH_OPTIONS[@]}" "root@${HOST_IP[$node]}" \
+                'cat /var/log/hf-mirror-rollout.log' >"$LOGS/rollout-final-$node.log" 2>&1
         done
     fi
     # Containers: SIGTERM to systemd-nspawn asks the host's systemd to power off (all at once).
-    for node in "${NODES[@]}"; do
+    for node in "${HOSTS[@]}"; do
         pid=${NSPAWN_PID[$node]:-}
         [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
     done
-    for node in "${NODES[@]}"; do
+    for node in "${HOSTS[@]}"; do
         pid=${NSPAWN_PID[$node]:-}
         [ -n "$pid" ] || continue
         checks=150
@@ -224,7 +240,7 @@ cleanup() {
     for mount in "${MERGED_MOUNTS[@]}"; do
         umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null
     done
-    for node in "${NODES[@]}"; do
+    for node in "${HOSTS[@]}"; do
         rm -rf "/run/systemd/nspawn/propagate/${MACHINE[$node]}" 2>/dev/null
     done
     if [ "$WORK_MOUNTED" = yes ]; then
@@ -274,7 +290,7 @@ trap cleanup EXIT
 trap 'FAILED=$((FAILED + 1)); FAILURES+=("interrupted (SIGINT)"); exit 130' INT
 trap 'FAILED=$((FAILED + 1)); FAILURES+=("interrupted (SIGTERM)"); exit 143' TERM
 
-mount -t tmpfs -o size=6g,mode=0700 "$PREFIX-work" "$WORK" || fatal "cannot mount a tmpfs on $WORK"
+mount -t tmpfs -o size=10g,mode=0700 "$PREFIX-work" "$WORK" || fatal "cannot mount a tmpfs on $WORK"
 WORK_MOUNTED=yes
 mkdir -p "$LOGS" "$WORK/hosts" "$WORK/data" "$WORK/keys" "$WORK/bin" "$WORK/plans" "$WORK/tfhome" "$WORK/hfhome" "$WORK/scratch"
 
@@ -316,23 +332,42 @@ drained_count() {
 
 main_pid() { hx "$1" 'systemctl show -p MainPID --value hf-mirror.service'; }
 
-# The status table of the cluster as node $1 sees it (hf-mirror status, run on the host).
-status_on() { hx "$1" '/opt/hf-mirror/current/hf-mirror status --url http://127.0.0.1:80'; }
+# The cluster as node $1 sees it: `hf-mirror status --json` run on the host, on its operator port
+# with the cluster's operator token ({"node": its /_hfm/status, "members": [{name, state, status}]}).
+status_on() {
+    hx "$1" "/opt/hf-mirror/current/hf-mirror status --json --url http://127.0.0.1:$OPERATOR_PORT --token-file /etc/hf-mirror/operator-token"
+}
+# The same as a table, for the log.
+status_table_on() {
+    hx "$1" "/opt/hf-mirror/current/hf-mirror status --url http://127.0.0.1:$OPERATOR_PORT --token-file /etc/hf-mirror/operator-token"
+}
+# The state (live, draining, starting, dead) of node $2 in a status document $1.
+member_state() { printf '%s\n' "$1" | jq -r --arg n "$2" '.node.members[]? | select(.name == $n) | .state' 2>/dev/null; }
+# One line summarising a status document: live members, leader, voters, learners.
+status_summary() {
+    printf '%s\n' "$1" | jq -r '"members: \([.node.members[]? | "\(.name)=\(.state)"] | join(" ")); leader: \(.node.raft.leader_name // "none"); voters: \(.node.raft.voters // [] | join(",")); learners: \(.node.raft.learners // [] | join(","))"' 2>/dev/null
+}
 
-# Waits (bounded) until node $1 sees every node live and a catalog leader; prints the table.
+# Waits (bounded) until node $1 sees exactly the nodes $2 ("a b c") as members, all live, a catalog
+# leader, the same nodes as voters and no learner; prints the status document. $2 defaults to NODES.
 wait_cluster_settled() {
-    local table="" checks=90
+    local document="" checks=90 want
+    want=$(printf '%s\n' ${2:-${NODES[*]}} | sort | tr '\n' ' ')
     while [ "$checks" -gt 0 ]; do
-        table=$(status_on "$1" 2>/dev/null)
-        live=$(printf '%s\n' "$table" | awk 'NR > 1 && $2 == "live"' | wc -l)
-        if [ "$live" -eq ${#NODES[@]} ] && printf '%s\n' "$table" | grep -q '^catalog leader: [a-z0-9-]* (raft id'; then
-            printf '%s\n' "$table"
+        document=$(status_on "$1" 2>/dev/null)
+        if [ -n "$document" ] && [ "$(printf '%s\n' "$document" | jq -r --arg want "$want" '
+            ([.node.members[]?.name] | sort | join(" ") + " ") == $want
+            and ([.node.members[]? | select(.state == "live")] | length) == ([.node.members[]?] | length)
+            and .node.raft.leader_name != null
+            and ((.node.raft.voters // []) | sort | join(" ") + " ") == $want
+            and ((.node.raft.learners // []) | length) == 0' 2>/dev/null)" = true ]; then
+            printf '%s\n' "$document"
             return 0
         fi
         checks=$((checks - 1))
         sleep 1
     done
-    printf '%s\n' "$table"
+    printf '%s\n' "$document"
     return 1
 }
 
@@ -362,29 +397,24 @@ apply_plan() {
 
 json_field() { "$PY" -c 'import json, sys; value = json.loads(sys.argv[1]); print(eval(sys.argv[2], {"v": value}))' "$1" "$2"; }
 
-# rotate_cert NODE: a new key and certificate for NODE, signed by the same CA (a rotation).
+# rotate_cert NODE: a new key and certificate for NODE under the same CA (`hf-mirror cluster certs
+# --reissue NODE`, which keeps the CA and every other node's files).
 rotate_cert() {
-    local node=$1 certs=$WORK/certs
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$node" \
-        -keyout "$certs/$node.key.new" -out "$certs/$node.csr" >>"$LOGS/rotate.log" 2>&1 &&
-        printf 'subjectAltName=DNS:%s\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' \
-            "$node" >"$certs/$node.ext" &&
-        openssl x509 -req -in "$certs/$node.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca.key" -CAcreateserial \
-            -days 365 -sha256 -extfile "$certs/$node.ext" -out "$certs/$node.pem.new" >>"$LOGS/rotate.log" 2>&1 ||
+    local node=$1
+    "$BINARY" cluster certs --config "$WORK/topology.toml" --out "$WORK/certs" --reissue "$node" >>"$LOGS/rotate.log" 2>&1 ||
         fatal "cannot issue a new certificate for $node: $(tail -3 "$LOGS/rotate.log")"
-    mv "$certs/$node.key.new" "$certs/$node.key"
-    mv "$certs/$node.pem.new" "$certs/$node.pem"
-    chmod 600 "$certs/$node.key"
-    rm -f "$certs/$node.csr" "$certs/$node.ext" "$certs/ca.srl"
+    tail -1 "$LOGS/rotate.log" | sed 's/^/   | /'
 }
+# The sha256 of every file in the local certificates directory, "name sha" sorted (for "only X changed").
+certs_hashes() { (cd "$WORK/certs" && sha256sum -- * | awk '{ print $2, $1 }' | LC_ALL=C sort); }
 
 now_ns() { date +%s%N; }
 # The next hops of the router's route to the anycast address, sorted, on one line.
 anycast_hops() { ip -n "$NS_R" route show "$ANYCAST_IP/32" 2>/dev/null | grep -o 'via [0-9.]*' | cut -d' ' -f2 | sort | tr '\n' ' '; }
-# Waits (bounded) until the router routes the anycast address to every node.
+# Waits (bounded) until the router routes the anycast address to every node (or the nodes $1).
 wait_all_announced() {
     local all
-    all=$(for node in "${NODES[@]}"; do echo "${HOST_IP[$node]}"; done | sort | tr '\n' ' ')
+    all=$(for node in ${1:-${NODES[*]}}; do echo "${HOST_IP[$node]}"; done | sort | tr '\n' ' ')
     for _ in $(seq 1 60); do
         [ "$(anycast_hops)" = "$all" ] && return 0
         sleep 0.5
@@ -405,8 +435,8 @@ ip -n "$NS_R" link add br0 type bridge
 ip -n "$NS_R" link set br0 up
 ip -n "$NS_R" addr add "$ROUTER_IP/24" dev br0
 ip -n "$NS_R" addr add "$CDN_IP/24" dev br0
-for index in "${!NODES[@]}"; do
-    node=${NODES[$index]}
+for index in "${!HOSTS[@]}"; do
+    node=${HOSTS[$index]}
     ns=${NS_OF[$node]}
     ip netns add "$ns" || fatal "cannot create network namespace $ns"
     CREATED_NETNS+=("$ns")
@@ -437,8 +467,8 @@ if [ "$ANYCAST" = 1 ]; then
     ip netns exec "$NS_R" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 ||
         fatal "cannot enable forwarding in the router namespace"
     marks=""
-    for index in "${!NODES[@]}"; do
-        node=${NODES[$index]}
+    for index in "${!HOSTS[@]}"; do
+        node=${HOSTS[$index]}
         mark=$((index + 1))
         ip -n "$NS_R" rule add fwmark "$mark" lookup $((100 + mark)) priority $((100 + mark))
         ip -n "$NS_R" route add "$ANYCAST_IP/32" via "${HOST_IP[$node]}" dev br0 table $((100 + mark))
@@ -465,8 +495,8 @@ if [ "$ANYCAST" = 1 ]; then
         echo "  connect delay time 1; connect retry time 5; error wait time 1, 10;"
         echo "  ipv4 { import all; export none; };"
         echo "}"
-        for index in "${!NODES[@]}"; do
-            echo "protocol bgp ${NODES[$index]} from hosts { neighbor ${HOST_IP[${NODES[$index]}]} as $((65101 + index)); }"
+        for index in "${!HOSTS[@]}"; do
+            echo "protocol bgp ${HOSTS[$index]} from hosts { neighbor ${HOST_IP[${HOSTS[$index]}]} as $((65101 + index)); }"
         done
     } >"$WORK/bird-router.conf"
     ip netns exec "$NS_R" bird -f -c "$WORK/bird-router.conf" -s "$WORK/bird-router.ctl" >"$LOGS/bird-router.log" 2>&1 </dev/null &
@@ -476,7 +506,8 @@ if [ "$ANYCAST" = 1 ]; then
     note "router: BIRD (AS $ROUTER_AS) for anycast $ANYCAST_IP; client namespace $CLIENT_NET.2"
 fi
 
-in_router "$PY" "$ROOT/tests/fakehub/fake_hub.py" --host "$ROUTER_IP" --port 8000 --cdn-host "$CDN_IP" --cdn-port 8001 \
+# The fake Hub with the rollout's own repo of LFS shards (lib/fakehub.py; item 7).
+in_router "$PY" "$HERE/lib/fakehub.py" --shards 24 --shard-size 262144 --host "$ROUTER_IP" --port 8000 --cdn-host "$CDN_IP" --cdn-port 8001 \
     >"$LOGS/fakehub.log" 2>&1 </dev/null &
 FAKEHUB_PID=$!
 for _ in $(seq 1 50); do
@@ -510,7 +541,7 @@ for unit in /etc/systemd/system/*.wants/*.service; do
     case $name in ssh.service | sshd.service | dbus.service | systemd-journald*) ;; *) [ -e "$unit" ] && MASKED+=("$name") ;; esac
 done
 
-for node in "${NODES[@]}"; do
+for node in "${HOSTS[@]}"; do
     dir=$WORK/hosts/$node
     mkdir -p "$dir/upper" "$dir/work" "$dir/root" "$WORK/data/$node"
     mount -t overlay "$PREFIX-$node" -o "lowerdir=/,upperdir=$dir/upper,workdir=$dir/work" "$dir/root" ||
@@ -544,7 +575,7 @@ for node in "${NODES[@]}"; do
         >"$LOGS/console-$node.log" 2>&1 </dev/null &
     NSPAWN_PID[$node]=$!
 done
-for node in "${NODES[@]}"; do
+for node in "${HOSTS[@]}"; do
     up=no
     for _ in $(seq 1 60); do
         if ! kill -0 "${NSPAWN_PID[$node]}" 2>/dev/null; then break; fi
@@ -567,11 +598,18 @@ addresses=()
 for node in "${NODES[@]}"; do addresses+=("$node=${HOST_IP[$node]}"); done
 "$PY" "$HERE/lib/topology.py" "$ROOT/topology.toml" "$WORK/topology.toml" --hub "$HUB_URL" \
     --client-prefix "10.64.0.0/10" "${addresses[@]}" >/dev/null || fatal "cannot derive the test topology"
+# Item 7's topology: the same with the fifth host appended.
+"$PY" "$HERE/lib/topology.py" "$ROOT/topology.toml" "$WORK/topology5.toml" --hub "$HUB_URL" \
+    --client-prefix "10.64.0.0/10" --extra-node "$EXTRA_NODE=${HOST_IP[$EXTRA_NODE]}" "${addresses[@]}" >/dev/null ||
+    fatal "cannot derive the test topology with a fifth node"
 "$BINARY" cluster certs --config "$WORK/topology.toml" --out "$WORK/certs" >"$LOGS/certs.log" 2>&1 ||
     fatal "hf-mirror cluster certs failed: $(tail -3 "$LOGS/certs.log")"
 for node in "${NODES[@]}"; do
     [ -s "$WORK/certs/$node.pem" ] && [ -s "$WORK/certs/$node.key" ] || fatal "no certificate for $node"
 done
+[ -s "$WORK/certs/gossip.key" ] || fatal "hf-mirror cluster certs made no gossip.key"
+# The cluster's operator token: one for every node, next to the certificates (an operator's file).
+(umask 077 && openssl rand -hex 32 >"$WORK/certs/operator-token") || fatal "cannot make the operator token"
 
 # B1: the binary under test; B2: the same code with bytes appended (another sha256, still runs);
 # B3: a release that cannot start.
@@ -599,28 +637,37 @@ provider_installation {
   }
 }
 EOF
-"$PY" - "$WORK" "$B1" "$ANYCAST" "$ANYCAST_IP" "$ROUTER_IP" "$ROUTER_AS" "${addresses[@]}" <<'PY' >"$TF_DIR/terraform.tfvars.json" || fatal "cannot write terraform.tfvars.json"
+# tfvars_json TOPOLOGY NODE=ADDRESS...: the test's variables for these hosts (the JSON on stdout).
+tfvars_json() {
+    "$PY" - "$WORK" "$B1" "$ANYCAST" "$ANYCAST_IP" "$ROUTER_IP" "$ROUTER_AS" "$@" <<'PY'
 import json, sys
-work, binary, anycast, anycast_ip, router_ip, router_as, pairs = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7:]
+work, binary, anycast, anycast_ip, router_ip, router_as, topology, pairs = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8:]
 hosts = {}
 for index, pair in enumerate(pairs):
     node, address = pair.split("=", 1)
     key = open(f"{work}/hosts/{node}/root/etc/ssh/ssh_host_ed25519_key.pub").read().strip()
-    hosts[node] = {"host": address, "host_key": key, "http_listen": "0.0.0.0:80", "dns_listen": "0.0.0.0:53"}
+    hosts[node] = {"host": address, "host_key": key, "http_listen": "0.0.0.0:80", "operator_listen": "0.0.0.0:9090",
+                   "dns_listen": "0.0.0.0:53"}
     if anycast:
         hosts[node]["bgp"] = {"neighbor": router_ip, "neighbor_as": router_as, "local_as": 65101 + index}
 extra = {"anycast": {"address": anycast_ip, "withdraw_delay": 1}} if anycast else {}
 json.dump({
     **extra,
-    "topology": f"{work}/topology.toml",
+    "topology": topology,
     "binary": binary,
     "certs_dir": f"{work}/certs",
+    "operator_token_file": f"{work}/certs/operator-token",
     "ssh_private_key_file": f"{work}/keys/id",
     "nodes": hosts,
     "ready_timeout": 120,
     "peers_timeout": 120,
 }, sys.stdout, indent=2)
 PY
+}
+tfvars_json "$WORK/topology.toml" "${addresses[@]}" >"$TF_DIR/terraform.tfvars.json" || fatal "cannot write terraform.tfvars.json"
+# Item 7: the topology and hosts with the fifth node (given with -var-file, after the defaults).
+tfvars_json "$WORK/topology5.toml" "${addresses[@]}" "$EXTRA_NODE=${HOST_IP[$EXTRA_NODE]}" >"$WORK/five-nodes.tfvars.json" ||
+    fatal "cannot write the variables of five nodes"
 note "releases: B1 ${SHA1:0:12}  B2 ${SHA2:0:12}  B3 (cannot start) ${SHA3:0:12}"
 
 # ------------------------------------------------------------------------------------------------
@@ -659,30 +706,42 @@ for node in "${NODES[@]}"; do
     holders=$(hx "$node" "ss -Hltnp 'sport = :80' 2>/dev/null")
     check "$node: port 80 is held by systemd (hf-mirror.socket) and handed to hf-mirror" held_by_both "$holders"
     certs=$(hx "$node" 'stat -c "%a %U:%G %n" /etc/hf-mirror/certs/* /etc/hf-mirror/certs/.[!.]* 2>/dev/null' | LC_ALL=C sort | tr "\n" ";")
-    wanted=$(printf '640 root:hf-mirror /etc/hf-mirror/certs/%s\n' ca.pem "$node.pem" "$node.key" | LC_ALL=C sort | tr "\n" ";")
-    expect "$node: only ca.pem and its own certificate and key, 0640 root:hf-mirror" "$certs" "$wanted"
+    wanted=$(printf '640 root:hf-mirror /etc/hf-mirror/certs/%s\n' ca.pem "$node.pem" "$node.key" gossip.key | LC_ALL=C sort | tr "\n" ";")
+    expect "$node: certs dir holds exactly ca.pem, its own certificate and key, gossip.key, 0640 root:hf-mirror" "$certs" "$wanted"
+    expect "$node: the cluster's gossip key and operator token on the host are the operator's files" \
+        "$(hx "$node" 'sha256sum < /etc/hf-mirror/certs/gossip.key; sha256sum < /etc/hf-mirror/operator-token' | cut -d' ' -f1 | tr '\n' ' ')" \
+        "$(for file in gossip.key operator-token; do sha256sum <"$WORK/certs/$file" | cut -d' ' -f1; done | tr '\n' ' ')"
+    expect "$node: operator token 0640 root:hf-mirror" "$(hx "$node" 'stat -c "%a %U:%G" /etc/hf-mirror/operator-token')" "640 root:hf-mirror"
+    # The operator plane is on the operator port only, and its routes want the token.
+    planes=$(hx "$node" "for url in http://127.0.0.1:80/_hfm/status http://127.0.0.1:80/metrics http://127.0.0.1:$OPERATOR_PORT/_hfm/status http://127.0.0.1:$OPERATOR_PORT/metrics; do
+            curl -s -o /dev/null -w '%{http_code} ' --max-time 5 \$url; done
+        curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H @- http://127.0.0.1:$OPERATOR_PORT/_hfm/status <<EOF
+Authorization: Bearer \$(cat /etc/hf-mirror/operator-token)
+EOF")
+    expect "$node: public port 404 for /_hfm/status and /metrics; operator port: status 401 without the token, metrics 200, status 200 with it" \
+        "$planes" "404 404 401 200 200"
     answer=$(in_router dig +short +time=2 +tries=2 "@${HOST_IP[$node]}" "$node.hf-mirror.eu" A 2>/dev/null | head -1)
     expect "$node: DNS on the handed-over port 53 answers its own name" "$answer" "${HOST_IP[$node]}"
 done
 note "resident memory of each node: $(for node in "${NODES[@]}"; do printf '%s %s MiB  ' "$node" "$(hx "$node" 'ps -o rss= -p "$(systemctl show -p MainPID --value hf-mirror.service)"' | awk '{ printf "%d", $1 / 1024 }')"; done)"
 note "cluster as ${NODES[0]} sees it:"
-table=$(wait_cluster_settled "${NODES[0]}")
+document=$(wait_cluster_settled "${NODES[0]}")
 settled=$?
-printf '%s\n' "$table" | sed 's/^/   | /'
-check "hf-mirror status on ${NODES[0]}: every node live and a catalog leader" [ $settled -eq 0 ]
-leaders=$(in_router sh -c "for ip in $(for n in "${NODES[@]}"; do printf '%s ' "${HOST_IP[$n]}"; done); do curl -s --max-time 5 http://\$ip/_hfm/status | tr -d '\n'; echo; done" |
-    "$PY" -c 'import json, sys
-views = [json.loads(line) for line in sys.stdin if line.strip()]
-print(len(views), len({v["raft"]["leader"] for v in views}), sum(1 for v in views if v["raft"]["leader"] == v["raft"]["id"]), sum(1 for v in views for m in v["members"] if m["state"] == "live"))')
-expect "every node's /_hfm/status: same leader, exactly one node leads, all see all live" "$leaders" \
-    "${#NODES[@]} 1 1 $((${#NODES[@]} * ${#NODES[@]}))"
+status_table_on "${NODES[0]}" 2>&1 | sed 's/^/   | /'
+check "hf-mirror status --json on ${NODES[0]}: every node live, a catalog leader, the ${#NODES[@]} nodes voters, no learner" [ $settled -eq 0 ]
+# Every member's own /_hfm/status, as `hf-mirror status --json` collected it through their operator
+# ports (their gossiped operator_url, the one cluster token): same leader, exactly one node leads
+# (its own name), every node sees every node live.
+leaders=$(printf '%s\n' "$document" | jq -r '[.members[] | .status] | "\(length) \([.[].raft.leader_name] | unique | length) \([.[] | select(.raft.leader_name == .node)] | length) \([.[].members[] | select(.state == "live")] | length) \([.[] | select((.members[].operator_url // "") | test("^http://10\\."))] | length > 0)"' 2>/dev/null)
+expect "every node's /_hfm/status (through its gossiped operator_url): same leader, exactly one node leads, all see all live" "$leaders" \
+    "${#NODES[@]} 1 1 $((${#NODES[@]} * ${#NODES[@]})) true"
 hosts_arg=$(for node in "${NODES[@]}"; do printf '%s=http://%s,' "$node" "${HOST_IP[$node]}"; done)
 in_router timeout 300 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
     --count $((${#NODES[@]} * 10)) --scratch "$WORK/scratch" --out "$LOGS/client-first.json" >"$LOGS/client-first.log" 2>&1
 client_status=$?
 note "$(tail -1 "$LOGS/client-first.log")"
 check "real huggingface_hub HEADs and downloads (small and LFS) through every host, every byte checked" [ $client_status -eq 0 ]
-"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key >"$LOGS/secrets-first.json"
+"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key "$WORK/certs/operator-token" >"$LOGS/secrets-first.json"
 expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-first.json")" 'v["clean"]')" True
 if [ "$ANYCAST" = 1 ]; then
     wait_all_announced
@@ -909,7 +968,10 @@ stage "6. one node's certificate changes"
 target=${NODES[2]:-${NODES[1]}}
 declare -A PID_B6
 for node in "${NODES[@]}"; do PID_B6[$node]=$(main_pid "$node"); done
+hashes_before=$(certs_hashes)
 rotate_cert "$target"
+expect "hf-mirror cluster certs --reissue $target: only $target.pem and $target.key changed (CA, gossip key and the others kept)" \
+    "$(diff <(printf '%s\n' "$hashes_before") <(certs_hashes) | awk '/^>/ { print $2 }' | tr '\n' ' ')" "$target.key $target.pem "
 plan_summary cert -var "binary=$B2" || fatal "the certificate plan failed"
 expect "the plan replaces exactly $target" "$(json_field "$SUMMARY" '" ".join(v["replace"])')" "$target"
 apply_plan cert
@@ -927,7 +989,7 @@ for node in "${NODES[@]}"; do
 done
 table=$(wait_cluster_settled "${NODES[0]}")
 check "with the new certificate (mutual TLS to every peer): every node live and a catalog leader" [ $? -eq 0 ]
-"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key >"$LOGS/secrets-cert.json"
+"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key "$WORK/certs/operator-token" >"$LOGS/secrets-cert.json"
 expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-cert.json")" 'v["clean"]')" True
 
 # ------------------------------------------------------------------------------------------------
@@ -936,10 +998,10 @@ first=${NODES[0]}
 down=${NODES[${#NODES[@]} - 1]}
 hx "$down" 'systemctl stop hf-mirror.socket hf-mirror.service'
 for _ in $(seq 1 60); do
-    [ "$(status_on "$first" 2>/dev/null | awk -v n="$down" 'NR > 1 && $1 == n { print $2 }')" != live ] && break
+    [ "$(member_state "$(status_on "$first" 2>/dev/null)" "$down")" != live ] && break
     sleep 1
 done
-note "$down stopped by hand; $first sees it as $(status_on "$first" 2>/dev/null | awk -v n="$down" 'NR > 1 && $1 == n { print $2 }')"
+note "$down stopped by hand; $first sees it as $(member_state "$(status_on "$first" 2>/dev/null)" "$down")"
 pid_first=$(main_pid "$first")
 rotate_cert "$first"
 plan_summary gate -var "binary=$B2" -var peers_timeout=10 || fatal "the gate plan failed"
@@ -960,7 +1022,152 @@ check "$first: restarted this time" [ "$(main_pid "$first")" != "$pid_first" ]
 
 # ------------------------------------------------------------------------------------------------
 stage "7. a fifth node added and removed"
-skip "7: adding and removing a node needs Raft membership changes in the node (learner then voter, leaving the voter set after a drain); hf-mirror makes every topology node a voter at start and has no membership change. See deploy/terraform/NOTES-rollout.md"
+new=$EXTRA_NODE
+FOUR="${NODES[*]}"
+FIVE="${NODES[*]} $new"
+# blobs_fetch NAME HOSTS [--through-each]: the LFS shards of rollout/blobs through HOSTS, hashed.
+blobs_fetch() {
+    local name=$1 hosts=$2
+    shift 2
+    in_router timeout 600 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/blobs.py" fetch --hub "$HUB_URL" --hosts "$hosts" \
+        --scratch "$WORK/scratch" --out "$LOGS/blobs-$name.json" "$@" >"$LOGS/blobs-$name.log" 2>&1
+    local status=$?
+    note "$(tail -1 "$LOGS/blobs-$name.log")"
+    return $status
+}
+# Upstream GETs of the shards' bytes so far (the fake Hub's request log: CDN and /resolve/).
+blobs_upstream() { in_router "$PY" "$HERE/lib/blobs.py" upstream --hub "$HUB_URL"; }
+upstream_total() { printf '%s\n' "$1" | jq -r .total; }
+mapfile -t SHARDS < <(in_router "$PY" "$HERE/lib/blobs.py" etags --hub "$HUB_URL")
+note "rollout/blobs: ${#SHARDS[@]} LFS shards"
+
+# 7a. Blobs the cluster holds before the fifth node exists.
+blobs_fetch before "$hosts_arg"
+check "the ${#SHARDS[@]} LFS shards downloaded through the four hosts before adding $new (every byte checked)" [ $? -eq 0 ]
+UPSTREAM_HELD=$(blobs_upstream)
+note "upstream asked for the shards' bytes so far: $UPSTREAM_HELD"
+check "each shard was fetched from upstream once at most (the cluster coalesces fills)" \
+    [ "$(printf '%s\n' "$UPSTREAM_HELD" | jq -r .per_blob_max)" -le 1 ]
+
+# 7b. The operator's steps: topology.toml gets the node at the end, nodes its host, certs its certificate.
+hashes_before=$(certs_hashes)
+"$BINARY" cluster certs --config "$WORK/topology5.toml" --out "$WORK/certs" >"$LOGS/certs-five.log" 2>&1
+check "hf-mirror cluster certs with the new topology succeeds" [ $? -eq 0 ]
+note "$(tail -1 "$LOGS/certs-five.log")"
+changes=$(diff <(printf '%s\n' "$hashes_before") <(certs_hashes))
+expect "cluster certs issued $new's certificate and key only (CA, gossip key and the other nodes' files kept)" \
+    "$(printf '%s\n' "$changes" | awk '/^</ { old = old " " $2 } /^>/ { new = new " " $2 } END { print "changed:" old "; new:" new }')" \
+    "changed:; new: $new.key $new.pem"
+declare -A PID_B7
+for node in "${NODES[@]}"; do PID_B7[$node]=$(main_pid "$node"); done
+# -var-file first: its binary (B1) is overridden by the -var after it.
+plan_summary add -var-file="$WORK/five-nodes.tfvars.json" -var "binary=$B2" || fatal "the plan that adds $new failed"
+expect "the plan replaces the four nodes in topology order (the topology changed) and creates $new last" \
+    "$(json_field "$SUMMARY" '" ".join(v["replace"]) + " + " + " ".join(n for n in v["create"] if n not in v["replace"])')" "$FOUR + $new"
+since=$(now_ns)
+apply_plan add
+apply_status=$?
+grep -E '^Apply complete|^Error|hf-mirror-step .*(FAILED|topology:)' "$LOGS/apply-add.log" | sed 's/^/   | /'
+check "the apply that adds $new succeeds" [ "$apply_status" -eq 0 ]
+check "add: 5 added, 4 destroyed" grep -q "Resources: 5 added, 0 changed, 4 destroyed" "$LOGS/apply-add.log"
+order=$("$PY" "$HERE/lib/tfcheck.py" apply-log "$LOGS/apply-add.log")
+expect "one node at a time, in topology order, $new last" "$(json_field "$order" '" ".join(v["created"]) + " overlaps=" + str(v["overlaps"])')" "$FIVE overlaps=0"
+for node in "${NODES[@]}"; do hx "$node" 'cat /var/log/hf-mirror-rollout.log' >"$LOGS/rollout-add-$node.log" 2>/dev/null; done
+check "${NODES[0]}'s step did not wait for $new (in the new topology, not deployed yet)" \
+    sh -c "awk -v since=$since '\$1 > since' '$LOGS/rollout-add-${NODES[0]}.log' | grep -q 'topology: adding $new'"
+read -r active ready current user pid exe <<<"$(host_state "$new")"
+expect "$new: active, ready, current -> B2, running B2 as hf-mirror" "$active $ready $current $exe $user" \
+    "active 200 releases/$SHA2 /opt/hf-mirror/releases/$SHA2/hf-mirror hf-mirror"
+for node in "${NODES[@]}"; do
+    check "${node}: restarted on the five-node topology (PID ${PID_B7[$node]} -> $(main_pid "$node"))" [ "$(main_pid "$node")" != "${PID_B7[$node]}" ]
+done
+certs=$(hx "$new" 'stat -c "%a %U:%G %n" /etc/hf-mirror/certs/* 2>/dev/null' | LC_ALL=C sort | tr "\n" ";")
+expect "$new: certs dir holds exactly ca.pem, its own certificate and key, gossip.key" "$certs" \
+    "$(printf '640 root:hf-mirror /etc/hf-mirror/certs/%s\n' ca.pem "$new.pem" "$new.key" gossip.key | LC_ALL=C sort | tr "\n" ";")"
+check "$new: its step waited until it was a catalog voter" hx "$new" "grep -q 'catalog caught up: a voter' /var/log/hf-mirror-rollout.log"
+document=$(wait_cluster_settled "${NODES[0]}" "$FIVE")
+settled=$?
+note "${NODES[0]} sees: $(status_summary "$document")"
+check "hf-mirror status --json on ${NODES[0]}: 5 voters ($FIVE), 0 learners, all 5 live, a leader" [ $settled -eq 0 ]
+VOTERS_ADDED=$(printf '%s\n' "$document" | jq -r '.node.raft.voters | length')
+document=$(wait_cluster_settled "$new" "$FIVE")
+check "hf-mirror status --json on $new: the same (5 voters, 0 learners, all live)" [ $? -eq 0 ]
+steps=$(for node in "${NODES[@]}"; do hx "$node" "journalctl -u hf-mirror.service -o cat --no-pager 2>/dev/null | grep -E 'added to the catalog as a learner|promoted to catalog voter' | grep -w $new"; done)
+printf '%s\n' "$steps" | sed 's/^/   | /'
+check "the catalog leader added $new as a learner, then promoted it to voter" \
+    sh -c "printf '%s\n' \"\$1\" | grep -q 'as a learner' && printf '%s\n' \"\$1\" | grep -q 'promoted to catalog voter'" _ "$steps"
+[ "$ANYCAST" = 1 ] && check "anycast: $new announces $ANYCAST_IP too (5 next hops)" wait_all_announced "$FIVE"
+# Its share of the blobs: the replica keeper copies, from the nodes that hold them, the blobs
+# placement now gives it (bounded wait: it copies two at a time, a round every 5 s).
+new_blobs=0
+shards_here=0
+for _ in $(seq 1 60); do
+    own=$(status_on "$new" 2>/dev/null | jq '.node' 2>/dev/null)
+    new_blobs=$(printf '%s\n' "$own" | jq -r '.store.blobs // 0' 2>/dev/null)
+    settled_copies=$(printf '%s\n' "$own" | jq -r '.replicas as $r | ($r.reconciliations // 0) >= 2 and ($r.copies_started // 0) == (($r.copies_completed // 0) + ($r.copies_failed // 0))' 2>/dev/null)
+    [ "${new_blobs:-0}" -gt 0 ] && [ "$settled_copies" = true ] && break
+    sleep 1
+done
+held=$(hx "$new" 'find /var/lib/hf-mirror/blobs -type f 2>/dev/null' | awk -F/ '{ print $NF }')
+shards_here=$(for etag in "${SHARDS[@]}"; do printf '%s\n' "$held" | grep -qx "$etag" && echo "$etag"; done | wc -l)
+note "$new: store.blobs $new_blobs, of them $shards_here of the ${#SHARDS[@]} shards; replica keeper: $(printf '%s\n' "$own" | jq -c .replicas 2>/dev/null)"
+check "$new received its share of the blobs from the other nodes ($shards_here of ${#SHARDS[@]} shards; store.blobs $new_blobs)" \
+    all_positive "$shards_here" "$new_blobs"
+UPSTREAM_ADDED=$(blobs_upstream)
+expect "no upstream request for the shards while $new received them" "$(upstream_total "$UPSTREAM_ADDED")" "$(upstream_total "$UPSTREAM_HELD")"
+blobs_fetch through-new "$new=http://${HOST_IP[$new]}"
+check "every shard fetchable through $new (every byte checked)" [ $? -eq 0 ]
+expect "and upstream still not asked for any of them" "$(upstream_total "$(blobs_upstream)")" "$(upstream_total "$UPSTREAM_HELD")"
+plan_summary added -var-file="$WORK/five-nodes.tfvars.json" -var "binary=$B2"
+expect "then a plan with five nodes has no changes" "$PLAN_EXIT" 0
+
+# 7c. Remove it again: topology.toml and nodes without it (the four-node variables).
+for node in "${NODES[@]}"; do PID_B7[$node]=$(main_pid "$node"); done
+drained_new_before=$(drained_count "$new")
+plan_summary remove -var "binary=$B2" || fatal "the plan that removes $new failed"
+expect "the plan replaces the four nodes in topology order and deletes $new" \
+    "$(json_field "$SUMMARY" '" ".join(v["replace"]) + " - " + " ".join(n for n in v["delete"] if n not in v["replace"])')" "$FOUR - $new"
+since=$(now_ns)
+apply_plan remove
+apply_status=$?
+grep -E '^Apply complete|^Error|hf-mirror-step .*(FAILED|topology:|draining|decommission)' "$LOGS/apply-remove.log" | sed 's/^/   | /'
+check "the apply that removes $new succeeds" [ "$apply_status" -eq 0 ]
+check "remove: 4 added, 5 destroyed" grep -q "Resources: 4 added, 0 changed, 5 destroyed" "$LOGS/apply-remove.log"
+order=$("$PY" "$HERE/lib/tfcheck.py" apply-log "$LOGS/apply-remove.log")
+expect "the four restarted one at a time in topology order; $new destroyed" \
+    "$(json_field "$order" '" ".join(v["created"]) + " overlaps=" + str(v["overlaps"]) + " destroyed=" + " ".join(v["destroyed"])')" \
+    "$FOUR overlaps=0 destroyed=$new"
+last_created=$(grep -n 'Creation complete' "$LOGS/apply-remove.log" | tail -1 | cut -d: -f1)
+destroying=$(grep -n "module.node_5\[\"$new\"\].terraform_data.node: Destroying" "$LOGS/apply-remove.log" | head -1 | cut -d: -f1)
+check "$new was drained and stopped after the four others run the topology without it (its destroy came last)" \
+    [ "${destroying:-0}" -gt "${last_created:-999999}" ]
+for node in "${NODES[@]}"; do
+    check "${node}: restarted on the four-node topology" [ "$(main_pid "$node")" != "${PID_B7[$node]}" ]
+done
+state=$(hx "$new" 'printf "%s %s %s" "$(systemctl is-active hf-mirror.service hf-mirror.socket 2>/dev/null | tr "\n" ,)" "$(pgrep -u hf-mirror | wc -l)" "$(ss -Hltn "sport = :80" | wc -l)"')
+expect "$new: stopped (service and socket inactive, no hf-mirror process, port 80 closed)" "$state" "inactive,inactive, 0 0"
+check "$new: decommissioned by its destroy-time step (units, release, keys, token gone; data kept)" hx "$new" \
+    "awk -v since=$since '\$1 > since' /var/log/hf-mirror-rollout.log | grep -q decommissioned && test ! -e /opt/hf-mirror && test ! -e /etc/hf-mirror/certs && test ! -e /etc/hf-mirror/operator-token && test -s /var/lib/hf-mirror/catalog.redb && test -d /var/lib/hf-mirror/blobs"
+check "$new: drained before it stopped" [ "$(drained_count "$new")" -gt "$drained_new_before" ]
+document=$(wait_cluster_settled "${NODES[0]}" "$FOUR")
+settled=$?
+note "${NODES[0]} sees: $(status_summary "$document")"
+check "hf-mirror status --json on ${NODES[0]}: $new left the voters (4 voters, 0 learners, all 4 live)" [ $settled -eq 0 ]
+VOTERS_REMOVED=$(printf '%s\n' "$document" | jq -r '.node.raft.voters | length')
+steps=$(for node in "${NODES[@]}"; do hx "$node" "journalctl -u hf-mirror.service -o cat --no-pager 2>/dev/null | grep -E 'removed from the catalog (voters|learners)' | grep -w $new"; done)
+printf '%s\n' "$steps" | sed 's/^/   | /'
+check "the catalog leader removed $new from the voters" sh -c "printf '%s\n' \"\$1\" | grep -q 'removed from the catalog voters'" _ "$steps"
+[ "$ANYCAST" = 1 ] && check "anycast: $new's route is gone (4 next hops)" wait_all_announced "$FOUR"
+blobs_fetch after-remove "$hosts_arg" --through-each
+check "nothing lost: every shard fetchable through every remaining host (every byte checked)" [ $? -eq 0 ]
+UPSTREAM_REMOVED=$(blobs_upstream)
+expect "upstream not asked again for blobs the cluster held (shard fetches before the add: $(upstream_total "$UPSTREAM_HELD"))" \
+    "$(upstream_total "$UPSTREAM_REMOVED")" "$(upstream_total "$UPSTREAM_HELD")"
+note "item 7: voters $VOTERS_ADDED after the add, $VOTERS_REMOVED after the removal; $new held $shards_here of ${#SHARDS[@]} shards (store.blobs $new_blobs); upstream shard GETs: $(upstream_total "$UPSTREAM_HELD") before, $(upstream_total "$UPSTREAM_REMOVED") at the end"
+plan_summary removed -var "binary=$B2"
+expect "then a plan with four nodes has no changes" "$PLAN_EXIT" 0
+"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key "$WORK/certs/operator-token" >"$LOGS/secrets-membership.json"
+expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-membership.json")" 'v["clean"]')" True
 
 # ------------------------------------------------------------------------------------------------
 stage "8. destroy"
@@ -986,11 +1193,11 @@ if [ "$ANYCAST" = 1 ]; then
     for _ in $(seq 1 40); do [ -z "$(anycast_hops)" ] && break; sleep 0.5; done
     expect "anycast: no node announces $ANYCAST_IP any more" "$(anycast_hops)" ""
 fi
-"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key >"$LOGS/secrets-destroy.json"
+"$PY" "$HERE/lib/tfcheck.py" secrets "$TF_DIR/terraform.tfstate" "$WORK/certs/"*.key "$WORK/certs/operator-token" >"$LOGS/secrets-destroy.json"
 expect "the Terraform state holds no key material" "$(json_field "$(cat "$LOGS/secrets-destroy.json")" 'v["clean"]')" True
 ca_line=$(grep -v -- '-----' "$WORK/certs/ca.key" | head -1)
 CA_KEY_SHA256=$(sha256sum "$WORK/certs/ca.key" | cut -d' ' -f1)
-for node in "${NODES[@]}"; do
+for node in "${HOSTS[@]}"; do
     # Files named ca.key (the image has unrelated ones, e.g. in Python packages): none is the cluster's.
     named=$(hx "$node" 'find /etc /opt /var/lib /var/tmp /tmp /root /home -xdev -path /root/.pyenv -prune -o -name ca.key -type f -exec sha256sum {} + 2>/dev/null' |
         grep -c "^$CA_KEY_SHA256 ")

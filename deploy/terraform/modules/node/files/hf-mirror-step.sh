@@ -3,30 +3,38 @@
 #
 #   hf-mirror-step.sh deploy        verify, install, stop (drain), switch, start, wait; roll back on failure
 #   hf-mirror-step.sh decommission  drain and stop the node, remove its units, release and keys; keep data
+#                                   (not when the host now belongs to another slot: HFM_SLOT)
 #
 # deploy, in order:
 #   1. verify   the uploaded binary's sha256 is HFM_SHA256 (nothing is touched otherwise)
 #   2. install  INSTALL_ROOT/releases/SHA256/hf-mirror; the hf-mirror system user; the data directory
 #               is created only when missing (never formatted, never emptied)
 #   3. gate     when the node runs, refuse to go on unless every other node is live in its view, so a
-#               rollout never takes a second node (a second Raft voter) down
+#               rollout never takes a second node (a second Raft voter) down. "Every other node" is
+#               every node of both the installed and the uploaded topology.toml: a node being added
+#               (not deployed yet) or removed (leaving) is not waited for; a leaving node that is
+#               still live is drained first (it stops serving and hands catalog leadership over)
 #   4. switch   back up the node's configuration, install the new one (topology, ca.pem, the node's
-#               own certificate and key, units), move `previous` to the old release and `current` to
-#               the new one
+#               own certificate and key, the cluster's gossip key and operator token, units), move
+#               `previous` to the old release and `current` to the new one
 #   5. restart  `systemctl restart`: ExecStop drains the running node, SIGTERM stops it, the new
 #               release starts on the same listening sockets (hf-mirror.socket holds them)
 #   6. wait     /readyz 200, the process runs the new release, every other node live in its view and
-#               seeing it live, its catalog caught up with the leader's applied index, and (with
+#               seeing it live, its catalog caught up with the leader's applied index and itself a
+#               voter (a node just added is promoted by the leader once it caught up), and (with
 #               anycast) BIRD's session up and the service address announced again
 #   7. on any failure in 5 or 6: switch everything back to what it was, restart, and exit non-zero so
 #      that Terraform fails the apply and the nodes after this one are never touched
 #
+# The cluster is read with `hf-mirror status --json` on the node's operator port (HFM_OPERATOR_URL,
+# with the operator token /etc/hf-mirror/operator-token) and jq.
+#
 # Inputs are environment variables (set by the Terraform module):
-#   HFM_NODE           this node's name                 HFM_NODES        every node, topology order
+#   HFM_NODE           this node's name                 HFM_SLOT         its module slot (1 = first)
 #   HFM_SHA256         the release's sha256             HFM_ROOT         install root (/opt/hf-mirror)
 #   HFM_INCOMING       upload directory                 HFM_DATA_DIR     the node's data directory
-#   HFM_CERTS_DIR      [cluster] certs_dir of topology  HFM_LOCAL_URL    http://127.0.0.1:PORT
-#   HFM_PEER_URLS      "name=url …" of the other nodes  HFM_TLS          1 when TLS files were uploaded
+#   HFM_CERTS_DIR      [cluster] certs_dir of topology  HFM_LOCAL_URL    http://127.0.0.1:PORT (/readyz)
+#   HFM_OPERATOR_URL   the operator port, http://127.0.0.1:9090           HFM_TLS  1 with TLS files
 #   HFM_READY_TIMEOUT  checks of /readyz (one a second) HFM_PEERS_TIMEOUT checks of the cluster (same)
 #   HFM_ANYCAST        the anycast address when BIRD announces it (empty: no anycast)
 #
@@ -46,6 +54,7 @@ BIRD_CTL=/run/hf-mirror-bird.ctl
 UNIT_DIR=/etc/systemd/system
 CONF_DIR=/etc/hf-mirror
 BACKUP=$ROOT/rollback
+TOKEN_FILE=$CONF_DIR/operator-token
 
 log() {
     printf 'hf-mirror-step %s: %s\n' "$NODE" "$*"
@@ -63,52 +72,215 @@ need_tools() {
     done
 }
 
-# --- reading the cluster through `hf-mirror status` ---------------------------------------------
+# --- the topology files ----------------------------------------------------------------------------
 
-# The status table of the node at $2, asked with the binary $1 (rows: name state …; then a line
-# "catalog leader: …"). Only the state column is read: it is that node's own gossip view.
-status_table() {
-    "$1" status --url "$2" 2>/dev/null || true
+# The node names of a topology.toml, one a line, in file order: the `name` key of each [[nodes]]
+# table (nothing when the file does not exist).
+topology_nodes() {
+    [ -f "$1" ] || return 0
+    awk '
+        /^[ \t]*\[\[nodes\]\][ \t]*(#.*)?$/ { in_node = 1; next }
+        /^[ \t]*\[/ { in_node = 0; next }
+        in_node && /^[ \t]*name[ \t]*=/ {
+            value = $0
+            sub(/^[^=]*=[ \t]*"/, "", value)
+            sub(/".*$/, "", value)
+            print value
+            in_node = 0
+        }
+    ' "$1"
 }
 
-# The gossip state (live, starting, draining, dead) of node $2 in table $1.
-state_in() {
-    printf '%s\n' "$1" | awk -v name="$2" 'NR > 1 && $1 == name { print $2; exit }'
+# Whether word $1 is in the list $2 (words separated by blanks or newlines).
+in_list() {
+    for item in $2; do [ "$item" = "$1" ] && return 0; done
+    return 1
 }
 
-# Succeeds when every other node is live in the view of the node at $2 (asked with binary $1).
+# The membership change this deploy makes, from the topology the host runs and the one uploaded:
+#   REQUIRED  nodes of both, except this one: they must be live before this node stops and after it
+#             starts (a rollout never takes a second voter down)
+#   ADDED     nodes only the new topology has: not deployed yet (their slots come later), not waited for
+#   REMOVED   nodes only the installed topology has: leaving (drained, destroyed after the others
+#             restarted), not waited for
+membership_change() {
+    old_nodes=$(topology_nodes "$CONF_DIR/topology.toml")
+    new_nodes=$(topology_nodes "$HFM_INCOMING/topology.toml")
+    REQUIRED=""
+    ADDED=""
+    REMOVED=""
+    in_list "$NODE" "$new_nodes" || fail "$NODE is not a node of the uploaded topology.toml"
+    # A first install has no installed topology: nothing to wait for (a new cluster comes up one
+    # node at a time; a node added to a running one is checked after its start).
+    [ -n "$old_nodes" ] || return 0
+    for name in $new_nodes; do
+        [ "$name" = "$NODE" ] && continue
+        if in_list "$name" "$old_nodes"; then REQUIRED="$REQUIRED $name"; else ADDED="$ADDED $name"; fi
+    done
+    for name in $old_nodes; do
+        in_list "$name" "$new_nodes" || REMOVED="$REMOVED $name"
+    done
+}
+
+# --- reading the cluster through `hf-mirror status --json` ------------------------------------------
+
+# STATUS: the document `hf-mirror status --json` prints on this host, asked with binary $1 at the
+# node's operator port: {"node": its own /_hfm/status, "members": [{name, state, status}]} where each
+# member's status is that node's own /_hfm/status (null when it does not answer). Empty on failure.
+STATUS=""
+refresh_status() {
+    STATUS=$("$1" status --json --url "$HFM_OPERATOR_URL" --token-file "$TOKEN_FILE" 2>/dev/null) || STATUS=""
+}
+
+# jq over STATUS.
+status_query() {
+    printf '%s\n' "$STATUS" | jq -r "$@" 2>/dev/null
+}
+
+# The gossip state (live, starting, draining, dead) of node $1 in this node's view.
+state_of() {
+    status_query --arg name "$1" '.node.members[]? | select(.name == $name) | .state' | head -1
+}
+
+# This node's view, one member a line, for the log.
+show_view() {
+    if [ -z "$STATUS" ]; then
+        log "    (no answer from the operator port $HFM_OPERATOR_URL)"
+        return 0
+    fi
+    status_query '.node.members[]? | "    \(.name) \(.state)"' | while IFS= read -r line; do log "$line"; done
+    log "    catalog: leader $(status_query '.node.raft.leader_name // "none"'), voters $(status_query '.node.raft.voters // [] | join(",")'), learners $(status_query '.node.raft.learners // [] | join(",")')"
+}
+
+# Succeeds when every REQUIRED node is live in the view of this node (asked with binary $1).
 others_live() {
-    table=$(status_table "$1" "$2")
-    for other in $HFM_NODES; do
-        [ "$other" = "$NODE" ] && continue
-        [ "$(state_in "$table" "$other")" = live ] || return 1
+    refresh_status "$1"
+    [ -n "$STATUS" ] || return 1
+    for other in $REQUIRED; do
+        [ "$(state_of "$other")" = live ] || return 1
     done
     return 0
 }
 
-# Waits (bounded) until every other node is live in this node's view.
+# Waits (bounded) until every REQUIRED node is live in this node's view.
 wait_others_live() {
     checks=0
     while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
-        others_live "$1" "$HFM_LOCAL_URL" && return 0
+        others_live "$1" && return 0
         checks=$((checks + 1))
         sleep 1
     done
     log "the cluster as this node sees it:"
-    status_table "$1" "$HFM_LOCAL_URL" | sed 's/^/    /'
+    show_view
     return 1
 }
 
-# Succeeds when every other node that answers sees this node live (one that does not answer is
-# judged by others_live).
+# Succeeds when every other node that answers and knows this node sees it live (one that does not
+# answer is judged by others_live; one that runs a topology without this node is not asked).
 seen_live_by_others() {
-    for pair in $HFM_PEER_URLS; do
-        url=${pair#*=}
-        table=$(status_table "$1" "$url")
-        [ -n "$table" ] || continue
-        [ "$(state_in "$table" "$NODE")" = live ] || return 1
+    refresh_status "$1"
+    [ -n "$STATUS" ] || return 1
+    [ "$(status_query --arg me "$NODE" '[.members[]? | select(.name != $me and .status != null) | .status.members[]? | select(.name == $me) | .state] | all(. == "live")')" = true ]
+}
+
+# Drains the nodes that leave the topology (REMOVED) while they are live or lead the catalog: they stop
+# serving (out of placement and DNS) and hand catalog leadership to another voter, so the catalog
+# never depends on a node the restarted nodes no longer talk to. Their operator URLs come from this
+# node's view while it still runs the old topology (LEAVING_URLS, "name=url ...").
+LEAVING_URLS=""
+remember_leaving() {
+    LEAVING_URLS=""
+    for name in $REMOVED; do
+        url=$(status_query --arg name "$name" '.node.members[]? | select(.name == $name) | .operator_url // empty' | head -1)
+        [ -n "$url" ] && LEAVING_URLS="$LEAVING_URLS $name=$url"
     done
     return 0
+}
+drain_leaving() {
+    for pair in $LEAVING_URLS; do
+        name=${pair%%=*}
+        case " ${1:-$REMOVED} " in *" $name "*) ;; *) continue ;; esac
+        log "draining $name (it leaves the topology): out of placement and DNS, catalog leadership handed over"
+        # The token through a header file: never on a command line. The drain answers once the
+        # node's fills finished; leadership is handed over before that, so a short wait is enough.
+        # The installed token first, then the one before this deploy (a deploy that changes it).
+        header=$ROOT/.operator-header
+        for token in "$TOKEN_FILE" "$BACKUP/token"; do
+            [ -s "$token" ] || continue
+            (umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$token")" >"$header")
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST -H "@$header" "${pair#*=}/_hfm/drain" 2>/dev/null || true)
+            rm -f "$header"
+            [ "$code" = 401 ] || break
+        done
+    done
+}
+
+# Another node's own /_hfm/status asked with the operator token that was in place before this deploy
+# (a deploy that changes the token: the others still have the old one). Empty when it does not answer.
+status_with_old_token() {
+    [ -s "$BACKUP/token" ] && ! cmp -s "$BACKUP/token" "$TOKEN_FILE" || return 0
+    url=$(status_query --arg name "$1" '.node.members[]? | select(.name == $name) | .operator_url // empty' | head -1)
+    [ -n "$url" ] || return 0
+    header=$ROOT/.operator-header
+    (umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$BACKUP/token")" >"$header")
+    curl -s --max-time 5 -H "@$header" "$url/_hfm/status" 2>/dev/null || true
+    rm -f "$header"
+}
+
+# After a start: every required node live again and seeing this node live; the catalog caught up
+# with its leader (this node's Raft applied index reaches the leader's, as read once) and this node
+# a voter. Nothing to wait for in a cluster being created (no leader anywhere yet).
+wait_cluster() {
+    first_install=$1
+    binary=$2
+    wait_others_live "$binary" || { log "not every other node is live after the restart"; return 1; }
+    checks=0
+    until seen_live_by_others "$binary"; do
+        checks=$((checks + 1))
+        [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ] || { log "the other nodes do not see this node live"; show_view; return 1; }
+        sleep 1
+    done
+    log "live: every other node that answers sees this node live"
+    target=""
+    leader=""
+    own=""
+    checks=0
+    while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
+        refresh_status "$binary"
+        own=$(status_query '.node.raft.last_applied // empty')
+        leader=$(status_query '.node.raft.leader_name // empty')
+        if [ -z "$leader" ]; then
+            # A node that just joined may not have heard from the leader yet: the others' views.
+            leader=$(status_query '[.members[]?.status.raft.leader_name // empty] | first // empty')
+        fi
+        if [ -n "$leader" ] && in_list "$leader" "$REMOVED"; then
+            # A leaving node leads: ask it to hand over (at most every fifth check) and wait.
+            [ $((checks % 5)) -eq 0 ] && drain_leaving "$leader"
+        elif [ -n "$leader" ]; then
+            if [ -z "$target" ]; then
+                if [ "$leader" = "$NODE" ]; then
+                    target=$own
+                else
+                    target=$(status_query --arg name "$leader" '.members[]? | select(.name == $name) | .status.raft.last_applied // empty')
+                    [ -n "$target" ] || target=$(status_with_old_token "$leader" | jq -r '.raft.last_applied // empty' 2>/dev/null)
+                fi
+            fi
+            voter=$(status_query --arg me "$NODE" '.node.raft.voters // [] | index($me) != null')
+            if [ -n "$target" ] && [ -n "$own" ] && [ "$own" -ge "$target" ] && [ "$voter" = true ]; then
+                log "catalog caught up: a voter, applied $own, leader $leader at $target when asked"
+                return 0
+            fi
+        elif [ "$first_install" = yes ] && [ "$checks" -eq 0 ]; then
+            # A new cluster has no quorum until most of its nodes run: nothing to catch up with yet.
+            log "catalog: no leader anywhere yet (the cluster is being created); not waiting"
+            return 0
+        fi
+        checks=$((checks + 1))
+        sleep 1
+    done
+    log "catalog not caught up (leader ${leader:-none}, target ${target:-unknown}, applied ${own:-unknown}, voter ${voter:-unknown})"
+    show_view
+    return 1
 }
 
 # --- the unit -----------------------------------------------------------------------------------
@@ -156,71 +328,7 @@ verify_started() {
         return 1
     fi
     log "ready: /readyz 200, running $running"
-    binary=$ROOT/current/hf-mirror
-    if [ "$first_install" = no ]; then
-        wait_others_live "$binary" || { log "not every other node is live after the restart"; return 1; }
-    fi
-    checks=0
-    until seen_live_by_others "$binary"; do
-        checks=$((checks + 1))
-        [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ] || { log "the other nodes do not see this node live"; return 1; }
-        sleep 1
-    done
-    log "live: every other node that answers sees this node live"
-    # Catalog: this node's Raft applied index reaches the leader's, as read once (a fixed target).
-    # Read from /_hfm/status directly (this node's, then the leader's at its status URL), not from
-    # the status table, whose per-node columns depend on each node's advertised http_url.
-    target=""
-    leader=""
-    checks=0
-    while [ "$checks" -lt "$HFM_PEERS_TIMEOUT" ]; do
-        own_status=$(curl -s --max-time 5 "$HFM_LOCAL_URL/_hfm/status" 2>/dev/null || true)
-        own=$(json_number "$own_status" last_applied)
-        leader_id=$(json_number "$own_status" leader)
-        leader=""
-        [ -n "$leader_id" ] && leader=$(nth_node "$leader_id")
-        if [ -n "$leader" ]; then
-            if [ -z "$target" ]; then
-                if [ "$leader" = "$NODE" ]; then
-                    target=$own
-                else
-                    target=$(json_number "$(curl -s --max-time 5 "$(peer_url "$leader")/_hfm/status" 2>/dev/null || true)" last_applied)
-                fi
-            fi
-            if [ -n "$target" ] && [ -n "$own" ] && [ "$own" -ge "$target" ]; then
-                log "catalog caught up: applied $own, leader $leader at $target when asked"
-                return 0
-            fi
-        elif [ "$first_install" = yes ]; then
-            # A new cluster has no quorum until most of its nodes run: nothing to catch up with yet.
-            log "catalog: no leader yet (the cluster is being created); not waiting"
-            return 0
-        fi
-        checks=$((checks + 1))
-        sleep 1
-    done
-    log "catalog not caught up (leader ${leader:-none}, target ${target:-unknown}, applied ${own:-unknown})"
-    status_table "$binary" "$HFM_LOCAL_URL" | sed 's/^/    /'
-    return 1
-}
-
-# The integer value of "key" in a /_hfm/status document (pretty-printed JSON; the keys used here,
-# last_applied and leader, appear once, in its "raft" object).
-json_number() {
-    printf '%s\n' "$1" | sed -n "s/^[[:space:]]*\"$2\":[[:space:]]*\([0-9][0-9]*\).*/\1/p" | head -1
-}
-
-# The name of Raft member N: ids are 1-based positions in topology.toml.
-nth_node() {
-    printf '%s\n' $HFM_NODES | sed -n "${1}p"
-}
-
-# The status URL of node $1 (from HFM_PEER_URLS).
-peer_url() {
-    for pair in $HFM_PEER_URLS; do
-        [ "${pair%%=*}" = "$1" ] && { printf '%s\n' "${pair#*=}"; return 0; }
-    done
-    return 1
+    wait_cluster "$first_install" "$ROOT/current/hf-mirror"
 }
 
 # --- configuration and its backup ---------------------------------------------------------------
@@ -228,7 +336,7 @@ peer_url() {
 # The files a deploy replaces, as "backup name|path".
 config_items() {
     printf '%s\n' "service|$UNIT_DIR/$SERVICE" "socket|$UNIT_DIR/$SOCKET" "topology|$CONF_DIR/topology.toml" \
-        "certs|$HFM_CERTS_DIR" "tls|$CONF_DIR/tls" "bird|$CONF_DIR/bird.conf" "bird-unit|$UNIT_DIR/$BIRD_UNIT" \
+        "certs|$HFM_CERTS_DIR" "token|$TOKEN_FILE" "tls|$CONF_DIR/tls" "bird|$CONF_DIR/bird.conf" "bird-unit|$UNIT_DIR/$BIRD_UNIT" \
         "anycast-unit|$UNIT_DIR/$ANYCAST_UNIT"
 }
 
@@ -250,19 +358,23 @@ restore_config() {
 install_config() {
     install -d -m 0755 "$CONF_DIR" "$ROOT/bin"
     install -m 0644 -o root -g root "$HFM_INCOMING/topology.toml" "$CONF_DIR/topology.toml"
-    # Only the CA certificate and this node's own certificate and key; anything else found in the
-    # directory (another node's key, a ca.key copied by hand) is removed.
+    # Only the CA certificate, this node's own certificate and key, and the cluster's gossip key;
+    # anything else found in the directory (another node's key, a ca.key copied by hand) is removed.
     install -d -m 0750 -o root -g hf-mirror "$HFM_CERTS_DIR"
     for file in "$HFM_CERTS_DIR"/* "$HFM_CERTS_DIR"/.[!.]*; do
         [ -e "$file" ] || continue
         case ${file##*/} in
-            ca.pem | "$NODE.pem" | "$NODE.key") ;;
+            ca.pem | "$NODE.pem" | "$NODE.key" | gossip.key) ;;
             *) log "removing $file from the certificates directory"; rm -rf "$file" ;;
         esac
     done
     install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/ca.pem" "$HFM_CERTS_DIR/ca.pem"
     install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/node.pem" "$HFM_CERTS_DIR/$NODE.pem"
     install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/node.key" "$HFM_CERTS_DIR/$NODE.key"
+    install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/gossip.key" "$HFM_CERTS_DIR/gossip.key"
+    # The cluster's operator token: the node serves its operator port with it, ExecStop's drain and
+    # `hf-mirror status` on this host use it.
+    install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/operator-token" "$TOKEN_FILE"
     if [ "${HFM_TLS:-0}" = 1 ]; then
         install -d -m 0750 -o root -g hf-mirror "$CONF_DIR/tls"
         install -m 0640 -o root -g hf-mirror "$HFM_INCOMING/tls.pem" "$CONF_DIR/tls/cert.pem"
@@ -361,10 +473,10 @@ prune_releases() {
 
 deploy() {
     [ "$(id -u)" -eq 0 ] || fail "must run as root"
-    need_tools systemctl journalctl curl sha256sum useradd getent install readlink awk sed cmp
+    need_tools systemctl journalctl curl jq sha256sum useradd getent install readlink awk sed cmp
     if [ -n "${HFM_ANYCAST:-}" ]; then need_tools bird birdc ip; fi
     : "${HFM_SHA256:?}" "${HFM_INCOMING:?}" "${HFM_DATA_DIR:?}" "${HFM_CERTS_DIR:?}" "${HFM_LOCAL_URL:?}"
-    : "${HFM_NODES:?}" "${HFM_READY_TIMEOUT:=180}" "${HFM_PEERS_TIMEOUT:=180}" "${HFM_PEER_URLS:=}"
+    : "${HFM_OPERATOR_URL:?}" "${HFM_SLOT:?}" "${HFM_READY_TIMEOUT:=180}" "${HFM_PEERS_TIMEOUT:=180}"
 
     # The upload (with a copy of the node's key) goes when the step ends, whatever the outcome.
     trap 'rm -rf "$HFM_INCOMING"' EXIT
@@ -372,7 +484,7 @@ deploy() {
     # 1. verify
     actual=$(sha256sum "$HFM_INCOMING/hf-mirror" | cut -d' ' -f1)
     [ "$actual" = "$HFM_SHA256" ] || fail "the uploaded binary's sha256 is $actual, not $HFM_SHA256"
-    for file in topology.toml ca.pem node.pem node.key "$SERVICE" "$SOCKET" hf-mirror-step.sh hf-mirror-anycast.sh; do
+    for file in topology.toml ca.pem node.pem node.key gossip.key operator-token "$SERVICE" "$SOCKET" hf-mirror-step.sh hf-mirror-anycast.sh; do
         [ -s "$HFM_INCOMING/$file" ] || fail "the upload lacks $file"
     done
 
@@ -403,8 +515,21 @@ deploy() {
     [ -n "$old_current" ] && first_install=no
 
     # 3. gate
+    membership_change
+    [ -n "$ADDED" ] && log "topology: adding$ADDED (not deployed yet: not waited for)"
+    [ -n "$REMOVED" ] && log "topology: removing$REMOVED (leaving: not waited for)"
     if systemctl is-active --quiet "$SERVICE" && [ -x "$ROOT/current/hf-mirror" ]; then
-        log "checking that every other node is live before stopping this one"
+        log "checking that every other node ($(echo $REQUIRED)) is live before stopping this one"
+        if [ -n "$REMOVED" ]; then
+            refresh_status "$ROOT/current/hf-mirror"
+            remember_leaving
+            leading=$(status_query '.node.raft.leader_name // empty')
+            still=""
+            for name in $REMOVED; do
+                if [ "$(state_of "$name")" = live ] || [ "$name" = "$leading" ]; then still="$still $name"; fi
+            done
+            [ -n "$still" ] && drain_leaving "$still"
+        fi
         wait_others_live "$ROOT/current/hf-mirror" ||
             fail "refusing to stop $NODE: not every other node is live (a rollout never takes a second node down)"
     fi
@@ -416,6 +541,8 @@ deploy() {
     fi
     backup_config
     install_config
+    # This host now belongs to this slot's resource (see decommission).
+    printf '%s\n' "$HFM_SLOT" >"$ROOT/slot"
     new_current=releases/$HFM_SHA256
     if [ "$old_current" != "$new_current" ]; then
         set_link previous "$old_current"
@@ -462,6 +589,12 @@ deploy() {
 
 decommission() {
     [ "$(id -u)" -eq 0 ] || fail "must run as root"
+    # A node whose place in the topology changed (a node before it was removed) is deployed by the
+    # resource of its new slot first; the destroy of its old slot's resource must leave it running.
+    if [ -n "${HFM_SLOT:-}" ] && [ -s "$ROOT/slot" ] && [ "$(cat "$ROOT/slot")" != "$HFM_SLOT" ]; then
+        log "not decommissioning: the node now runs from slot $(cat "$ROOT/slot"), not $HFM_SLOT (its place in the topology changed)"
+        return 0
+    fi
     log "decommissioning: drain, stop, remove units, releases and keys; the data directory stays"
     # Stopping the service runs ExecStop (the drain); the socket goes after it.
     systemctl stop "$SERVICE" 2>/dev/null || true
@@ -473,10 +606,10 @@ decommission() {
     systemctl daemon-reload 2>/dev/null || true
     systemctl reset-failed "$SERVICE" "$SOCKET" 2>/dev/null || true
     if [ -n "${HFM_CERTS_DIR:-}" ]; then
-        rm -f "$HFM_CERTS_DIR/ca.pem" "$HFM_CERTS_DIR/$NODE.pem" "$HFM_CERTS_DIR/$NODE.key"
+        rm -f "$HFM_CERTS_DIR/ca.pem" "$HFM_CERTS_DIR/$NODE.pem" "$HFM_CERTS_DIR/$NODE.key" "$HFM_CERTS_DIR/gossip.key"
         rmdir "$HFM_CERTS_DIR" 2>/dev/null || true
     fi
-    rm -rf "$CONF_DIR/tls" "$CONF_DIR/topology.toml"
+    rm -rf "$CONF_DIR/tls" "$CONF_DIR/topology.toml" "$TOKEN_FILE"
     rmdir "$CONF_DIR" 2>/dev/null || true
     rm -rf "$ROOT"
     log "decommissioned"
