@@ -675,7 +675,7 @@ async fn hand_over_catalog(cluster: &ClusterPlane) {
     let (keeper_shutdown, keeper) = &cluster.membership_keeper;
     keeper_shutdown.cancel();
     keeper.wait().await;
-    if let Some(successor) = cluster.raft.step_down().await {
+    if let Some(successor) = cluster.raft.step_down(&cluster.peers.catalog_successors()).await {
         info!(successor, "handed catalog leadership over");
     }
     cluster.raft.shutdown().await;

@@ -65,17 +65,19 @@ impl Operator {
         }
     }
 
-    /// `/readyz`: 200 when the node takes traffic, else 503 in the Hub's format.
+    /// `/readyz`: 200 when the node takes traffic, else 503 in the Hub's format. A 503 here is a
+    /// state the prober asked about, not an error of the node: answered, never logged as one.
     pub(super) fn readiness(&self) -> Result<Response, HubError> {
         if self.is_ready() {
             return Ok((StatusCode::OK, "ready\n").into_response());
         }
-        Err(HubError::new(
+        let not_ready = HubError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NotReady",
             "This node is not taking traffic (starting or draining)",
-            ErrorSource::Internal,
-        ))
+            ErrorSource::Client,
+        );
+        Ok(not_ready.into_response())
     }
 
     /// `/metrics` in Prometheus' text format.
@@ -135,7 +137,7 @@ impl Operator {
         let mut handed_to = None;
         if let Some((peers, raft, _)) = &self.cluster {
             peers.start_draining().await;
-            handed_to = raft.step_down().await;
+            handed_to = raft.step_down(&peers.catalog_successors()).await;
         }
         let started = Instant::now();
         while self.store.usage().reserved_bytes > 0 && started.elapsed() < FILL_WAIT {

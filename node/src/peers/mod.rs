@@ -166,6 +166,15 @@ impl Peers {
         self.inner.placement.nodes().iter().map(|node| node.name.clone()).filter(|name| view.is_serving(name)).collect()
     }
 
+    /// The catalog ids of the other serving nodes: who may take catalog leadership from this one.
+    pub fn catalog_successors(&self) -> Vec<u64> {
+        self.serving_nodes()
+            .iter()
+            .filter(|name| *name != self.self_name())
+            .map(|name| hfm_cluster::catalog::raft::catalog_id(name))
+            .collect()
+    }
+
     pub fn self_name(&self) -> &str {
         &self.inner.self_name
     }

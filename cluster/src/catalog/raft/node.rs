@@ -250,9 +250,11 @@ impl RaftCatalog {
         }
     }
 
-    /// Hands leadership to another voter if this node leads (before it drains or stops): the one
-    /// whose copy of the log is furthest along, so it can lead at once. Returns its id.
-    pub async fn step_down(&self) -> Option<u64> {
+    /// Hands leadership to another voter if this node leads (before it drains or stops): of the
+    /// voters among `candidates` (the caller's serving nodes: live, not draining, in its topology),
+    /// the one whose copy of the log is furthest along, so it can lead at once. Returns its id; none
+    /// when no candidate votes (the others elect one when this node stops).
+    pub async fn step_down(&self, candidates: &[u64]) -> Option<u64> {
         use openraft::async_runtime::watch::WatchReceiver;
         if self.raft.current_leader().await != Some(self.self_id) {
             return None;
@@ -263,7 +265,12 @@ impl RaftCatalog {
             let matched = |id: &u64| {
                 metrics.replication.as_ref().and_then(|replication| replication.get(id).cloned().flatten()).map(|log_id| log_id.index)
             };
-            metrics.membership_config.membership().voter_ids().filter(|id| *id != self.self_id).max_by_key(|id| matched(id))?
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.self_id && candidates.contains(id))
+                .max_by_key(|id| matched(id))?
         };
         match self.raft.trigger().transfer_leader(successor).await {
             Ok(()) => Some(successor),
