@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of hf-mirror from a clean clone: installs what the tests need (Debian packages,
 # Python clients in venvs under target/), builds the workspace, runs the Rust tests, then the
-# real-client suite against the built binary and the fake Hub.
+# real-client suite against the built binary and the fake Hub, then the Terraform rollout onto
+# systemd-nspawn hosts with the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -48,3 +49,9 @@ cargo test --locked --workspace
 
 say "real-client tests"
 HF_MIRROR_BIN="$root/target/debug/hf-mirror" bash tests/clients/run.sh
+
+say "rollout: Terraform against systemd hosts (release build)"
+# The issue's contract: the rollout deploys the release binary the test command built. It installs
+# its own host packages (systemd-container, openssh-server, bird2, nftables) and needs terraform.
+cargo build --locked --release --bin hf-mirror
+bash tests/rollout/run.sh "$root/target/release/hf-mirror"
