@@ -231,8 +231,10 @@ struct ServeArgs {
 }
 
 fn init_tracing(format: LogFormat) {
+    // openraft warns on every missed heartbeat (4 a second per unreachable voter); gossip already
+    // says which node is down, once.
     let filter = tracing_subscriber::EnvFilter::try_from_env("HF_MIRROR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn,openraft::core::heartbeat=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
