@@ -24,6 +24,7 @@ Control endpoints (on the hub listener, never logged):
     POST /_fake/reset                    clears the request log and the byte counters (nothing else)
     POST /_fake/move-branch?repo=&branch=[&type=]  moves the branch to its prepared commit
     POST /_fake/down?on=1|0              every hub and CDN request answers 503
+    POST /_fake/rate-limit?on=1|0        every hub request answers 429 with Retry-After and RateLimit fields
     POST /_fake/throttle?bytes_per_sec=N throttles CDN bodies (0 = off)
     POST /_fake/corrupt?on=1|0      the CDN flips the first byte of every body it sends
     GET  /_fake/state                    repos, refs, commits and per-file identities
@@ -535,6 +536,7 @@ class Runtime:
         self.lock = threading.Lock()
         self.log: list[dict] = []
         self.down = False
+        self.rate_limited = False
         self.throttle = 0
         # When on, the CDN flips the first byte of every body it sends (a corrupt upstream).
         self.corrupt = False
@@ -719,6 +721,13 @@ class BaseHandler(BaseHTTPRequestHandler):
             })
             if self.runtime.down:
                 raise HttpError(503, "ServiceUnavailable", "The Hub is down for maintenance (fake)")
+            if self.runtime.rate_limited and self.role == "hub":
+                # huggingface.co's 429: Retry-After and the IETF RateLimit fields (hub-api.md T26).
+                raise HttpError(429, "RateLimited", "You have exceeded our hourly quotas for action: resolvers (fake)", {
+                    "Retry-After": "87",
+                    "RateLimit": '"resolvers";r=0;t=87',
+                    "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300',
+                })
             self.route(raw_path, raw_query, body)
         except HttpError as err:
             self.send_hub_error(err)
@@ -829,6 +838,9 @@ class HubHandler(BaseHandler):
         elif name == "down" and self.command == "POST":
             rt.down = parse_bool(query_first(query, "on"), True)
             self.send_json(200, {"down": rt.down})
+        elif name == "rate-limit" and self.command == "POST":
+            rt.rate_limited = parse_bool(query_first(query, "on"), True)
+            self.send_json(200, {"rate_limited": rt.rate_limited})
         elif name == "corrupt" and self.command == "POST":
             rt.corrupt = parse_bool(query_first(query, "on"), True)
             self.send_json(200, {"corrupt": rt.corrupt})

@@ -89,6 +89,11 @@ impl Slots {
     }
 
     /// Slots taken now.
+    /// The bounds: `(total, per_client)`, `0` for unbounded.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.inner.total, self.inner.per_client)
+    }
+
     pub fn in_use(&self) -> usize {
         self.taken().total
     }

@@ -31,6 +31,15 @@ impl FillBudget {
         self.slots.try_take(client)
     }
 
+    /// The bound a refusal hit: slots per client network, or in total.
+    pub fn bound(&self, refusal: FillRefusal) -> usize {
+        let (total, per_client) = self.slots.bounds();
+        match refusal {
+            FillRefusal::Client => per_client,
+            FillRefusal::Total => total,
+        }
+    }
+
     /// Fills running now.
     pub fn running(&self) -> usize {
         self.slots.in_use()

@@ -17,10 +17,12 @@ use tracing::{debug, warn};
 use super::fill_budget::FillRefusal;
 use super::passthrough::{forward_request, pass_through};
 use super::{Charged, HubApi, access, set_header, with_cache_status};
+use crate::hub::conditional;
 use crate::hub::headers::{X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path};
 use crate::hub::range::parse_range;
 use crate::hub::route::resolve_origin;
-use crate::hub::{CacheStatus, ErrorSource, HubError};
+use crate::hub::error::RateLimitFields;
+use crate::hub::{CacheStatus, HubError};
 use crate::metadata::{Access, REPO_TOO_LARGE};
 use crate::store::{BlobSource, ContentHasher, Fill, FillOutcome, Room};
 
@@ -45,7 +47,13 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     let (etag, size) = (entry.etag().to_owned(), entry.size);
     let metadata_status = policy_status.max(ref_status).max(manifest_status);
 
-    let range = if request.method() == Method::GET {
+    let (etag_held, range_applies) = {
+        // In a block: a borrow of the request (whose body is not `Sync`) must not live across an await.
+        let header_text = |name: header::HeaderName| request.headers().get(name).map(|value| value.to_str().unwrap_or(""));
+        let etag_held = header_text(header::IF_NONE_MATCH).is_some_and(|value| conditional::none_match_hits(value, &etag));
+        (etag_held, conditional::range_still_applies(header_text(header::IF_RANGE), &etag))
+    };
+    let range = if request.method() == Method::GET && !etag_held && range_applies {
         let header_text = match request.headers().get(header::RANGE) {
             Some(value) => Some(value.to_str().map_err(|_| HubError::range_not_satisfiable(size))?),
             None => None,
@@ -68,6 +76,17 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
 
+    if etag_held {
+        // The client holds this very file (hub-api.md T24): the validators, no body.
+        for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::ACCEPT_RANGES] {
+            headers.remove(name);
+        }
+        hub.answers.record(metadata_status);
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = headers;
+        return Ok(with_cache_status(response, metadata_status));
+    }
     let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
     let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
         (Body::empty(), metadata_status, None)
@@ -140,7 +159,7 @@ async fn blob_body(
     let (outcome, slot) = store
         .fill_or_join_admitted(etag, size, source.clone(), Room::EvictIfNeeded, admit)
         .map_err(HubError::internal)?
-        .map_err(fill_refused)?;
+        .map_err(|refusal| fill_refused(&hub.fill_budget, refusal))?;
     match outcome {
         FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
             Some(stream) => Ok(from_disk(stream)),
@@ -182,17 +201,20 @@ async fn join_fill(hub: &HubApi, fill: &Arc<Fill>, etag: &str, size: u64, start:
     BlobBody { body: Body::from_stream(fill.reader(start, end)), cache: CacheStatus::Miss, charged: None }
 }
 
+/// How long a client refused a cold fill waits before asking again.
+const FILL_RETRY_SECS: u64 = 5;
+
 /// A fill that may not start now: 429 in the Hub's format; the client retries after a few seconds.
-fn fill_refused(refusal: FillRefusal) -> HubError {
+fn fill_refused(budget: &super::fill_budget::FillBudget, refusal: FillRefusal) -> HubError {
     let message = match refusal {
         FillRefusal::Client => {
             "Too many downloads of files this mirror does not hold yet are running for your network; retry after the delay in Retry-After"
         }
         FillRefusal::Total => "This mirror is fetching as many new files as it can; retry after the delay in Retry-After",
     };
-    let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
-    error.retry_after = Some("5".into());
-    error
+    // The quota is concurrent fills: "per window" is the retry delay, the closest the IETF form has.
+    let fields = RateLimitFields::own("fills", budget.bound(refusal) as u64, FILL_RETRY_SECS, FILL_RETRY_SECS);
+    HubError::rate_limited(message, fields, FILL_RETRY_SECS)
 }
 
 /// Counts the bytes of a stored blob sent to a client.

@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::headers::{X_CACHE, X_ERROR_CODE, X_ERROR_MESSAGE, X_REPO_COMMIT};
+use super::headers::{RATE_LIMIT, RATE_LIMIT_POLICY, X_CACHE, X_ERROR_CODE, X_ERROR_MESSAGE, X_REPO_COMMIT};
 
 /// Where an error came from; it decides logging and whether a cached copy may stand in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,29 @@ pub struct HubError {
     pub unsatisfied_length: Option<u64>,
     /// Upstream's `Retry-After`, passed on for 429 and 503.
     pub retry_after: Option<String>,
+    /// The IETF `RateLimit` and `RateLimit-Policy` fields of a 429 (hub-api.md T26).
+    pub rate_limit: Option<RateLimitFields>,
+}
+
+/// The `RateLimit` and `RateLimit-Policy` fields of a 429, in the form huggingface.co uses
+/// (`RateLimit: "api";r=0;t=55`, `RateLimit-Policy: "fixed window";"api";q=500;w=300`), which
+/// `huggingface_hub` reads to know how long to wait. Upstream's are relayed as they came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitFields {
+    pub limit: String,
+    pub policy: Option<String>,
+}
+
+impl RateLimitFields {
+    /// The fields of one of the mirror's own limits: `policy` names it (a word: clients match
+    /// `\w+`), `quota` units are allowed per `window_secs`, and none are left for `reset_secs`.
+    pub fn own(policy: &'static str, quota: u64, window_secs: u64, reset_secs: u64) -> RateLimitFields {
+        debug_assert!(policy.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_'));
+        RateLimitFields {
+            limit: format!("\"{policy}\";r=0;t={}", reset_secs.max(1)),
+            policy: Some(format!("\"fixed window\";\"{policy}\";q={quota};w={}", window_secs.max(1))),
+        }
+    }
 }
 
 impl HubError {
@@ -44,7 +67,16 @@ impl HubError {
             repo_commit: None,
             unsatisfied_length: None,
             retry_after: None,
+            rate_limit: None,
         }
+    }
+
+    /// A 429 of the mirror's own limits: `Retry-After` and the `RateLimit` fields say when to retry.
+    pub fn rate_limited(message: impl Into<String>, fields: RateLimitFields, retry_after_secs: u64) -> HubError {
+        let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
+        error.retry_after = Some(retry_after_secs.max(1).to_string());
+        error.rate_limit = Some(fields);
+        error
     }
 
     pub fn bad_request(message: impl Into<String>) -> HubError {
@@ -154,6 +186,8 @@ impl HubError {
             repo_commit: header_text(X_REPO_COMMIT),
             unsatisfied_length: None,
             retry_after: header_text(header::RETRY_AFTER.as_str()),
+            rate_limit: header_text(RATE_LIMIT)
+                .map(|limit| RateLimitFields { limit, policy: header_text(RATE_LIMIT_POLICY) }),
         }
     }
 
@@ -203,6 +237,12 @@ impl IntoResponse for HubError {
         if let Some(retry_after) = &self.retry_after {
             headers.insert(header::RETRY_AFTER, header_safe_text(retry_after));
         }
+        if let Some(fields) = &self.rate_limit {
+            headers.insert(RATE_LIMIT, header_safe_text(&fields.limit));
+            if let Some(policy) = &fields.policy {
+                headers.insert(RATE_LIMIT_POLICY, header_safe_text(policy));
+            }
+        }
         if !headers.contains_key(X_CACHE) {
             let cache = if self.source == ErrorSource::Upstream { "MISS" } else { "HIT" };
             headers.insert(X_CACHE, HeaderValue::from_static(cache));
@@ -223,6 +263,27 @@ mod tests {
         assert_eq!(response.headers()[X_ERROR_MESSAGE], "Entry not found");
         assert_eq!(response.headers()[X_REPO_COMMIT], "0123456789abcdef0123456789abcdef01234567");
         assert!(response.headers().contains_key(X_CACHE));
+    }
+
+    #[test]
+    fn own_429s_carry_the_ietf_fields_in_the_hubs_form() {
+        let response = HubError::rate_limited("slow down", RateLimitFields::own("requests", 40, 4, 2), 2).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[RATE_LIMIT], "\"requests\";r=0;t=2");
+        assert_eq!(response.headers()[RATE_LIMIT_POLICY], "\"fixed window\";\"requests\";q=40;w=4");
+    }
+
+    #[test]
+    fn upstreams_rate_limit_fields_are_relayed_unchanged() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RATE_LIMIT, HeaderValue::from_static("\"resolvers\";r=0;t=87"));
+        headers.insert(RATE_LIMIT_POLICY, HeaderValue::from_static("\"fixed window\";\"resolvers\";q=3000;w=300"));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("87"));
+        let response = HubError::from_upstream(StatusCode::TOO_MANY_REQUESTS, &headers, b"{}").into_response();
+        assert_eq!(response.headers()[RATE_LIMIT], "\"resolvers\";r=0;t=87");
+        assert_eq!(response.headers()[RATE_LIMIT_POLICY], "\"fixed window\";\"resolvers\";q=3000;w=300");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "87");
     }
 
     #[test]

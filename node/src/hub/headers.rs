@@ -8,6 +8,9 @@ pub const X_LINKED_SIZE: &str = "x-linked-size";
 pub const X_ERROR_CODE: &str = "x-error-code";
 pub const X_ERROR_MESSAGE: &str = "x-error-message";
 pub const X_CACHE: &str = "x-cache";
+/// The IETF rate-limit fields huggingface.co sends on its 429s (hub-api.md T26).
+pub const RATE_LIMIT: &str = "ratelimit";
+pub const RATE_LIMIT_POLICY: &str = "ratelimit-policy";
 
 /// Returns true for the Xet headers that make `hf_xet` bypass the mirror (hub-api.md §3).
 pub fn is_xet_header(name: &HeaderName) -> bool {

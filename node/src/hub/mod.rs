@@ -3,6 +3,7 @@
 //! Only this module knows the Hub's wire format; the catalog and the store know nothing of it.
 
 pub mod cache;
+pub mod conditional;
 pub mod error;
 pub mod headers;
 pub mod json;

@@ -13,14 +13,14 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{Method, StatusCode, header};
+use http::{Method, header};
 use tracing::{Instrument, field, info, info_span};
 
 use super::access_log::{AccessLine, AccessLog};
 use super::limits::{Admission, EdgeLimits, Refusal};
 use crate::edge::{Answered, Charged};
 use crate::hub::headers::X_CACHE;
-use crate::hub::{CacheStatus, ErrorSource, HubError};
+use crate::hub::{CacheStatus, HubError};
 
 /// What the front door needs: the limits, the access log, and where heavy users are sent.
 pub struct FrontDoor {
@@ -38,8 +38,8 @@ pub fn wrap(router: Router, front_door: Arc<FrontDoor>) -> Router {
 /// Lets a request through the limits (before any work is done for it), or answers 429.
 fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>, HubError> {
     let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else { return Ok(None) };
-    front_door.limits.admit(client.ip()).map_err(|(refusal, retry)| {
-        let message = match refusal {
+    front_door.limits.admit(client.ip()).map_err(|refused| {
+        let message = match refused.reason {
             Refusal::Rate => "Too many requests from your address; slow down and retry after the delay in Retry-After".to_owned(),
             Refusal::Parallel => "Too many parallel requests from your network; retry after the delay in Retry-After".to_owned(),
             Refusal::DailyBytes => format!(
@@ -47,9 +47,7 @@ fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>,
                 front_door.rsync_hint
             ),
         };
-        let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
-        error.retry_after = Some(retry.as_secs_f64().ceil().max(1.0).to_string());
-        error
+        HubError::rate_limited(message, refused.fields(), refused.retry.as_secs_f64().ceil() as u64)
     })
 }
 

@@ -16,6 +16,7 @@ use hfm_ratelimit::KeyedLimiter;
 
 use crate::common::net::{ClientKey, canonical, mask};
 use crate::config::limits::{LimitsConfig, Quota};
+use crate::hub::error::RateLimitFields;
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +32,31 @@ impl Refusal {
             Refusal::Rate => "rate",
             Refusal::Parallel => "parallel",
             Refusal::DailyBytes => "daily_bytes",
+        }
+    }
+}
+
+/// A refused request: why, when to retry, and the quota it ran into.
+#[derive(Clone, Copy, Debug)]
+pub struct Refused {
+    pub reason: Refusal,
+    pub retry: Duration,
+    pub quota: Quota,
+}
+
+impl Refused {
+    /// The `RateLimit` fields of the 429: which policy, its quota per window, and when it resets.
+    pub fn fields(&self) -> RateLimitFields {
+        let reset = self.retry.as_secs_f64().ceil().max(1.0) as u64;
+        match self.reason {
+            Refusal::Rate => {
+                // GCRA: `burst` requests at once, refilled at the rate; the window is the refill time.
+                let rate = self.quota.requests_per_second.max(f64::MIN_POSITIVE);
+                let burst = self.quota.burst.max(1.0);
+                RateLimitFields::own("requests", burst.ceil() as u64, (burst / rate).ceil().max(1.0) as u64, reset)
+            }
+            Refusal::Parallel => RateLimitFields::own("parallel", u64::from(self.quota.parallel), 1, reset),
+            Refusal::DailyBytes => RateLimitFields::own("bytes", self.quota.daily_bytes, 86_400, reset),
         }
     }
 }
@@ -142,17 +168,17 @@ impl EdgeLimits {
     }
 
     /// Lets a request from `address` through, or says why not and when to retry.
-    pub fn admit(self: &std::sync::Arc<Self>, address: IpAddr) -> Result<Option<Admission>, (Refusal, Duration)> {
+    pub fn admit(self: &std::sync::Arc<Self>, address: IpAddr) -> Result<Option<Admission>, Refused> {
         self.admit_at(address, current_hour())
     }
 
-    fn admit_at(self: &std::sync::Arc<Self>, address: IpAddr, hour: u64) -> Result<Option<Admission>, (Refusal, Duration)> {
+    fn admit_at(self: &std::sync::Arc<Self>, address: IpAddr, hour: u64) -> Result<Option<Admission>, Refused> {
         let Some((tier, quota)) = self.quota(address) else { return Ok(None) };
         let client = ClientKey::of(address);
         let mut state = self.state.lock().expect("limit state poisoned");
-        let refuse = |refusal: Refusal, retry: Duration| {
-            self.refused[refusal as usize].fetch_add(1, Ordering::Relaxed);
-            Err((refusal, retry))
+        let refuse = |reason: Refusal, retry: Duration| {
+            self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+            Err(Refused { reason, retry, quota })
         };
         if quota.daily_bytes > 0 && state.daily.total(&(tier, client), hour) >= quota.daily_bytes {
             let to_next_hour = 3600 - SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 3600;
@@ -238,7 +264,7 @@ mod tests {
         let limits = limits(Quota { parallel: 2, ..Quota::UNLIMITED }, Vec::new());
         let first = limits.admit(ip("2001:db8:1:1::1")).unwrap();
         let second = limits.admit(ip("2001:db8:1:2::1")).unwrap();
-        assert_eq!(limits.admit(ip("2001:db8:1:3::1")).err().map(|(refusal, _)| refusal), Some(Refusal::Parallel), "same /48");
+        assert_eq!(limits.admit(ip("2001:db8:1:3::1")).err().map(|refused| refused.reason), Some(Refusal::Parallel), "same /48");
         assert!(limits.admit(ip("2001:db8:2::1")).is_ok(), "another /48");
         drop(first);
         assert!(limits.admit(ip("2001:db8:1:3::1")).is_ok());
@@ -255,7 +281,7 @@ mod tests {
             limits.state.lock().unwrap().daily.add((admission.tier, admission.client), 100, 600, 100);
         }
         limits.state.lock().unwrap().daily.add((Tier::Default, ClientKey::of(client)), 110, 400, 100);
-        assert_eq!(limits.admit_at(client, 110).err().map(|(refusal, _)| refusal), Some(Refusal::DailyBytes));
+        assert_eq!(limits.admit_at(client, 110).err().map(|refused| refused.reason), Some(Refusal::DailyBytes));
         assert!(limits.admit_at(ip("198.51.100.8"), 110).is_ok(), "another client");
         assert!(limits.admit_at(client, 124).is_ok(), "the first 600 bytes are older than 24 hours");
     }
@@ -271,7 +297,7 @@ mod tests {
             assert!(limits.admit(ip("192.0.2.5")).is_ok());
         }
         assert!(limits.admit(ip("198.51.100.1")).is_ok());
-        assert_eq!(limits.admit(ip("198.51.100.1")).err().map(|(refusal, _)| refusal), Some(Refusal::Rate));
+        assert_eq!(limits.admit(ip("198.51.100.1")).err().map(|refused| refused.reason), Some(Refusal::Rate));
         assert!(limits.admit(ip("127.0.0.1")).is_ok());
         assert!(limits.admit(ip("127.0.0.1")).is_err(), "a proxy on the node's own host gets no exemption");
         let local = std::sync::Arc::new(EdgeLimits::new(LimitsConfig::for_local_use()));
