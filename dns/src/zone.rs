@@ -8,6 +8,11 @@
 //! - each node's own name (`fra1`): its addresses, whatever its health (operators and the rollout
 //!   need stable names).
 //!
+//! `datasets-server` is never a name of the zone, under any name: the `datasets` library asks
+//! `datasets-server.<endpoint host>/info` and waits up to 100 s when that name leads somewhere slow,
+//! so the zone answers it NXDOMAIN at once (the mirror serves no dataset viewer API; `datasets`
+//! swallows the failed lookup and goes on). A topology that would give it records is refused.
+//!
 //! A name the zone does not have is NXDOMAIN with the SOA; a name it has, without records of the type
 //! asked, is NODATA with the SOA; a name outside the zone is REFUSED. When no node is ready, the
 //! health-checked names answer the configured fallback nodes rather than nothing.
@@ -66,11 +71,16 @@ pub enum ZoneError {
     BadName(String),
     #[error("dns: {what} names {name:?}, which is not a node of the topology")]
     UnknownNode { what: &'static str, name: String },
+    #[error("dns: {0:?} is reserved: `datasets` clients ask it and must get NXDOMAIN at once")]
+    Reserved(String),
     #[error("dns: the zone has no nodes")]
     NoNodes,
     #[error("dns: cannot open the GeoIP database {path}: {reason}")]
     GeoIp { path: String, reason: String },
 }
+
+/// The label `datasets` looks up under its endpoint's host; never a name of the zone.
+pub const DATASETS_SERVER: &str = "datasets-server";
 
 /// What a question gets.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +141,9 @@ impl Zone {
         }
         let apex = parse_name(&config.apex)?;
         let child = |label: &str| -> Result<Name, ZoneError> {
+            if label.eq_ignore_ascii_case(DATASETS_SERVER) {
+                return Err(ZoneError::Reserved(label.to_owned()));
+            }
             let name = Name::from_ascii(label).map_err(|_| ZoneError::BadName(label.to_owned()))?;
             name.append_domain(&apex).map_err(|_| ZoneError::BadName(format!("{label}.{}", config.apex)))
         };
@@ -386,6 +399,20 @@ pub(crate) mod tests {
         assert!(matches!(zone.answer(&lower("www.hf-mirror.eu."), RecordType::MX, None, &live), Answer::NoData { .. }));
         assert_eq!(zone.answer(&lower("huggingface.co."), RecordType::A, None, &live), Answer::Refused);
         assert_eq!(zone.answer(&lower("eu."), RecordType::A, None, &live), Answer::Refused);
+    }
+
+    #[test]
+    fn datasets_server_is_nxdomain_under_every_name_and_cannot_be_configured() {
+        let zone = Zone::new(&test_config()).unwrap();
+        for host in ["hf-mirror.eu.", "www.hf-mirror.eu.", "fra1.hf-mirror.eu.", "rsync.hf-mirror.eu."] {
+            for query_type in [RecordType::A, RecordType::AAAA, RecordType::HTTPS] {
+                let name = lower(&format!("datasets-server.{host}"));
+                assert!(matches!(zone.answer(&name, query_type, None, &|_: &str| true), Answer::NxDomain { .. }), "{host} {query_type}");
+            }
+        }
+        let mut config = test_config();
+        config.http_labels.push("Datasets-Server".into());
+        assert!(matches!(Zone::new(&config), Err(ZoneError::Reserved(_))));
     }
 
     /// Writes a minimal MaxMind DB (format 2.0, IPv4 tree, 24-bit records) with one network whose
