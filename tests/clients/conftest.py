@@ -328,8 +328,10 @@ def fake_hub(tmp_path):
 class Mirror:
     _counter = itertools.count()
 
-    def __init__(self, upstream: str, workdir: Path, ref_ttl: str = "1s", extra_args: list[str] | None = None):
+    def __init__(self, upstream: str, workdir: Path, ref_ttl: str = "1s", extra_args: list[str] | None = None,
+                 listen: str = "127.0.0.1:0"):
         self.upstream = upstream
+        self.listen = listen
         # A small page size, so every listing really follows the mirror's own Link pagination.
         self.extra_args = ["--tree-page-size", "4", *(extra_args or [])]
         self.workdir = workdir
@@ -350,7 +352,7 @@ class Mirror:
         # Every node gets an operator port (status, drain, pins, metrics) unless the test picks one.
         operator = [] if "--metrics-listen" in self.extra_args else ["--operator-listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+            [str(binary), "serve", "--listen", self.listen, "--data-dir", str(self.data_dir),
              "--upstream", self.upstream, "--ref-ttl", self.ref_ttl, *operator, *self.extra_args],
             stdout=open(log, "wb"), stderr=open(log.with_suffix(".err"), "wb"), stdin=subprocess.DEVNULL,
             cwd=str(self.workdir), env=clean_env(),

@@ -186,6 +186,28 @@ fn parse_upstream(text: &str) -> Result<String, String> {
     Ok(trimmed.to_owned())
 }
 
+/// A public URL: like an upstream URL, and it may carry a path prefix (`https://example.org/hf`), under
+/// which every route, link and redirect of the node then lives (a node behind a shared reverse proxy).
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or("", |(_, rest)| rest);
+    let (origin_part, prefix) = match after_scheme.find('/') {
+        Some(index) => (&trimmed[..trimmed.len() - after_scheme.len() + index], &after_scheme[index..]),
+        None => (trimmed, ""),
+    };
+    parse_upstream(origin_part)?;
+    let sane_segment = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+    };
+    if !prefix.is_empty() && !prefix[1..].split('/').all(sane_segment) {
+        return Err(format!("invalid path prefix in {text:?} (segments of letters, digits, '-', '.', '_', '~')"));
+    }
+    Ok(trimmed.to_owned())
+}
+
 /// Applies one layer of settings on top of `config`.
 fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, field_prefix: &str) -> Result<(), ConfigError> {
     let fail = |field: &str, message: String| {
@@ -240,7 +262,7 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
         config.metrics_listen = Some(listen.parse().map_err(|_| fail("metrics_listen", format!("invalid socket address {listen:?}")))?);
     }
     if let Some(public_url) = &layer.public_url {
-        config.public_url = Some(parse_upstream(public_url).map_err(|message| fail("public_url", message))?);
+        config.public_url = Some(parse_public_url(public_url).map_err(|message| fail("public_url", message))?);
     }
     if let Some(page_size) = &layer.tree_page_size {
         let size: usize = page_size.trim().parse().map_err(|_| fail("tree_page_size", format!("invalid number {page_size:?}")))?;
@@ -638,6 +660,16 @@ fn resolve_cluster(topology: &TopologyFile, origin: &str, node_index: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_url_may_carry_a_path_prefix() {
+        assert_eq!(parse_public_url("https://example.org/hf/").unwrap(), "https://example.org/hf");
+        assert_eq!(parse_public_url("http://127.0.0.1:8080/a/b").unwrap(), "http://127.0.0.1:8080/a/b");
+        assert_eq!(parse_public_url("https://example.org").unwrap(), "https://example.org");
+        for bad in ["https://example.org/../x", "https://example.org/a//b", "https://example.org/a?b", "https://example.org/%2e", "ftp://x/y", "/hf"] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+    }
 
     const TOPOLOGY: &str = r#"
 [cluster]

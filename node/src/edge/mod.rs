@@ -30,7 +30,7 @@ use tracing::{field, warn};
 
 pub use self::operator::{Operator, OperatorToken};
 use crate::blobs::BlobSources;
-use crate::hub::headers::X_CACHE;
+use crate::hub::headers::{X_CACHE, url_path};
 use crate::hub::route::{Route, route};
 use crate::hub::{CacheStatus, ErrorSource, HubError};
 use crate::metadata::{Access, Metadata};
@@ -52,6 +52,38 @@ pub struct EdgeSettings {
     pub listen: SocketAddr,
     /// Entries per page of `/tree` answers.
     pub tree_page_size: usize,
+}
+
+impl EdgeSettings {
+    /// The path every public route lives under: the path of `public_url` (`/hf` for
+    /// `https://example.org/hf`), or empty.
+    pub fn path_prefix(&self) -> &str {
+        self.public_url.as_deref().map_or("", url_path)
+    }
+}
+
+/// Takes the node's path prefix off a request (a proxy forwards the path as the client sent it):
+/// `None` when the path is outside the prefix. The probes answer at the root too, for the load
+/// balancer in front.
+fn strip_path_prefix(request: &mut Request, prefix: &str) -> Option<()> {
+    if prefix.is_empty() {
+        return Some(());
+    }
+    let path = request.uri().path();
+    let inner = match path.strip_prefix(prefix) {
+        Some("") => "/",
+        Some(rest) if rest.starts_with('/') => rest,
+        _ if matches!(path, "/healthz" | "/readyz") => return Some(()),
+        _ => return None,
+    };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{inner}?{query}"),
+        None => inner.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    *request.uri_mut() = http::Uri::from_parts(parts).ok()?;
+    Some(())
 }
 
 /// What the Hub's routes read: metadata, blobs and their sources, upstream for pass-through.
@@ -123,8 +155,11 @@ pub fn operator_router(operator: Arc<Operator>) -> Router {
     Router::new().fallback(answer).with_state(operator)
 }
 
-async fn handle(State(state): State<EdgeState>, request: Request) -> Response {
-    let (answered, route_label, repo) = dispatch(&state, request).await;
+async fn handle(State(state): State<EdgeState>, mut request: Request) -> Response {
+    let (answered, route_label, repo) = match strip_path_prefix(&mut request, state.hub.settings.path_prefix()) {
+        Some(()) => dispatch(&state, request).await,
+        None => (Err(HubError::route_not_found()), "invalid", None),
+    };
     let mut response = answered.unwrap_or_else(|error| {
         if error.source == ErrorSource::Internal {
             warn!(%error, "internal error");

@@ -55,6 +55,33 @@ pub fn rewrite_link(value: &str, upstream_origins: &[String], public_origin: &st
     if kept.is_empty() { None } else { Some(kept.join(", ")) }
 }
 
+/// Points a redirect of upstream's at this mirror: an absolute URL at an upstream origin moves to the
+/// public origin, a root-relative one gets the public origin's path prefix (`/hf`). Anything else
+/// (a CDN URL, a relative path) is kept; `None` means keep it.
+pub fn rewrite_location(value: &str, upstream_origins: &[String], public_origin: &str) -> Option<HeaderValue> {
+    let moved = if let Some(rest) = upstream_origins.iter().find_map(|origin| value.strip_prefix(origin.as_str())) {
+        if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+            return None;
+        }
+        format!("{public_origin}{rest}")
+    } else if value.starts_with('/') && !value.starts_with("//") {
+        let prefix = url_path(public_origin);
+        if prefix.is_empty() {
+            return None;
+        }
+        format!("{prefix}{value}")
+    } else {
+        return None;
+    };
+    HeaderValue::from_str(&moved).ok()
+}
+
+/// The path part of an absolute URL without a query (`https://h/a/b` → `/a/b`; `https://h` → ``).
+pub fn url_path(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme.find('/').map_or("", |index| &after_scheme[index..])
+}
+
 /// Splits a `Link` header on the commas that separate links, not those inside `<…>` or quotes.
 fn split_link_values(value: &str) -> Vec<&str> {
     let mut parts = Vec::new();
@@ -84,6 +111,12 @@ pub fn forwardable_response_headers(upstream: &HeaderMap, upstream_origins: &[St
     for (name, value) in upstream {
         if is_hop_by_hop(name) || is_xet_header(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
             continue;
+        }
+        if name == header::LOCATION {
+            if let Some(moved) = value.to_str().ok().and_then(|text| rewrite_location(text, upstream_origins, public_origin)) {
+                forwarded.append(header::LOCATION, moved);
+                continue;
+            }
         }
         if name == header::LINK {
             let Some(rewritten) = value.to_str().ok().and_then(|text| rewrite_link(text, upstream_origins, public_origin)) else {
@@ -126,6 +159,18 @@ mod tests {
             rewrite_link(next, &upstream, "http://mirror:8080").unwrap(),
             r#"<http://mirror:8080/api/models?search=a&cursor=b,c>; rel="next""#
         );
+    }
+
+    #[test]
+    fn redirects_point_at_the_mirror_under_its_prefix() {
+        let upstream = vec!["https://huggingface.co".to_owned()];
+        let moved = |value: &str, origin: &str| rewrite_location(value, &upstream, origin).map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(moved("/api/models/openai-community/gpt2", "https://m.example/hf").as_deref(), Some("/hf/api/models/openai-community/gpt2"));
+        assert_eq!(moved("/api/models/a/b", "https://m.example"), None, "no prefix: a relative redirect stays");
+        assert_eq!(moved("https://huggingface.co/a/b?x=1", "https://m.example/hf").as_deref(), Some("https://m.example/hf/a/b?x=1"));
+        assert_eq!(moved("https://huggingface.co.evil/a", "https://m.example/hf"), None);
+        assert_eq!(moved("https://cdn-lfs.hf.co/x", "https://m.example/hf"), None);
+        assert_eq!(moved("//evil.example/x", "https://m.example/hf"), None);
     }
 
     #[test]
