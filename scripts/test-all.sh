@@ -24,6 +24,8 @@ command -v rsync >/dev/null || needed+=(rsync)
 command -v openssl >/dev/null || needed+=(openssl)
 # haproxy, the real reverse proxy in front of a node (PROXY protocol v2) in the connection tests.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || needed+=(haproxy)
+# chromium, the real browser that loads the public site (/ and /status) headless in the site test.
+command -v chromium >/dev/null || needed+=(chromium)
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
@@ -47,8 +49,14 @@ echo "ok"
 say "rust tests"
 cargo test --locked --workspace
 
+say "build: the Rust hf-hub client (tests/hf-hub-client)"
+# A real client of the real-client tests, in its own workspace with its own lock and target dir:
+# hf-hub pulls reqwest's default TLS (aws-lc-rs) and hf-xet, which stay out of the product's tree.
+CARGO_TARGET_DIR="$root/target/hf-hub-client" cargo build --locked --manifest-path tests/hf-hub-client/Cargo.toml
+
 say "real-client tests"
-HF_MIRROR_BIN="$root/target/debug/hf-mirror" bash tests/clients/run.sh
+HF_MIRROR_BIN="$root/target/debug/hf-mirror" HF_HUB_CLIENT_BIN="$root/target/hf-hub-client/debug/hf-hub-client" \
+  bash tests/clients/run.sh
 
 say "rollout: Terraform against systemd hosts (release build)"
 # The contract: the rollout deploys the release binary the test command built. It installs
