@@ -91,7 +91,9 @@ pub async fn run(
     let operator_port = operator_listener.map(|listener| serve_operator_port(listener, operator_app)).transpose()?;
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
     announce(&config, local_address, dns_server.as_ref(), operator_port.as_ref())?;
-    let disk_reporter = cluster.as_ref().map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, shutdown.clone()));
+    let disk_reporter = cluster
+        .as_ref()
+        .map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, &parts.store, &parts.file_answers, shutdown.clone()));
     if let Some(cluster) = &cluster {
         cluster.membership.set_ready(true).await;
     }
@@ -474,8 +476,18 @@ fn build_edge(
         cluster: cluster.zip(parts.replicas.clone()).map(|(cluster, replicas)| (cluster.peers.clone(), cluster.raft.clone(), replicas)),
         rsync: rsync.map(|rsync| rsync.daemon.clone()),
     });
+    let site = Arc::new(crate::edge::site::Site::new(
+        config.site.clone(),
+        hub.settings.clone(),
+        config.limits.clone(),
+        config.tls.is_some(),
+        config.rsync.is_some(),
+        config.access_log_dir(),
+        config.data_dir.clone(),
+        operator.clone(),
+    ));
     let front_door = Arc::new(FrontDoor { limits, access_log, rsync_hint: rsync_hint(config) });
-    let app = crate::transport::admission::wrap(crate::edge::router(hub, operator.clone()), front_door);
+    let app = crate::transport::admission::wrap(crate::edge::router(hub, operator.clone(), site), front_door);
     (app, crate::edge::operator_router(operator))
 }
 
@@ -620,14 +632,25 @@ fn announce(
     Ok(())
 }
 
-/// Free disk goes into gossip every few seconds, for status and for placement decisions.
-fn spawn_disk_reporter(cluster: &ClusterPlane, data_dir: &Path, shutdown: CancellationToken) -> JoinHandle<()> {
+/// Free disk and the node's public figures go into gossip every few seconds, for status, the
+/// public status page and placement decisions.
+fn spawn_disk_reporter(
+    cluster: &ClusterPlane,
+    data_dir: &Path,
+    store: &BlobStore,
+    answers: &Arc<AnswerCounters>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     let state = cluster.membership.state();
-    let data_dir = data_dir.to_owned();
+    let (data_dir, store, answers) = (data_dir.to_owned(), store.clone(), answers.clone());
     tokio::spawn(async move {
         loop {
             if let Ok(stats) = rustix::fs::statvfs(&data_dir) {
                 state.set_free_disk(stats.f_bavail.saturating_mul(stats.f_frsize)).await;
+            }
+            let figures = crate::edge::site::Figures::of(&store, &answers);
+            if let Ok(json) = serde_json::to_string(&figures) {
+                state.set_stats(json).await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -18,3 +18,6 @@ pub const PEER_ADDRESS: &str = "peer_address";
 /// A digest of the topology file's node list as this node read it. Catalog membership follows the
 /// topology only while every live node reports the same digest (a rollout in progress waits).
 pub const TOPOLOGY: &str = "topology";
+/// The node's public figures as compact JSON (stored bytes, answers by cache result, bytes served by
+/// source), for every node's public status page. Informational: no decision reads it.
+pub const STATS: &str = "stats";

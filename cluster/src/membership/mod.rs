@@ -55,6 +55,8 @@ pub struct Member {
     pub peer_address: Option<String>,
     /// The digest of the node list this node's topology file holds.
     pub topology: Option<String>,
+    /// The node's public figures ([`keys::STATS`]), as it published them.
+    pub stats: Option<String>,
 }
 
 impl Member {
@@ -89,6 +91,7 @@ fn member_from_state(id: &ChitchatId, state: &NodeState) -> Member {
         operator_url: state.get(keys::OPERATOR_URL).map(str::to_owned),
         peer_address: state.get(keys::PEER_ADDRESS).map(str::to_owned),
         topology: state.get(keys::TOPOLOGY).map(str::to_owned),
+        stats: state.get(keys::STATS).map(str::to_owned),
     }
 }
 
@@ -132,6 +135,11 @@ impl StateHandle {
 
     pub async fn set_free_disk(&self, bytes: u64) {
         self.set(keys::FREE_DISK, bytes.to_string()).await;
+    }
+
+    /// Publishes the node's public figures ([`keys::STATS`]).
+    pub async fn set_stats(&self, json: String) {
+        self.set(keys::STATS, json).await;
     }
 }
 

@@ -29,6 +29,11 @@ pub fn utc_time(seconds: u64, compact: bool) -> String {
     }
 }
 
+/// The UTC day of an instant, `YYYY-MM-DD` (the epoch's for an instant before it).
+pub fn utc_day(at: SystemTime) -> String {
+    utc_time(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(), false)[..10].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::utc_time;

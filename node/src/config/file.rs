@@ -60,6 +60,9 @@ pub struct TopologyFile {
     pub rsync: Option<RsyncSection>,
     /// The edge's limits on anonymous clients.
     pub limits: Option<LimitsSection>,
+    /// What the public pages (`/`, `/status`) say about who runs the mirror.
+    #[serde(default)]
+    pub site: Option<SiteSection>,
     #[serde(default)]
     pub defaults: NodeSettingsFile,
     #[serde(default)]
@@ -111,6 +114,24 @@ pub struct DnsSection {
     /// Prefix → location: a node's place (`node`) or coordinates (`latitude`, `longitude`).
     #[serde(default)]
     pub prefixes: Vec<PrefixEntry>,
+}
+
+/// `[site]`: the operator's texts on the public pages; each has a default.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// The page title (default: the zone).
+    pub title: Option<String>,
+    /// Who runs the mirror (an association's name).
+    pub operator: Option<String>,
+    /// How to reach them: an e-mail address or a URL.
+    pub contact: Option<String>,
+    /// A paragraph about the mirror.
+    pub about: Option<String>,
+    /// Terms of use (default: a read-only mirror, as is, licences of each repository).
+    pub terms: Option<String>,
+    /// Privacy statement (default: what the access log keeps and for how long).
+    pub privacy: Option<String>,
 }
 
 /// `[rsync]`: the read-only rsync daemon of every node.

@@ -11,6 +11,7 @@ pub mod file;
 pub mod limits;
 pub mod pins;
 pub mod rsync;
+pub mod site;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use file::{
 };
 pub use limits::{LimitsConfig, Quota};
 pub use rsync::RsyncConfig;
+pub use site::SiteConfig;
 pub use tls::TlsFiles;
 
 use crate::common::net::Prefix;
@@ -68,6 +70,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// The edge's limits on anonymous clients (`[limits]`; the published policy by default).
     pub limits: LimitsConfig,
+    /// What the public pages say (`[site]` and the topology's nodes).
+    pub site: SiteConfig,
 }
 
 /// A node's authoritative DNS: the zone and how its server listens.
@@ -160,6 +164,7 @@ impl NodeConfig {
             operator_token_file: None,
             access_log: AccessLogTarget::DataDir,
             tls: None,
+            site: SiteConfig::standalone("local"),
         }
     }
 }
@@ -359,6 +364,12 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
             Some(section) => resolve_limits(section, origin)?,
             None => LimitsConfig::default(),
         };
+        let rsync_name = config
+            .dns
+            .as_ref()
+            .filter(|_| config.rsync.is_some())
+            .map(|dns| format!("{}.{}", dns.zone.rsync_label, dns.zone.apex.trim_end_matches('.')));
+        config.site = SiteConfig::resolve(topology.site.as_ref(), &topology.cluster.zone, &topology.nodes, rsync_name);
         for (index, entry) in topology.pins.iter().enumerate() {
             let pin = pins::validate_pin(&entry.repo, &entry.repo_type, &entry.revision).map_err(|message| ConfigError {
                 origin: origin.to_owned(),
@@ -371,6 +382,7 @@ pub fn resolve(topology: Option<(&TopologyFile, &str)>, node_name: Option<&str>,
         if let Some(name) = node_name {
             config.name = name.to_owned();
         }
+        config.site = SiteConfig::standalone(&config.name);
         config.rsync = resolve_rsync(None, None, overrides, "flag or environment")?;
     }
     apply_layer(&mut config, overrides, "flag or environment", "--")?;

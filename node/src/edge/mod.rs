@@ -14,6 +14,7 @@ pub mod fill_budget;
 mod operator;
 mod passthrough;
 mod resolve;
+pub mod site;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,11 +118,12 @@ pub struct Answered {
 struct EdgeState {
     hub: Arc<HubApi>,
     operator: Arc<Operator>,
+    site: Arc<site::Site>,
 }
 
 /// The router of the public HTTP port.
-pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>) -> Router {
-    Router::new().fallback(handle).with_state(EdgeState { hub, operator })
+pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>, site: Arc<site::Site>) -> Router {
+    Router::new().fallback(handle).with_state(EdgeState { hub, operator, site })
 }
 
 /// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
@@ -234,6 +236,8 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         // The operator's routes live on the operator port only, behind its token.
         Route::Metrics | Route::Status | Route::Drain | Route::Pins | Route::Replicas { .. } => Err(HubError::route_not_found()),
         Route::AgentHarnesses => Err(HubError::route_not_found()),
+        Route::SiteHome => state.site.home(&request.into_parts().0),
+        Route::SiteStatus => state.site.status(&request.into_parts().0).await,
         Route::XetToken => Err(HubError::xet_not_served()),
         Route::Resolve { repo, revision, path } => {
             record_span(&repo, Some(&revision), Some(&path));
@@ -383,7 +387,17 @@ mod tests {
             cluster: None,
             rsync: None,
         });
-        (router(hub, operator.clone()), operator_router(operator))
+        let site = Arc::new(site::Site::new(
+            crate::config::SiteConfig::standalone("local"),
+            settings,
+            crate::config::LimitsConfig::default(),
+            false,
+            false,
+            None,
+            directory.to_owned(),
+            operator.clone(),
+        ));
+        (router(hub, operator.clone(), site), operator_router(operator))
     }
 
     async fn send(router: &Router, request: http::Request<Body>) -> Response {

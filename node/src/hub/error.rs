@@ -30,7 +30,14 @@ pub struct HubError {
     pub repo_commit: Option<String>,
     /// `Content-Range: bytes */L` of a 416.
     pub unsatisfied_length: Option<u64>,
-    /// Upstream's `Retry-After`, passed on for 429 and 503.
+    /// When to retry (429, 503): boxed, as most errors have none and every `Result` carries the size.
+    pub backoff: Option<Box<Backoff>>,
+}
+
+/// When a client may retry: `Retry-After` and the IETF rate-limit fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// `Retry-After`, ours or upstream's as it came.
     pub retry_after: Option<String>,
     /// The IETF `RateLimit` and `RateLimit-Policy` fields of a 429 (hub-api.md T26).
     pub rate_limit: Option<RateLimitFields>,
@@ -66,16 +73,14 @@ impl HubError {
             source,
             repo_commit: None,
             unsatisfied_length: None,
-            retry_after: None,
-            rate_limit: None,
+            backoff: None,
         }
     }
 
     /// A 429 of the mirror's own limits: `Retry-After` and the `RateLimit` fields say when to retry.
     pub fn rate_limited(message: impl Into<String>, fields: RateLimitFields, retry_after_secs: u64) -> HubError {
         let mut error = HubError::new(StatusCode::TOO_MANY_REQUESTS, "RateLimited", message, ErrorSource::Client);
-        error.retry_after = Some(retry_after_secs.max(1).to_string());
-        error.rate_limit = Some(fields);
+        error.backoff = Some(Box::new(Backoff { retry_after: Some(retry_after_secs.max(1).to_string()), rate_limit: Some(fields) }));
         error
     }
 
@@ -185,9 +190,11 @@ impl HubError {
             source: ErrorSource::Upstream,
             repo_commit: header_text(X_REPO_COMMIT),
             unsatisfied_length: None,
-            retry_after: header_text(header::RETRY_AFTER.as_str()),
-            rate_limit: header_text(RATE_LIMIT)
-                .map(|limit| RateLimitFields { limit, policy: header_text(RATE_LIMIT_POLICY) }),
+            backoff: {
+                let retry_after = header_text(header::RETRY_AFTER.as_str());
+                let rate_limit = header_text(RATE_LIMIT).map(|limit| RateLimitFields { limit, policy: header_text(RATE_LIMIT_POLICY) });
+                (retry_after.is_some() || rate_limit.is_some()).then(|| Box::new(Backoff { retry_after, rate_limit }))
+            },
         }
     }
 
@@ -234,10 +241,10 @@ impl IntoResponse for HubError {
         if let Some(length) = self.unsatisfied_length {
             headers.insert(header::CONTENT_RANGE, header_safe_text(&format!("bytes */{length}")));
         }
-        if let Some(retry_after) = &self.retry_after {
+        if let Some(retry_after) = self.backoff.as_ref().and_then(|backoff| backoff.retry_after.as_ref()) {
             headers.insert(header::RETRY_AFTER, header_safe_text(retry_after));
         }
-        if let Some(fields) = &self.rate_limit {
+        if let Some(fields) = self.backoff.as_ref().and_then(|backoff| backoff.rate_limit.as_ref()) {
             headers.insert(RATE_LIMIT, header_safe_text(&fields.limit));
             if let Some(policy) = &fields.policy {
                 headers.insert(RATE_LIMIT_POLICY, header_safe_text(policy));

@@ -112,11 +112,11 @@ pub fn forwardable_response_headers(upstream: &HeaderMap, upstream_origins: &[St
         if is_hop_by_hop(name) || is_xet_header(name) || name == header::SET_COOKIE || name == header::CONTENT_LENGTH {
             continue;
         }
-        if name == header::LOCATION {
-            if let Some(moved) = value.to_str().ok().and_then(|text| rewrite_location(text, upstream_origins, public_origin)) {
-                forwarded.append(header::LOCATION, moved);
-                continue;
-            }
+        if name == header::LOCATION
+            && let Some(moved) = value.to_str().ok().and_then(|text| rewrite_location(text, upstream_origins, public_origin))
+        {
+            forwarded.append(header::LOCATION, moved);
+            continue;
         }
         if name == header::LINK {
             let Some(rewritten) = value.to_str().ok().and_then(|text| rewrite_link(text, upstream_origins, public_origin)) else {

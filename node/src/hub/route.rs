@@ -72,6 +72,10 @@ pub enum Route {
     Pins,
     /// `/_hfm/replicas/{etag}`: which nodes the catalog says hold a blob.
     Replicas { etag: String },
+    /// `/`: the mirror's public page (HTML, or JSON on request).
+    SiteHome,
+    /// `/status`: the mirrors' public status page.
+    SiteStatus,
 }
 
 impl Route {
@@ -107,6 +111,8 @@ impl Route {
             Route::Drain => "drain",
             Route::Pins => "pins",
             Route::Replicas { .. } => "replicas",
+            Route::SiteHome => "site_home",
+            Route::SiteStatus => "site_status",
         }
     }
 }
@@ -215,6 +221,8 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
         return Err(HubError::bad_request("Path must be absolute"));
     };
     match rest {
+        "" => return Ok(Route::SiteHome),
+        "status" => return Ok(Route::SiteStatus),
         "healthz" => return Ok(Route::Health),
         "readyz" => return Ok(Route::Ready),
         "metrics" => return Ok(Route::Metrics),

@@ -29,7 +29,7 @@ pub enum ByteSource {
 }
 
 impl ByteSource {
-    const ALL: [ByteSource; 3] = [ByteSource::Disk, ByteSource::Peer, ByteSource::Upstream];
+    pub const ALL: [ByteSource; 3] = [ByteSource::Disk, ByteSource::Peer, ByteSource::Upstream];
 
     fn label(self) -> &'static str {
         match self {
@@ -108,6 +108,11 @@ impl Metrics {
 
     pub fn bytes(&self, source: ByteSource, bytes: u64) {
         self.bytes[source as usize].inc_by(bytes);
+    }
+
+    /// The bytes counted for `source` since the process started.
+    pub fn bytes_total(&self, source: ByteSource) -> u64 {
+        self.bytes[source as usize].get()
     }
 
     /// One request sent upstream; `failed` when it got no answer, a 5xx or a 429.

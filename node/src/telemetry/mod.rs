@@ -6,6 +6,7 @@
 //! [`MetricSource`] and the composition root registers it.
 
 pub mod answers;
+pub mod daily;
 pub mod exposition;
 pub mod metrics;
 

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+pub use crate::telemetry::daily::{DailyAggregate, Tally, top_repositories};
+
 /// How many days of request lines are kept before they become aggregates.
 pub const KEPT_DAYS: u64 = 14;
 /// Lines waiting for the writer at most.
@@ -84,7 +86,7 @@ impl AccessLine {
 
 /// The day name of a time.
 fn day_of(at: SystemTime) -> String {
-    crate::common::time::utc_time(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(), false)[..10].to_owned()
+    crate::common::time::utc_day(at)
 }
 
 /// A handle to the log; cheap to clone.
@@ -168,79 +170,54 @@ pub fn append(directory: &Path, lines: &[AccessLine]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One day's anonymous statistics.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DailyAggregate {
-    pub date: String,
-    pub requests: u64,
-    pub bytes: u64,
-    /// Share of file downloads (requests with a cache result) answered without upstream data.
-    pub hit_ratio: Option<f64>,
-    pub by_repo: BTreeMap<String, Tally>,
-    pub by_status: BTreeMap<String, Tally>,
-}
-
-/// Counts of a group of requests.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Tally {
-    pub requests: u64,
-    pub bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub hit_ratio: Option<f64>,
-}
-
-impl Tally {
-    fn add(&mut self, line: &AccessLine) {
-        self.requests += 1;
-        self.bytes += line.bytes;
-        match line.cache.as_str() {
-            "HIT" | "REVALIDATED" => self.hits += 1,
-            "MISS" => self.misses += 1,
-            _ => {}
-        }
-    }
-
-    fn finish(&mut self) {
-        let answered = self.hits + self.misses;
-        self.hit_ratio = (answered > 0).then(|| self.hits as f64 / answered as f64);
-    }
-}
-
-/// Reduces the day files older than [`KEPT_DAYS`] (by `now`) to aggregates and deletes them.
-/// Unreadable lines are skipped; an aggregate is written before its day file is deleted.
+/// Writes the anonymous aggregate of every complete day (before `now`'s) that has none yet, and
+/// deletes the request lines of days older than [`KEPT_DAYS`] once their aggregate exists. Returns
+/// the days whose lines were deleted. Unreadable lines are skipped.
 pub fn reduce_old_days(directory: &Path, now: SystemTime) -> std::io::Result<Vec<String>> {
+    let today = day_of(now);
     let oldest_kept = day_of(now.checked_sub(Duration::from_secs(86_400 * (KEPT_DAYS - 1))).unwrap_or(UNIX_EPOCH));
     let mut reduced = Vec::new();
     for entry in std::fs::read_dir(directory)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(day) = name.strip_prefix("access-").and_then(|rest| rest.strip_suffix(".jsonl")) else { continue };
-        if day >= oldest_kept.as_str() {
+        if day >= today.as_str() {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path())?;
-        let mut aggregate = DailyAggregate { date: day.to_owned(), ..DailyAggregate::default() };
-        let mut all = Tally::default();
-        for line in text.lines().filter_map(|line| serde_json::from_str::<AccessLine>(line).ok()) {
-            aggregate.requests += 1;
-            aggregate.bytes += line.bytes;
-            all.add(&line);
-            aggregate.by_repo.entry(line.repo.clone().unwrap_or_else(|| "-".into())).or_default().add(&line);
-            aggregate.by_status.entry(line.status.to_string()).or_default().add(&line);
-        }
-        all.finish();
-        aggregate.hit_ratio = all.hit_ratio;
-        aggregate.by_repo.values_mut().chain(aggregate.by_status.values_mut()).for_each(Tally::finish);
         let target = directory.join(format!("daily-{day}.json"));
-        let staged = directory.join(format!(".daily-{day}.json.new"));
-        std::fs::write(&staged, serde_json::to_vec_pretty(&aggregate)?)?;
-        std::fs::rename(&staged, &target)?;
-        std::fs::remove_file(entry.path())?;
-        reduced.push(day.to_owned());
+        let expired = day < oldest_kept.as_str();
+        // The aggregate of a day is written once, the first time the log sees a later day; the
+        // lines of an expiring day are read again so that nothing appended late is lost.
+        if expired || !target.exists() {
+            let aggregate = aggregate_day(day, &std::fs::read_to_string(entry.path())?);
+            let staged = directory.join(format!(".daily-{day}.json.new"));
+            std::fs::write(&staged, serde_json::to_vec_pretty(&aggregate)?)?;
+            std::fs::rename(&staged, &target)?;
+        }
+        if expired {
+            std::fs::remove_file(entry.path())?;
+            reduced.push(day.to_owned());
+        }
     }
     reduced.sort();
     Ok(reduced)
+}
+
+/// One day's lines reduced to its anonymous aggregate.
+fn aggregate_day(day: &str, text: &str) -> DailyAggregate {
+    let mut aggregate = DailyAggregate { date: day.to_owned(), ..DailyAggregate::default() };
+    let mut all = Tally::default();
+    for line in text.lines().filter_map(|line| serde_json::from_str::<AccessLine>(line).ok()) {
+        aggregate.requests += 1;
+        aggregate.bytes += line.bytes;
+        all.add(line.bytes, &line.cache);
+        aggregate.by_repo.entry(line.repo.clone().unwrap_or_else(|| "-".into())).or_default().add(line.bytes, &line.cache);
+        aggregate.by_status.entry(line.status.to_string()).or_default().add(line.bytes, &line.cache);
+    }
+    all.finish();
+    aggregate.hit_ratio = all.hit_ratio;
+    aggregate.by_repo.values_mut().chain(aggregate.by_status.values_mut()).for_each(Tally::finish);
+    aggregate
 }
 
 #[cfg(test)]
@@ -292,7 +269,7 @@ mod tests {
             std::fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names.iter().filter(|name| name.starts_with("access-")).count(), 14);
-        assert_eq!(names.iter().filter(|name| name.starts_with("daily-")).count(), 6);
+        assert_eq!(names.iter().filter(|name| name.starts_with("daily-")).count(), 19, "every complete day has its aggregate");
         assert!(names.contains(&"access-2026-01-07.jsonl".to_owned()) && !names.contains(&"access-2026-01-06.jsonl".to_owned()));
         let text = std::fs::read_to_string(directory.path().join("daily-2026-01-01.json")).unwrap();
         let aggregate: DailyAggregate = serde_json::from_str(&text).unwrap();
@@ -302,5 +279,12 @@ mod tests {
         assert!(!text.contains("203.0.113") && !text.contains("198.51.100"), "aggregates carry no addresses");
         // A second run finds nothing more to reduce.
         assert!(reduce_old_days(directory.path(), at_day(19, 7200)).unwrap().is_empty());
+        // The status page's ranking: the seven complete days before day 19.
+        append(directory.path(), &[line(at_day(18, 40), 200, "HIT", Some("dataset:org/data"), "203.0.113.9")]).unwrap();
+        std::fs::remove_file(directory.path().join("daily-2026-01-19.json")).unwrap();
+        reduce_old_days(directory.path(), at_day(19, 9000)).unwrap();
+        let top = top_repositories(directory.path(), at_day(19, 9000), 7, 10);
+        assert_eq!(top, [("model:org/model".to_owned(), 14), ("dataset:org/data".to_owned(), 1)]);
+        assert_eq!(top_repositories(directory.path(), at_day(19, 9000), 7, 1).len(), 1);
     }
 }
