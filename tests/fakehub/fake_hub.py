@@ -42,6 +42,7 @@ import os
 import random
 import re
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -314,6 +315,191 @@ def build_big_file(size: int, big_dir: str) -> tuple[str, str]:
     return path, digest
 
 
+# --- a minimal Parquet writer (standard library only) ------------------------------------------
+# One row group, one uncompressed PLAIN data page (v1) per column, every column REQUIRED, so no
+# definition or repetition levels. Enough for pyarrow (and so `datasets`) to read it exactly.
+
+_T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 5, 6, 8, 9, 12
+PARQUET_TYPES = {"int64": 2, "double": 5, "string": 6}  # parquet physical types INT64, DOUBLE, BYTE_ARRAY
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _zigzag(n: int) -> bytes:
+    return _varint((n << 1) ^ (n >> 63))
+
+
+class _Thrift:
+    """Thrift compact protocol: a struct is a list of (field id, type, value) written in id order."""
+
+    @staticmethod
+    def struct(fields: list[tuple[int, int, object]]) -> bytes:
+        out, last = bytearray(), 0
+        for fid, ftype, value in fields:
+            if value is None:
+                continue
+            delta = fid - last
+            out += bytes([(delta << 4) | ftype]) if 0 < delta <= 15 else bytes([ftype]) + _zigzag(fid)
+            out += _Thrift.value(ftype, value)
+            last = fid
+        return bytes(out + b"\x00")
+
+    @staticmethod
+    def value(ftype: int, value) -> bytes:
+        if ftype in (_T_I32, _T_I64):
+            return _zigzag(value)
+        if ftype == _T_BINARY:
+            raw = value.encode() if isinstance(value, str) else value
+            return _varint(len(raw)) + raw
+        if ftype == _T_STRUCT:
+            return value  # already encoded
+        if ftype == _T_LIST:
+            elem_type, items = value
+            head = bytes([(len(items) << 4) | elem_type]) if len(items) < 15 else bytes([0xF0 | elem_type]) + _varint(len(items))
+            return head + b"".join(_Thrift.value(elem_type, item) for item in items)
+        raise ValueError(ftype)
+
+
+def parquet_bytes(columns: list[tuple[str, str, list]]) -> bytes:
+    """columns: [(name, "int64" | "double" | "string", values)], all of the same length."""
+    num_rows = len(columns[0][2])
+    out = bytearray(b"PAR1")
+    chunks, schema = [], [_Thrift.struct([(4, _T_BINARY, "schema"), (5, _T_I32, len(columns))])]
+    for name, kind, values in columns:
+        assert len(values) == num_rows
+        if kind == "int64":
+            data = b"".join(int(v).to_bytes(8, "little", signed=True) for v in values)
+        elif kind == "double":
+            data = b"".join(struct.pack("<d", float(v)) for v in values)
+        else:
+            data = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in values)
+        page_header = _Thrift.struct([
+            (1, _T_I32, 0),  # DATA_PAGE
+            (2, _T_I32, len(data)),
+            (3, _T_I32, len(data)),
+            (5, _T_STRUCT, _Thrift.struct([(1, _T_I32, num_rows), (2, _T_I32, 0), (3, _T_I32, 3), (4, _T_I32, 3)])),
+        ])
+        offset = len(out)
+        out += page_header + data
+        size = len(page_header) + len(data)
+        ptype = PARQUET_TYPES[kind]
+        meta = _Thrift.struct([
+            (1, _T_I32, ptype),
+            (2, _T_LIST, (_T_I32, [0])),       # PLAIN
+            (3, _T_LIST, (_T_BINARY, [name])),
+            (4, _T_I32, 0),                    # UNCOMPRESSED
+            (5, _T_I64, num_rows),
+            (6, _T_I64, size),
+            (7, _T_I64, size),
+            (9, _T_I64, offset),
+        ])
+        chunks.append((_Thrift.struct([(2, _T_I64, offset), (3, _T_STRUCT, meta)]), size))
+        schema.append(_Thrift.struct([
+            (1, _T_I32, ptype),
+            (3, _T_I32, 0),  # REQUIRED
+            (4, _T_BINARY, name),
+            (6, _T_I32, 0 if kind == "string" else None),  # converted type UTF8
+            (10, _T_STRUCT, _Thrift.struct([(1, _T_STRUCT, _Thrift.struct([]))]) if kind == "string" else None),
+        ]))
+    row_group = _Thrift.struct([
+        (1, _T_LIST, (_T_STRUCT, [c for c, _ in chunks])),
+        (2, _T_I64, sum(size for _, size in chunks)),
+        (3, _T_I64, num_rows),
+    ])
+    footer = _Thrift.struct([
+        (1, _T_I32, 1),
+        (2, _T_LIST, (_T_STRUCT, schema)),
+        (3, _T_I64, num_rows),
+        (4, _T_LIST, (_T_STRUCT, [row_group])),
+        (6, _T_BINARY, "fakehub parquet writer"),
+    ])
+    return bytes(out + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+
+
+def eco_card(repo: str, configs: str, text: str) -> bytes:
+    return f"---\nlicense: mit\nconfigs:\n{configs}---\n# {repo}\n\n{text}\n".encode()
+
+
+def eco_dataset_files() -> dict[str, list[FileEntry]]:
+    """The three `eco/*` dataset repos, each with a YAML `configs:` block of two configurations (the
+    `datasets` library picks one builder per repo, so each repo holds one format). Deterministic."""
+    rng = random.Random("eco")
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "mirror", "hub", "caf\u00e9"]
+
+    def csv_file(path: str, first: int, count: int) -> FileEntry:
+        lines = ["id,text,score"]
+        for i in range(first, first + count):
+            text = " ".join(rng.choice(words) for _ in range(1 + i % 5))
+            if i % 17 == 3:
+                text = f'"{text}, with a comma and a ""quote"""'
+            lines.append(f"{i},{text},{(i * 37 % 1000) / 8}")
+        return FileEntry(path, ("\n".join(lines) + "\n").encode(), lfs=True)  # *.csv is LFS
+
+    def jsonl_file(path: str, first: int, count: int) -> FileEntry:
+        rows = [{"id": i, "text": f"line {i}: " + " ".join(rng.choice(words) for _ in range(3)),
+                 "tags": [words[i % len(words)], words[(i * 7) % len(words)]]} for i in range(first, first + count)]
+        return FileEntry(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+    def parquet_file(path: str, first: int, count: int) -> FileEntry:
+        ids = list(range(first, first + count))
+        return FileEntry(path, parquet_bytes([
+            ("id", "int64", ids),
+            ("word", "string", [words[(i * 3) % len(words)] + f"-{i}" for i in ids]),
+            ("value", "double", [i / 4 - 10 for i in ids]),
+        ]), lfs=True)  # *.parquet is LFS
+
+    notes = FileEntry("extras/notes.txt", b"not part of any configuration\n")
+    return {
+        "eco/csv": [
+            FileEntry(".gitattributes", GITATTRIBUTES),
+            FileEntry("README.md", eco_card("eco/csv", (
+                "- config_name: numbers\n  data_files:\n  - split: train\n    path: csv/train.csv\n"
+                "  - split: test\n    path: csv/test.csv\n  default: true\n"
+                "- config_name: tiny\n  data_files: tiny/*.csv\n"), "CSV files (LFS) in two configurations.")),
+            csv_file("csv/train.csv", 0, 2000),
+            csv_file("csv/test.csv", 2000, 25),
+            csv_file("tiny/part-a.csv", 5000, 3),
+            csv_file("tiny/part-b.csv", 5003, 4),
+            notes,
+        ],
+        "eco/jsonl": [
+            FileEntry(".gitattributes", GITATTRIBUTES),
+            FileEntry("README.md", eco_card("eco/jsonl", (
+                "- config_name: lines\n  data_files:\n  - split: train\n    path: jsonl/train-*.jsonl\n"
+                "  - split: validation\n    path: jsonl/validation.jsonl\n  default: true\n"
+                "- config_name: other\n  data_files:\n  - split: train\n    path: other/*.jsonl\n"),
+                "JSON Lines files (regular git files) in two configurations.")),
+            jsonl_file("jsonl/train-00000-of-00002.jsonl", 0, 40),
+            jsonl_file("jsonl/train-00001-of-00002.jsonl", 40, 35),
+            jsonl_file("jsonl/validation.jsonl", 1000, 12),
+            jsonl_file("other/more.jsonl", 3000, 5),
+            notes,
+        ],
+        "eco/parquet": [
+            FileEntry(".gitattributes", GITATTRIBUTES),
+            FileEntry("README.md", eco_card("eco/parquet", (
+                "- config_name: tables\n  data_files:\n  - split: train\n    path: parquet/train-*.parquet\n"
+                "  default: true\n"
+                "- config_name: small\n  data_files:\n  - split: train\n    path: small/*.parquet\n"),
+                "Parquet files (LFS) in two configurations.")),
+            parquet_file("parquet/train-00000.parquet", 0, 300),
+            parquet_file("parquet/train-00001.parquet", 300, 123),
+            parquet_file("small/only.parquet", 7000, 6),
+            notes,
+        ],
+    }
+
+
 class HubData:
     """All repos of the fake. Mutations (move-branch) happen under `lock`."""
 
@@ -450,6 +636,14 @@ class HubData:
             text("app.py", "import gradio as gr\n\ngr.Interface(lambda x: x, 'text', 'text').launch()\n"),
         ), "Initial commit", "2024-01-10T00:00:00.000Z")
         space.branches = {"main": c.sha}
+
+        # --- datasets/eco/{csv,jsonl,parquet}: the `datasets` library's YAML `configs:` and HfFileSystem ---
+        # Their own namespace, so the `org` listings stay as they were.
+        for n, (repo_id, eco_files) in enumerate(eco_dataset_files().items()):
+            fmt = repo_id.split("/")[1]
+            eco = self.add(Repo("dataset", repo_id, tags=[f"format:{fmt}", "size_categories:n<1K"]))
+            c = eco.add_commit("main", files(*eco_files), "Add two configurations", f"2024-01-1{2 + n}T00:00:00.000Z")
+            eco.branches = {"main": c.sha}
 
         # --- bench/big (optional) ----------------------------------------------------------------
         if big_size > 0:
