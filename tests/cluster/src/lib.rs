@@ -71,11 +71,14 @@ pub struct ClusterOptions {
     pub max_disk: Option<&'static str>,
     /// Pins declared in the topology: (repository, type).
     pub pins: &'static [(&'static str, &'static str)],
+    /// What the scenario needs network namespaces for (cutting links), if it does: then a network
+    /// without them is an error, reported before any node starts.
+    pub needs_namespaces: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None, pins: &[] }
+        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None, pins: &[], needs_namespaces: None }
     }
 }
 
@@ -156,6 +159,9 @@ impl Cluster {
         let names: Vec<String> = topology.nodes.iter().map(|node| node.name.clone()).collect();
         let net = Network::create(names.len());
         println!("{}", net.describe());
+        if let Some(needed_for) = options.needs_namespaces {
+            net.require_namespaces(needed_for)?;
+        }
         let dir = tempfile::Builder::new().prefix("hfm-cluster-").tempdir()?;
         let hub = FakeHub::start(&root, net.hub_ip(), net.cdn_ip(), options.big_size, dir.path())?;
         let certs_dir = dir.path().join("certs");

@@ -117,6 +117,19 @@ impl Network {
         self.kind
     }
 
+    /// An error saying why there are no namespaces, for a scenario that cannot run without them (it
+    /// must fail saying so, never pass having done nothing).
+    pub fn require_namespaces(&self, needed_for: &str) -> anyhow::Result<()> {
+        if self.kind == NetworkKind::Namespaces {
+            return Ok(());
+        }
+        let user = if rustix::process::geteuid().is_root() { "run as root" } else { "not run as root" };
+        bail!(
+            "{needed_for} needs network namespaces, and the harness has none ({user}): {}",
+            self.fallback_reason.as_deref().unwrap_or("?")
+        )
+    }
+
     /// One line for the test output saying which network ran.
     pub fn describe(&self) -> String {
         match (&self.kind, &self.fallback_reason) {
