@@ -31,6 +31,7 @@ def test_a_matching_if_none_match_is_304_on_head_and_get(mirror, fake_hub, path,
             assert answer.header("X-Repo-Commit") == fake_hub.sha()
             assert answer.header("X-Cache") in ("HIT", "REVALIDATED"), answer
             assert answer.header("Content-Range") is None
+            assert answer.header("Content-Length") in (None, str(len(fake_hub.file("org/model", path)))), answer
 
 
 @pytest.mark.parametrize("path,kind", FILES)

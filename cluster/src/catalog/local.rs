@@ -46,6 +46,62 @@ pub struct LocalCatalog {
 struct Inner {
     database: Database,
     manifest_memory: Mutex<ManifestMemory>,
+    /// Refs and policies as last read or written: every warm request reads both, and a read from
+    /// memory needs no trip through the blocking pool.
+    hot: HotRecords,
+}
+
+/// How many refs and policies [`HotRecords`] keeps; past it, it starts over (a cold read refills it).
+const HOT_RECORD_SLOTS: usize = 65_536;
+
+/// The small records every warm request reads, kept in memory as the database holds them. A write
+/// updates the copy after it is committed; a read from the database fills it only if no write
+/// happened meanwhile (`generation`), so a slow read can never put an older record back over a
+/// newer one. Replacing the tables (a snapshot) empties it.
+#[derive(Default)]
+struct HotRecords {
+    refs: std::sync::RwLock<HashMap<String, RefRecord>>,
+    policies: std::sync::RwLock<HashMap<String, PolicyRecord>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl HotRecords {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn get<T: Clone>(map: &std::sync::RwLock<HashMap<String, T>>, key: &str) -> Option<T> {
+        map.read().expect("hot records poisoned").get(key).cloned()
+    }
+
+    /// Keeps a record read from the database, unless a write came in since `generation`.
+    fn fill<T>(&self, map: &std::sync::RwLock<HashMap<String, T>>, key: String, value: T, generation: u64) {
+        let mut map = map.write().expect("hot records poisoned");
+        if self.generation() != generation {
+            return;
+        }
+        if map.len() >= HOT_RECORD_SLOTS {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
+    /// Keeps a record just written (the write is committed).
+    fn written<T>(&self, map: &std::sync::RwLock<HashMap<String, T>>, key: String, value: T) {
+        let mut map = map.write().expect("hot records poisoned");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if map.len() >= HOT_RECORD_SLOTS {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+
+    fn clear(&self) {
+        let (mut refs, mut policies) = (self.refs.write().expect("hot records poisoned"), self.policies.write().expect("hot records poisoned"));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        refs.clear();
+        policies.clear();
+    }
 }
 
 #[derive(Default)]
@@ -103,7 +159,9 @@ impl LocalCatalog {
             transaction.open_table(table).map_err(storage_error)?;
         }
         transaction.commit().map_err(storage_error)?;
-        Ok(LocalCatalog { inner: Arc::new(Inner { database, manifest_memory: Mutex::new(ManifestMemory::default()) }) })
+        Ok(LocalCatalog {
+            inner: Arc::new(Inner { database, manifest_memory: Mutex::new(ManifestMemory::default()), hot: HotRecords::default() }),
+        })
     }
 
     async fn read_raw(
@@ -261,6 +319,7 @@ impl LocalCatalog {
             transaction.commit().map_err(storage_error)?;
             let mut memory = inner.manifest_memory.lock().expect("manifest memory poisoned");
             *memory = ManifestMemory::default();
+            inner.hot.clear();
             Ok(())
         })
         .await
@@ -292,11 +351,24 @@ impl LocalCatalog {
 #[async_trait::async_trait]
 impl Catalog for LocalCatalog {
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
-        self.read_record(REFS, repo_key(repo, &[revision])).await
+        let key = repo_key(repo, &[revision]);
+        let hot = &self.inner.hot;
+        if let Some(record) = HotRecords::get(&hot.refs, &key) {
+            return Ok(Some(record));
+        }
+        let generation = hot.generation();
+        let record: Option<RefRecord> = self.read_record(REFS, key.clone()).await?;
+        if let Some(record) = &record {
+            hot.fill(&hot.refs, key, record.clone(), generation);
+        }
+        Ok(record)
     }
 
     async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError> {
-        self.write_record(REFS, repo_key(repo, &[revision]), &record).await
+        let key = repo_key(repo, &[revision]);
+        self.write_record(REFS, key.clone(), &record).await?;
+        self.inner.hot.written(&self.inner.hot.refs, key, record);
+        Ok(())
     }
 
     async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
@@ -329,11 +401,24 @@ impl Catalog for LocalCatalog {
     }
 
     async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError> {
-        self.read_record(POLICIES, repo_key(repo, &[])).await
+        let key = repo_key(repo, &[]);
+        let hot = &self.inner.hot;
+        if let Some(record) = HotRecords::get(&hot.policies, &key) {
+            return Ok(Some(record));
+        }
+        let generation = hot.generation();
+        let record: Option<PolicyRecord> = self.read_record(POLICIES, key.clone()).await?;
+        if let Some(record) = &record {
+            hot.fill(&hot.policies, key, record.clone(), generation);
+        }
+        Ok(record)
     }
 
     async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError> {
-        self.write_record(POLICIES, repo_key(repo, &[]), &record).await
+        let key = repo_key(repo, &[]);
+        self.write_record(POLICIES, key.clone(), &record).await?;
+        self.inner.hot.written(&self.inner.hot.policies, key, record);
+        Ok(())
     }
 
     async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError> {
@@ -488,5 +573,30 @@ mod tests {
         let repo = RepoKey::new(RepoType::Model, "org/model");
         catalog.write_raw(REFS, repo_key(&repo, &["main"]), vec![0xff; 3]).await.unwrap();
         assert!(matches!(catalog.get_ref(&repo, "main").await, Err(CatalogError::Codec(_))));
+    }
+
+    #[tokio::test]
+    async fn refs_and_policies_kept_in_memory_follow_every_write_and_a_snapshot() {
+        let directory = tempfile::tempdir().unwrap();
+        let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        let record = |commit: char, at: u64| RefRecord { commit: commit.to_string().repeat(40), checked_at_ms: at };
+        catalog.put_ref(&repo, "main", record('a', 1)).await.unwrap();
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('a', 1)));
+        catalog.put_ref(&repo, "main", record('b', 2)).await.unwrap();
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)), "a write replaces the kept copy");
+        let policy = |cacheable: bool| PolicyRecord { cacheable, reason: "r".into(), checked_at_ms: 3 };
+        catalog.put_policy(&repo, policy(true)).await.unwrap();
+        assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
+        let snapshot = catalog.export_rows().await.unwrap();
+        catalog.put_ref(&repo, "main", record('c', 4)).await.unwrap();
+        catalog.put_policy(&repo, policy(false)).await.unwrap();
+        catalog.import_rows(snapshot).await.unwrap();
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)), "a snapshot empties the kept copies");
+        assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
+        // A reopened catalog reads what was written last, from disk.
+        drop(catalog);
+        let reopened = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
+        assert_eq!(reopened.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)));
     }
 }

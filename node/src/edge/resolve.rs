@@ -77,10 +77,12 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     }
 
     if etag_held {
-        // The client holds this very file (hub-api.md T24): the validators, no body.
-        for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::ACCEPT_RANGES] {
+        // The client holds this very file (hub-api.md T24): the validators, no body. Content-Length
+        // stays the 200's (RFC 9110 §8.6 allows only that value; without it hyper would say 0).
+        for name in [header::CONTENT_TYPE, header::ACCEPT_RANGES] {
             headers.remove(name);
         }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         hub.answers.record(metadata_status);
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;

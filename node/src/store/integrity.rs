@@ -81,6 +81,18 @@ pub struct VerifiedBlob {
 /// Streams `start..end` of a stored blob, reading whole chunks and checking each against its sum
 /// before any of its bytes go out. On a mismatch `on_corrupt` runs once and the stream ends with an
 /// error, so the client's connection is aborted rather than handed bad bytes.
+/// Reads a whole blob and checks every chunk against its sum; a mismatch is `InvalidData`.
+pub fn read_verified(blob: &VerifiedBlob) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; blob.size as usize];
+    blob.file.read_exact_at(&mut bytes, 0)?;
+    for (index, chunk) in bytes.chunks(CHUNK as usize).enumerate() {
+        if blob.sums.get(index).is_none_or(|expected| xxh3_64(chunk) != *expected) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("stored blob chunk {index} is corrupt")));
+        }
+    }
+    Ok(bytes)
+}
+
 pub fn verified_range(
     blob: VerifiedBlob,
     start: u64,

@@ -10,6 +10,7 @@
 
 mod fill;
 mod integrity;
+mod small;
 mod source;
 mod verify;
 
@@ -17,6 +18,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 pub use fill::{Fill, FillProgress, FillState};
 pub use integrity::{VerifiedBlob, verified_range};
@@ -81,6 +84,8 @@ struct StoreInner {
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// Chunk sums of recently served blobs, so a hot blob's `.sums` file is not read per request.
     sums_memory: Mutex<HashMap<String, Arc<Vec<u64>>>>,
+    /// Small blobs, verified, in memory ([`small`]).
+    small: small::SmallBlobs,
     /// Blobs that are never evicted (the files of pinned repositories).
     protected: Mutex<Arc<HashSet<String>>>,
     events: Mutex<Option<tokio::sync::mpsc::Sender<StoreEvent>>>,
@@ -197,6 +202,7 @@ impl BlobStore {
                 accounting: Mutex::new(accounting),
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
+                small: small::SmallBlobs::default(),
                 protected: Mutex::new(Arc::new(HashSet::new())),
                 events: Mutex::new(None),
                 tasks: TaskTracker::new(),
@@ -234,18 +240,48 @@ impl BlobStore {
         start: u64,
         end: u64,
     ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
+        use futures_util::future::Either;
+        let whole_in_memory = |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
+        if size <= small::SMALL_BLOB_MAX
+            && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
+            && self.get(etag).is_some()
+        {
+            return Ok(Some(whole_in_memory(bytes)));
+        }
         let Some(blob) = self.open_verified(etag).await? else { return Ok(None) };
         if blob.size != size {
             warn!(%etag, stored = blob.size, expected = size, "stored blob has another size than the catalog says; dropping it");
             self.remove(etag);
             return Ok(None);
         }
+        if size <= small::SMALL_BLOB_MAX && end > start {
+            // Read and checked whole once, then kept: later requests need no file at all.
+            let read = tokio::task::spawn_blocking(move || integrity::read_verified(&blob)).await.map_err(io::Error::other)?;
+            return match read {
+                Ok(bytes) => {
+                    let bytes = Bytes::from(bytes);
+                    self.inner.small.keep(etag, bytes.clone());
+                    Ok(Some(whole_in_memory(bytes)))
+                }
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                    warn!(%etag, %error, "corrupt chunk in a stored blob; removing it so it is filled again");
+                    self.remove(etag);
+                    Ok(None)
+                }
+                Err(error) => Err(error),
+            };
+        }
         let store = self.clone();
         let etag_owned = etag.to_owned();
-        Ok(Some(verified_range(blob, start, end, move || {
+        Ok(Some(Either::Right(verified_range(blob, start, end, move || {
             warn!(etag = %etag_owned, "corrupt chunk in a stored blob; removing it so it is filled again");
             store.remove(&etag_owned);
-        })))
+        }))))
+    }
+
+    /// Bytes of small blobs kept in memory.
+    pub fn small_blob_bytes(&self) -> usize {
+        self.inner.small.bytes()
     }
 
     /// Returns the fill of `etag` in progress, if any.
@@ -303,6 +339,7 @@ impl BlobStore {
 
     fn delete_files(&self, etag: &str) {
         self.inner.sums_memory.lock().expect("sums memory poisoned").remove(etag);
+        self.inner.small.forget(etag);
         let path = self.blob_path(etag);
         for file in [integrity::sums_path(&path), path] {
             if let Err(error) = std::fs::remove_file(&file) {

@@ -309,3 +309,31 @@ async fn a_blob_without_sums_is_checked_in_full_once() {
     assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none(), "a blob that fails its etag is not served");
     assert!(store.get(&etag).is_none());
 }
+
+#[tokio::test]
+async fn a_small_blob_is_checked_once_then_served_from_memory_and_corruption_before_that_is_caught() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes(4096);
+    let etag = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, size, Arc::new(MemorySource::new(&bytes))).unwrap() else { panic!() };
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    // Damaged on disk before it was ever served from there: caught, dropped, nothing served.
+    let path = store.get(&etag).unwrap().path;
+    let mut on_disk = std::fs::read(&path).unwrap();
+    on_disk[100] ^= 0xff;
+    std::fs::write(&path, &on_disk).unwrap();
+    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none(), "a corrupt small blob is not served");
+    assert!(store.get(&etag).is_none() && !path.exists(), "and is dropped");
+    // Filled again, served (read and checked once), then answered from memory, ranges too.
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, size, Arc::new(MemorySource::new(&bytes))).unwrap() else { panic!() };
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    assert_eq!(read_all(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap()).await.unwrap(), bytes);
+    assert_eq!(store.small_blob_bytes(), bytes.len());
+    assert_eq!(read_all(store.stream_verified(&etag, size, 10, 20).await.unwrap().unwrap()).await.unwrap(), bytes[10..20]);
+    // Removed from the store, it leaves memory too.
+    store.remove(&etag);
+    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none());
+    assert_eq!(store.small_blob_bytes(), 0);
+}

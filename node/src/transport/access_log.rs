@@ -23,8 +23,10 @@ pub use crate::telemetry::daily::{DailyAggregate, Tally, top_repositories};
 
 /// How many days of request lines are kept before they become aggregates.
 pub const KEPT_DAYS: u64 = 14;
-/// Lines waiting for the writer at most.
-const QUEUE: usize = 8192;
+/// Lines waiting for the writer at most (beyond, lines are dropped and counted).
+const QUEUE: usize = 16_384;
+/// How often the writer appends what is queued.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// One answered request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,31 +106,37 @@ impl AccessLog {
         let task = tokio::spawn(async move {
             let mut last_maintained = String::new();
             loop {
-                let line = tokio::select! {
-                    line = receiver.recv() => line,
+                // The writer wakes on a tick, not per line: a request only queues its line, and
+                // never makes a thread switch to have it written.
+                let stopping = tokio::select! {
+                    () = tokio::time::sleep(FLUSH_INTERVAL) => false,
                     () = shutdown.cancelled() => {
                         receiver.close();
-                        receiver.recv().await
+                        true
                     }
                 };
-                let Some(line) = line else { break };
-                let mut batch = vec![line];
-                while let Ok(more) = receiver.try_recv() {
-                    batch.push(more);
+                let mut batch = Vec::new();
+                while let Ok(line) = receiver.try_recv() {
+                    batch.push(line);
                 }
-                let directory = directory.clone();
-                let today = day_of(SystemTime::now());
-                let maintain = std::mem::replace(&mut last_maintained, today.clone()) != today;
-                let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    append(&directory, &batch)?;
-                    if maintain {
-                        reduce_old_days(&directory, SystemTime::now())?;
+                if !batch.is_empty() {
+                    let directory = directory.clone();
+                    let today = day_of(SystemTime::now());
+                    let maintain = std::mem::replace(&mut last_maintained, today.clone()) != today;
+                    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        append(&directory, &batch)?;
+                        if maintain {
+                            reduce_old_days(&directory, SystemTime::now())?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    if let Ok(Err(error)) = written {
+                        warn!(%error, "cannot write the access log");
                     }
-                    Ok(())
-                })
-                .await;
-                if let Ok(Err(error)) = written {
-                    warn!(%error, "cannot write the access log");
+                }
+                if stopping {
+                    break;
                 }
             }
         });

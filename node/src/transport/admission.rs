@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{Method, header};
-use tracing::{Instrument, field, info, info_span};
+use tracing::{Instrument, debug, field, info, info_span};
 
 use super::access_log::{AccessLine, AccessLog};
 use super::limits::{Admission, EdgeLimits, Refusal};
@@ -72,7 +72,14 @@ async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Req
     };
     let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?)).map_or("-", CacheStatus::as_str);
     let status = response.status().as_u16();
-    span.in_scope(|| info!(status, cache, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    // Every request is in the access log; the process log gets a line for those that failed (and,
+    // at debug level, for every request).
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if status >= 400 {
+        span.in_scope(|| info!(status, cache, elapsed_ms, "answered"));
+    } else {
+        span.in_scope(|| debug!(status, cache, elapsed_ms, "answered"));
+    }
     crate::telemetry::metrics().request(route, status, cache);
     let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if let (Some(access_log), Some((method, path, user_agent, client))) = (&front_door.access_log, logged) {
