@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks hf-mirror side by side, in one run, on this machine:
-#   1. a cold 1 GiB LFS download through the node vs directly from the fake upstream (+ its CDN);
-#   2. the same file warm, through the node vs nginx (sendfile) serving the node's own blob file;
-#   3. warm small-file HEAD and GET requests/s (hey) through the node vs nginx serving the same file;
-#   4. the node's peak RSS during 64 concurrent downloads of the warm 1 GiB file.
+# Benchmarks hf-mirror side by side, in one run, on this machine, with the server under test pinned to
+# CPU 0 and every client (curl, hey) pinned to CPU 1:
+#   1. a cold LFS download through the node, through nginx as a caching reverse proxy (proxy_cache with
+#      slice 16m and cache lock, redirects to the CDN followed and cached: the recipe an operator would
+#      copy), and straight from the fake upstream (its Hub plus CDN redirect);
+#   2. the same file warm: the node against nginx serving the node's own blob file with sendfile and
+#      against the warm nginx cache;
+#   3. warm small-file GET and HEAD requests/s (hey -c 64, 10 s): node, nginx static, nginx cache;
+#   4. 32 concurrent warm downloads of the big file: server CPU seconds per GiB sent and peak RSS, for
+#      the node and for nginx static (one worker).
 # Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
 #
 # Usage: bench/run.sh [SIZE_BYTES]   (default 1 GiB)
@@ -11,31 +16,92 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
 size=${1:-1073741824}
-bench_setup hfm-bench nginx=nginx hey=hey curl=curl
+bench_setup hfm-bench nginx=nginx hey=hey curl=curl taskset=util-linux
+server_cpu=0
+client_cpu=1
+on_client() { taskset -c "$client_cpu" "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "generating a ${size}-byte LFS file in the fake Hub..." >&2
-python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 --big-size "$size" --big-dir "$work/big" >"$work/fake.out" 2>"$work/fake.err" &
+# The upstream shares the client's CPU: the server's core is the server's alone.
+taskset -c "$client_cpu" python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 --big-size "$size" --big-dir "$work/big" \
+  >"$work/fake.out" 2>"$work/fake.err" &
 pids+=($!)
 wait_line "$work/fake.out" fakehub
 hub=$(awk '{print $2}' "$work/fake.out")
 
-"$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" --upstream "$hub" --min-free-disk 0 >"$work/node.out" 2>"$work/node.err" &
+taskset -c "$server_cpu" "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" --upstream "$hub" --min-free-disk 0 \
+  >"$work/node.out" 2>"$work/node.err" &
 node_pid=$!
 pids+=($node_pid)
 wait_line "$work/node.out" '^node '
-node=$(awk '{print $3}' "$work/node.out")
+node=$(awk '/^node /{print $3}' "$work/node.out")
+
+# nginx: a static server and a caching proxy of the same upstream, one worker on the server's CPU.
+mkdir -p "$work/nginx/www/small" "$work/nginx/logs" "$work/nginx/cache"
+static_port=$(free_port)
+cache_port=$(free_port)
+cat >"$work/nginx/nginx.conf" <<CONF
+daemon off;
+user root;
+worker_processes 1;
+worker_cpu_affinity 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  server {
+    listen 127.0.0.1:$static_port;
+    root $work/nginx/www;
+  }
+  proxy_cache_path $work/nginx/cache levels=1:2 keys_zone=hub:64m max_size=100g inactive=7d use_temp_path=off;
+  server {
+    listen 127.0.0.1:$cache_port;
+    proxy_http_version 1.1;
+    slice 16m;
+    proxy_cache hub;
+    proxy_cache_key \$uri\$slice_range;
+    proxy_set_header Range \$slice_range;
+    proxy_cache_valid 200 206 7d;
+    proxy_cache_lock on;
+    proxy_cache_lock_timeout 600s;
+    proxy_read_timeout 600s;
+    location / {
+      proxy_pass $hub;
+      proxy_intercept_errors on;
+      error_page 301 302 307 = @cdn;
+    }
+    location @cdn {
+      set \$cdn_url \$upstream_http_location;
+      proxy_pass \$cdn_url;
+    }
+  }
+}
+CONF
+taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+for _ in $(seq 1 50); do [ -s "$work/nginx/nginx.pid" ] && break; sleep 0.1; done
+static="http://127.0.0.1:$static_port"
+cache="http://127.0.0.1:$cache_port"
+nginx_worker=$(pgrep -P "$(cat "$work/nginx/nginx.pid")" | head -n 1)
 
 big_path=/bench/big/resolve/main/big.bin
+small_path=/org/model/resolve/main/config.json
 seconds() { # url: seconds for one full download, failing on a short or failed answer
-  local out; out=$(curl -s -L -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$1")
+  local out; out=$(on_client curl -s -L -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$1")
   set -- $out
-  if [ "$1" != 200 ] || [ "$2" != "$size" ]; then echo "download failed: $out" >&2; exit 1; fi
+  if [ "$1" != 200 ] || [ "$2" != "$size" ]; then echo "download of $1 failed: $out" >&2; exit 1; fi
   echo "$3"
 }
+first_byte() { on_client curl -s -L -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$1"; }
 rate() { python3 -c "import sys; print(f'{$size/float(sys.argv[1])/1e6:.0f}')" "$1"; }
 
 direct_cold=$(seconds "$hub$big_path")
 node_cold=$(seconds "$node$big_path")
+cache_cold=$(seconds "$cache$big_path")
 
 # The fill publishes the blob (fsync, rename) just after the last byte went out.
 blob=""
@@ -45,31 +111,10 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ -n "$blob" ] || { echo "the node stored no blob" >&2; tail -20 "$work/node.err" >&2; exit 1; }
-mkdir -p "$work/nginx/www/small" "$work/nginx/logs"
 ln "$blob" "$work/nginx/www/big.bin" 2>/dev/null || cp "$blob" "$work/nginx/www/big.bin"
-curl -s -o "$work/nginx/www/small/config.json" "$node/org/model/resolve/main/config.json"
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/nginx/nginx.conf" <<CONF
-daemon off;
-user root;
-worker_processes 2;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    root $work/nginx/www;
-  }
-}
-CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
-sleep 1
-nginx_url="http://127.0.0.1:$nginx_port"
+curl -s -o "$work/nginx/www/small/config.json" "$node$small_path"
+curl -s -o /dev/null "$node$small_path"
+curl -s -o /dev/null "$cache$small_path"
 
 best_of_three() { # url
   local best=999999
@@ -80,35 +125,49 @@ best_of_three() { # url
   echo "$best"
 }
 node_warm=$(best_of_three "$node$big_path")
-nginx_warm=$(best_of_three "$nginx_url/big.bin")
+static_warm=$(best_of_three "$static/big.bin")
+cache_warm=$(best_of_three "$cache$big_path")
 
 # hey, not wrk: wrk waits for a body after a HEAD and stalls.
 hey_rps() { # method url
-  hey -z 10s -c 32 -m "$1" "$2" >"$work/hey.out"
+  on_client hey -z 10s -c 64 -m "$1" "$2" >"$work/hey.out"
   awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey.out"
 }
-node_get_rps=$(hey_rps GET "$node/org/model/resolve/main/config.json")
-node_head_rps=$(hey_rps HEAD "$node/org/model/resolve/main/config.json")
-nginx_get_rps=$(hey_rps GET "$nginx_url/small/config.json")
-nginx_head_rps=$(hey_rps HEAD "$nginx_url/small/config.json")
+node_get=$(hey_rps GET "$node$small_path")
+node_head=$(hey_rps HEAD "$node$small_path")
+static_get=$(hey_rps GET "$static/small/config.json")
+static_head=$(hey_rps HEAD "$static/small/config.json")
+cache_get=$(hey_rps GET "$cache$small_path")
+cache_head=$(hey_rps HEAD "$cache$small_path")
 
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$node_pid/status"; }
-rss_before=$(rss_kib)
-peak=0
-for _ in $(seq 1 64); do curl -s -o /dev/null "$node$big_path" & done
-while jobs -r | grep -q curl; do
-  now=$(rss_kib); [ "$now" -gt "$peak" ] && peak=$now
-  sleep 0.2
-done
-hwm=$(awk '/VmHWM/ {print $2}' "/proc/$node_pid/status")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# 32 concurrent warm downloads: (server CPU seconds per GiB sent, sampled peak RSS in KiB, RSS before).
+concurrent() { # pid url
+  local pid=$1 url=$2 before peak now
+  before=$(cpu_ticks "$pid"); local rss_before; rss_before=$(rss_kib "$pid"); peak=$rss_before
+  local jobs=()
+  for _ in $(seq 1 32); do on_client curl -s -o /dev/null "$url" & jobs+=($!); done
+  while kill -0 "${jobs[@]}" 2>/dev/null; do
+    now=$(rss_kib "$pid"); [ "$now" -gt "$peak" ] && peak=$now
+    sleep 0.2
+  done
+  wait "${jobs[@]}" || true
+  local ticks=$(( $(cpu_ticks "$pid") - before ))
+  python3 -c "import os,sys; t=$ticks/os.sysconf('SC_CLK_TCK'); print(f'{t/(32*$size/2**30):.3f} {$peak} {$rss_before}')"
+}
+read -r node_cpu node_peak node_rss0 <<<"$(concurrent "$node_pid" "$node$big_path")"
+read -r static_cpu static_peak static_rss0 <<<"$(concurrent "$nginx_worker" "$static/big.bin")"
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+mib() { python3 -c "print(f'{$1/1024:.0f}')"; }
 cat <<TABLE
-| measurement | hf-mirror | reference | ratio |
-|---|---|---|---|
-| cold ${size} B download (s, MB/s) | $node_cold s ($(rate "$node_cold") MB/s) | direct from fake upstream+CDN: $direct_cold s ($(rate "$direct_cold") MB/s) | node/direct time = $(ratio "$node_cold" "$direct_cold") |
-| warm ${size} B download, best of 3 (MB/s) | $(rate "$node_warm") MB/s | nginx sendfile: $(rate "$nginx_warm") MB/s | node/nginx throughput = $(ratio "$nginx_warm" "$node_warm") |
-| warm small file GET, hey -c 32 for 10 s (req/s) | $node_get_rps | nginx: $nginx_get_rps | $(ratio "$node_get_rps" "$nginx_get_rps") |
-| warm small file HEAD, hey -c 32 for 10 s (req/s) | $node_head_rps | nginx: $nginx_head_rps | $(ratio "$node_head_rps" "$nginx_head_rps") |
-| node RSS during 64 concurrent warm ${size} B downloads | before ${rss_before} KiB, sampled peak ${peak} KiB, VmHWM ${hwm} KiB | | |
+| measurement | hf-mirror | nginx static (sendfile) | nginx proxy_cache (slice 16m, lock) | direct from upstream | hf-mirror ratio |
+|---|---|---|---|---|---|
+| cold ${size} B download, s | $node_cold | — | $cache_cold | $direct_cold | node/direct = $(ratio "$node_cold" "$direct_cold"), cache/direct = $(ratio "$cache_cold" "$direct_cold") |
+| warm ${size} B download, best of 3, MB/s | $(rate "$node_warm") | $(rate "$static_warm") | $(rate "$cache_warm") | — | node/static = $(ratio "$static_warm" "$node_warm") |
+| warm small GET, req/s (hey -c 64, 10 s) | $node_get | $static_get | $cache_get | — | node/static = $(ratio "$node_get" "$static_get") |
+| warm small HEAD, req/s | $node_head | $static_head | $cache_head | — | node/static = $(ratio "$node_head" "$static_head") |
+| 32 concurrent warm downloads: server CPU s per GiB | $node_cpu | $static_cpu | — | — | node/static = $(ratio "$node_cpu" "$static_cpu") |
+| 32 concurrent warm downloads: sampled peak RSS, MiB (before) | $(mib "$node_peak") ($(mib "$node_rss0")) | $(mib "$static_peak") ($(mib "$static_rss0")) | — | — | |
 TABLE

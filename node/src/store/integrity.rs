@@ -4,7 +4,6 @@
 //! stray write) without rehashing the whole file for every request.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,10 +80,22 @@ pub struct VerifiedBlob {
 /// Streams `start..end` of a stored blob, reading whole chunks and checking each against its sum
 /// before any of its bytes go out. On a mismatch `on_corrupt` runs once and the stream ends with an
 /// error, so the client's connection is aborted rather than handed bad bytes.
+/// Reads `length` bytes at `offset` into a new buffer, without zeroing the buffer first (a chunk is
+/// a megabyte, and every byte of it is overwritten by the read).
+fn read_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(length);
+    while buffer.len() < length {
+        let position = offset + buffer.len() as u64;
+        if rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buffer), position)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the blob file is shorter than its size"));
+        }
+    }
+    Ok(buffer)
+}
+
 /// Reads a whole blob and checks every chunk against its sum; a mismatch is `InvalidData`.
 pub fn read_verified(blob: &VerifiedBlob) -> io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; blob.size as usize];
-    blob.file.read_exact_at(&mut bytes, 0)?;
+    let bytes = read_at(&blob.file, 0, blob.size as usize)?;
     for (index, chunk) in bytes.chunks(CHUNK as usize).enumerate() {
         if blob.sums.get(index).is_none_or(|expected| xxh3_64(chunk) != *expected) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("stored blob chunk {index} is corrupt")));
@@ -110,10 +121,7 @@ pub fn verified_range(
             let chunk_start = index * CHUNK;
             let chunk_length = CHUNK.min(blob.size - chunk_start) as usize;
             let (file, expected) = (blob.file.clone(), blob.sums[index as usize]);
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buffer = vec![0u8; chunk_length];
-                file.read_exact_at(&mut buffer, chunk_start).map(|()| buffer)
-            })
+            let read = tokio::task::spawn_blocking(move || read_at(&file, chunk_start, chunk_length))
             .await
             .unwrap_or_else(|error| Err(io::Error::other(error)));
             let chunk = match read {
