@@ -326,6 +326,25 @@ impl LocalCatalog {
         .map_err(|_| CatalogError::Closed)?
     }
 
+    /// Reads a record kept in [`HotRecords`]: from memory, else from the database (then kept).
+    async fn read_hot<T: DeserializeOwned + Clone>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        map: fn(&HotRecords) -> &std::sync::RwLock<HashMap<String, T>>,
+        key: String,
+    ) -> Result<Option<T>, CatalogError> {
+        let hot = &self.inner.hot;
+        if let Some(record) = HotRecords::get(map(hot), &key) {
+            return Ok(Some(record));
+        }
+        let generation = hot.generation();
+        let record: Option<T> = self.read_record(table, key.clone()).await?;
+        if let Some(record) = &record {
+            hot.fill(map(hot), key, record.clone(), generation);
+        }
+        Ok(record)
+    }
+
     async fn read_record<T: DeserializeOwned>(
         &self,
         table: TableDefinition<'static, &'static str, &'static [u8]>,
@@ -351,17 +370,7 @@ impl LocalCatalog {
 #[async_trait::async_trait]
 impl Catalog for LocalCatalog {
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
-        let key = repo_key(repo, &[revision]);
-        let hot = &self.inner.hot;
-        if let Some(record) = HotRecords::get(&hot.refs, &key) {
-            return Ok(Some(record));
-        }
-        let generation = hot.generation();
-        let record: Option<RefRecord> = self.read_record(REFS, key.clone()).await?;
-        if let Some(record) = &record {
-            hot.fill(&hot.refs, key, record.clone(), generation);
-        }
-        Ok(record)
+        self.read_hot(REFS, |hot| &hot.refs, repo_key(repo, &[revision])).await
     }
 
     async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError> {
@@ -401,17 +410,7 @@ impl Catalog for LocalCatalog {
     }
 
     async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError> {
-        let key = repo_key(repo, &[]);
-        let hot = &self.inner.hot;
-        if let Some(record) = HotRecords::get(&hot.policies, &key) {
-            return Ok(Some(record));
-        }
-        let generation = hot.generation();
-        let record: Option<PolicyRecord> = self.read_record(POLICIES, key.clone()).await?;
-        if let Some(record) = &record {
-            hot.fill(&hot.policies, key, record.clone(), generation);
-        }
-        Ok(record)
+        self.read_hot(POLICIES, |hot| &hot.policies, repo_key(repo, &[])).await
     }
 
     async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Result<(), CatalogError> {
