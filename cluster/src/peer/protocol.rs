@@ -99,7 +99,13 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(reader: &mut (impl AsyncRe
     if read != length {
         return Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "frame cut short")));
     }
-    postcard::from_bytes(&bytes).map_err(|error| FrameError::Codec(error.to_string()))
+    // A frame is exactly one value: bytes left after it are refused, not dropped (they would be a
+    // peer speaking another version of the protocol, or garbage).
+    let (value, rest) = postcard::take_from_bytes(&bytes).map_err(|error| FrameError::Codec(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Codec(format!("{} bytes after the frame's value", rest.len())));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -126,5 +132,8 @@ mod tests {
         let garbage = [0u8, 0, 0, 3, 0xff, 0xff, 0xff];
         assert!(matches!(read_frame::<FillResponse>(&mut garbage.as_slice()).await, Err(FrameError::Codec(_))));
         assert!(read_frame::<FillRequest>(&mut [].as_slice()).await.is_err());
+        // A value followed by more bytes inside its announced length (found by tests/fuzz_frames.rs).
+        let padded = [0u8, 0, 0, 2, 1, 0];
+        assert!(matches!(read_frame::<FillResponse>(&mut padded.as_slice()).await, Err(FrameError::Codec(_))));
     }
 }

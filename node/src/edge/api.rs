@@ -12,7 +12,7 @@ use super::passthrough::{forward_request, pass_through};
 use super::{HubApi, access, json_response, public_origin, read_body, set_header};
 use crate::hub::HubError;
 use crate::hub::json::tree_entry_json;
-use crate::hub::query::{flag, parse_pairs, values};
+use crate::hub::query::{flag, parse_pairs, paths_info_request, values};
 use crate::hub::route::{api_repo_path, encode_segment, validate_relative_path};
 use crate::metadata::Access;
 
@@ -136,27 +136,6 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
     Ok(json_response(&parts.method, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), extra))
 }
 
-/// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON.
-fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, bool), HubError> {
-    if content_type.starts_with("application/json") {
-        let value: Value = serde_json::from_slice(body).map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
-        let paths = match value.get("paths") {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            Some(Value::String(single)) => vec![single.clone()],
-            _ => return Err(HubError::bad_request("Body must have a 'paths' list")),
-        };
-        let expand = match value.get("expand") {
-            Some(Value::Bool(expand)) => *expand,
-            Some(Value::String(text)) => crate::hub::query::parse_bool(text),
-            _ => false,
-        };
-        return Ok((paths, expand));
-    }
-    let text = std::str::from_utf8(body).map_err(|_| HubError::bad_request("Body is not UTF-8"))?;
-    let pairs = parse_pairs(text);
-    Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
-}
-
 pub(super) async fn paths_info(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str) -> Result<Response, HubError> {
     // The body is bounded and read first, so an oversized one is refused before any upstream work.
     let (parts, body) = request.into_parts();
@@ -209,16 +188,5 @@ mod tests {
         assert_eq!(variant("expand[]=model-index&securityStatus=1"), "securityStatus=true&expand=model-index");
         assert_eq!(repo_info_variant("expand=a%20b"), None, "an unknown property is not cached");
         assert_eq!(repo_info_variant("expand=sha&expand=author&expand=tags&expand=likes&expand=gated&expand=private&expand=sdk"), None);
-    }
-
-    #[test]
-    fn paths_info_accepts_form_and_json_bodies() {
-        let (paths, expand) = paths_info_request("application/x-www-form-urlencoded", b"paths=config.json&paths=sub&expand=False").unwrap();
-        assert_eq!((paths, expand), (vec!["config.json".to_owned(), "sub".to_owned()], false));
-        let (paths, expand) = paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#).unwrap();
-        assert_eq!((paths, expand), (vec!["a".to_owned(), "b".to_owned()], true));
-        assert!(paths_info_request("application/json", b"{not json").is_err());
-        assert!(paths_info_request("application/json", br#"{"paths": 3}"#).is_err());
-        assert!(paths_info_request("", &[0xff, 0xfe]).is_err());
     }
 }

@@ -1,5 +1,9 @@
 //! Query strings and form bodies: repeated keys, `+` as space, and the Hub clients' boolean
-//! spellings (`True`/`true`/`1`, hub-api.md T10).
+//! spellings (`True`/`true`/`1`, hub-api.md T10); and the paths-info request body, form or JSON.
+
+use serde_json::Value;
+
+use super::error::HubError;
 
 /// Decodes `application/x-www-form-urlencoded` text into key/value pairs, in order. Malformed
 /// escapes are kept literally rather than failing the whole request.
@@ -33,9 +37,42 @@ pub fn flag(pairs: &[(String, String)], key: &str) -> bool {
     values(pairs, key).next().is_some_and(parse_bool)
 }
 
+/// Reads the `paths` and `expand` of a paths-info body, form-encoded or JSON (hub-api.md §5.2).
+/// The paths come back as sent: the caller validates each before looking it up.
+pub fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String>, bool), HubError> {
+    if content_type.starts_with("application/json") {
+        let value: Value = serde_json::from_slice(body).map_err(|_| HubError::bad_request("Body is not valid JSON"))?;
+        let paths = match value.get("paths") {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(single)) => vec![single.clone()],
+            _ => return Err(HubError::bad_request("Body must have a 'paths' list")),
+        };
+        let expand = match value.get("expand") {
+            Some(Value::Bool(expand)) => *expand,
+            Some(Value::String(text)) => parse_bool(text),
+            _ => false,
+        };
+        return Ok((paths, expand));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| HubError::bad_request("Body is not UTF-8"))?;
+    let pairs = parse_pairs(text);
+    Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_info_accepts_form_and_json_bodies() {
+        let (paths, expand) = paths_info_request("application/x-www-form-urlencoded", b"paths=config.json&paths=sub&expand=False").unwrap();
+        assert_eq!((paths, expand), (vec!["config.json".to_owned(), "sub".to_owned()], false));
+        let (paths, expand) = paths_info_request("application/json", br#"{"paths":["a","b"],"expand":true}"#).unwrap();
+        assert_eq!((paths, expand), (vec!["a".to_owned(), "b".to_owned()], true));
+        assert!(paths_info_request("application/json", b"{not json").is_err());
+        assert!(paths_info_request("application/json", br#"{"paths": 3}"#).is_err());
+        assert!(paths_info_request("", &[0xff, 0xfe]).is_err());
+    }
 
     #[test]
     fn pairs_booleans_and_lists() {
