@@ -206,6 +206,12 @@ struct ServeArgs {
     /// Entries per page of tree listings.
     #[arg(long, env = "HF_MIRROR_TREE_PAGE_SIZE")]
     tree_page_size: Option<String>,
+    /// The pause between two passes of the scrubber over the stored blobs (default 24h; 0 turns it off).
+    #[arg(long, env = "HF_MIRROR_SCRUB_INTERVAL")]
+    scrub_interval: Option<String>,
+    /// Bytes per second the scrubber reads at most (default 50MB).
+    #[arg(long, env = "HF_MIRROR_SCRUB_RATE")]
+    scrub_rate: Option<String>,
     /// The UDP and TCP address of the node's DNS server (cluster with a `[dns]` section only).
     #[arg(long, env = "HF_MIRROR_DNS_LISTEN")]
     dns_listen: Option<String>,
@@ -277,6 +283,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_disk: args.max_disk,
         min_free_disk: args.min_free_disk,
         public_url: args.public_url,
+        scrub_interval: args.scrub_interval,
+        scrub_rate: args.scrub_rate,
         tree_page_size: args.tree_page_size,
         // Bind addresses of the cluster plane come from the topology only.
         peer_listen: None,

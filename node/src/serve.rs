@@ -27,6 +27,7 @@ use crate::peers::{GossipMetrics, Peers, RaftMetrics, catalog_membership};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
 use crate::store::BlobStore;
+use crate::store::scrub::{ScrubCounters, spawn_scrubber};
 use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
 use crate::transport::access_log::AccessLog;
 use crate::transport::admission::FrontDoor;
@@ -238,6 +239,7 @@ struct Parts {
     pins: Pins,
     file_answers: Arc<AnswerCounters>,
     metadata_answers: Arc<AnswerCounters>,
+    scrub: Arc<ScrubCounters>,
 }
 
 fn build_parts(
@@ -272,7 +274,18 @@ fn build_parts(
         PinWatch::default(),
         config.pins.clone(),
     );
-    Parts { catalog, store, upstream, metadata, sources, replicas, pins, file_answers: Arc::default(), metadata_answers: Arc::default() }
+    Parts {
+        catalog,
+        store,
+        upstream,
+        metadata,
+        sources,
+        replicas,
+        pins,
+        file_answers: Arc::default(),
+        metadata_answers: Arc::default(),
+        scrub: Arc::default(),
+    }
 }
 
 /// Background work that keeps the store in line with the catalog: the replica keeper (cluster), the
@@ -306,6 +319,9 @@ fn spawn_keepers(config: &NodeConfig, parts: &Parts, shutdown: CancellationToken
         )),
     }
     tasks.push(parts.pins.spawn_follower(config.ref_ttl, shutdown.clone()));
+    if let Some(settings) = config.scrub {
+        tasks.push(spawn_scrubber(parts.store.clone(), settings, parts.scrub.clone(), shutdown.clone()));
+    }
     Keepers { shutdown, tasks }
 }
 
@@ -404,6 +420,7 @@ fn build_exposition(
         help: "File downloads by cache result",
     });
     exposition.add_source(parts.store.clone());
+    exposition.add_source(parts.scrub.clone());
     exposition.add_source(parts.metadata.clone());
     if let Some(replicas) = &parts.replicas {
         exposition.add_source(replicas.clone());

@@ -167,3 +167,53 @@ def test_the_parquet_indexes_match_the_catalog(rsync_mirror, fake_hub, tmp_path)
     # Dated snapshots sit beside latest.
     listing = rsync(f"{rsync_mirror.rsync_url}/indexes/")
     assert "latest" in listing.stdout and any(line.split()[-1][:2] == "20" for line in listing.stdout.splitlines()), listing.stdout
+
+
+def scrub_damaged(mirror) -> int:
+    metrics = mirror.operator_request("GET", "/metrics").body.decode()
+    for line in metrics.splitlines():
+        if line.startswith("hfm_scrub_damaged_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no hfm_scrub_damaged_total in /metrics")
+
+
+def test_bit_rot_under_a_pinned_repo_is_found_by_the_scrubber_leaves_rsync_and_is_filled_again(fake_hub, tmp_path):
+    port = free_port()
+    mirror = topology_mirror(fake_hub.url, tmp_path, f"""[defaults]
+scrub_interval = "1s"
+scrub_rate = "1GB"
+
+[rsync]
+listen = "127.0.0.1:{port}"
+index_interval = "1h"
+max_connections = 8
+timeout_secs = 60""")
+    mirror.rsync_url = f"rsync://127.0.0.1:{port}"
+    try:
+        pin(mirror, "org/model")
+        sha = fake_hub.sha()
+        wait_until(lambda: trace_commit(mirror, "models/org/model") == sha, "the tree of the pinned repo", timeout=60)
+        meta = fake_hub.files()["model.safetensors"]
+        good = fake_hub.file("org/model", "model.safetensors")
+        blob = mirror.data_dir / "blobs" / meta["sha256"][:2] / meta["sha256"]
+        # A bad sector under the blob: the rsync tree links the same inode.
+        with open(blob, "r+b") as handle:
+            handle.seek(meta["size"] // 2)
+            byte = handle.read(1)
+            handle.seek(meta["size"] // 2)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        wait_until(lambda: scrub_damaged(mirror) >= 1, "the scrubber to find the damaged blob", timeout=60)
+
+        def served_by_rsync() -> bytes | None:
+            local = Path(tempfile.mkdtemp(dir=tmp_path)) / "model.safetensors"
+            pulled = rsync("-a", f"{mirror.rsync_url}/models/org/model/model.safetensors", str(local))
+            return local.read_bytes() if pulled.returncode == 0 and local.exists() else None
+
+        # Filled again (the pin keeper) and laid out again: rsync serves the right bytes.
+        wait_until(lambda: served_by_rsync() == good, "rsync to serve the good bytes again", timeout=90)
+        pulled = tmp_path / "pulled"
+        assert rsync("-a", f"{mirror.rsync_url}/models/org/model/", str(pulled)).returncode == 0
+        assert_tree_matches(fake_hub, "org/model", "org/model", "model", sha, pulled)
+        assert "scrub: a stored chunk does not match its sum" in mirror.logs()
+    finally:
+        mirror.stop()

@@ -22,6 +22,10 @@ pub struct NodeSettingsFile {
     pub min_free_disk: Option<String>,
     pub public_url: Option<String>,
     pub tree_page_size: Option<String>,
+    /// The pause between two scrubber passes over the stored blobs (default `24h`; `0` turns it off).
+    pub scrub_interval: Option<String>,
+    /// Bytes per second the scrubber reads at most (default `50MB`).
+    pub scrub_rate: Option<String>,
     /// The UDP address the QUIC peer endpoint binds (default: all interfaces, the port of `peer_address`).
     pub peer_listen: Option<String>,
     /// The UDP address gossip binds (default: all interfaces, the port of `gossip_address`).

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Entries per page of `/tree` answers.
     pub tree_page_size: usize,
+    /// How the scrubber checks stored blobs against their sums; `None`: off.
+    pub scrub: Option<ScrubSettings>,
     /// The cluster this node belongs to; `None` for a single node.
     pub cluster: Option<ClusterConfig>,
     /// The zone this node answers DNS for, when the topology has a `[dns]` section (cluster only).
@@ -72,6 +74,15 @@ pub struct NodeConfig {
     pub limits: LimitsConfig,
     /// What the public pages say (`[site]` and the topology's nodes).
     pub site: SiteConfig,
+}
+
+/// How the store's scrubber runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrubSettings {
+    /// The pause between two passes over the stored blobs.
+    pub interval: Duration,
+    /// Bytes read per second at most.
+    pub rate: u64,
 }
 
 /// A node's authoritative DNS: the zone and how its server listens.
@@ -153,6 +164,7 @@ impl NodeConfig {
             min_free_disk: 1 << 30,
             public_url: None,
             tree_page_size: 1000,
+            scrub: Some(ScrubSettings { interval: Duration::from_secs(24 * 3600), rate: 50_000_000 }),
             cluster: None,
             dns: None,
             pins: Vec::new(),
@@ -268,6 +280,20 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
     }
     if let Some(public_url) = &layer.public_url {
         config.public_url = Some(parse_public_url(public_url).map_err(|message| fail("public_url", message))?);
+    }
+    if let Some(interval) = &layer.scrub_interval {
+        let interval = parse_duration(interval).map_err(|message| fail("scrub_interval", message))?;
+        let rate = config.scrub.map_or(50_000_000, |scrub| scrub.rate);
+        config.scrub = (!interval.is_zero()).then_some(ScrubSettings { interval, rate });
+    }
+    if let Some(rate) = &layer.scrub_rate {
+        let rate = parse_size(rate).map_err(|message| fail("scrub_rate", message))?;
+        if rate == 0 {
+            return Err(fail("scrub_rate", "must be more than 0 (turn the scrubber off with scrub_interval = \"0\")".into()));
+        }
+        if let Some(scrub) = &mut config.scrub {
+            scrub.rate = rate;
+        }
     }
     if let Some(page_size) = &layer.tree_page_size {
         let size: usize = page_size.trim().parse().map_err(|_| fail("tree_page_size", format!("invalid number {page_size:?}")))?;

@@ -234,6 +234,8 @@ struct Trees {
     state: TreesState,
     /// (repository, commit) pairs that cannot be laid out; not tried again until the node restarts.
     broken: HashSet<(String, String)>,
+    /// The store's removal cursor this far ([`BlobStore::removed_since`]).
+    removals_seen: u64,
     /// Retired generations and when they were first seen retired.
     retired: HashMap<PathBuf, Instant>,
 }
@@ -251,7 +253,19 @@ pub fn spawn(
     let root = data_dir.join("rsync");
     let state = load_state(&root);
     let mut pins_changed = pins.watch().subscribe();
-    let mut trees = Trees { pins, store, node_name, rsyncd, root, index_interval, state, broken: HashSet::new(), retired: HashMap::new() };
+    let removals_seen = store.removed_since(0).1;
+    let mut trees = Trees {
+        pins,
+        store,
+        node_name,
+        rsyncd,
+        root,
+        index_interval,
+        state,
+        broken: HashSet::new(),
+        removals_seen,
+        retired: HashMap::new(),
+    };
     tokio::spawn(async move {
         loop {
             if let Err(error) = trees.round().await {
@@ -276,10 +290,22 @@ impl Trees {
     }
 
     async fn round(&mut self) -> anyhow::Result<()> {
+        // A blob removed since the last round (found damaged, evicted) may be linked in a served
+        // generation, even if it was filled again since (the new file is another inode): a module
+        // showing one is built again, so the old link leaves the live tree now.
+        let (removed, cursor) = self.store.removed_since(self.removals_seen);
+        self.removals_seen = cursor;
         let wanted = self.wanted_trees().await?;
         for module in ["models", "datasets"] {
             let trees = wanted.get(module).cloned().unwrap_or_default();
-            self.update_module(module, trees).await?;
+            let stale = match &removed {
+                None => true,
+                Some(removed) => {
+                    let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
+                    !removed.is_empty() && self.shows_any(module, &removed).await?
+                }
+            };
+            self.update_module(module, trees, stale).await?;
         }
         if now_ms().saturating_sub(self.state.last_index_ms) >= self.index_interval.as_millis() as u64 {
             self.write_indexes().await?;
@@ -332,13 +358,30 @@ impl Trees {
         Ok(wanted)
     }
 
-    /// Builds and switches to a new generation of `module` when what it should show changed.
-    async fn update_module(&mut self, module: &str, trees: Vec<RepoTree>) -> anyhow::Result<()> {
+    /// Whether the generation `module` serves links any of the `removed` blobs.
+    async fn shows_any(&self, module: &str, removed: &HashSet<&str>) -> anyhow::Result<bool> {
+        let Some(generation) = self.state.generations.get(module) else { return Ok(false) };
+        let catalog = self.pins.catalog();
+        for (key, commit) in &generation.layout {
+            let Some((repo_type, repo_id)) = key.split_once(':') else { continue };
+            let Some(repo_type) = RepoType::parse(repo_type) else { continue };
+            let repo = RepoKey::new(repo_type, repo_id);
+            let Some(manifest) = catalog.get_manifest(&repo, commit).await? else { return Ok(true) };
+            if manifest.entries().iter().any(|entry| removed.contains(entry.etag())) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Builds and switches to a new generation of `module` when what it should show changed, or
+    /// when `stale` (a blob it links was removed).
+    async fn update_module(&mut self, module: &str, trees: Vec<RepoTree>, stale: bool) -> anyhow::Result<()> {
         let layout: Vec<(String, String)> = trees.iter().map(|tree| (tree.repo.to_string(), tree.commit.clone())).collect();
         let current = self.state.generations.get(module).cloned().unwrap_or_default();
         let current_dir = generation_dir(&self.root, module, current.number);
         let served = self.rsyncd.modules().get(module).is_some_and(|served| *served == current_dir);
-        if current.layout == layout && served && (current.number > 0 || layout.is_empty()) {
+        if !stale && current.layout == layout && served && (current.number > 0 || layout.is_empty()) {
             return Ok(());
         }
         let number = current.number + 1;

@@ -82,7 +82,7 @@ pub struct VerifiedBlob {
 /// error, so the client's connection is aborted rather than handed bad bytes.
 /// Reads `length` bytes at `offset` into a new buffer, without zeroing the buffer first (a chunk is
 /// a megabyte, and every byte of it is overwritten by the read).
-fn read_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+pub(super) fn read_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<Vec<u8>> {
     let mut buffer = Vec::with_capacity(length);
     while buffer.len() < length {
         let position = offset + buffer.len() as u64;

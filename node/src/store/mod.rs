@@ -10,6 +10,7 @@
 
 mod fill;
 mod integrity;
+pub mod scrub;
 mod small;
 mod source;
 mod verify;
@@ -86,6 +87,9 @@ struct StoreInner {
     sums_memory: Mutex<HashMap<String, Arc<Vec<u64>>>>,
     /// Small blobs, verified, in memory ([`small`]).
     small: small::SmallBlobs,
+    /// The blobs removed lately, numbered, so that whoever links to blob files (the rsync trees)
+    /// can tell that a file it linked is gone, even when the same blob was filled again since.
+    removals: Mutex<Removals>,
     /// Blobs that are never evicted (the files of pinned repositories).
     protected: Mutex<Arc<HashSet<String>>>,
     events: Mutex<Option<tokio::sync::mpsc::Sender<StoreEvent>>>,
@@ -139,6 +143,35 @@ impl Accounting {
 
     fn least_recently_used(&self, protected: &HashSet<String>) -> Option<String> {
         self.by_tick.values().find(|etag| !protected.contains(*etag)).cloned()
+    }
+}
+
+/// How many removals [`Removals`] remembers.
+const REMOVALS_REMEMBERED: usize = 4096;
+
+/// The latest removals, numbered from 1.
+#[derive(Default)]
+struct Removals {
+    last: u64,
+    recent: std::collections::VecDeque<(u64, String)>,
+}
+
+impl Removals {
+    fn record(&mut self, etag: &str) {
+        self.last += 1;
+        self.recent.push_back((self.last, etag.to_owned()));
+        if self.recent.len() > REMOVALS_REMEMBERED {
+            self.recent.pop_front();
+        }
+    }
+
+    fn since(&self, cursor: u64) -> (Option<Vec<String>>, u64) {
+        let oldest_kept = self.recent.front().map_or(self.last + 1, |(number, _)| *number);
+        if cursor + 1 < oldest_kept && cursor < self.last {
+            return (None, self.last);
+        }
+        let removed = self.recent.iter().filter(|(number, _)| *number > cursor).map(|(_, etag)| etag.clone()).collect();
+        (Some(removed), self.last)
     }
 }
 
@@ -203,6 +236,7 @@ impl BlobStore {
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
                 small: small::SmallBlobs::default(),
+                removals: Mutex::new(Removals::default()),
                 protected: Mutex::new(Arc::new(HashSet::new())),
                 events: Mutex::new(None),
                 tasks: TaskTracker::new(),
@@ -279,6 +313,12 @@ impl BlobStore {
         }))))
     }
 
+    /// The blobs removed after `cursor` (0: from the start) and the cursor to pass next time.
+    /// `None` instead of a list when more were removed than are remembered: assume any may be.
+    pub fn removed_since(&self, cursor: u64) -> (Option<Vec<String>>, u64) {
+        self.inner.removals.lock().expect("removals poisoned").since(cursor)
+    }
+
     /// Bytes of small blobs kept in memory.
     pub fn small_blob_bytes(&self) -> usize {
         self.inner.small.bytes()
@@ -338,6 +378,7 @@ impl BlobStore {
     }
 
     fn delete_files(&self, etag: &str) {
+        self.inner.removals.lock().expect("removals poisoned").record(etag);
         self.inner.sums_memory.lock().expect("sums memory poisoned").remove(etag);
         self.inner.small.forget(etag);
         let path = self.blob_path(etag);
@@ -613,3 +654,24 @@ impl crate::telemetry::MetricSource for BlobStore {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod removal_tests {
+    use super::{REMOVALS_REMEMBERED, Removals};
+
+    #[test]
+    fn removals_are_told_since_a_cursor_or_as_too_many() {
+        let mut removals = Removals::default();
+        assert_eq!(removals.since(0), (Some(vec![]), 0));
+        removals.record("a");
+        removals.record("b");
+        assert_eq!(removals.since(0), (Some(vec!["a".into(), "b".into()]), 2));
+        assert_eq!(removals.since(1), (Some(vec!["b".into()]), 2));
+        assert_eq!(removals.since(2), (Some(vec![]), 2));
+        for index in 0..REMOVALS_REMEMBERED {
+            removals.record(&index.to_string());
+        }
+        assert_eq!(removals.since(1).0, None, "forgotten removals: assume any");
+        assert_eq!(removals.since(2).0.unwrap().len(), REMOVALS_REMEMBERED);
+    }
+}

@@ -337,3 +337,45 @@ async fn a_small_blob_is_checked_once_then_served_from_memory_and_corruption_bef
     assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none());
     assert_eq!(store.small_blob_bytes(), 0);
 }
+
+#[tokio::test]
+async fn the_scrubber_checks_protected_blobs_first_and_removes_a_damaged_one() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::store::scrub::Scrubbed;
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let mut etags = Vec::new();
+    for seed in 0..3u8 {
+        let bytes: Vec<u8> = test_bytes(3 << 20).into_iter().map(|byte| byte ^ seed).collect();
+        let etag = sha256_hex(&bytes);
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(wait_done(&fill).await, FillState::Complete);
+        etags.push(etag);
+    }
+    let last = etags.iter().max().unwrap().clone();
+    store.set_protected([last.clone()].into_iter().collect());
+    assert_eq!(store.scrub_order()[0], last, "pinned blobs first");
+    // Flip one byte in the last chunk of one blob, as a bad sector would.
+    let damaged = etags.iter().find(|etag| **etag != last).unwrap().clone();
+    let path = store.get(&damaged).unwrap().path;
+    let mut on_disk = std::fs::read(&path).unwrap();
+    let at = on_disk.len() - 10;
+    on_disk[at] ^= 0x01;
+    std::fs::write(&path, &on_disk).unwrap();
+    let read = AtomicU64::new(0);
+    let mut results = Vec::new();
+    for etag in store.scrub_order() {
+        results.push((etag.clone(), store.scrub_blob(&etag, 0, &read).await.unwrap()));
+    }
+    for (etag, result) in &results {
+        let expected = if *etag == damaged { Scrubbed::Removed } else { Scrubbed::Clean };
+        assert_eq!(*result, expected, "{etag}");
+    }
+    assert!(store.get(&damaged).is_none() && !path.exists(), "the damaged blob is gone");
+    assert_eq!(read.load(Ordering::Relaxed), 2 * (3 << 20) + (2 << 20), "every chunk read up to the bad one");
+    assert_eq!(store.scrub_blob(&damaged, 0, &read).await.unwrap(), Scrubbed::Gone);
+}
