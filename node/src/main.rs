@@ -236,6 +236,17 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// The HTTP port's listener, with a deep accept queue: a burst of new connections (many clients at
+/// once, a load balancer's reconnect) waits in the kernel rather than having SYNs dropped and
+/// retried a second later. The kernel caps it at `net.core.somaxconn`.
+fn bind_http(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    const ACCEPT_QUEUE: u32 = 4096;
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_QUEUE)
+}
+
 fn init_tracing(format: LogFormat) {
     // openraft warns on every missed heartbeat (4 a second per unreachable voter); gossip already
     // says which node is down, once.
@@ -303,7 +314,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(listener)?
         }
-        None => tokio::net::TcpListener::bind(node_config.listen).await.with_context(|| format!("binding {}", node_config.listen))?,
+        None => bind_http(node_config.listen).with_context(|| format!("binding {}", node_config.listen))?,
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
