@@ -1,7 +1,8 @@
 //! Tells the scenarios whether they are built by root. The partition scenario cuts links between
-//! network namespaces, which only root can make: built by anyone else it is compiled as ignored with
-//! that reason, so `cargo test` reports it instead of passing without having run; built by root (as
-//! CI runs) it runs, and fails with the reason when the namespaces cannot be made.
+//! network namespaces and the disk-full one mounts a tmpfs, which only root can do: built by anyone
+//! else they are compiled as ignored with that reason, so `cargo test` reports them instead of
+//! passing without having run; built by root (as CI runs) they run, and fail with the reason when
+//! they cannot.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(hfm_root)");

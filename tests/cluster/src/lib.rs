@@ -7,8 +7,9 @@
 //! node's HTTP and peer sockets are bound by the harness inside the node's namespace and handed over
 //! to the process (`HF_MIRROR_LISTEN_FDS`), so a restarted node gets the same ports back.
 //!
-//! Helpers kill a node with SIGKILL, restart it, pause it (SIGSTOP/SIGCONT), and cut and heal links
-//! between nodes. Scenarios live in `tests/scenarios.rs`; they assert counts, bytes and hashes, never
+//! Helpers kill a node with SIGKILL, restart it, pause it (SIGSTOP/SIGCONT), cut and heal links
+//! between nodes, and move a node's data directory onto a small tmpfs that can be filled and grown
+//! (root only; unmounted when the cluster is dropped). Scenarios live in `tests/scenarios.rs`; they assert counts, bytes and hashes, never
 //! wall-clock times, but print the durations they observe (`measure:` lines) for the benchmarks.
 
 pub mod hub;
@@ -92,6 +93,8 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Flags added to `serve` (for instance the small disk's `--min-free-disk`).
+    extra_args: Vec<String>,
 }
 
 impl Node {
@@ -115,7 +118,8 @@ pub struct Cluster {
     pub token_file: PathBuf,
     pub token: String,
     max_disk: Option<&'static str>,
-    // Dropped last: the nodes and the Hub go before their network and directory.
+    // Dropped last: the nodes and the Hub go before their disks, network and directory.
+    small_disks: Vec<SmallDisk>,
     pub net: Network,
     pub dir: tempfile::TempDir,
 }
@@ -206,11 +210,24 @@ impl Cluster {
                 log: dir.path().join(format!("{name}.log")),
                 child: None,
                 paused: false,
+                extra_args: Vec::new(),
             })
             .collect();
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
-        let mut cluster =
-            Cluster { nodes, placement, hub, client, binary, topology_path, token_file, token, max_disk: options.max_disk, net, dir };
+        let mut cluster = Cluster {
+            nodes,
+            placement,
+            hub,
+            client,
+            binary,
+            topology_path,
+            token_file,
+            token,
+            max_disk: options.max_disk,
+            small_disks: Vec::new(),
+            net,
+            dir,
+        };
         for index in 0..cluster.nodes.len() {
             cluster.spawn(index)?;
         }
@@ -243,6 +260,7 @@ impl Cluster {
             .arg(&self.topology_path)
             .args(["--node", &node.name, "--upstream", &self.hub.url, "--ref-ttl", "5s"])
             .args(self.max_disk.iter().flat_map(|max_disk| ["--max-disk", max_disk]))
+            .args(&node.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
@@ -310,6 +328,91 @@ impl Cluster {
         let pid = rustix::process::Pid::from_raw(pid as i32).context("bad pid")?;
         rustix::process::kill_process(pid, signal)?;
         Ok(())
+    }
+
+    /// Whether node `index`'s process has exited by itself (it was not killed by the harness).
+    pub fn exited(&mut self, index: usize) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.nodes[index].child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves node `index` onto a tmpfs of `size` (`mount -o size=`, e.g. `64m`) mounted as its data
+    /// directory: the node is killed, its data copied over, and it is started again with
+    /// `--min-free-disk min_free`. The tmpfs is unmounted when the cluster is dropped, after the
+    /// nodes are killed, also when the test fails. Needs root.
+    pub async fn move_to_small_disk(&mut self, index: usize, size: &str, min_free: &str) -> anyhow::Result<()> {
+        self.kill(index);
+        let data_dir = self.nodes[index].data_dir.clone();
+        let before = data_dir.with_extension("before-small-disk");
+        std::fs::rename(&data_dir, &before).with_context(|| format!("moving {} aside", data_dir.display()))?;
+        std::fs::create_dir(&data_dir)?;
+        run_command("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "hfm-small-disk", &data_dir.display().to_string()])
+            .context("mounting a tmpfs as the node's data directory (the test needs root)")?;
+        self.small_disks.push(SmallDisk { path: data_dir.clone() });
+        run_command("cp", &["-a", &format!("{}/.", before.display()), &data_dir.display().to_string()])?;
+        std::fs::remove_dir_all(&before)?;
+        self.nodes[index].extra_args = vec!["--min-free-disk".into(), min_free.into()];
+        self.restart(index).await
+    }
+
+    /// Grows (or shrinks, down to what it holds) the tmpfs of node `index`.
+    pub fn resize_small_disk(&self, index: usize, size: &str) -> anyhow::Result<()> {
+        let data_dir = &self.nodes[index].data_dir;
+        anyhow::ensure!(self.small_disks.iter().any(|disk| &disk.path == data_dir), "{} is not on a small disk", self.nodes[index].name);
+        run_command("mount", &["-o", &format!("remount,size={size}"), &data_dir.display().to_string()])
+    }
+
+    /// Fills node `index`'s file system to the last byte with a ballast file in its data directory
+    /// (outside the store); returns the ballast's size.
+    pub fn fill_disk(&self, index: usize) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let path = self.nodes[index].data_dir.join("ballast");
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut chunk = vec![0xa5u8; 1 << 20];
+        let mut written = 0u64;
+        while !chunk.is_empty() {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(count) => written += count as u64,
+                Err(error) if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                    chunk.truncate(chunk.len() / 2);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        file.sync_all().ok();
+        Ok(written)
+    }
+
+    /// Free bytes of the file system holding node `index`'s data directory.
+    pub fn free_bytes(&self, index: usize) -> anyhow::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.nodes[index].data_dir)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
+    /// The files in node `index`'s fill directory (`tmp/`): fills in progress or left behind.
+    pub fn temp_files(&self, index: usize) -> Vec<PathBuf> {
+        std::fs::read_dir(self.nodes[index].data_dir.join("tmp"))
+            .map(|entries| entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The blobs on node `index`'s disk (etags).
+    pub fn blobs_on_disk(&self, index: usize) -> Vec<String> {
+        let mut etags = Vec::new();
+        let Ok(shards) = std::fs::read_dir(self.nodes[index].data_dir.join("blobs")) else { return etags };
+        for shard in shards.flatten() {
+            for blob in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let name = blob.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".sums") {
+                    etags.push(name);
+                }
+            }
+        }
+        etags.sort();
+        etags
     }
 
     /// SIGSTOP: the process freezes with every socket open, like a node stuck in a long pause.
@@ -513,6 +616,31 @@ impl Drop for Cluster {
             self.kill(index);
         }
     }
+}
+
+/// A tmpfs mounted as a node's data directory; unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let path = self.path.display().to_string();
+        // Lazily if something still holds it open: the mount must not outlive the test.
+        if run_command("umount", &[&path]).is_err()
+            && let Err(error) = run_command("umount", &["-l", &path])
+        {
+            eprintln!("cluster harness: could not unmount the small disk {path}: {error:#}");
+        }
+    }
+}
+
+fn run_command(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Polls `condition` until it holds, or fails after `timeout` naming `what`.
