@@ -87,15 +87,19 @@ fn holders_source(
     holders: &[String],
     then_upstream: Option<Arc<UpstreamBlob>>,
 ) -> Arc<dyn BlobSource> {
-    let view = peers.view();
-    let mut candidates: Vec<Candidate> = holders
-        .iter()
-        .filter(|name| *name != peers.self_name() && view.members.contains_key(*name))
-        .filter_map(|name| peers.peer_address(name))
-        .map(|address| Candidate::Peer { address, origin: None })
-        .collect();
-    candidates.extend(then_upstream.map(Candidate::Upstream));
-    Arc::new(ClusterSource { endpoint: peers.endpoint().clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
+    let (planner, holders) = (peers.clone(), holders.to_vec());
+    let plan = move || {
+        let view = planner.view();
+        let mut candidates: Vec<Candidate> = holders
+            .iter()
+            .filter(|name| *name != planner.self_name() && view.members.contains_key(*name))
+            .filter_map(|name| planner.peer_address(name))
+            .map(|address| Candidate::Peer { address, origin: None })
+            .collect();
+        candidates.extend(then_upstream.clone().map(Candidate::Upstream));
+        candidates
+    };
+    ClusterSource::new(peers, etag, size, Box::new(plan))
 }
 
 /// The sources of a blob, in the order they are tried (see the module doc). `holders` are the
@@ -108,40 +112,44 @@ fn cluster_source(
     holders: &[String],
     upstream: Arc<UpstreamBlob>,
 ) -> Arc<dyn BlobSource> {
-    let preference = peers.preference_list(etag);
-    let position = preference.iter().position(|name| *name == peers.self_name()).unwrap_or(preference.len());
-    let view = peers.view();
-    let mut first = Vec::new();
-    let mut leaders = Vec::new();
-    let mut below = Vec::new();
-    for (rank, name) in preference.iter().enumerate() {
-        let Some(address) = peers.peer_address(name) else { continue };
-        if rank == position {
-            continue;
+    let (planner, key, origin, holders) = (peers.clone(), etag.to_owned(), origin.to_owned(), holders.to_vec());
+    let plan = move || {
+        let preference = planner.preference_list(&key);
+        let position = preference.iter().position(|name| *name == planner.self_name()).unwrap_or(preference.len());
+        let view = planner.view();
+        let mut first = Vec::new();
+        let mut leaders = Vec::new();
+        let mut below = Vec::new();
+        for (rank, name) in preference.iter().enumerate() {
+            let Some(address) = planner.peer_address(name) else { continue };
+            if rank == position {
+                continue;
+            }
+            // The first live, ready, not draining node above us is the fill leader; a dead node
+            // would only cost a connection timeout. A draining node may still hand out what it holds.
+            let usable = if rank < position { view.is_serving(name) } else { view.members.contains_key(*name) };
+            if !usable {
+                continue;
+            }
+            // Only nodes ranked above are asked as leaders (with the origin): a node below would
+            // answer from a fill that may itself be fed by us.
+            let origin = (rank < position).then(|| origin.clone());
+            let candidate = Candidate::Peer { address, origin };
+            if holders.iter().any(|holder| holder == name) {
+                first.push(candidate);
+            } else if rank < position {
+                leaders.push(candidate);
+            } else {
+                below.push(candidate);
+            }
         }
-        // The first live, ready, not draining node above us is the fill leader; a dead node
-        // would only cost a connection timeout. A draining node may still hand out what it holds.
-        let usable = if rank < position { view.is_serving(name) } else { view.members.contains_key(*name) };
-        if !usable {
-            continue;
-        }
-        // Only nodes ranked above are asked as leaders (with the origin): a node below would
-        // answer from a fill that may itself be fed by us.
-        let origin = (rank < position).then(|| origin.to_owned());
-        let candidate = Candidate::Peer { address, origin };
-        if holders.iter().any(|holder| holder == name) {
-            first.push(candidate);
-        } else if rank < position {
-            leaders.push(candidate);
-        } else {
-            below.push(candidate);
-        }
-    }
-    let mut candidates = first;
-    candidates.extend(leaders);
-    candidates.extend(below);
-    candidates.push(Candidate::Upstream(upstream));
-    Arc::new(ClusterSource { endpoint: peers.endpoint().clone(), etag: etag.to_owned(), size, candidates, current: Mutex::new(0) })
+        let mut candidates = first;
+        candidates.extend(leaders);
+        candidates.extend(below);
+        candidates.push(Candidate::Upstream(upstream.clone()));
+        candidates
+    };
+    ClusterSource::new(peers, etag, size, Box::new(plan))
 }
 
 enum Candidate {
@@ -149,22 +157,39 @@ enum Candidate {
     Upstream(Arc<UpstreamBlob>),
 }
 
-/// Tries its candidates in order, staying with the one that last worked.
+/// Tries its candidates in order, staying with the one that last worked. When every candidate
+/// failed (or there was none: a node just back from a pause sees no live peer yet), the next
+/// attempt plans them again from the cluster's view as it is then, so a fill retried with backoff
+/// finds the peers that came back.
 struct ClusterSource {
     endpoint: PeerEndpoint,
     etag: String,
     size: u64,
-    candidates: Vec<Candidate>,
-    current: Mutex<usize>,
+    plan: Box<dyn Fn() -> Vec<Candidate> + Send + Sync>,
+    /// The candidates planned last, and the one in use.
+    state: Mutex<(Arc<Vec<Candidate>>, usize)>,
+}
+
+impl ClusterSource {
+    fn new(peers: &Peers, etag: &str, size: u64, plan: Box<dyn Fn() -> Vec<Candidate> + Send + Sync>) -> Arc<dyn BlobSource> {
+        let candidates = Arc::new(plan());
+        Arc::new(ClusterSource { endpoint: peers.endpoint().clone(), etag: etag.to_owned(), size, plan, state: Mutex::new((candidates, 0)) })
+    }
 }
 
 #[async_trait::async_trait]
 impl BlobSource for ClusterSource {
     async fn open(&self, offset: u64) -> Result<(u64, ByteStream), SourceError> {
-        let first = *self.current.lock().expect("source index poisoned");
-        for index in first..self.candidates.len() {
-            *self.current.lock().expect("source index poisoned") = index;
-            match &self.candidates[index] {
+        let (candidates, first) = {
+            let mut state = self.state.lock().expect("source state poisoned");
+            if state.1 >= state.0.len() {
+                *state = (Arc::new((self.plan)()), 0);
+            }
+            (state.0.clone(), state.1)
+        };
+        for index in first..candidates.len() {
+            self.state.lock().expect("source state poisoned").1 = index;
+            match &candidates[index] {
                 Candidate::Peer { address, origin } => {
                     let request = FillRequest { etag: self.etag.clone(), size: self.size, start: offset, origin: origin.clone() };
                     match self.endpoint.fetch(address, &request).await {
@@ -186,12 +211,14 @@ impl BlobSource for ClusterSource {
                 }
             }
         }
+        // Every candidate failed: the next attempt plans again.
+        self.state.lock().expect("source state poisoned").1 = candidates.len();
         Err(SourceError::Transient("no source left".into()))
     }
 
     fn describe(&self) -> String {
-        let index = *self.current.lock().expect("source index poisoned");
-        match self.candidates.get(index) {
+        let state = self.state.lock().expect("source state poisoned");
+        match state.0.get(state.1) {
             Some(Candidate::Peer { address, .. }) => format!("peer {}", address.name),
             Some(Candidate::Upstream(upstream)) => upstream.describe(),
             None => "no source".into(),
