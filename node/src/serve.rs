@@ -92,9 +92,8 @@ pub async fn run(
     let operator_port = operator_listener.map(|listener| serve_operator_port(listener, operator_app)).transpose()?;
     info!(node = %config.name, address = %local_address, upstream = %config.upstream, data_dir = %config.data_dir.display(), "node ready");
     announce(&config, local_address, dns_server.as_ref(), operator_port.as_ref())?;
-    let disk_reporter = cluster
-        .as_ref()
-        .map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, &parts.store, &parts.file_answers, shutdown.clone()));
+    let disk_reporter =
+        cluster.as_ref().map(|cluster| spawn_disk_reporter(cluster, &config.data_dir, &parts.store, &parts.file_answers, shutdown.clone()));
     if let Some(cluster) = &cluster {
         cluster.membership.set_ready(true).await;
     }

@@ -22,8 +22,11 @@ const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
 const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
 /// The Raft state machine's own bookkeeping (last applied log id, membership, current snapshot).
 const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+/// The parts of a catalog write too large for one Raft log entry, keyed by the whole write's
+/// digest and the part's index, until the last part arrives (see `raft::parts`).
+const COMMAND_PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_parts");
 /// Every table whose rows a snapshot carries.
-const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 7] = [
+const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 8] = [
     ("refs", REFS),
     ("manifests", MANIFESTS),
     ("repo_info", REPO_INFO),
@@ -31,7 +34,11 @@ const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 7] = [
     ("documents", DOCUMENTS),
     ("replicas", REPLICAS),
     ("pins", PINS),
+    ("command_parts", COMMAND_PARTS),
 ];
+
+/// One row of a data table as a snapshot carries it: (table, key, value).
+pub(crate) type Row = (String, String, Vec<u8>);
 
 /// How many decoded manifests stay in memory; a resolve request looks its path up in one, and a
 /// large repo's manifest is megabytes of postcard that should not be decoded per request.
@@ -97,7 +104,8 @@ impl HotRecords {
     }
 
     fn clear(&self) {
-        let (mut refs, mut policies) = (self.refs.write().expect("hot records poisoned"), self.policies.write().expect("hot records poisoned"));
+        let (mut refs, mut policies) =
+            (self.refs.write().expect("hot records poisoned"), self.policies.write().expect("hot records poisoned"));
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         refs.clear();
         policies.clear();
@@ -155,7 +163,7 @@ impl LocalCatalog {
     pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
         let database = Database::create(path).map_err(storage_error)?;
         let transaction = database.begin_write().map_err(storage_error)?;
-        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, RAFT_STATE] {
+        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {
             transaction.open_table(table).map_err(storage_error)?;
         }
         transaction.commit().map_err(storage_error)?;
@@ -279,48 +287,115 @@ impl LocalCatalog {
         self.write_raw(RAFT_STATE, key.to_owned(), value).await
     }
 
-    /// Every row of every data table, for a snapshot: (table, key, value).
-    pub(crate) async fn export_rows(&self) -> Result<Vec<(String, String, Vec<u8>)>, CatalogError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_read().map_err(storage_error)?;
-            let mut rows = Vec::new();
-            for (name, definition) in DATA_TABLES {
-                let table = transaction.open_table(definition).map_err(storage_error)?;
-                for item in redb::ReadableTable::iter(&table).map_err(storage_error)? {
-                    let (key, value) = item.map_err(storage_error)?;
-                    rows.push((name.to_owned(), key.value().to_owned(), value.value().to_vec()));
-                }
+    /// Hands every row of every data table to `row`, from one read transaction, and returns the
+    /// Raft state row `state_key` as that same view holds it: a snapshot's rows and the log position
+    /// they stand for can never disagree. Blocking (runs on the caller's blocking thread); memory
+    /// stays one row at a time.
+    pub(crate) fn export_rows_blocking(
+        &self,
+        state_key: &str,
+        mut row: impl FnMut(&str, &str, &[u8]) -> std::io::Result<()>,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
+        let transaction = self.inner.database.begin_read().map_err(storage_error)?;
+        let state = transaction
+            .open_table(RAFT_STATE)
+            .map_err(storage_error)?
+            .get(state_key)
+            .map_err(storage_error)?
+            .map(|guard| guard.value().to_vec());
+        for (name, definition) in DATA_TABLES {
+            let table = transaction.open_table(definition).map_err(storage_error)?;
+            for item in redb::ReadableTable::iter(&table).map_err(storage_error)? {
+                let (key, value) = item.map_err(storage_error)?;
+                row(name, key.value(), value.value()).map_err(storage_error)?;
             }
-            Ok(rows)
+        }
+        Ok(state)
+    }
+
+    /// Replaces every data table with `rows`, in one transaction that commits only when every row
+    /// was read without error (a snapshot cut short or failing its checksum changes nothing), and
+    /// writes the Raft state row `state` (the log position the rows stand for) in the same
+    /// transaction. Blocking; memory stays one row at a time besides redb's own pages.
+    pub(crate) fn import_rows_blocking(
+        &self,
+        rows: impl Iterator<Item = std::io::Result<Row>>,
+        state: Option<(&str, Vec<u8>)>,
+    ) -> Result<u64, CatalogError> {
+        let transaction = self.inner.database.begin_write().map_err(storage_error)?;
+        let mut count = 0u64;
+        if let Some((key, value)) = state {
+            transaction.open_table(RAFT_STATE).map_err(storage_error)?.insert(key, value.as_slice()).map_err(storage_error)?;
+        }
+        {
+            let mut tables = Vec::with_capacity(DATA_TABLES.len());
+            for (name, definition) in DATA_TABLES {
+                let mut table = transaction.open_table(definition).map_err(storage_error)?;
+                table.retain(|_, _| false).map_err(storage_error)?;
+                tables.push((name, table));
+            }
+            for row in rows {
+                let (name, key, value) = row.map_err(storage_error)?;
+                let Some((_, table)) = tables.iter_mut().find(|(table, _)| *table == name) else {
+                    return Err(CatalogError::Codec(format!("snapshot names an unknown table {name:?}")));
+                };
+                table.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
+                count += 1;
+            }
+        }
+        transaction.commit().map_err(storage_error)?;
+        let mut memory = self.inner.manifest_memory.lock().expect("manifest memory poisoned");
+        *memory = ManifestMemory::default();
+        self.inner.hot.clear();
+        Ok(count)
+    }
+
+    /// Stages part `index` of `count` of a large write whose encoding has SHA-256 `digest`; returns
+    /// the whole encoding once every part is there. The parts stay until [`Self::drop_command_parts`]
+    /// (after the write is applied), so a crash between assembling and applying loses nothing.
+    pub(crate) async fn put_command_part(
+        &self,
+        digest: &str,
+        index: u32,
+        count: u32,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
+        let inner = self.inner.clone();
+        let prefix = format!("{digest}\0");
+        let end = format!("{digest}\u{1}");
+        tokio::task::spawn_blocking(move || {
+            let transaction = inner.database.begin_write().map_err(storage_error)?;
+            let whole = {
+                let mut table = transaction.open_table(COMMAND_PARTS).map_err(storage_error)?;
+                table.insert(format!("{prefix}{index:010}").as_str(), bytes.as_slice()).map_err(storage_error)?;
+                let mut whole = Vec::new();
+                let mut present = 0u32;
+                for item in redb::ReadableTable::range(&table, prefix.as_str()..end.as_str()).map_err(storage_error)? {
+                    let (_, value) = item.map_err(storage_error)?;
+                    whole.extend_from_slice(value.value());
+                    present += 1;
+                }
+                (present == count).then_some(whole)
+            };
+            transaction.commit().map_err(storage_error)?;
+            Ok(whole)
         })
         .await
         .map_err(|_| CatalogError::Closed)?
     }
 
-    /// Replaces every data table with the rows of a snapshot, in one transaction.
-    pub(crate) async fn import_rows(&self, rows: Vec<(String, String, Vec<u8>)>) -> Result<(), CatalogError> {
+    /// Removes the staged parts of the large write `digest` (it was applied).
+    pub(crate) async fn drop_command_parts(&self, digest: &str) -> Result<(), CatalogError> {
         let inner = self.inner.clone();
+        let (start, end) = (format!("{digest}\0"), format!("{digest}\u{1}"));
         tokio::task::spawn_blocking(move || {
             let transaction = inner.database.begin_write().map_err(storage_error)?;
-            for (_, definition) in DATA_TABLES {
-                transaction.open_table(definition).map_err(storage_error)?.retain(|_, _| false).map_err(storage_error)?;
-            }
-            for (name, key, value) in &rows {
-                let Some((_, definition)) = DATA_TABLES.iter().find(|(table, _)| table == name) else {
-                    return Err(CatalogError::Codec(format!("snapshot names an unknown table {name:?}")));
-                };
-                transaction
-                    .open_table(*definition)
-                    .map_err(storage_error)?
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(storage_error)?;
-            }
-            transaction.commit().map_err(storage_error)?;
-            let mut memory = inner.manifest_memory.lock().expect("manifest memory poisoned");
-            *memory = ManifestMemory::default();
-            inner.hot.clear();
-            Ok(())
+            transaction
+                .open_table(COMMAND_PARTS)
+                .map_err(storage_error)?
+                .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                .map_err(storage_error)?;
+            transaction.commit().map_err(storage_error)
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -587,10 +662,16 @@ mod tests {
         let policy = |cacheable: bool| PolicyRecord { cacheable, reason: "r".into(), checked_at_ms: 3 };
         catalog.put_policy(&repo, policy(true)).await.unwrap();
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
-        let snapshot = catalog.export_rows().await.unwrap();
+        let mut snapshot = Vec::new();
+        catalog
+            .export_rows_blocking("none", |table, key, value| {
+                snapshot.push((table.to_owned(), key.to_owned(), value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
         catalog.put_ref(&repo, "main", record('c', 4)).await.unwrap();
         catalog.put_policy(&repo, policy(false)).await.unwrap();
-        catalog.import_rows(snapshot).await.unwrap();
+        catalog.import_rows_blocking(snapshot.into_iter().map(Ok), None).unwrap();
         assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)), "a snapshot empties the kept copies");
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
         // A reopened catalog reads what was written last, from disk.

@@ -173,7 +173,13 @@ struct ClusterSource {
 impl ClusterSource {
     fn new(peers: &Peers, etag: &str, size: u64, plan: Box<dyn Fn() -> Vec<Candidate> + Send + Sync>) -> Arc<dyn BlobSource> {
         let candidates = Arc::new(plan());
-        Arc::new(ClusterSource { endpoint: peers.endpoint().clone(), etag: etag.to_owned(), size, plan, state: Mutex::new((candidates, 0)) })
+        Arc::new(ClusterSource {
+            endpoint: peers.endpoint().clone(),
+            etag: etag.to_owned(),
+            size,
+            plan,
+            state: Mutex::new((candidates, 0)),
+        })
     }
 }
 

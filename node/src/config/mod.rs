@@ -704,7 +704,14 @@ mod tests {
         assert_eq!(parse_public_url("https://example.org/hf/").unwrap(), "https://example.org/hf");
         assert_eq!(parse_public_url("http://127.0.0.1:8080/a/b").unwrap(), "http://127.0.0.1:8080/a/b");
         assert_eq!(parse_public_url("https://example.org").unwrap(), "https://example.org");
-        for bad in ["https://example.org/../x", "https://example.org/a//b", "https://example.org/a?b", "https://example.org/%2e", "ftp://x/y", "/hf"] {
+        for bad in [
+            "https://example.org/../x",
+            "https://example.org/a//b",
+            "https://example.org/a?b",
+            "https://example.org/%2e",
+            "ftp://x/y",
+            "/hf",
+        ] {
             assert!(parse_public_url(bad).is_err(), "{bad}");
         }
     }

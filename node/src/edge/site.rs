@@ -346,7 +346,10 @@ impl Site {
             items.push(format!("{} per network per day over HTTP; more goes through rsync", human_bytes(quota.daily_bytes)));
         }
         if self.limits.cold_fills_per_client > 0 {
-            items.push(format!("{} downloads at once of files the mirror does not hold yet, per network", self.limits.cold_fills_per_client));
+            items.push(format!(
+                "{} downloads at once of files the mirror does not hold yet, per network",
+                self.limits.cold_fills_per_client
+            ));
         }
         if items.is_empty() {
             return "<section><h2>Limits</h2><p>None configured.</p></section>".into();
@@ -399,7 +402,9 @@ impl Site {
         if top.is_empty() {
             body.push_str("<p>No complete day counted yet.</p>");
         } else {
-            body.push_str("<table id=\"top-repos\"><thead><tr><th scope=\"col\">Repository</th><th scope=\"col\">Requests</th></tr></thead><tbody>");
+            body.push_str(
+                "<table id=\"top-repos\"><thead><tr><th scope=\"col\">Repository</th><th scope=\"col\">Requests</th></tr></thead><tbody>",
+            );
             for (repo, requests) in top {
                 let _ = write!(body, "<tr><td>{}</td><td>{requests}</td></tr>", escape(repo));
             }
@@ -443,7 +448,9 @@ fn page_response(method: &Method, content_type: &'static str, body: String) -> R
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
     );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

@@ -165,7 +165,10 @@ mod tests {
     fn redirects_point_at_the_mirror_under_its_prefix() {
         let upstream = vec!["https://huggingface.co".to_owned()];
         let moved = |value: &str, origin: &str| rewrite_location(value, &upstream, origin).map(|value| value.to_str().unwrap().to_owned());
-        assert_eq!(moved("/api/models/openai-community/gpt2", "https://m.example/hf").as_deref(), Some("/hf/api/models/openai-community/gpt2"));
+        assert_eq!(
+            moved("/api/models/openai-community/gpt2", "https://m.example/hf").as_deref(),
+            Some("/hf/api/models/openai-community/gpt2")
+        );
         assert_eq!(moved("/api/models/a/b", "https://m.example"), None, "no prefix: a relative redirect stays");
         assert_eq!(moved("https://huggingface.co/a/b?x=1", "https://m.example/hf").as_deref(), Some("https://m.example/hf/a/b?x=1"));
         assert_eq!(moved("https://huggingface.co.evil/a", "https://m.example/hf"), None);

@@ -122,8 +122,8 @@ pub fn verified_range(
             let chunk_length = CHUNK.min(blob.size - chunk_start) as usize;
             let (file, expected) = (blob.file.clone(), blob.sums[index as usize]);
             let read = tokio::task::spawn_blocking(move || read_at(&file, chunk_start, chunk_length))
-            .await
-            .unwrap_or_else(|error| Err(io::Error::other(error)));
+                .await
+                .unwrap_or_else(|error| Err(io::Error::other(error)));
             let chunk = match read {
                 Ok(chunk) => chunk,
                 Err(error) => return Some((Err(error), (blob, end))),

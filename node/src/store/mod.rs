@@ -275,7 +275,8 @@ impl BlobStore {
         end: u64,
     ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
         use futures_util::future::Either;
-        let whole_in_memory = |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
+        let whole_in_memory =
+            |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
         if size <= small::SMALL_BLOB_MAX
             && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
             && self.get(etag).is_some()

@@ -349,8 +349,7 @@ async fn the_scrubber_checks_protected_blobs_first_and_removes_a_damaged_one() {
     for seed in 0..3u8 {
         let bytes: Vec<u8> = test_bytes(3 << 20).into_iter().map(|byte| byte ^ seed).collect();
         let etag = sha256_hex(&bytes);
-        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap()
-        else {
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
             panic!()
         };
         assert_eq!(wait_done(&fill).await, FillState::Complete);

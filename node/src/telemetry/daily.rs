@@ -56,7 +56,9 @@ pub fn top_repositories(directory: &Path, now: SystemTime, days: u64, count: usi
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for back in 1..=days {
         let Some(at) = now.checked_sub(Duration::from_secs(86_400 * back)) else { break };
-        let Ok(text) = std::fs::read_to_string(directory.join(format!("daily-{}.json", crate::common::time::utc_day(at)))) else { continue };
+        let Ok(text) = std::fs::read_to_string(directory.join(format!("daily-{}.json", crate::common::time::utc_day(at)))) else {
+            continue;
+        };
         let Ok(aggregate) = serde_json::from_str::<DailyAggregate>(&text) else { continue };
         for (repo, tally) in aggregate.by_repo {
             if repo != "-" {
@@ -69,4 +71,3 @@ pub fn top_repositories(directory: &Path, now: SystemTime, days: u64, count: usi
     ranked.truncate(count);
     ranked
 }
-

@@ -1,4 +1,5 @@
-//! The Raft log, vote and committed index in a redb file of their own.
+//! The Raft log, vote and committed index in a redb file of their own, encoded by `codec.rs`
+//! (postcard; a log written as JSON by an earlier build still reads).
 
 use std::fmt::Debug;
 use std::io;
@@ -14,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CatalogTypes, blocking, io_error};
+use super::{CatalogTypes, blocking, codec, io_error};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
@@ -29,11 +30,11 @@ pub struct RedbLogStore {
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(io_error)
+    codec::encode(value, true).map_err(io_error)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(bytes).map_err(io_error)
+    codec::decode(bytes).map(|(value, _)| value).map_err(io_error)
 }
 
 impl RedbLogStore {
@@ -53,6 +54,20 @@ impl RedbLogStore {
             let table = transaction.open_table(META).map_err(io_error)?;
             match table.get(key).map_err(io_error)? {
                 Some(bytes) => decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Reads a meta row that holds an `Option` itself; an absent row is `None` too.
+    async fn read_meta_option<T: DeserializeOwned + Send + 'static>(&self, key: &'static str) -> io::Result<Option<T>> {
+        let database = self.database.clone();
+        blocking(move || {
+            let transaction = database.begin_read().map_err(io_error)?;
+            let table = transaction.open_table(META).map_err(io_error)?;
+            match table.get(key).map_err(io_error)? {
+                Some(bytes) => decode::<Option<T>>(bytes.value()),
                 None => Ok(None),
             }
         })
@@ -104,7 +119,7 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
     type LogReader = RedbLogStore;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<CatalogTypes>> {
-        let last_purged: Option<LogIdOf<CatalogTypes>> = self.read_meta(LAST_PURGED).await?;
+        let last_purged: Option<LogIdOf<CatalogTypes>> = self.read_meta_option(LAST_PURGED).await?;
         let database = self.database.clone();
         let last_entry: Option<EntryOf<CatalogTypes>> = blocking(move || {
             let transaction = database.begin_read().map_err(io_error)?;
@@ -132,7 +147,8 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogIdOf<CatalogTypes>>> {
-        Ok(self.read_meta::<Option<LogIdOf<CatalogTypes>>>(COMMITTED).await?.flatten())
+        // Written as an `Option` (postcard tags it; JSON writes `null` or the id), read as one.
+        self.read_meta_option(COMMITTED).await
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<CatalogTypes>) -> io::Result<()>

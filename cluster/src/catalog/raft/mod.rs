@@ -1,7 +1,9 @@
 //! The Raft catalog's storage: the replicated log and the state machine, both on redb (openraft).
 //!
 //! The state machine applies [`CatalogCommand`]s to the same tables [`LocalCatalog`] reads, so a
-//! node's reads stay local while its writes go through the log. Snapshots are the whole catalog.
+//! node's reads stay local while its writes go through the log. Snapshots are the whole catalog,
+//! built into a file and sent in chunks (`snapshot.rs`); messages and log entries are postcard
+//! (`codec.rs`); a write too large for one entry travels in parts (`parts.rs`).
 //! This is the only module of the crate that imports openraft.
 //!
 //! `RaftCatalog` is the `Catalog` a cluster node uses: reads come from its own tables, writes are
@@ -9,9 +11,12 @@
 //!
 //! [`LocalCatalog`]: super::LocalCatalog
 
+mod codec;
 mod log_store;
 mod network;
 mod node;
+mod parts;
+mod snapshot;
 mod state_machine;
 
 use std::fmt;
@@ -20,6 +25,7 @@ pub use log_store::RedbLogStore;
 pub use network::{CatalogNetwork, RAFT_SERVICE};
 pub use node::{CatalogMember, MembershipStep, RaftCatalog, RaftStatus};
 use serde::{Deserialize, Serialize};
+pub use snapshot::{SNAPSHOT_DIR, SnapshotFile};
 pub use state_machine::CatalogStateMachine;
 
 use super::{DocumentRecord, Manifest, PinRecord, PolicyRecord, RefRecord};
@@ -28,15 +34,54 @@ use crate::types::RepoKey;
 /// A write to the catalog, as it travels through the Raft log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CatalogCommand {
-    PutRef { repo: RepoKey, revision: String, record: RefRecord },
-    PutManifest { repo: RepoKey, commit: String, manifest: Manifest },
-    PutRepoInfo { repo: RepoKey, commit: String, variant: String, body: Vec<u8> },
-    PutPolicy { repo: RepoKey, record: PolicyRecord },
-    PutDocument { key: String, record: DocumentRecord },
-    AddReplica { etag: String, node: String, size: u64 },
-    RemoveReplica { etag: String, node: String },
-    PutPin { repo: RepoKey, record: PinRecord },
-    RemovePin { repo: RepoKey },
+    PutRef {
+        repo: RepoKey,
+        revision: String,
+        record: RefRecord,
+    },
+    PutManifest {
+        repo: RepoKey,
+        commit: String,
+        manifest: Manifest,
+    },
+    PutRepoInfo {
+        repo: RepoKey,
+        commit: String,
+        variant: String,
+        body: Vec<u8>,
+    },
+    PutPolicy {
+        repo: RepoKey,
+        record: PolicyRecord,
+    },
+    PutDocument {
+        key: String,
+        record: DocumentRecord,
+    },
+    AddReplica {
+        etag: String,
+        node: String,
+        size: u64,
+    },
+    RemoveReplica {
+        etag: String,
+        node: String,
+    },
+    PutPin {
+        repo: RepoKey,
+        record: PinRecord,
+    },
+    RemovePin {
+        repo: RepoKey,
+    },
+    /// Part `index` of `count` of a write whose postcard encoding is larger than one log entry may
+    /// be; `digest` is the SHA-256 (hex) of the whole encoding. Applied when the last part is in.
+    Part {
+        digest: String,
+        index: u32,
+        count: u32,
+        bytes: Vec<u8>,
+    },
 }
 
 impl fmt::Display for CatalogCommand {
@@ -53,6 +98,9 @@ impl fmt::Display for CatalogCommand {
             CatalogCommand::RemoveReplica { etag, node } => write!(formatter, "no replica of {etag} on {node}"),
             CatalogCommand::PutPin { repo, record } => write!(formatter, "pin {repo}@{} ({})", record.revision, record.commit),
             CatalogCommand::RemovePin { repo } => write!(formatter, "unpin {repo}"),
+            CatalogCommand::Part { digest, index, count, bytes } => {
+                write!(formatter, "part {} of {count} ({} bytes) of write {}", index + 1, bytes.len(), &digest[..digest.len().min(12)])
+            }
         }
     }
 }

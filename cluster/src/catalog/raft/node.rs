@@ -2,16 +2,17 @@
 //! writes through the leader), and the handler of its peers' RPCs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Cursor;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, Config, Raft};
 use tracing::{debug, info, warn};
 
-use super::network::{CatalogNetwork, RaftRpc};
-use super::{CatalogCommand, CatalogStateMachine, CatalogTypes, RedbLogStore};
+use super::network::{CatalogNetwork, RaftRpc, SNAPSHOT_CHUNK, UNDECODABLE};
+use super::snapshot::{SNAPSHOT_DIR, SnapshotFile};
+use super::{CatalogCommand, CatalogStateMachine, CatalogTypes, RedbLogStore, codec, parts};
 use crate::catalog::{Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 use crate::peer::{PeerAddress, PeerEndpoint, RpcHandler};
 use crate::types::RepoKey;
@@ -74,6 +75,24 @@ pub struct RaftCatalog {
     self_id: u64,
     local: LocalCatalog,
     network: CatalogNetwork,
+    state_machine: CatalogStateMachine,
+    /// The snapshot being received from the leader, chunk by chunk.
+    receiving: Arc<tokio::sync::Mutex<Option<Receiving>>>,
+}
+
+/// A snapshot transfer under way: the file its chunks are appended to.
+struct Receiving {
+    transfer: u64,
+    path: PathBuf,
+    file: std::fs::File,
+    received: u64,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        // A transfer given up or replaced leaves no file behind; a finished one was moved already.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn raft_config() -> Config {
@@ -86,6 +105,8 @@ fn raft_config() -> Config {
         // A snapshot every 5000 entries; followers that fall further behind get the snapshot.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,
+        // Entries are at most a write part (1 MiB) each: a batch stays within a peer frame.
+        max_payload_entries: 64,
         ..Config::default()
     }
 }
@@ -106,10 +127,10 @@ impl RaftCatalog {
     ) -> anyhow::Result<RaftCatalog> {
         let config = Arc::new(raft_config().validate()?);
         let log = RedbLogStore::open(&data_dir.join("raft-log.redb"))?;
-        let state_machine = CatalogStateMachine::new(local.clone());
+        let state_machine = CatalogStateMachine::new(local.clone(), &data_dir.join(SNAPSHOT_DIR))?;
         let peers: HashMap<u64, PeerAddress> = members.iter().map(|member| (member.id, member.peer.clone())).collect();
         let network = CatalogNetwork::new(endpoint, peers);
-        let raft = Raft::new(self_id, config, network.clone(), log, state_machine).await?;
+        let raft = Raft::new(self_id, config, network.clone(), log, state_machine.clone()).await?;
         check_membership_ids(&raft, members)?;
         if let Some(first_voters) = bootstrap {
             let voters: BTreeMap<u64, BasicNode> =
@@ -119,7 +140,7 @@ impl RaftCatalog {
                 Err(error) => debug!(%error, "catalog already initialized"),
             }
         }
-        Ok(RaftCatalog { raft, self_id, local, network })
+        Ok(RaftCatalog { raft, self_id, local, network, state_machine, receiving: Arc::default() })
     }
 
     pub fn self_id(&self) -> u64 {
@@ -222,9 +243,18 @@ impl RaftCatalog {
         Arc::new(self.clone())
     }
 
-    /// Proposes a write: on the leader directly, else forwarded to the leader. While an election is
-    /// under way (no leader known, or the known one just failed) it retries until [`WRITE_TIMEOUT`].
+    /// Proposes a write, in parts when it is too large for one log entry (`parts.rs`).
     async fn write(&self, command: CatalogCommand) -> Result<(), CatalogError> {
+        for entry in parts::split(command)? {
+            self.write_entry(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Proposes one log entry: on the leader directly, else forwarded to the leader. While an
+    /// election is under way (no leader known, or the known one just failed) it retries until
+    /// [`WRITE_TIMEOUT`].
+    async fn write_entry(&self, command: CatalogCommand) -> Result<(), CatalogError> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         let mut last_error = "no catalog leader (no quorum?)".to_owned();
         loop {
@@ -237,7 +267,7 @@ impl RaftCatalog {
                     if leader == self.self_id {
                         self.raft.client_write(command.clone()).await.map(|_| ()).map_err(|error| error.to_string())
                     } else {
-                        self.network.call::<()>(leader, &RaftRpc::Write(command.clone()), remaining).await
+                        self.network.call::<()>(leader, &RaftRpc::Write(command.clone()), remaining).await.map_err(String::from)
                     }
                 };
                 match tokio::time::timeout(remaining, attempt).await {
@@ -308,10 +338,84 @@ fn check_membership_ids(raft: &Raft<CatalogTypes, CatalogStateMachine>, members:
     Ok(())
 }
 
+impl RaftCatalog {
+    /// Installs a snapshot an earlier build sent whole: its rows are written to a file first.
+    async fn install_legacy_snapshot(
+        &self,
+        vote: openraft::type_config::alias::VoteOf<CatalogTypes>,
+        meta: openraft::type_config::alias::SnapshotMetaOf<CatalogTypes>,
+        data: Vec<u8>,
+    ) -> Result<openraft::raft::SnapshotResponse<CatalogTypes>, String> {
+        let path = self.state_machine.incoming_path();
+        let written = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let rows: Vec<crate::catalog::local::Row> = postcard::from_bytes(&data).map_err(|error| error.to_string())?;
+            super::snapshot::write_rows(&written, rows).map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        let snapshot =
+            openraft::type_config::alias::SnapshotOf::<CatalogTypes, SnapshotFile> { meta, snapshot: SnapshotFile::new(path.clone()) };
+        let outcome = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
+        let _ = std::fs::remove_file(&path);
+        outcome
+    }
+
+    /// Appends one chunk of a snapshot transfer; the last one installs the file. `None` until then.
+    async fn receive_snapshot_chunk(
+        &self,
+        vote: openraft::type_config::alias::VoteOf<CatalogTypes>,
+        transfer: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+        last: Option<openraft::type_config::alias::SnapshotMetaOf<CatalogTypes>>,
+    ) -> Result<Option<openraft::raft::SnapshotResponse<CatalogTypes>>, String> {
+        if bytes.len() > SNAPSHOT_CHUNK {
+            return Err(format!("a snapshot chunk of {} bytes", bytes.len()));
+        }
+        let mut receiving = self.receiving.lock().await;
+        if offset == 0 {
+            let path = self.state_machine.incoming_path();
+            let file = std::fs::File::create(&path).map_err(|error| format!("receiving a snapshot: {error}"))?;
+            *receiving = Some(Receiving { transfer, path, file, received: 0 });
+        }
+        let Some(mut current) = receiving.take() else {
+            return Err(format!("no snapshot transfer {transfer} under way"));
+        };
+        if current.transfer != transfer || current.received != offset {
+            return Err(format!("snapshot chunk {transfer}@{offset} out of order (have {}@{})", current.transfer, current.received));
+        }
+        let finishing = last.is_some();
+        let current = tokio::task::spawn_blocking(move || {
+            current.file.write_all(&bytes)?;
+            current.received += bytes.len() as u64;
+            if finishing {
+                current.file.sync_all()?;
+            }
+            Ok::<_, std::io::Error>(current)
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| format!("receiving a snapshot: {error}"))?;
+        let Some(meta) = last else {
+            *receiving = Some(current);
+            return Ok(None);
+        };
+        let snapshot = openraft::type_config::alias::SnapshotOf::<CatalogTypes, SnapshotFile> {
+            meta,
+            snapshot: SnapshotFile::new(current.path.clone()),
+        };
+        // The install moves the file into place; `current` dropping afterwards removes whatever is left.
+        let outcome = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
+        drop(current);
+        outcome.map(Some)
+    }
+}
+
 #[async_trait::async_trait]
 impl RpcHandler for RaftCatalog {
     async fn handle(&self, caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
-        let message: RaftRpc = serde_json::from_slice(&request).map_err(|error| format!("undecodable raft message: {error}"))?;
+        let (message, binary): (RaftRpc, bool) = codec::decode(&request).map_err(|error| format!("{UNDECODABLE}: {error}"))?;
         // A node speaks for itself only: the leader or candidate a message names must be the node
         // whose certificate the connection showed (a leaked key cannot vote or lead as another).
         if let Some(claimed) = message.sender() {
@@ -322,22 +426,24 @@ impl RpcHandler for RaftCatalog {
             }
         }
         let answer = match message {
-            RaftRpc::AppendEntries(rpc) => serde_json::to_vec(&self.raft.append_entries(rpc).await.map_err(|error| error.to_string())?),
-            RaftRpc::Vote(rpc) => serde_json::to_vec(&self.raft.vote(rpc).await.map_err(|error| error.to_string())?),
-            RaftRpc::Snapshot { vote, meta, data } => {
-                let snapshot =
-                    openraft::type_config::alias::SnapshotOf::<CatalogTypes, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) };
-                serde_json::to_vec(&self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string())?)
+            RaftRpc::AppendEntries(rpc) => codec::encode(&self.raft.append_entries(rpc).await.map_err(|error| error.to_string())?, binary),
+            RaftRpc::Vote(rpc) => codec::encode(&self.raft.vote(rpc).await.map_err(|error| error.to_string())?, binary),
+            RaftRpc::Snapshot { vote, meta, data } => codec::encode(&self.install_legacy_snapshot(vote, meta, data).await?, binary),
+            RaftRpc::SnapshotChunk { vote, transfer, offset, bytes, last } => {
+                match self.receive_snapshot_chunk(vote, transfer, offset, bytes, last).await? {
+                    Some(response) => codec::encode(&response, binary),
+                    None => codec::encode(&(), binary),
+                }
             }
             RaftRpc::TransferLeader(request) => {
-                serde_json::to_vec(&self.raft.handle_transfer_leader(request).await.map_err(|error| error.to_string())?)
+                codec::encode(&self.raft.handle_transfer_leader(request).await.map_err(|error| error.to_string())?, binary)
             }
             RaftRpc::Write(command) => {
                 self.raft.client_write(command).await.map_err(|error| error.to_string())?;
-                serde_json::to_vec(&())
+                codec::encode(&(), binary)
             }
         };
-        answer.map_err(|error| error.to_string())
+        answer
     }
 }
 

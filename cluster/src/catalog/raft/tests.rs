@@ -14,7 +14,8 @@ impl StoreBuilder<CatalogTypes, RedbLogStore, CatalogStateMachine, tempfile::Tem
         let directory = tempfile::tempdir().expect("temp dir");
         let log = RedbLogStore::open(&directory.path().join("raft-log.redb")).expect("log store");
         let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).expect("catalog");
-        Ok((directory, log, CatalogStateMachine::new(catalog)))
+        let state_machine = CatalogStateMachine::new(catalog, &directory.path().join(SNAPSHOT_DIR)).expect("snapshot dir");
+        Ok((directory, log, state_machine))
     }
 }
 
@@ -157,7 +158,10 @@ mod cluster {
         let refused = handler.handle(honest, serde_json::to_vec(&impostor).unwrap()).await;
         assert!(refused.is_err_and(|reason| reason.contains("may not speak for")), "a vote as another node");
         let own = crate::catalog::raft::network::RaftRpc::Vote(vote_request(1));
+        // In JSON (an earlier build) and in the binary encoding alike.
         let answered = handler.handle(honest, serde_json::to_vec(&own).unwrap()).await;
+        assert!(answered.is_ok(), "a node's own vote request is handled: {answered:?}");
+        let answered = handler.handle(honest, crate::catalog::raft::codec::encode(&own, true).unwrap()).await;
         assert!(answered.is_ok(), "a node's own vote request is handled: {answered:?}");
         for node in &nodes {
             node.catalog.shutdown().await;
@@ -235,6 +239,87 @@ mod cluster {
         for node in nodes.iter().filter(|node| node.catalog.self_id() != leaving) {
             wait_for_ref(node, &repo, "main", &"b".repeat(40)).await;
         }
+        for node in &nodes {
+            node.catalog.shutdown().await;
+            node.stop.cancel();
+        }
+    }
+
+    /// The catalog at a real size: a 200,000-file manifest (about 20 MiB, so it travels as write
+    /// parts) and a thousand small writes reach every voter; the leader snapshots and purges its
+    /// log; a node with an empty data directory joins and gets all of it through a snapshot sent
+    /// in chunks from a file, and serves the same manifest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_manifest_and_a_snapshot_reach_a_node_that_starts_empty() {
+        use crate::catalog::{EntryKind, Manifest, ManifestEntry};
+        let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3", "n4"]);
+        let mut nodes = Vec::new();
+        for index in 0..3 {
+            nodes.push(start_node(&members, &endpoints[index], index, (index == 0).then_some(&members[..3])).await);
+        }
+        let leader_id = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+        let leader = nodes[leader_id as usize - 1].catalog.clone();
+        let big = RepoKey::new(RepoType::Dataset, "org/many-files");
+        let entries: Vec<ManifestEntry> = (0..200_000)
+            .map(|index| ManifestEntry {
+                path: format!("data/part-{index:06}/shard.parquet"),
+                kind: EntryKind::File,
+                size: index,
+                oid: format!("{index:040x}"),
+                lfs: None,
+            })
+            .collect();
+        let manifest = Manifest::new(entries);
+        let commit = "c".repeat(40);
+        // Written through a follower: the parts are forwarded to the leader one by one.
+        let follower = nodes.iter().find(|node| node.catalog.self_id() != leader_id).unwrap().catalog.clone();
+        follower.put_manifest(&big, &commit, manifest.clone()).await.unwrap();
+        let writes: Vec<_> = (0..1000)
+            .map(|index| {
+                let leader = leader.clone();
+                async move {
+                    let repo = RepoKey::new(RepoType::Model, format!("org/model-{index}"));
+                    leader.put_ref(&repo, "main", RefRecord { commit: format!("{index:040}"), checked_at_ms: 1 }).await
+                }
+            })
+            .collect();
+        for outcome in futures_util::future::join_all(writes).await {
+            outcome.unwrap();
+        }
+        for node in &nodes {
+            let mut held = None;
+            for _ in 0..400 {
+                held = node.catalog.get_manifest(&big, &commit).await.unwrap();
+                if held.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(held.as_deref(), Some(&manifest), "node {} holds the whole manifest", node.catalog.self_id());
+        }
+        // The leader snapshots and forgets its log, so a new node can only catch up by snapshot.
+        leader.raft().trigger().snapshot().await.unwrap();
+        let mut snapshot_index = None;
+        for _ in 0..400 {
+            use openraft::async_runtime::watch::WatchReceiver;
+            snapshot_index = leader.raft().metrics().borrow_watched().snapshot.map(|log_id| log_id.index);
+            if snapshot_index.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let snapshot_index = snapshot_index.expect("the leader built a snapshot");
+        leader.raft().trigger().purge_log(snapshot_index).await.unwrap();
+
+        nodes.push(start_node(&members, &endpoints[3], 3, None).await);
+        let steps = reconcile_until_settled(&leader, &members, &["n1", "n2", "n3", "n4"]).await;
+        assert!(steps.contains(&MembershipStep::Promoted("n4".into())), "{steps:?}");
+        let newcomer = &nodes[3];
+        wait_for_ref(newcomer, &RepoKey::new(RepoType::Model, "org/model-999"), "main", &format!("{:040}", 999)).await;
+        assert_eq!(newcomer.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest));
+        let snapshots = std::fs::read_dir(newcomer._directory.path().join(crate::catalog::raft::SNAPSHOT_DIR)).unwrap();
+        let names: Vec<String> = snapshots.map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.len() == 1 && names[0].ends_with(".snap"), "the installed snapshot is kept as the only file: {names:?}");
         for node in &nodes {
             node.catalog.shutdown().await;
             node.stop.cancel();
