@@ -60,18 +60,10 @@ impl RedbLogStore {
         .await
     }
 
-    /// Reads a meta row that holds an `Option` itself; an absent row is `None` too.
+    /// Reads a meta row that holds an `Option` itself (postcard tags it, so it is read as one); an
+    /// absent row is `None` too.
     async fn read_meta_option<T: DeserializeOwned + Send + 'static>(&self, key: &'static str) -> io::Result<Option<T>> {
-        let database = self.database.clone();
-        blocking(move || {
-            let transaction = database.begin_read().map_err(io_error)?;
-            let table = transaction.open_table(META).map_err(io_error)?;
-            match table.get(key).map_err(io_error)? {
-                Some(bytes) => decode::<Option<T>>(bytes.value()),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.read_meta::<Option<T>>(key).await.map(Option::flatten)
     }
 
     async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {

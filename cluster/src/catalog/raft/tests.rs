@@ -196,16 +196,23 @@ mod cluster {
         panic!("the membership never settled; steps so far {steps:?}");
     }
 
+    /// Starts the first three of `members` as the first voters; returns them, the leader's id and
+    /// the leader.
+    async fn start_first_three_voters(members: &[CatalogMember], endpoints: &[PeerEndpoint]) -> (Vec<TestNode>, u64, RaftCatalog) {
+        let mut nodes = Vec::new();
+        for index in 0..3 {
+            nodes.push(start_node(members, &endpoints[index], index, (index == 0).then_some(&members[..3])).await);
+        }
+        let leader_id = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+        let leader = nodes[leader_id as usize - 1].catalog.clone();
+        (nodes, leader_id, leader)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn membership_follows_the_topology_one_node_at_a_time() {
         let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3", "n4"]);
         // n1..n3 are the first voters; n4 is in the topology from the start but not yet running.
-        let mut nodes = Vec::new();
-        for index in 0..3 {
-            nodes.push(start_node(&members, &endpoints[index], index, (index == 0).then_some(&members[..3])).await);
-        }
-        let leader_id = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
-        let leader = nodes[leader_id as usize - 1].catalog.clone();
+        let (mut nodes, leader_id, leader) = start_first_three_voters(&members, &endpoints).await;
         let repo = RepoKey::new(RepoType::Model, "org/model");
         leader.put_ref(&repo, "main", RefRecord { commit: "a".repeat(40), checked_at_ms: 1 }).await.unwrap();
 
@@ -253,12 +260,7 @@ mod cluster {
     async fn a_large_manifest_and_a_snapshot_reach_a_node_that_starts_empty() {
         use crate::catalog::{EntryKind, Manifest, ManifestEntry};
         let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3", "n4"]);
-        let mut nodes = Vec::new();
-        for index in 0..3 {
-            nodes.push(start_node(&members, &endpoints[index], index, (index == 0).then_some(&members[..3])).await);
-        }
-        let leader_id = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
-        let leader = nodes[leader_id as usize - 1].catalog.clone();
+        let (mut nodes, leader_id, leader) = start_first_three_voters(&members, &endpoints).await;
         let big = RepoKey::new(RepoType::Dataset, "org/many-files");
         let entries: Vec<ManifestEntry> = (0..200_000)
             .map(|index| ManifestEntry {
