@@ -4,10 +4,11 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{ReadableDatabase, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::reopening::ReopeningDatabase;
 use super::{Catalog, CatalogError, DocumentRecord, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 use crate::types::RepoKey;
 
@@ -51,7 +52,7 @@ pub struct LocalCatalog {
 }
 
 struct Inner {
-    database: Database,
+    database: ReopeningDatabase,
     manifest_memory: Mutex<ManifestMemory>,
     /// Refs and policies as last read or written: every warm request reads both, and a read from
     /// memory needs no trip through the blocking pool.
@@ -161,12 +162,14 @@ impl LocalCatalog {
     /// Opens (or creates) the catalog file, creating every table so that reads never meet a missing
     /// table.
     pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
-        let database = Database::create(path).map_err(storage_error)?;
-        let transaction = database.begin_write().map_err(storage_error)?;
-        for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {
-            transaction.open_table(table).map_err(storage_error)?;
-        }
-        transaction.commit().map_err(storage_error)?;
+        let database = ReopeningDatabase::open(path).map_err(storage_error)?;
+        database.run(|database| {
+            let transaction = database.begin_write().map_err(storage_error)?;
+            for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {
+                transaction.open_table(table).map_err(storage_error)?;
+            }
+            transaction.commit().map_err(storage_error)
+        })?;
         Ok(LocalCatalog {
             inner: Arc::new(Inner { database, manifest_memory: Mutex::new(ManifestMemory::default()), hot: HotRecords::default() }),
         })
@@ -179,10 +182,12 @@ impl LocalCatalog {
     ) -> Result<Option<Vec<u8>>, CatalogError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_read().map_err(storage_error)?;
-            let opened = transaction.open_table(table).map_err(storage_error)?;
-            let value = opened.get(key.as_str()).map_err(storage_error)?;
-            Ok(value.map(|guard| guard.value().to_vec()))
+            inner.database.run(|database| {
+                let transaction = database.begin_read().map_err(storage_error)?;
+                let opened = transaction.open_table(table).map_err(storage_error)?;
+                let value = opened.get(key.as_str()).map_err(storage_error)?;
+                Ok(value.map(|guard| guard.value().to_vec()))
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -196,12 +201,14 @@ impl LocalCatalog {
     ) -> Result<(), CatalogError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_write().map_err(storage_error)?;
-            {
-                let mut opened = transaction.open_table(table).map_err(storage_error)?;
-                opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
-            }
-            transaction.commit().map_err(storage_error)
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                {
+                    let mut opened = transaction.open_table(table).map_err(storage_error)?;
+                    opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
+                }
+                transaction.commit().map_err(storage_error)
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -217,28 +224,30 @@ impl LocalCatalog {
     ) -> Result<(), CatalogError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_write().map_err(storage_error)?;
-            {
-                let mut opened = transaction.open_table(table).map_err(storage_error)?;
-                let current: Option<Vec<u8>> =
-                    redb::ReadableTable::get(&opened, key.as_str()).map_err(storage_error)?.map(|guard| guard.value().to_vec());
-                let mut record = match current {
-                    // An undecodable record is replaced rather than blocking every later update.
-                    Some(bytes) => postcard::from_bytes::<T>(&bytes).ok(),
-                    None => None,
-                };
-                change(&mut record);
-                match record {
-                    Some(record) => {
-                        let bytes = postcard::to_stdvec(&record).map_err(|error| CatalogError::Codec(error.to_string()))?;
-                        opened.insert(key.as_str(), bytes.as_slice()).map_err(storage_error)?;
-                    }
-                    None => {
-                        opened.remove(key.as_str()).map_err(storage_error)?;
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                {
+                    let mut opened = transaction.open_table(table).map_err(storage_error)?;
+                    let current: Option<Vec<u8>> =
+                        redb::ReadableTable::get(&opened, key.as_str()).map_err(storage_error)?.map(|guard| guard.value().to_vec());
+                    let mut record = match current {
+                        // An undecodable record is replaced rather than blocking every later update.
+                        Some(bytes) => postcard::from_bytes::<T>(&bytes).ok(),
+                        None => None,
+                    };
+                    change(&mut record);
+                    match record {
+                        Some(record) => {
+                            let bytes = postcard::to_stdvec(&record).map_err(|error| CatalogError::Codec(error.to_string()))?;
+                            opened.insert(key.as_str(), bytes.as_slice()).map_err(storage_error)?;
+                        }
+                        None => {
+                            opened.remove(key.as_str()).map_err(storage_error)?;
+                        }
                     }
                 }
-            }
-            transaction.commit().map_err(storage_error)
+                transaction.commit().map_err(storage_error)
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -252,14 +261,16 @@ impl LocalCatalog {
     ) -> Result<Vec<T>, CatalogError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_read().map_err(storage_error)?;
-            let opened = transaction.open_table(table).map_err(storage_error)?;
-            let mut rows = Vec::new();
-            for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
-                let (key, value) = item.map_err(storage_error)?;
-                rows.extend(keep(key.value(), value.value()));
-            }
-            Ok(rows)
+            inner.database.run(|database| {
+                let transaction = database.begin_read().map_err(storage_error)?;
+                let opened = transaction.open_table(table).map_err(storage_error)?;
+                let mut rows = Vec::new();
+                for item in redb::ReadableTable::iter(&opened).map_err(storage_error)? {
+                    let (key, value) = item.map_err(storage_error)?;
+                    rows.extend(keep(key.value(), value.value()));
+                }
+                Ok(rows)
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -296,21 +307,23 @@ impl LocalCatalog {
         state_key: &str,
         mut row: impl FnMut(&str, &str, &[u8]) -> std::io::Result<()>,
     ) -> Result<Option<Vec<u8>>, CatalogError> {
-        let transaction = self.inner.database.begin_read().map_err(storage_error)?;
-        let state = transaction
-            .open_table(RAFT_STATE)
-            .map_err(storage_error)?
-            .get(state_key)
-            .map_err(storage_error)?
-            .map(|guard| guard.value().to_vec());
-        for (name, definition) in DATA_TABLES {
-            let table = transaction.open_table(definition).map_err(storage_error)?;
-            for item in redb::ReadableTable::iter(&table).map_err(storage_error)? {
-                let (key, value) = item.map_err(storage_error)?;
-                row(name, key.value(), value.value()).map_err(storage_error)?;
+        self.inner.database.run(|database| {
+            let transaction = database.begin_read().map_err(storage_error)?;
+            let state = transaction
+                .open_table(RAFT_STATE)
+                .map_err(storage_error)?
+                .get(state_key)
+                .map_err(storage_error)?
+                .map(|guard| guard.value().to_vec());
+            for (name, definition) in DATA_TABLES {
+                let table = transaction.open_table(definition).map_err(storage_error)?;
+                for item in redb::ReadableTable::iter(&table).map_err(storage_error)? {
+                    let (key, value) = item.map_err(storage_error)?;
+                    row(name, key.value(), value.value()).map_err(storage_error)?;
+                }
             }
-        }
-        Ok(state)
+            Ok(state)
+        })
     }
 
     /// Replaces every data table with `rows`, in one transaction that commits only when every row
@@ -322,28 +335,31 @@ impl LocalCatalog {
         rows: impl Iterator<Item = std::io::Result<Row>>,
         state: Option<(&str, Vec<u8>)>,
     ) -> Result<u64, CatalogError> {
-        let transaction = self.inner.database.begin_write().map_err(storage_error)?;
-        let mut count = 0u64;
-        if let Some((key, value)) = state {
-            transaction.open_table(RAFT_STATE).map_err(storage_error)?.insert(key, value.as_slice()).map_err(storage_error)?;
-        }
-        {
-            let mut tables = Vec::with_capacity(DATA_TABLES.len());
-            for (name, definition) in DATA_TABLES {
-                let mut table = transaction.open_table(definition).map_err(storage_error)?;
-                table.retain(|_, _| false).map_err(storage_error)?;
-                tables.push((name, table));
+        let count = self.inner.database.run(|database| {
+            let transaction = database.begin_write().map_err(storage_error)?;
+            let mut count = 0u64;
+            if let Some((key, value)) = state {
+                transaction.open_table(RAFT_STATE).map_err(storage_error)?.insert(key, value.as_slice()).map_err(storage_error)?;
             }
-            for row in rows {
-                let (name, key, value) = row.map_err(storage_error)?;
-                let Some((_, table)) = tables.iter_mut().find(|(table, _)| *table == name) else {
-                    return Err(CatalogError::Codec(format!("snapshot names an unknown table {name:?}")));
-                };
-                table.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
-                count += 1;
+            {
+                let mut tables = Vec::with_capacity(DATA_TABLES.len());
+                for (name, definition) in DATA_TABLES {
+                    let mut table = transaction.open_table(definition).map_err(storage_error)?;
+                    table.retain(|_, _| false).map_err(storage_error)?;
+                    tables.push((name, table));
+                }
+                for row in rows {
+                    let (name, key, value) = row.map_err(storage_error)?;
+                    let Some((_, table)) = tables.iter_mut().find(|(table, _)| *table == name) else {
+                        return Err(CatalogError::Codec(format!("snapshot names an unknown table {name:?}")));
+                    };
+                    table.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
+                    count += 1;
+                }
             }
-        }
-        transaction.commit().map_err(storage_error)?;
+            transaction.commit().map_err(storage_error)?;
+            Ok(count)
+        })?;
         let mut memory = self.inner.manifest_memory.lock().expect("manifest memory poisoned");
         *memory = ManifestMemory::default();
         self.inner.hot.clear();
@@ -364,21 +380,23 @@ impl LocalCatalog {
         let prefix = format!("{digest}\0");
         let end = format!("{digest}\u{1}");
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_write().map_err(storage_error)?;
-            let whole = {
-                let mut table = transaction.open_table(COMMAND_PARTS).map_err(storage_error)?;
-                table.insert(format!("{prefix}{index:010}").as_str(), bytes.as_slice()).map_err(storage_error)?;
-                let mut whole = Vec::new();
-                let mut present = 0u32;
-                for item in redb::ReadableTable::range(&table, prefix.as_str()..end.as_str()).map_err(storage_error)? {
-                    let (_, value) = item.map_err(storage_error)?;
-                    whole.extend_from_slice(value.value());
-                    present += 1;
-                }
-                (present == count).then_some(whole)
-            };
-            transaction.commit().map_err(storage_error)?;
-            Ok(whole)
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                let whole = {
+                    let mut table = transaction.open_table(COMMAND_PARTS).map_err(storage_error)?;
+                    table.insert(format!("{prefix}{index:010}").as_str(), bytes.as_slice()).map_err(storage_error)?;
+                    let mut whole = Vec::new();
+                    let mut present = 0u32;
+                    for item in redb::ReadableTable::range(&table, prefix.as_str()..end.as_str()).map_err(storage_error)? {
+                        let (_, value) = item.map_err(storage_error)?;
+                        whole.extend_from_slice(value.value());
+                        present += 1;
+                    }
+                    (present == count).then_some(whole)
+                };
+                transaction.commit().map_err(storage_error)?;
+                Ok(whole)
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?
@@ -389,13 +407,15 @@ impl LocalCatalog {
         let inner = self.inner.clone();
         let (start, end) = (format!("{digest}\0"), format!("{digest}\u{1}"));
         tokio::task::spawn_blocking(move || {
-            let transaction = inner.database.begin_write().map_err(storage_error)?;
-            transaction
-                .open_table(COMMAND_PARTS)
-                .map_err(storage_error)?
-                .retain_in(start.as_str()..end.as_str(), |_, _| false)
-                .map_err(storage_error)?;
-            transaction.commit().map_err(storage_error)
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                transaction
+                    .open_table(COMMAND_PARTS)
+                    .map_err(storage_error)?
+                    .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                    .map_err(storage_error)?;
+                transaction.commit().map_err(storage_error)
+            })
         })
         .await
         .map_err(|_| CatalogError::Closed)?

@@ -10,6 +10,7 @@
 mod local;
 pub mod raft;
 mod records;
+mod reopening;
 
 use std::sync::Arc;
 
@@ -37,12 +38,25 @@ pub enum CatalogError {
     Unavailable(String),
 }
 
+impl From<reopening::Unusable> for CatalogError {
+    fn from(unusable: reopening::Unusable) -> CatalogError {
+        CatalogError::Storage(unusable.to_string())
+    }
+}
+
 /// The interface the node reads and writes the catalog through.
 ///
 /// Reads are local and may lag behind other nodes; that is fine for a cache. Writes are durable
 /// when they return.
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync + 'static {
+    /// Whether this node's catalog records writes now: false while its storage is failing (a full
+    /// disk) and for a short while after. A node that cannot record should not answer for the
+    /// cluster what it cannot keep.
+    fn can_record(&self) -> bool {
+        true
+    }
+
     /// Returns the commit a branch or tag pointed to when it was last checked.
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError>;
     async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError>;

@@ -126,6 +126,12 @@ impl hfm_cluster::peer::RpcHandler for MetadataService {
     async fn handle(&self, _caller: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         let request: MetadataRequest =
             serde_json::from_slice(&request).map_err(|error| format!("undecodable metadata request: {error}"))?;
+        // A node whose catalog cannot record (a full disk) would fetch for the cluster and keep
+        // nothing, so every later question would go upstream again: the asker fetches and records
+        // it itself instead.
+        if !self.metadata.inner.catalog.can_record() {
+            return Err("this node cannot record in its catalog now; fetch it yourself".into());
+        }
         let answer = self.metadata.answer_peer(request).await;
         serde_json::to_vec(&answer).map_err(|error| error.to_string())
     }

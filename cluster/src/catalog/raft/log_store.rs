@@ -11,11 +11,12 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{CatalogTypes, blocking, codec, io_error};
+use crate::catalog::reopening::ReopeningDatabase;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
@@ -26,7 +27,7 @@ const LAST_PURGED: &str = "last_purged";
 /// The durable Raft log; a cheap handle (the log reader is the same handle).
 #[derive(Clone)]
 pub struct RedbLogStore {
-    database: Arc<Database>,
+    database: Arc<ReopeningDatabase>,
 }
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
@@ -39,23 +40,27 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 
 impl RedbLogStore {
     pub fn open(path: &Path) -> io::Result<RedbLogStore> {
-        let database = Database::create(path).map_err(io_error)?;
-        let transaction = database.begin_write().map_err(io_error)?;
-        transaction.open_table(LOG).map_err(io_error)?;
-        transaction.open_table(META).map_err(io_error)?;
-        transaction.commit().map_err(io_error)?;
+        let database = ReopeningDatabase::open(path).map_err(io_error)?;
+        database.run(|database| {
+            let transaction = database.begin_write().map_err(io_error)?;
+            transaction.open_table(LOG).map_err(io_error)?;
+            transaction.open_table(META).map_err(io_error)?;
+            transaction.commit().map_err(io_error)
+        })?;
         Ok(RedbLogStore { database: Arc::new(database) })
     }
 
     async fn read_meta<T: DeserializeOwned + Send + 'static>(&self, key: &'static str) -> io::Result<Option<T>> {
         let database = self.database.clone();
         blocking(move || {
-            let transaction = database.begin_read().map_err(io_error)?;
-            let table = transaction.open_table(META).map_err(io_error)?;
-            match table.get(key).map_err(io_error)? {
-                Some(bytes) => decode(bytes.value()).map(Some),
-                None => Ok(None),
-            }
+            database.run(|database| {
+                let transaction = database.begin_read().map_err(io_error)?;
+                let table = transaction.open_table(META).map_err(io_error)?;
+                match table.get(key).map_err(io_error)? {
+                    Some(bytes) => decode(bytes.value()).map(Some),
+                    None => Ok(None),
+                }
+            })
         })
         .await
     }
@@ -70,9 +75,11 @@ impl RedbLogStore {
         let bytes = encode(value)?;
         let database = self.database.clone();
         blocking(move || {
-            let transaction = database.begin_write().map_err(io_error)?;
-            transaction.open_table(META).map_err(io_error)?.insert(key, bytes.as_slice()).map_err(io_error)?;
-            transaction.commit().map_err(io_error)
+            database.run(|database| {
+                let transaction = database.begin_write().map_err(io_error)?;
+                transaction.open_table(META).map_err(io_error)?.insert(key, bytes.as_slice()).map_err(io_error)?;
+                transaction.commit().map_err(io_error)
+            })
         })
         .await
     }
@@ -90,14 +97,16 @@ impl RaftLogReader<CatalogTypes> for RedbLogStore {
         let bounds = owned_bounds(&range);
         let database = self.database.clone();
         blocking(move || {
-            let transaction = database.begin_read().map_err(io_error)?;
-            let table = transaction.open_table(LOG).map_err(io_error)?;
-            let mut entries = Vec::new();
-            for item in table.range::<u64>(bounds).map_err(io_error)? {
-                let (_, bytes) = item.map_err(io_error)?;
-                entries.push(decode(bytes.value())?);
-            }
-            Ok(entries)
+            database.run(|database| {
+                let transaction = database.begin_read().map_err(io_error)?;
+                let table = transaction.open_table(LOG).map_err(io_error)?;
+                let mut entries = Vec::new();
+                for item in table.range::<u64>(bounds).map_err(io_error)? {
+                    let (_, bytes) = item.map_err(io_error)?;
+                    entries.push(decode(bytes.value())?);
+                }
+                Ok(entries)
+            })
         })
         .await
     }
@@ -114,12 +123,14 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
         let last_purged: Option<LogIdOf<CatalogTypes>> = self.read_meta_option(LAST_PURGED).await?;
         let database = self.database.clone();
         let last_entry: Option<EntryOf<CatalogTypes>> = blocking(move || {
-            let transaction = database.begin_read().map_err(io_error)?;
-            let table = transaction.open_table(LOG).map_err(io_error)?;
-            match table.last().map_err(io_error)? {
-                Some((_, bytes)) => decode(bytes.value()).map(Some),
-                None => Ok(None),
-            }
+            database.run(|database| {
+                let transaction = database.begin_read().map_err(io_error)?;
+                let table = transaction.open_table(LOG).map_err(io_error)?;
+                match table.last().map_err(io_error)? {
+                    Some((_, bytes)) => decode(bytes.value()).map(Some),
+                    None => Ok(None),
+                }
+            })
         })
         .await?;
         let last_log_id = last_entry.map(|entry| entry.log_id()).or_else(|| last_purged.clone());
@@ -153,14 +164,16 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
         let database = self.database.clone();
         // The commit is durable (redb fsyncs it) before the callback says the entries are flushed.
         let result = blocking(move || {
-            let transaction = database.begin_write().map_err(io_error)?;
-            {
-                let mut table = transaction.open_table(LOG).map_err(io_error)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(io_error)?;
+            database.run(|database| {
+                let transaction = database.begin_write().map_err(io_error)?;
+                {
+                    let mut table = transaction.open_table(LOG).map_err(io_error)?;
+                    for (index, bytes) in &encoded {
+                        table.insert(*index, bytes.as_slice()).map_err(io_error)?;
+                    }
                 }
-            }
-            transaction.commit().map_err(io_error)
+                transaction.commit().map_err(io_error)
+            })
         })
         .await;
         match result {
@@ -179,9 +192,11 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
         let first_removed = last_log_id.map_or(0, |log_id| log_id.index + 1);
         let database = self.database.clone();
         blocking(move || {
-            let transaction = database.begin_write().map_err(io_error)?;
-            transaction.open_table(LOG).map_err(io_error)?.retain(|index, _| index < first_removed).map_err(io_error)?;
-            transaction.commit().map_err(io_error)
+            database.run(|database| {
+                let transaction = database.begin_write().map_err(io_error)?;
+                transaction.open_table(LOG).map_err(io_error)?.retain(|index, _| index < first_removed).map_err(io_error)?;
+                transaction.commit().map_err(io_error)
+            })
         })
         .await
     }
@@ -191,10 +206,12 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
         let bytes = encode(&Some(log_id))?;
         let database = self.database.clone();
         blocking(move || {
-            let transaction = database.begin_write().map_err(io_error)?;
-            transaction.open_table(META).map_err(io_error)?.insert(LAST_PURGED, bytes.as_slice()).map_err(io_error)?;
-            transaction.open_table(LOG).map_err(io_error)?.retain(|index, _| index > last_removed).map_err(io_error)?;
-            transaction.commit().map_err(io_error)
+            database.run(|database| {
+                let transaction = database.begin_write().map_err(io_error)?;
+                transaction.open_table(META).map_err(io_error)?.insert(LAST_PURGED, bytes.as_slice()).map_err(io_error)?;
+                transaction.open_table(LOG).map_err(io_error)?.retain(|index, _| index > last_removed).map_err(io_error)?;
+                transaction.commit().map_err(io_error)
+            })
         })
         .await
     }

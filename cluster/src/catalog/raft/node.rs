@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Config, Raft};
 use tracing::{debug, info, warn};
 
@@ -20,6 +21,16 @@ use crate::types::RepoKey;
 /// How long a write waits for the catalog to accept it. A write that cannot reach a quorum in this
 /// time fails, and the node serves what it fetched without recording it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long after its Raft core stopped on an error a node still says it cannot record: a core
+/// started again on a disk that is still full stops again at its first apply.
+const RECORDING_QUIET: Duration = Duration::from_secs(10);
+
+/// The first pause before a stopped Raft core is started again.
+const MIN_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause between attempts to start a stopped Raft core again (the disk stays full).
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
 
 /// A node's view of the Raft catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +82,17 @@ pub struct CatalogMember {
 /// The Raft catalog of this node; a cheap handle.
 #[derive(Clone)]
 pub struct RaftCatalog {
-    raft: Raft<CatalogTypes, CatalogStateMachine>,
+    /// The running Raft instance; replaced by [`Self::supervise`] when its core stops on a storage
+    /// failure.
+    raft: Arc<std::sync::RwLock<Raft<CatalogTypes, CatalogStateMachine>>>,
+    /// What a replacement instance is built from: the same log, state machine and configuration.
+    log: RedbLogStore,
+    config: Arc<Config>,
+    /// Stops the supervisor ([`Self::shutdown`]); its task, awaited there.
+    stopping: tokio_util::sync::CancellationToken,
+    supervisor: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// When the Raft core last stopped on an error, for [`Catalog::can_record`].
+    last_stop: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
     self_id: u64,
     local: LocalCatalog,
     network: CatalogNetwork,
@@ -130,7 +151,7 @@ impl RaftCatalog {
         let state_machine = CatalogStateMachine::new(local.clone(), &data_dir.join(SNAPSHOT_DIR))?;
         let peers: HashMap<u64, PeerAddress> = members.iter().map(|member| (member.id, member.peer.clone())).collect();
         let network = CatalogNetwork::new(endpoint, peers);
-        let raft = Raft::new(self_id, config, network.clone(), log, state_machine.clone()).await?;
+        let raft = Raft::new(self_id, config.clone(), network.clone(), log.clone(), state_machine.clone()).await?;
         check_membership_ids(&raft, members)?;
         if let Some(first_voters) = bootstrap {
             let voters: BTreeMap<u64, BasicNode> =
@@ -140,22 +161,93 @@ impl RaftCatalog {
                 Err(error) => debug!(%error, "catalog already initialized"),
             }
         }
-        Ok(RaftCatalog { raft, self_id, local, network, state_machine, receiving: Arc::default() })
+        let catalog = RaftCatalog {
+            raft: Arc::new(std::sync::RwLock::new(raft)),
+            log,
+            config,
+            stopping: tokio_util::sync::CancellationToken::new(),
+            supervisor: Arc::default(),
+            last_stop: Arc::default(),
+            self_id,
+            local,
+            network,
+            state_machine,
+            receiving: Arc::default(),
+        };
+        let supervisor = tokio::spawn(catalog.clone().supervise());
+        *catalog.supervisor.lock().expect("supervisor slot poisoned") = Some(supervisor);
+        Ok(catalog)
+    }
+
+    /// Restarts Raft on the same storage whenever its core stops on an error. openraft stops its core
+    /// for good at the first failed log write or apply (a full disk: the catalog's database is then
+    /// reopened by `reopening.rs`); the log and the catalog on disk are intact up to the last commit,
+    /// so a new instance picks up from there and catches up from the leader. Retried with a growing
+    /// pause while the storage keeps failing (the disk is still full); runs until [`Self::shutdown`].
+    async fn supervise(self) {
+        let mut pause = MIN_RESTART_PAUSE;
+        let mut running_since = tokio::time::Instant::now();
+        loop {
+            let raft = self.raft();
+            let mut metrics = raft.metrics();
+            let stopped = async {
+                loop {
+                    if let Err(fatal) = &metrics.borrow_watched().running_state {
+                        return fatal.to_string();
+                    }
+                    if metrics.changed().await.is_err() {
+                        return "the core task ended".to_owned();
+                    }
+                }
+            };
+            let reason = tokio::select! {
+                () = self.stopping.cancelled() => return,
+                reason = stopped => reason,
+            };
+            warn!(%reason, "the catalog's Raft core stopped; starting it again on the same storage");
+            *self.last_stop.lock().expect("last stop poisoned") = Some(tokio::time::Instant::now());
+            // A core that keeps failing soon after each start waits longer each time; one that ran
+            // a while starts over from the short pause.
+            if running_since.elapsed() > MAX_RESTART_PAUSE * 2 {
+                pause = MIN_RESTART_PAUSE;
+            }
+            let _ = raft.shutdown().await;
+            loop {
+                tokio::select! {
+                    () = self.stopping.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                let restarted =
+                    Raft::new(self.self_id, self.config.clone(), self.network.clone(), self.log.clone(), self.state_machine.clone()).await;
+                match restarted {
+                    Ok(raft) => {
+                        *self.raft.write().expect("raft slot poisoned") = raft;
+                        info!("the catalog's Raft core runs again");
+                        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(%error, "the catalog's Raft core could not start again; retrying");
+                        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+                    }
+                }
+            }
+            running_since = tokio::time::Instant::now();
+        }
     }
 
     pub fn self_id(&self) -> u64 {
         self.self_id
     }
 
-    /// The Raft instance, for metrics and status.
-    pub fn raft(&self) -> &Raft<CatalogTypes, CatalogStateMachine> {
-        &self.raft
+    /// The running Raft instance (a cheap handle), for metrics and status.
+    pub fn raft(&self) -> Raft<CatalogTypes, CatalogStateMachine> {
+        self.raft.read().expect("raft slot poisoned").clone()
     }
 
     /// The node's Raft role, term and leader, for status.
     pub fn status(&self) -> RaftStatus {
-        use openraft::async_runtime::watch::WatchReceiver;
-        let metrics = self.raft.metrics();
+        let metrics = self.raft().metrics();
         let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
         RaftStatus {
@@ -181,9 +273,8 @@ impl RaftCatalog {
         desired: &[CatalogMember],
         live: impl Fn(&str) -> bool,
     ) -> Result<Option<MembershipStep>, CatalogError> {
-        use openraft::async_runtime::watch::WatchReceiver;
         let (voters, learners, last_log, matched) = {
-            let metrics = self.raft.metrics();
+            let metrics = self.raft().metrics();
             let metrics = metrics.borrow_watched();
             if metrics.current_leader != Some(self.self_id)
                 || metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
@@ -200,7 +291,7 @@ impl RaftCatalog {
         let wanted: BTreeSet<u64> = desired.iter().map(|member| member.id).collect();
         let unavailable = |error: String| CatalogError::Unavailable(format!("changing the catalog membership: {error}"));
         if let Some(member) = desired.iter().find(|member| !voters.contains(&member.id) && !learners.contains(&member.id)) {
-            self.raft
+            self.raft()
                 .add_learner(member.id, BasicNode::new(member.name.clone()), false)
                 .await
                 .map_err(|error| unavailable(error.to_string()))?;
@@ -209,7 +300,7 @@ impl RaftCatalog {
         }
         let caught_up = |id: u64| matched.get(&id).is_some_and(|index| index + PROMOTION_LAG >= last_log);
         if let Some(member) = desired.iter().find(|member| learners.contains(&member.id) && live(&member.name) && caught_up(member.id)) {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([member.id])), false)
                 .await
                 .map_err(|error| unavailable(error.to_string()))?;
@@ -220,7 +311,7 @@ impl RaftCatalog {
         let name = |id: u64| status.name_of(id).unwrap_or("?").to_owned();
         // The leader never removes itself (its own topology names it), and never the last voter.
         if let Some(id) = voters.iter().copied().find(|id| !wanted.contains(id) && *id != self.self_id && voters.len() > 1) {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(|error| unavailable(error.to_string()))?;
@@ -228,7 +319,7 @@ impl RaftCatalog {
             return Ok(Some(MembershipStep::RemovedVoter(name(id))));
         }
         if let Some(id) = learners.iter().copied().find(|id| !wanted.contains(id)) {
-            self.raft
+            self.raft()
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
                 .map_err(|error| unavailable(error.to_string()))?;
@@ -262,10 +353,10 @@ impl RaftCatalog {
             if remaining.is_zero() {
                 return Err(CatalogError::Unavailable(last_error));
             }
-            if let Some(leader) = self.raft.current_leader().await {
+            if let Some(leader) = self.raft().current_leader().await {
                 let attempt = async {
                     if leader == self.self_id {
-                        self.raft.client_write(command.clone()).await.map(|_| ()).map_err(|error| error.to_string())
+                        self.raft().client_write(command.clone()).await.map(|_| ()).map_err(|error| error.to_string())
                     } else {
                         self.network.call::<()>(leader, &RaftRpc::Write(command.clone()), remaining).await.map_err(String::from)
                     }
@@ -285,12 +376,11 @@ impl RaftCatalog {
     /// the one whose copy of the log is furthest along, so it can lead at once. Returns its id; none
     /// when no candidate votes (the others elect one when this node stops).
     pub async fn step_down(&self, candidates: &[u64]) -> Option<u64> {
-        use openraft::async_runtime::watch::WatchReceiver;
-        if self.raft.current_leader().await != Some(self.self_id) {
+        if self.raft().current_leader().await != Some(self.self_id) {
             return None;
         }
         let successor = {
-            let metrics = self.raft.metrics();
+            let metrics = self.raft().metrics();
             let metrics = metrics.borrow_watched();
             let matched = |id: &u64| {
                 metrics.replication.as_ref().and_then(|replication| replication.get(id).cloned().flatten()).map(|log_id| log_id.index)
@@ -302,7 +392,7 @@ impl RaftCatalog {
                 .filter(|id| *id != self.self_id && candidates.contains(id))
                 .max_by_key(|id| matched(id))?
         };
-        match self.raft.trigger().transfer_leader(successor).await {
+        match self.raft().trigger().transfer_leader(successor).await {
             Ok(()) => Some(successor),
             Err(error) => {
                 warn!(%error, "could not hand over catalog leadership");
@@ -312,7 +402,12 @@ impl RaftCatalog {
     }
 
     pub async fn shutdown(&self) {
-        if let Err(error) = self.raft.shutdown().await {
+        self.stopping.cancel();
+        let supervisor = self.supervisor.lock().expect("supervisor slot poisoned").take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+        if let Err(error) = self.raft().shutdown().await {
             warn!(%error, "raft did not shut down cleanly");
         }
     }
@@ -356,7 +451,7 @@ impl RaftCatalog {
         .map_err(|error| error.to_string())??;
         let snapshot =
             openraft::type_config::alias::SnapshotOf::<CatalogTypes, SnapshotFile> { meta, snapshot: SnapshotFile::new(path.clone()) };
-        let outcome = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
+        let outcome = self.raft().install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
         let _ = std::fs::remove_file(&path);
         outcome
     }
@@ -406,7 +501,7 @@ impl RaftCatalog {
             snapshot: SnapshotFile::new(current.path.clone()),
         };
         // The install moves the file into place; `current` dropping afterwards removes whatever is left.
-        let outcome = self.raft.install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
+        let outcome = self.raft().install_full_snapshot(vote, snapshot).await.map_err(|error| error.to_string());
         drop(current);
         outcome.map(Some)
     }
@@ -426,8 +521,10 @@ impl RpcHandler for RaftCatalog {
             }
         }
         let answer = match message {
-            RaftRpc::AppendEntries(rpc) => codec::encode(&self.raft.append_entries(rpc).await.map_err(|error| error.to_string())?, binary),
-            RaftRpc::Vote(rpc) => codec::encode(&self.raft.vote(rpc).await.map_err(|error| error.to_string())?, binary),
+            RaftRpc::AppendEntries(rpc) => {
+                codec::encode(&self.raft().append_entries(rpc).await.map_err(|error| error.to_string())?, binary)
+            }
+            RaftRpc::Vote(rpc) => codec::encode(&self.raft().vote(rpc).await.map_err(|error| error.to_string())?, binary),
             RaftRpc::Snapshot { vote, meta, data } => codec::encode(&self.install_legacy_snapshot(vote, meta, data).await?, binary),
             RaftRpc::SnapshotChunk { vote, transfer, offset, bytes, last } => {
                 match self.receive_snapshot_chunk(vote, transfer, offset, bytes, last).await? {
@@ -436,10 +533,10 @@ impl RpcHandler for RaftCatalog {
                 }
             }
             RaftRpc::TransferLeader(request) => {
-                codec::encode(&self.raft.handle_transfer_leader(request).await.map_err(|error| error.to_string())?, binary)
+                codec::encode(&self.raft().handle_transfer_leader(request).await.map_err(|error| error.to_string())?, binary)
             }
             RaftRpc::Write(command) => {
-                self.raft.client_write(command).await.map_err(|error| error.to_string())?;
+                self.raft().client_write(command).await.map_err(|error| error.to_string())?;
                 codec::encode(&(), binary)
             }
         };
@@ -449,6 +546,11 @@ impl RpcHandler for RaftCatalog {
 
 #[async_trait::async_trait]
 impl Catalog for RaftCatalog {
+    fn can_record(&self) -> bool {
+        let stopped_lately = self.last_stop.lock().expect("last stop poisoned").is_some_and(|stopped| stopped.elapsed() < RECORDING_QUIET);
+        !stopped_lately && self.raft().metrics().borrow_watched().running_state.is_ok()
+    }
+
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
         self.local.get_ref(repo, revision).await
     }
