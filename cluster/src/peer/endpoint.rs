@@ -199,10 +199,10 @@ impl PeerEndpoint {
     }
 
     async fn connection(&self, peer: &PeerAddress) -> Result<quinn::Connection, PeerError> {
-        if let Some(connection) = self.connections.lock().expect("connections poisoned").get(peer) {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
-            }
+        if let Some(connection) = self.connections.lock().expect("connections poisoned").get(peer)
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
         }
         let unreachable = |reason: String| PeerError::Unreachable { peer: peer.name.clone(), reason };
         let connecting = self.endpoint.connect(peer.address, &peer.name).map_err(|error| unreachable(error.to_string()))?;
@@ -214,11 +214,24 @@ impl PeerEndpoint {
         Ok(connection)
     }
 
+    /// Stops handing out `connection` for `peer` (it stays open for the streams already on it): the
+    /// next call dials afresh. A connection on which a peer stopped answering may belong to a
+    /// process that was killed and started again; QUIC would only notice at the idle timeout, while
+    /// a new handshake reaches the new process at once (or fails fast if the peer is gone).
+    fn forget(&self, peer: &PeerAddress, connection: &quinn::Connection) {
+        let mut connections = self.connections.lock().expect("connections poisoned");
+        if connections.get(peer).is_some_and(|cached| cached.stable_id() == connection.stable_id()) {
+            connections.remove(peer);
+        }
+    }
+
     /// Sends an opaque RPC to a peer and returns its answer, within `timeout`.
     pub async fn call(&self, peer: &PeerAddress, service: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable { peer: peer.name.clone(), reason };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connection =
+            tokio::time::timeout_at(deadline, self.connection(peer)).await.map_err(|_| unreachable("connect timed out".into()))??;
         let exchange = async {
-            let connection = self.connection(peer).await?;
             let (mut send, mut receive) = connection.open_bi().await.map_err(|error| unreachable(error.to_string()))?;
             write_frame(&mut send, &PeerRequest::Rpc { service: service.to_owned(), body: request })
                 .await
@@ -226,7 +239,11 @@ impl PeerEndpoint {
             send.finish().map_err(|error| unreachable(error.to_string()))?;
             read_frame::<RpcResponse>(&mut receive).await.map_err(|error| unreachable(error.to_string()))
         };
-        match tokio::time::timeout(timeout, exchange).await.map_err(|_| unreachable("no answer in time".into()))?? {
+        let Ok(answer) = tokio::time::timeout_at(deadline, exchange).await else {
+            self.forget(peer, &connection);
+            return Err(unreachable("no answer in time".into()));
+        };
+        match answer? {
             RpcResponse::Ok(bytes) => Ok(bytes),
             RpcResponse::Failed(reason) => Err(PeerError::Remote { peer: peer.name.clone(), reason }),
         }
@@ -249,9 +266,11 @@ impl PeerEndpoint {
             })?;
             Ok::<_, PeerError>((response, receive))
         };
-        let (response, receive) = tokio::time::timeout(PEER_ANSWER_TIMEOUT, exchange)
-            .await
-            .map_err(|_| PeerError::Unreachable { peer: peer.name.clone(), reason: "no answer in time".into() })??;
+        let Ok(answer) = tokio::time::timeout(PEER_ANSWER_TIMEOUT, exchange).await else {
+            self.forget(peer, &connection);
+            return Err(PeerError::Unreachable { peer: peer.name.clone(), reason: "no answer in time".into() });
+        };
+        let (response, receive) = answer?;
         match response {
             FillResponse::Sending { size, start } => {
                 if size != request.size || start > request.start {

@@ -287,10 +287,10 @@ impl Cluster {
             if text.lines().any(|line| line.starts_with(&format!("node {name} "))) {
                 return Ok(());
             }
-            if let Some(child) = self.nodes[index].child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("{name} exited ({status}) before it was ready:\n{}", self.log_tail(index));
-                }
+            if let Some(child) = self.nodes[index].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("{name} exited ({status}) before it was ready:\n{}", self.log_tail(index));
             }
             if Instant::now() > deadline {
                 bail!("{name} did not start:\n{}", self.log_tail(index));
@@ -313,6 +313,23 @@ impl Cluster {
         if let Some(mut child) = self.nodes[index].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as systemd stops a node, then waits (up to a minute) for it to exit by itself.
+    pub async fn stop(&mut self, index: usize) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(index, rustix::process::Signal::TERM)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let child = self.nodes[index].child.as_mut().context("node not running")?;
+            if let Some(status) = child.try_wait()? {
+                self.nodes[index].child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not stop within a minute of SIGTERM:\n{}", self.nodes[index].name, self.log_tail(index));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -73,7 +73,7 @@ mod openraft_types {
     #[test]
     fn log_ids_and_votes_survive_the_binary_encoding() {
         let log_id = LogIdOf::<CatalogTypes>::new(openraft::vote::leader_id_adv::CommittedLeaderId::new(1, 1), 0);
-        let back: Option<LogIdOf<CatalogTypes>> = decode(&encode(&Some(log_id.clone()), true).unwrap()).unwrap().0;
+        let back: Option<LogIdOf<CatalogTypes>> = decode(&encode(&Some(log_id), true).unwrap()).unwrap().0;
         assert_eq!(back, Some(log_id));
         let vote = <VoteOf<CatalogTypes> as openraft::vote::RaftVote>::from_leader_id(RaftLeaderId::new(3, 2), true);
         let back: VoteOf<CatalogTypes> = decode(&encode(&vote, true).unwrap()).unwrap().0;

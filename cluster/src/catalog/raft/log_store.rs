@@ -133,7 +133,7 @@ impl RaftLogStorage<CatalogTypes> for RedbLogStore {
             })
         })
         .await?;
-        let last_log_id = last_entry.map(|entry| entry.log_id()).or_else(|| last_purged.clone());
+        let last_log_id = last_entry.map(|entry| entry.log_id()).or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 

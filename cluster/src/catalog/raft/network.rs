@@ -219,7 +219,7 @@ impl CatalogPeer {
             .map_err(failed)?;
             file = read_file;
             let last = offset + length as u64 == size;
-            let message = RaftRpc::SnapshotChunk { vote: vote.clone(), transfer, offset, bytes, last: last.then(|| meta.clone()) };
+            let message = RaftRpc::SnapshotChunk { vote, transfer, offset, bytes, last: last.then(|| meta.clone()) };
             if last {
                 return self.network.call(self.target, &message, timeout).await;
             }
@@ -268,7 +268,7 @@ impl RaftNetworkV2<CatalogTypes> for CatalogPeer {
         let unreachable = |reason: String| StreamingError::Unreachable(Unreachable::from_string(reason));
         let sending = async {
             if self.network.speaks_binary(self.target) {
-                match self.send_snapshot_chunks(vote.clone(), snapshot.meta.clone(), &snapshot.snapshot, timeout).await {
+                match self.send_snapshot_chunks(vote, snapshot.meta.clone(), &snapshot.snapshot, timeout).await {
                     Ok(response) => return Ok(response),
                     Err(CallError::Failed(reason)) => return Err(unreachable(reason)),
                     Err(CallError::Legacy) => {}

@@ -520,7 +520,8 @@ impl RpcHandler for RaftCatalog {
                 return Err(format!("{caller} may not speak for catalog node {claimed}"));
             }
         }
-        let answer = match message {
+
+        match message {
             RaftRpc::AppendEntries(rpc) => {
                 codec::encode(&self.raft().append_entries(rpc).await.map_err(|error| error.to_string())?, binary)
             }
@@ -539,8 +540,7 @@ impl RpcHandler for RaftCatalog {
                 self.raft().client_write(command).await.map_err(|error| error.to_string())?;
                 codec::encode(&(), binary)
             }
-        };
-        answer
+        }
     }
 }
 

@@ -234,7 +234,7 @@ impl RaftStateMachine<CatalogTypes> for CatalogStateMachine {
     /// keeps the file as the current snapshot: moved into place when it was received here, copied
     /// when it lies elsewhere.
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<CatalogTypes>, snapshot: SnapshotFile) -> io::Result<()> {
-        let applied = Applied { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
+        let applied = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         let state = json(&applied)?;
         let (catalog, directory, source) = (self.catalog.clone(), self.snapshots.clone(), snapshot.path);
         let (name, rows) = blocking(move || {
