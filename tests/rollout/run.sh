@@ -507,7 +507,9 @@ if [ "$ANYCAST" = 1 ]; then
 fi
 
 # The fake Hub with the rollout's own repo of LFS shards (lib/fakehub.py; item 7).
-in_router "$PY" "$HERE/lib/fakehub.py" --shards 24 --shard-size 262144 --host "$ROUTER_IP" --port 8000 --cdn-host "$CDN_IP" --cdn-port 8001 \
+# Started with `ip netns exec` itself, not the in_router function: a function run in the background
+# is a subshell, and $! would name the subshell, which the cleanup stops while the Hub runs on.
+ip netns exec "$NS_R" "$PY" "$HERE/lib/fakehub.py" --shards 24 --shard-size 262144 --host "$ROUTER_IP" --port 8000 --cdn-host "$CDN_IP" --cdn-port 8001 \
     >"$LOGS/fakehub.log" 2>&1 </dev/null &
 FAKEHUB_PID=$!
 for _ in $(seq 1 50); do
@@ -771,7 +773,7 @@ plan_summary upgrade -var "binary=$B2" || fatal "the upgrade plan failed"
 expect "the plan replaces every node, in topology order" "$(json_field "$SUMMARY" '" ".join(v["replace"])')" "${NODES[*]}"
 rm -f "$WORK/stop-client"
 since=$(now_ns)
-in_router timeout 900 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
+ip netns exec "$NS_R" timeout 900 env HF_HOME="$WORK/hfhome" "$PY" "$HERE/lib/client_loop.py" --hub "$HUB_URL" --hosts "$hosts_arg" \
     --count 20000 --pause 0.05 --stop-file "$WORK/stop-client" --scratch "$WORK/scratch" \
     --out "$LOGS/client-upgrade.json" >"$LOGS/client-upgrade.log" 2>&1 </dev/null &
 CLIENT_PID=$!

@@ -946,19 +946,9 @@ async fn scenario_11_fifty_kill_9s_under_load_leave_no_bad_blob_and_lose_no_ackn
         let round_started = Instant::now();
         tokio::time::sleep(Duration::from_millis(random.below(400))).await;
         cluster.kill(victim);
-        let mut acknowledged = write.await?.is_ok();
         // Not acknowledged: written again (pins and unpins are idempotent) through the others.
-        let mut attempts = 0;
-        while !acknowledged {
-            attempts += 1;
-            anyhow::ensure!(attempts <= 30, "round {round}: three live nodes did not take a pin change in 30 attempts");
-            write_retries += 1;
-            let through = (victim + 1 + attempts % 3) % 4;
-            let node = &cluster.nodes[through];
-            acknowledged = set_pin(cluster.client.clone(), node.operator_url.clone(), cluster.token.clone(), PINNED, pinned).await.is_ok();
-            if !acknowledged {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        if write.await?.is_err() {
+            write_retries += 1 + set_pin_until_acknowledged(&cluster, victim, PINNED, pinned).await?;
         }
         let step = Instant::now();
         cluster.restart(victim).await?;
@@ -1066,6 +1056,108 @@ async fn scenario_12_a_rolling_restart_under_load_fails_no_download_and_hands_le
     assert!(cluster.raft_leader_seen_by(0).await.is_some());
     wait_catalogs_converged(&cluster).await?;
     cluster.verify_disks()?;
+    Ok(())
+}
+
+/// Makes `pinned` the pin state of `repo` through any node but `avoid`, retrying until a node
+/// acknowledges it (pins and unpins are idempotent). Returns how many attempts were retried.
+async fn set_pin_until_acknowledged(cluster: &Cluster, avoid: usize, repo: &'static str, pinned: bool) -> anyhow::Result<u64> {
+    for attempt in 0..30u64 {
+        let through = (avoid + 1 + attempt as usize % 3) % 4;
+        let node = &cluster.nodes[through];
+        if set_pin(cluster.client.clone(), node.operator_url.clone(), cluster.token.clone(), repo, pinned).await.is_ok() {
+            return Ok(attempt);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("three nodes did not take a pin change of {repo} in 30 attempts")
+}
+
+/// Issue 14, item 8: a bounded chaos soak. Two clients download through every node while a seeded
+/// nemesis (`HFM_SEED`) injects `HFM_SOAK_FAULTS` faults (12 by default, and no more than `HFM_SOAK_SECONDS`,
+/// 60 by default, allow), one node at a time: kill -9 and start again, SIGSTOP and SIGCONT, or cut the
+/// node off from the others and heal; a pin change is written while each fault lasts. At the end
+/// every node's catalog has applied the same log and shows the last acknowledged pin state, every
+/// stored blob's hash is right, no client received a wrong byte, and every failed attempt was one
+/// a retry turned into a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(hfm_root), ignore = "needs root: partitions are cut between network namespaces, which only root can make")]
+async fn scenario_13_a_seeded_chaos_soak_ends_with_one_catalog_right_blobs_and_no_wrong_byte() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let seed = scenario_seed();
+    let faults: u64 = std::env::var("HFM_SOAK_FAULTS").ok().and_then(|text| text.parse().ok()).unwrap_or(12);
+    // Bounded so the whole test command stays within its budget; HFM_SOAK_SECONDS (and
+    // HFM_SOAK_FAULTS) run longer soaks.
+    let cap = Duration::from_secs(std::env::var("HFM_SOAK_SECONDS").ok().and_then(|text| text.parse().ok()).unwrap_or(60));
+    println!("chaos soak: seed {seed} (HFM_SEED={seed} repeats it), up to {faults} faults or {} s", cap.as_secs());
+    let mut random = Seeded(seed);
+    let options = ClusterOptions {
+        big_size: 4 << 20,
+        max_disk: Some("5MiB"),
+        needs_namespaces: Some("scenario 13 (partitions in the soak)"),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    let load = start_load(&cluster, &std::sync::Arc::new(std::sync::Mutex::new(vec![true; 4])), 2, CRASH_LOAD_PAUSE, seed).await?;
+    const PINNED: &str = "org/tiny-tokenizer";
+    let started = Instant::now();
+    let (mut kills, mut pauses, mut partitions, mut write_retries) = (0u64, 0u64, 0u64, 0u64);
+    let mut pinned = false;
+    let mut injected = 0;
+    while injected < faults && started.elapsed() < cap {
+        injected += 1;
+        let victim = random.below(4) as usize;
+        let lasting = Duration::from_millis(500 + random.below(2000));
+        pinned = !pinned;
+        match random.below(3) {
+            0 => {
+                kills += 1;
+                cluster.kill(victim);
+                write_retries += set_pin_until_acknowledged(&cluster, victim, PINNED, pinned).await?;
+                tokio::time::sleep(lasting).await;
+                cluster.restart(victim).await?;
+            }
+            1 => {
+                pauses += 1;
+                cluster.pause(victim)?;
+                write_retries += set_pin_until_acknowledged(&cluster, victim, PINNED, pinned).await?;
+                tokio::time::sleep(lasting).await;
+                cluster.resume(victim)?;
+            }
+            _ => {
+                partitions += 1;
+                let rest: Vec<usize> = (0..4).filter(|node| *node != victim).collect();
+                cluster.net.partition(&[&[victim], &rest])?;
+                write_retries += set_pin_until_acknowledged(&cluster, victim, PINNED, pinned).await?;
+                tokio::time::sleep(lasting).await;
+                cluster.net.heal_all()?;
+            }
+        }
+        // One fault at a time: the next waits until every node is live and the victim caught up.
+        cluster.wait_live_everywhere().await?;
+        wait_caught_up(&cluster, victim, (victim + 1) % 4).await?;
+    }
+    let report = stop_load(load).await?;
+    println!(
+        "measure: chaos soak: {injected} faults in {} s ({kills} kill -9, {pauses} SIGSTOP, {partitions} partitions), {} downloads, {} client retries ({} bodies cut short), {write_retries} pin writes retried",
+        started.elapsed().as_secs(),
+        report.downloads,
+        report.retries,
+        report.cut_short
+    );
+    assert!(report.wrong_bytes.is_empty(), "clients received wrong bytes (seed {seed}): {:?}", report.wrong_bytes);
+    assert!(report.gave_up.is_empty(), "downloads failed after 8 attempts (seed {seed}): {:?}", report.gave_up);
+    assert!(injected >= faults.min(4), "only {injected} faults in {} s", cap.as_secs());
+    wait_catalogs_converged(&cluster).await?;
+    for node in 0..4 {
+        let shows = || async { pinned_repos(&cluster, node).await.is_ok_and(|repos| repos.contains(&PINNED.to_owned()) == pinned) };
+        if wait_until("the acknowledged pin state", Duration::from_secs(30), shows).await.is_err() {
+            anyhow::bail!("seed {seed}: {} does not show the last acknowledged pin state", cluster.nodes[node].name);
+        }
+        assert_eq!(cluster.exited(node)?, None, "{} exited by itself:\n{}", cluster.nodes[node].name, errors_in_log(&cluster, node));
+    }
+    wait_until("no fill under way", Duration::from_secs(60), || async { (0..4).all(|node| cluster.temp_files(node).is_empty()) }).await?;
+    assert!(cluster.verify_disks()? >= 4);
     Ok(())
 }
 
