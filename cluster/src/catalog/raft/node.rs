@@ -219,17 +219,14 @@ impl RaftCatalog {
                 }
                 let restarted =
                     Raft::new(self.self_id, self.config.clone(), self.network.clone(), self.log.clone(), self.state_machine.clone()).await;
+                pause = (pause * 2).min(MAX_RESTART_PAUSE);
                 match restarted {
                     Ok(raft) => {
                         *self.raft.write().expect("raft slot poisoned") = raft;
                         info!("the catalog's Raft core runs again");
-                        pause = (pause * 2).min(MAX_RESTART_PAUSE);
                         break;
                     }
-                    Err(error) => {
-                        warn!(%error, "the catalog's Raft core could not start again; retrying");
-                        pause = (pause * 2).min(MAX_RESTART_PAUSE);
-                    }
+                    Err(error) => warn!(%error, "the catalog's Raft core could not start again; retrying"),
                 }
             }
             running_since = tokio::time::Instant::now();
