@@ -11,6 +11,7 @@
 //!
 //! - `types`: repository keys and commit shas, pure values.
 //! - `catalog/`: the `Catalog` trait, its records and the redb-backed local implementation.
+//! - `clock`: the cluster's wall clock (the median member's), measured over gossip.
 //! - `placement`: weighted rendezvous hashing of keys over nodes; pure.
 //! - `membership/`: gossip (chitchat): live, ready and draining nodes as a watched `ClusterView`.
 //! - `peer/`: QUIC with mutual TLS between nodes (quinn): blob fills, the cluster CA.
@@ -21,6 +22,7 @@
 //! it stores what the node gives it, keyed by repository, revision and commit.
 
 pub mod catalog;
+pub mod clock;
 pub mod membership;
 pub mod peer;
 pub mod placement;

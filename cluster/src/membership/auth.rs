@@ -6,7 +6,13 @@
 //! bytes | HMAC-SHA256(cluster key, everything before)`. A datagram whose MAC does not verify, whose
 //! time is more than [`MAX_SKEW`] away from ours, or whose (session, counter) was seen before is
 //! dropped before chitchat decodes it, and counted; a forged Syn therefore gets no reply either (no
-//! state leak, no amplification).
+//! state leak, no amplification). The sent time of every datagram that opens is also how this node
+//! measures its peers' clocks ([`crate::clock`]).
+//!
+//! [`MAX_SKEW`] is wide (fifteen minutes) so that a node whose clock is minutes off stays a member — the
+//! catalog's times follow the majority's clock, not its own. The window only has to catch a capture
+//! replayed after its session was forgotten, and a session is remembered for twice that window after
+//! its last datagram, so any datagram of a forgotten session is older than the window.
 //!
 //! chitchat 0.13 keeps its codec crate-private, so the bytes are made and read by chitchat's own
 //! public UDP socket on loopback ("codec"), talking to a second loopback socket of ours ("tap"): a
@@ -28,15 +34,17 @@ use ring::hmac;
 const MAGIC: [u8; 4] = *b"hfg1";
 const HEADER_LEN: usize = 4 + 8 + 8 + 8;
 const TAG_LEN: usize = 32;
-/// How far a datagram's clock may be from ours (nodes run NTP).
-pub const MAX_SKEW: Duration = Duration::from_secs(30);
+/// How far a datagram's clock may be from ours: nodes run NTP, but one whose clock went wrong by
+/// minutes must not drop out of the cluster for it (two clocks five minutes off in opposite
+/// directions are ten minutes apart).
+pub const MAX_SKEW: Duration = Duration::from_secs(900);
 const MAX_DATAGRAM: usize = 65_535;
 /// How long the codec may take to hand back a payload it was given (loopback: at once); beyond,
 /// chitchat refused it as undecodable.
 const CODEC_WAIT: Duration = Duration::from_millis(100);
 
 fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    crate::clock::local_ms()
 }
 
 /// Datagrams dropped, by reason; shared with whoever exports them.
@@ -143,6 +151,7 @@ fn open_datagram(key: &hmac::Key, replay: &mut ReplayGuard, datagram: &[u8], now
     if !replay.accept(session, counter, now_ms) {
         return Err(Rejection::Replayed);
     }
+    crate::clock::observe(session, sent_ms, now_ms);
     Ok(HEADER_LEN..datagram.len() - TAG_LEN)
 }
 
@@ -270,7 +279,7 @@ mod tests {
         assert_eq!(open_datagram(&ours, &mut replay, &altered, now), Err(Rejection::Forged));
         assert_eq!(open_datagram(&ours, &mut replay, &seal(&theirs, 7, 3, now, b"x"), now), Err(Rejection::Forged));
         assert_eq!(open_datagram(&ours, &mut replay, b"\x53\xb0\x00\x02 a plain chitchat ack", now), Err(Rejection::Forged));
-        let old = seal(&ours, 7, 4, now - 60_000, b"x");
+        let old = seal(&ours, 7, 4, now - MAX_SKEW.as_millis() as u64 - 1, b"x");
         assert_eq!(open_datagram(&ours, &mut replay, &old, now), Err(Rejection::Stale));
         // Out of order within the window is fine once; a restart is a new session.
         assert!(open_datagram(&ours, &mut replay, &seal(&ours, 7, 9, now, b"x"), now).is_ok());

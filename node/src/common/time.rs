@@ -2,9 +2,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
+/// Milliseconds since the Unix epoch on the cluster's clock (0 before it): the time catalog records
+/// are stamped with and compared against, so that one node's wrong clock neither expires records early
+/// nor keeps them late (`hfm_cluster::clock`; on a single node, the local clock).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    hfm_cluster::clock::now_ms()
 }
 
 /// Formats unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (or the compact `YYYYMMDDTHHMMSSZ`).

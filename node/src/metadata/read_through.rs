@@ -40,9 +40,22 @@ impl<V> Recorded<V> {
     fn is_fresh(&self, ttl: Duration) -> bool {
         match self.checked_at_ms {
             None => true,
-            Some(checked_at_ms) => now_ms().saturating_sub(checked_at_ms) < ttl.as_millis() as u64,
+            Some(checked_at_ms) => is_fresh_at(checked_at_ms, now_ms(), ttl),
         }
     }
+}
+
+/// How far in the future a record's check may lie and still count: the cluster clock's own tolerance.
+const FUTURE_TOLERANCE: Duration = Duration::from_secs(2);
+
+/// Whether a record checked at `checked_at_ms` is fresh at `now_ms` under `ttl`. A check stamped in
+/// the future (a writer whose clock ran ahead before the cluster clock was agreed) is not: counting it
+/// fresh would keep the record late by the writer's error, checking again costs one upstream request.
+fn is_fresh_at(checked_at_ms: u64, now_ms: u64, ttl: Duration) -> bool {
+    if checked_at_ms > now_ms.saturating_add(FUTURE_TOLERANCE.as_millis() as u64) {
+        return false;
+    }
+    now_ms.saturating_sub(checked_at_ms) < ttl.as_millis() as u64
 }
 
 /// What the fetch of a kind may use: the catalog to record into, and upstream.
@@ -159,6 +172,16 @@ mod tests {
 
     use super::*;
     use crate::metadata::MetadataSettings;
+
+    #[test]
+    fn a_check_from_the_future_is_not_fresh() {
+        let (now, ttl) = (1_800_000_000_000, Duration::from_secs(60));
+        assert!(is_fresh_at(now - 59_000, now, ttl));
+        assert!(!is_fresh_at(now - 60_000, now, ttl));
+        // Within the clock's tolerance ahead: fresh; five minutes ahead: checked again.
+        assert!(is_fresh_at(now + 1_000, now, ttl));
+        assert!(!is_fresh_at(now + 300_000, now, ttl));
+    }
 
     /// A kind whose record lives in memory and whose upstream is a script.
     struct Scripted {

@@ -220,7 +220,7 @@ impl crate::telemetry::MetricSource for RaftMetrics {
     }
 }
 
-/// Exports the gossip datagrams dropped before chitchat saw them.
+/// Exports the gossip datagrams dropped before chitchat saw them, and the clock offset gossip measured.
 pub struct GossipMetrics(pub Arc<hfm_cluster::membership::auth::GossipRejections>);
 
 impl crate::telemetry::MetricSource for GossipMetrics {
@@ -232,6 +232,11 @@ impl crate::telemetry::MetricSource for GossipMetrics {
             "Gossip datagrams dropped unread: no valid MAC, too old, or seen before",
             "reason",
             &reasons,
+        )?;
+        samples.gauge(
+            "hfm_clock_offset_ms",
+            "The cluster's clock (the median member's) minus this machine's, in ms; 0 within a second",
+            hfm_cluster::clock::offset_ms(),
         )
     }
 }

@@ -43,6 +43,9 @@ const OPERATOR_PORT: u16 = 9090;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository root.
+/// libfaketime, for the threads of a multi-threaded process (Debian's `faketime` package).
+const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
@@ -75,11 +78,24 @@ pub struct ClusterOptions {
     /// What the scenario needs network namespaces for (cutting links), if it does: then a network
     /// without them is an error, reported before any node starts.
     pub needs_namespaces: Option<&'static str>,
+    /// `--ref-ttl` of every node.
+    pub ref_ttl: &'static str,
+    /// Every node runs under libfaketime, its wall clock set by [`Cluster::set_clock`] (monotonic
+    /// time stays real, as NTP stepping the clock leaves it).
+    pub fake_clocks: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> ClusterOptions {
-        ClusterOptions { big_size: 0, replica_check_interval: "2s", max_disk: None, pins: &[], needs_namespaces: None }
+        ClusterOptions {
+            big_size: 0,
+            replica_check_interval: "2s",
+            max_disk: None,
+            pins: &[],
+            needs_namespaces: None,
+            ref_ttl: "5s",
+            fake_clocks: false,
+        }
     }
 }
 
@@ -118,6 +134,8 @@ pub struct Cluster {
     pub token_file: PathBuf,
     pub token: String,
     max_disk: Option<&'static str>,
+    ref_ttl: &'static str,
+    fake_clocks: bool,
     // Dropped last: the nodes and the Hub go before their disks, network and directory.
     small_disks: Vec<SmallDisk>,
     pub net: Network,
@@ -214,6 +232,15 @@ impl Cluster {
             })
             .collect();
         let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
+        if options.fake_clocks {
+            anyhow::ensure!(
+                Path::new(FAKETIME_LIBRARY).exists(),
+                "this scenario sets node clocks with libfaketime, which is not installed ({FAKETIME_LIBRARY}; apt-get install faketime)"
+            );
+            for name in &names {
+                std::fs::write(dir.path().join(format!("{name}.faketime")), "+0\n")?;
+            }
+        }
         let mut cluster = Cluster {
             nodes,
             placement,
@@ -224,6 +251,8 @@ impl Cluster {
             token_file,
             token,
             max_disk: options.max_disk,
+            ref_ttl: options.ref_ttl,
+            fake_clocks: options.fake_clocks,
             small_disks: Vec::new(),
             net,
             dir,
@@ -258,10 +287,11 @@ impl Cluster {
             .arg("serve")
             .arg("--config")
             .arg(&self.topology_path)
-            .args(["--node", &node.name, "--upstream", &self.hub.url, "--ref-ttl", "5s"])
+            .args(["--node", &node.name, "--upstream", &self.hub.url, "--ref-ttl", self.ref_ttl])
             .args(self.max_disk.iter().flat_map(|max_disk| ["--max-disk", max_disk]))
             .args(&node.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.fake_clock_environment(index))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(log);
@@ -275,6 +305,39 @@ impl Cluster {
         self.nodes[index].child = Some(child);
         self.nodes[index].paused = false;
         Ok(())
+    }
+
+    /// libfaketime's settings for node `index`: its offset is read from a file [`Cluster::set_clock`]
+    /// writes, again every second, so the clock can jump while the node runs.
+    fn fake_clock_environment(&self, index: usize) -> Vec<(&'static str, String)> {
+        if !self.fake_clocks {
+            return Vec::new();
+        }
+        let file = self.dir.path().join(format!("{}.faketime", self.nodes[index].name));
+        vec![
+            ("LD_PRELOAD", FAKETIME_LIBRARY.to_owned()),
+            ("FAKETIME_TIMESTAMP_FILE", file.display().to_string()),
+            ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ]
+    }
+
+    /// Sets node `index`'s wall clock to the real time plus `offset` (libfaketime's syntax: `+5m`,
+    /// `-300`, `+0`); a running node sees the jump within a second. Needs `fake_clocks`.
+    pub fn set_clock(&self, index: usize, offset: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(self.fake_clocks, "the cluster was started without fake_clocks");
+        std::fs::write(self.dir.path().join(format!("{}.faketime", self.nodes[index].name)), format!("{offset}\n"))?;
+        Ok(())
+    }
+
+    /// The value of a gauge or counter (without labels) in node `index`'s `/metrics`.
+    pub async fn metric(&self, index: usize, name: &str) -> anyhow::Result<f64> {
+        let url = format!("{}/metrics", self.nodes[index].operator_url);
+        let response = self.client.get(url).bearer_auth(&self.token).timeout(Duration::from_secs(3)).send().await?;
+        let text = response.error_for_status()?.text().await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .with_context(|| format!("{} has no metric {name}", self.nodes[index].name))
     }
 
     /// Waits for the node's `node NAME URL` line.

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use hfm_cluster_tests::{Cluster, ClusterOptions, HubFile, sha256_hex, wait_until};
 use tokio::sync::Mutex;
 
@@ -1170,6 +1172,135 @@ async fn rsync_pull(args: &[&str]) -> anyhow::Result<String> {
 
 /// Not a test: the peer fill benchmark of docs/benchmarks.md (`bench/cluster.sh` runs it with the
 /// release binary). Prints the time to stream one big blob from local disk and through a peer fill.
+/// The commit a node answers for `repo`'s `main` (`/api/{models|datasets}/…/revision/main`).
+async fn main_commit_seen_by(cluster: &Cluster, node: usize, repo: &str) -> anyhow::Result<String> {
+    let api = match repo.strip_prefix("datasets/") {
+        Some(dataset) => format!("/api/datasets/{dataset}/revision/main"),
+        None => format!("/api/models/{repo}/revision/main"),
+    };
+    let answer = cluster.get(node, &api).await?;
+    anyhow::ensure!(answer.status == 200, "{} answered {} for {api}", cluster.nodes[node].name, answer.status);
+    let info: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    info["sha"].as_str().map(str::to_owned).context("no sha in the revision info")
+}
+
+/// The node that records `repo`'s `main` ref for the cluster (its metadata leader), as placement ranks.
+fn ref_leader(cluster: &Cluster, repo: &str) -> usize {
+    let key = match repo.strip_prefix("datasets/") {
+        Some(dataset) => format!("ref\0dataset:{dataset}\0main"),
+        None => format!("ref\0model:{repo}\0main"),
+    };
+    cluster.preference(&key)[0]
+}
+
+/// A node's SOA serial, asked with dig.
+async fn soa_serial(cluster: &Cluster, node: usize) -> anyhow::Result<u64> {
+    let server = cluster.nodes[node].addresses.dns;
+    let output = tokio::process::Command::new("dig")
+        .args([&format!("@{}", server.ip()), "-p", &server.port().to_string(), "hf-mirror.eu", "SOA", "+short", "+time=2", "+tries=3"])
+        .output()
+        .await
+        .context("running dig")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace().nth(2).and_then(|serial| serial.parse().ok()).with_context(|| format!("no SOA serial in {text:?}"))
+}
+
+/// Two of four clocks jump five minutes, one ahead and one behind, while the nodes run (libfaketime;
+/// monotonic time stays real, as when NTP steps a clock). Membership keeps all four, the catalog keeps
+/// replicating, every node measures the cluster's (the majority's) time, and a ref recorded by a node
+/// whose clock is wrong expires neither early nor late on the others; a node restarted with its clock
+/// behind still gives out a larger SOA serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_14_clocks_five_minutes_off_neither_split_the_cluster_nor_move_ref_expiry() -> anyhow::Result<()> {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    const TTL: Duration = Duration::from_secs(15);
+    let mut cluster = Cluster::start(ClusterOptions { ref_ttl: "15s", fake_clocks: true, ..ClusterOptions::default() }).await?;
+    // The node ahead records org/model's main; the node behind records another repo's.
+    let model = "org/model";
+    let ahead = ref_leader(&cluster, model);
+    let other = ["datasets/org/dataset", "org/tiny-tokenizer", "gpt2"]
+        .into_iter()
+        .find(|repo| ref_leader(&cluster, repo) != ahead)
+        .expect("some repo's ref is recorded by another node");
+    let behind = ref_leader(&cluster, other);
+    let right: Vec<usize> = (0..4).filter(|node| *node != ahead && *node != behind).collect();
+    println!("clocks: {} +5 min, {} -5 min, {other} recorded by the one behind", cluster.nodes[ahead].name, cluster.nodes[behind].name);
+    let dns_serial_before = soa_serial(&cluster, behind).await?;
+    cluster.set_clock(ahead, "+5m")?;
+    cluster.set_clock(behind, "-5m")?;
+
+    // Every node measures the majority's time: the wrong clocks are told how far off they are, the
+    // right ones are not moved.
+    let near = |value: f64, expected: f64| (value - expected).abs() < 5_000.0;
+    wait_until("every node measured the cluster's clock", Duration::from_secs(60), || async {
+        let mut all = true;
+        for node in 0..4 {
+            let expected = if node == ahead { -300_000.0 } else if node == behind { 300_000.0 } else { 0.0 };
+            all &= cluster.metric(node, "hfm_clock_offset_ms").await.is_ok_and(|offset| near(offset, expected));
+        }
+        all
+    })
+    .await?;
+    // Membership: nobody was dropped for its clock, and no datagram was refused as stale.
+    cluster.wait_live_everywhere().await?;
+    for node in 0..4 {
+        assert_eq!(cluster.metric(node, "hfm_gossip_rejected_total{reason=\"stale\"}").await?, 0.0);
+    }
+
+    // Not early: the node behind records a ref, then stops; the node that records it next (with a
+    // right clock) finds the record fresh and does not ask upstream again within the TTL.
+    cluster.hub.reset().await?;
+    let other_commit = main_commit_seen_by(&cluster, behind, other).await?;
+    let fetched = cluster.hub.api_requests().await?;
+    assert!(!fetched.is_empty(), "the ref was fetched from upstream");
+    let recorded_at = Instant::now();
+    cluster.stop(behind).await?;
+    let stopped_name = cluster.nodes[behind].name.clone();
+    for &node in &right {
+        wait_until("the stopped node left every view", Duration::from_secs(30), || async {
+            cluster.live_seen_by(node).await.is_ok_and(|live| !live.contains(&stopped_name))
+        })
+        .await?;
+    }
+    for node in (0..4).filter(|node| *node != behind) {
+        assert_eq!(main_commit_seen_by(&cluster, node, other).await?, other_commit);
+    }
+    assert!(recorded_at.elapsed() < TTL, "the reads came after the TTL; the check proves nothing (a slow machine)");
+    let api = cluster.hub.api_requests().await?;
+    assert_eq!(api, fetched, "a ref recorded by the node whose clock is behind expired early");
+
+    // The node behind restarts with its clock still behind: it rejoins, measures the cluster's clock
+    // again, and its SOA serial still grows.
+    cluster.restart(behind).await?;
+    cluster.wait_live_everywhere().await?;
+    wait_until("the restarted node measured the cluster's clock", Duration::from_secs(60), || async {
+        cluster.metric(behind, "hfm_clock_offset_ms").await.is_ok_and(|offset| near(offset, 300_000.0))
+    })
+    .await?;
+    let dns_serial_after = soa_serial(&cluster, behind).await?;
+    assert!(dns_serial_after > dns_serial_before, "SOA serial went from {dns_serial_before} to {dns_serial_after}");
+
+    // Not late: the node ahead records org/model's main, the branch moves upstream, and once the TTL
+    // has passed every node answers the new commit (a record stamped five minutes ahead would keep the
+    // old one for five more minutes).
+    let old_commit = main_commit_seen_by(&cluster, ahead, model).await?;
+    for node in 0..4 {
+        assert_eq!(main_commit_seen_by(&cluster, node, model).await?, old_commit);
+    }
+    let new_commit = cluster.hub.move_branch(model, "main").await?;
+    assert_ne!(new_commit, old_commit);
+    tokio::time::sleep(TTL + Duration::from_secs(2)).await;
+    // The node ahead last: asked first, it would check upstream by its own clock and record the new
+    // commit for everyone, hiding what the others make of its record.
+    for node in right.iter().copied().chain([behind, ahead]) {
+        let seen = main_commit_seen_by(&cluster, node, model).await?;
+        assert_eq!(seen, new_commit, "{} still answers the old commit after the TTL", cluster.nodes[node].name);
+    }
+    // Raft kept replicating through all of it: every node applied the same log.
+    wait_catalogs_converged(&cluster).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run by bench/cluster.sh"]
 async fn bench_peer_fill_versus_local_disk() -> anyhow::Result<()> {
