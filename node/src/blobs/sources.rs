@@ -4,11 +4,15 @@
 //! asked as fill leaders (a leader that lacks the blob fetches it from upstream once, for everyone,
 //! and streams it while it writes); the nodes ranked below are asked only for what they hold; then
 //! upstream. Nodes the catalog's replica record names come first. A source that fails, even
-//! mid-stream, is replaced by the next one from the byte reached.
+//! mid-stream, is replaced by the next one from the byte reached; a peer slow to start is raced
+//! against the next holder, and one that stalls mid-stream is left (see [`HEDGE_AFTER`]).
 
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hfm_cluster::catalog::Catalog;
 use hfm_cluster::peer::protocol::FillRequest;
 use hfm_cluster::peer::{PeerAddress, PeerEndpoint};
@@ -16,6 +20,7 @@ use tracing::{debug, info};
 
 use crate::peers::Peers;
 use crate::store::{BlobSource, ByteStream, SourceError};
+use crate::telemetry::Reroute;
 use crate::upstream::{Upstream, UpstreamBlob};
 
 /// Builds the sources of blobs; a cheap handle.
@@ -94,7 +99,7 @@ fn holders_source(
             .iter()
             .filter(|name| *name != planner.self_name() && view.members.contains_key(*name))
             .filter_map(|name| planner.peer_address(name))
-            .map(|address| Candidate::Peer { address, origin: None })
+            .map(|address| Candidate::Peer { address, origin: None, holds: true })
             .collect();
         candidates.extend(then_upstream.clone().map(Candidate::Upstream));
         candidates
@@ -134,8 +139,9 @@ fn cluster_source(
             // Only nodes ranked above are asked as leaders (with the origin): a node below would
             // answer from a fill that may itself be fed by us.
             let origin = (rank < position).then(|| origin.clone());
-            let candidate = Candidate::Peer { address, origin };
-            if holders.iter().any(|holder| holder == name) {
+            let holds = holders.iter().any(|holder| holder == name);
+            let candidate = Candidate::Peer { address, origin, holds };
+            if holds {
                 first.push(candidate);
             } else if rank < position {
                 leaders.push(candidate);
@@ -153,22 +159,45 @@ fn cluster_source(
 }
 
 enum Candidate {
-    Peer { address: PeerAddress, origin: Option<String> },
+    /// `holds`: the catalog names it a holder. `origin`: it is asked as a fill leader (it fetches
+    /// from upstream for everyone when it lacks the blob).
+    Peer { address: PeerAddress, origin: Option<String>, holds: bool },
     Upstream(Arc<UpstreamBlob>),
 }
 
-/// Tries its candidates in order, staying with the one that last worked. When every candidate
-/// failed (or there was none: a node just back from a pause sees no live peer yet), the next
-/// attempt plans them again from the cluster's view as it is then, so a fill retried with backoff
-/// finds the peers that came back.
+impl Candidate {
+    /// Whether asking this one beside a slow peer costs nothing but a request: it holds the blob or
+    /// is asked only for what it holds. A second fill leader would start a second upstream fetch, and
+    /// upstream itself is asked only when no peer could answer.
+    fn may_hedge(&self) -> bool {
+        matches!(self, Candidate::Peer { holds: true, .. } | Candidate::Peer { origin: None, .. })
+    }
+}
+
+/// How long a peer may take to start sending a blob before the next peer that holds it is asked too
+/// (the first to answer is used, the other request is dropped). An answer on a healthy link takes a
+/// few milliseconds; one from a peer behind a 300 ms link, or too busy to answer, takes longer. A
+/// hedge only ever asks a node for what it holds, so a spurious one costs a request, not upstream.
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
+/// How long a peer's blob stream may go without a byte before the fill goes on from the next source
+/// (from the byte reached). QUIC itself would wait for its 20 s idle timeout.
+const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// Tries its candidates in order, staying with the one that last worked; a peer slow to answer gets
+/// the next holder asked beside it ([`HEDGE_AFTER`]), a stalled one is left ([`STALL_AFTER`]). When
+/// every candidate failed (or there was none: a node just back from a pause sees no live peer yet),
+/// the next attempt plans them again from the cluster's view as it is then, so a fill retried with
+/// backoff finds the peers that came back.
 struct ClusterSource {
     endpoint: PeerEndpoint,
     etag: String,
     size: u64,
     plan: Box<dyn Fn() -> Vec<Candidate> + Send + Sync>,
     /// The candidates planned last, and the one in use.
-    state: Mutex<(Arc<Vec<Candidate>>, usize)>,
+    state: Arc<Mutex<(Arc<Vec<Candidate>>, usize)>>,
 }
+
+type PeerAnswer = (usize, Result<(u64, hfm_cluster::peer::BlobBytes), hfm_cluster::peer::PeerError>);
 
 impl ClusterSource {
     fn new(peers: &Peers, etag: &str, size: u64, plan: Box<dyn Fn() -> Vec<Candidate> + Send + Sync>) -> Arc<dyn BlobSource> {
@@ -178,8 +207,50 @@ impl ClusterSource {
             etag: etag.to_owned(),
             size,
             plan,
-            state: Mutex::new((candidates, 0)),
+            state: Arc::new(Mutex::new((candidates, 0))),
         })
+    }
+
+    fn use_candidate(&self, index: usize) {
+        self.state.lock().expect("source state poisoned").1 = index;
+    }
+
+    /// Asks peer candidate `index` for the blob from `offset`.
+    fn ask(&self, candidates: &[Candidate], index: usize, offset: u64) -> impl Future<Output = PeerAnswer> + Send + 'static {
+        let Candidate::Peer { address, origin, .. } = &candidates[index] else { unreachable!("only peers are asked") };
+        let (endpoint, address) = (self.endpoint.clone(), address.clone());
+        let request = FillRequest { etag: self.etag.clone(), size: self.size, start: offset, origin: origin.clone() };
+        async move { (index, endpoint.fetch(&address, &request).await) }
+    }
+
+    /// A peer's bytes, counted, and cut with an error when they stall; the stalled peer is then
+    /// skipped when the fill opens the source again.
+    fn watched(&self, index: usize, peer: String, bytes: hfm_cluster::peer::BlobBytes) -> ByteStream {
+        let (state, etag) = (self.state.clone(), self.etag.clone());
+        let stream = futures_util::stream::unfold(Some(bytes), move |bytes| {
+            let (state, etag, peer) = (state.clone(), etag.clone(), peer.clone());
+            async move {
+                let mut bytes = bytes?;
+                match tokio::time::timeout(STALL_AFTER, bytes.next()).await {
+                    Ok(Some(Ok(chunk))) => {
+                        crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Peer, chunk.len() as u64);
+                        Some((Ok(chunk), Some(bytes)))
+                    }
+                    Ok(Some(Err(error))) => Some((Err(SourceError::Transient(error.to_string())), None)),
+                    Ok(None) => None,
+                    Err(_) => {
+                        info!(%etag, %peer, "peer stalled; going on from the next source");
+                        crate::telemetry::metrics().rerouted(Reroute::FillStalled);
+                        let mut state = state.lock().expect("source state poisoned");
+                        if state.1 == index {
+                            state.1 = index + 1;
+                        }
+                        Some((Err(SourceError::Transient(format!("peer {peer} sent nothing for {STALL_AFTER:?}"))), None))
+                    }
+                }
+            }
+        });
+        Box::pin(stream)
     }
 }
 
@@ -193,32 +264,46 @@ impl BlobSource for ClusterSource {
             }
             (state.0.clone(), state.1)
         };
-        for index in first..candidates.len() {
-            self.state.lock().expect("source state poisoned").1 = index;
-            match &candidates[index] {
-                Candidate::Peer { address, origin } => {
-                    let request = FillRequest { etag: self.etag.clone(), size: self.size, start: offset, origin: origin.clone() };
-                    match self.endpoint.fetch(address, &request).await {
-                        Ok((start, bytes)) => {
-                            debug!(etag = %self.etag, peer = %address.name, offset, "filling from a peer");
-                            let bytes = bytes.map(|chunk| {
-                                let chunk = chunk.map_err(|error| SourceError::Transient(error.to_string()))?;
-                                crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Peer, chunk.len() as u64);
-                                Ok(chunk)
-                            });
-                            return Ok((start, Box::pin(bytes)));
-                        }
-                        Err(error) => debug!(etag = %self.etag, %error, "peer cannot serve; trying the next source"),
+        let mut asked = FuturesUnordered::new();
+        let mut next = first;
+        loop {
+            if asked.is_empty() {
+                match candidates.get(next) {
+                    None => break,
+                    Some(Candidate::Upstream(upstream)) => {
+                        self.use_candidate(next);
+                        info!(etag = %self.etag, offset, "no peer has it; filling from upstream");
+                        return upstream.open(offset).await;
+                    }
+                    Some(Candidate::Peer { .. }) => {
+                        self.use_candidate(next);
+                        asked.push(self.ask(&candidates, next, offset));
+                        next += 1;
+                        continue;
                     }
                 }
-                Candidate::Upstream(upstream) => {
-                    info!(etag = %self.etag, offset, "no peer has it; filling from upstream");
-                    return upstream.open(offset).await;
+            }
+            let hedge = candidates.get(next).is_some_and(Candidate::may_hedge);
+            tokio::select! {
+                Some((index, answer)) = asked.next() => match answer {
+                    Ok((start, bytes)) => {
+                        self.use_candidate(index);
+                        let Candidate::Peer { address, .. } = &candidates[index] else { unreachable!("only peers are asked") };
+                        debug!(etag = %self.etag, peer = %address.name, offset, "filling from a peer");
+                        return Ok((start, self.watched(index, address.name.clone(), bytes)));
+                    }
+                    Err(error) => debug!(etag = %self.etag, %error, "peer cannot serve; trying the next source"),
+                },
+                () = tokio::time::sleep(HEDGE_AFTER), if hedge => {
+                    info!(etag = %self.etag, offset, "a peer is slow to answer; asking the next holder too");
+                    crate::telemetry::metrics().rerouted(Reroute::FillHedged);
+                    asked.push(self.ask(&candidates, next, offset));
+                    next += 1;
                 }
             }
         }
         // Every candidate failed: the next attempt plans again.
-        self.state.lock().expect("source state poisoned").1 = candidates.len();
+        self.use_candidate(candidates.len());
         Err(SourceError::Transient("no source left".into()))
     }
 

@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use hfm_cluster::catalog::{Manifest, PolicyRecord};
 use hfm_cluster::types::RepoKey;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Metadata;
 use crate::hub::{ErrorSource, HubError};
 
 /// How long a node waits for the metadata leader (a big repo's tree is many upstream pages).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node waits for the leader's answer to a small question (a policy, a ref) before it
+/// asks upstream itself: a leader behind a slow link or too busy to answer is routed around, at the
+/// cost of one upstream request. Trees are not hedged: a big one is legitimately slow upstream.
+const SMALL_QUESTION_BUDGET: Duration = Duration::from_secs(1);
 /// The name of the metadata service on the peer endpoint.
 pub const METADATA_SERVICE: &str = "metadata";
 
@@ -36,6 +40,14 @@ pub enum MetadataRequest {
 
 impl MetadataRequest {
     /// The key placement assigns a leader for: one per repo policy, per ref, per commit.
+    /// How long the asker waits before going upstream itself (see [`SMALL_QUESTION_BUDGET`]).
+    fn budget(&self) -> Duration {
+        match self {
+            MetadataRequest::Policy { .. } | MetadataRequest::Revision { .. } => SMALL_QUESTION_BUDGET,
+            MetadataRequest::Manifest { .. } => METADATA_TIMEOUT,
+        }
+    }
+
     pub(super) fn placement_key(&self) -> String {
         match self {
             MetadataRequest::Policy { repo } => format!("policy\0{repo}"),
@@ -65,7 +77,14 @@ impl Metadata {
         let peers = self.inner.peers.as_ref()?;
         let leader = peers.metadata_leader(&request.placement_key())?;
         let body = serde_json::to_vec(&request).ok()?;
-        match peers.endpoint().call(&leader, METADATA_SERVICE, body, METADATA_TIMEOUT).await {
+        let budget = request.budget();
+        let asked = tokio::time::Instant::now();
+        let answer = peers.endpoint().call(&leader, METADATA_SERVICE, body, budget).await;
+        if answer.is_err() && budget < METADATA_TIMEOUT && asked.elapsed() >= budget {
+            info!(leader = %leader.name, "metadata leader slow to answer; asking upstream");
+            crate::telemetry::metrics().rerouted(crate::telemetry::Reroute::MetadataHedged);
+        }
+        match answer {
             Ok(answer) => match serde_json::from_slice::<MetadataAnswer>(&answer) {
                 Ok(MetadataAnswer::Error { status, code, message, repo_commit }) => {
                     let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);

@@ -71,6 +71,28 @@ pub struct Metrics {
     fill_joins: Counter,
     metadata_joins: Counter,
     evictions: Counter,
+    reroutes_family: Family<KindLabels, Counter>,
+}
+
+/// Why work went around a slow peer (the `kind` of `hfm_slow_peer_reroutes`).
+#[derive(Clone, Copy, Debug)]
+pub enum Reroute {
+    /// A peer did not start sending a blob within the budget; the next holder was asked too.
+    FillHedged,
+    /// A peer's blob stream stalled; the fill went on from the next source.
+    FillStalled,
+    /// The metadata leader did not answer within the budget; this node asked upstream itself.
+    MetadataHedged,
+}
+
+impl Reroute {
+    fn label(self) -> &'static str {
+        match self {
+            Reroute::FillHedged => "fill_hedged",
+            Reroute::FillStalled => "fill_stalled",
+            Reroute::MetadataHedged => "metadata_hedged",
+        }
+    }
 }
 
 /// The counters of this process.
@@ -98,6 +120,7 @@ impl Metrics {
             fill_joins,
             metadata_joins,
             evictions: Counter::default(),
+            reroutes_family: Family::default(),
         }
     }
 
@@ -146,6 +169,11 @@ impl Metrics {
         self.evictions.inc();
     }
 
+    /// Work went around a slow peer.
+    pub fn rerouted(&self, why: Reroute) {
+        self.reroutes_family.get_or_create(&KindLabels { kind: why.label() }).inc();
+    }
+
     /// Registers every counter under its exported name (counters get `_total` appended).
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register("hfm_requests", "HTTP requests answered, by route, status and cache result (X-Cache)", self.requests.clone());
@@ -168,6 +196,11 @@ impl Metrics {
             self.coalesced_family.clone(),
         );
         registry.register("hfm_evictions", "Blobs evicted to make room", self.evictions.clone());
+        registry.register(
+            "hfm_slow_peer_reroutes",
+            "Fills and metadata questions that went around a peer slow to answer or stalled, by kind",
+            self.reroutes_family.clone(),
+        );
     }
 }
 

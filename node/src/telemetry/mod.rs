@@ -12,4 +12,4 @@ pub mod metrics;
 
 pub use answers::{AnswerCounters, AnswerMetric};
 pub use exposition::{Exposition, MetricSource, Samples};
-pub use metrics::{ByteSource, metrics};
+pub use metrics::{ByteSource, Reroute, metrics};

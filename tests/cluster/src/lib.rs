@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use hfm_node::cli::cluster_up::{NodeAddresses, local_topology};
 use hfm_node::transport::sockets::{ChildSockets, LISTEN_FDS_VARIABLE};
 pub use hub::{FakeHub, HubFile};
-pub use net::{Network, NetworkKind};
+pub use net::{Network, NetworkKind, SlowLink};
 use serde_json::Value;
 use sha2::Digest;
 

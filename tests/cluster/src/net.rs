@@ -8,7 +8,8 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, bail};
@@ -225,6 +226,44 @@ impl Network {
         Ok(())
     }
 
+    /// Makes node `index`'s outgoing link slow: every packet it sends waits `delay_ms` and `loss` of
+    /// them (0..1, seeded) are lost — `tc netem` on its egress, which this kernel lacks, done by a
+    /// userspace delay line (`delay_line.py`) on a TUN device the node's routes send everything
+    /// through. Dropping the returned link makes the node's link fast again.
+    pub fn slow_link(&self, index: usize, delay_ms: u32, loss: f64, seed: u64) -> anyhow::Result<SlowLink> {
+        let Some(namespace) = self.namespace(index) else { bail!("a link can only be slowed in a network namespace") };
+        let script = crate::root().join("tests/cluster/delay_line.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &namespace, "python3"])
+            .arg(&script)
+            .args(["--name", "slow0", "--delay-ms", &delay_ms.to_string(), "--loss", &loss.to_string(), "--seed", &seed.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the delay line")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("the delay line's stdout")?);
+        let mut ready = String::new();
+        stdout.read_line(&mut ready)?;
+        let link = SlowLink { namespace, subnet: self.client_prefix(), node_ip: self.node_ip(index).to_string(), child, stdout };
+        anyhow::ensure!(ready.trim() == "ready", "the delay line did not start: {ready:?}");
+        let sysctl = |setting: &str| -> anyhow::Result<()> {
+            let output = Command::new("ip").args(["netns", "exec", &link.namespace, "sysctl", "-q", "-w", setting]).output()?;
+            anyhow::ensure!(output.status.success(), "sysctl {setting}: {}", String::from_utf8_lossy(&output.stderr).trim());
+            Ok(())
+        };
+        // What comes out of the delay line carries the node's own address: forward it, do not
+        // take it for a spoof.
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.slow0.rp_filter=0", "net.ipv4.conf.slow0.accept_local=1"] {
+            sysctl(setting)?;
+        }
+        let ns = link.namespace.as_str();
+        ip(&["-n", ns, "link", "set", "slow0", "up"])?;
+        ip(&["-n", ns, "route", "replace", &link.subnet, "dev", "eth0", "table", "100"])?;
+        ip(&["-n", ns, "rule", "add", "iif", "slow0", "lookup", "100", "pref", "100"])?;
+        ip(&["-n", ns, "route", "replace", &link.subnet, "dev", "slow0", "src", &link.node_ip])?;
+        Ok(link)
+    }
+
     fn set_neighbour(&self, from: usize, to: usize, cut: bool) -> anyhow::Result<()> {
         let Some(namespace) = self.namespace(from) else { bail!("links can only be cut between network namespaces") };
         let target = self.node_ip(to).to_string();
@@ -235,6 +274,47 @@ impl Network {
             let _ = ip(&["-n", &namespace, "neigh", "del", &target, "dev", "eth0"]);
             Ok(())
         }
+    }
+}
+
+/// A node's slowed link (see [`Network::slow_link`]); dropped, the link is fast again.
+pub struct SlowLink {
+    namespace: String,
+    subnet: String,
+    node_ip: String,
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl SlowLink {
+    /// Makes the link fast again; returns the delay line's count of forwarded and dropped packets.
+    pub fn restore(mut self) -> anyhow::Result<String> {
+        self.unroute();
+        if let Some(stdin) = self.child.stdin.take() {
+            drop(stdin);
+        }
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).context("bad pid")?,
+            rustix::process::Signal::TERM,
+        );
+        let mut counts = String::new();
+        self.stdout.read_line(&mut counts)?;
+        let _ = self.child.wait();
+        Ok(counts.trim().to_owned())
+    }
+
+    fn unroute(&self) {
+        let ns = self.namespace.as_str();
+        let _ = ip(&["-n", ns, "route", "replace", &self.subnet, "dev", "eth0", "src", &self.node_ip]);
+        let _ = ip(&["-n", ns, "rule", "del", "iif", "slow0", "lookup", "100", "pref", "100"]);
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.unroute();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
