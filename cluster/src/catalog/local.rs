@@ -162,7 +162,7 @@ impl LocalCatalog {
     /// Opens (or creates) the catalog file, creating every table so that reads never meet a missing
     /// table.
     pub fn open(path: &Path) -> Result<LocalCatalog, CatalogError> {
-        let database = ReopeningDatabase::open(path).map_err(storage_error)?;
+        let database = ReopeningDatabase::open(path, super::reopening::CATALOG_CACHE_BYTES).map_err(storage_error)?;
         database.run(|database| {
             let transaction = database.begin_write().map_err(storage_error)?;
             for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {

@@ -37,6 +37,7 @@ impl From<Unusable> for std::io::Error {
 
 pub(crate) struct ReopeningDatabase {
     path: PathBuf,
+    cache_bytes: usize,
     slot: Mutex<Slot>,
 }
 
@@ -47,10 +48,20 @@ struct Slot {
     failed: bool,
 }
 
+/// redb's page cache for the catalog (its default is 1 GiB for every database), so a node's memory for
+/// it stays bounded whatever the catalog's size; pages beyond it are read from the OS page cache.
+pub const CATALOG_CACHE_BYTES: usize = 64 << 20;
+/// The Raft log's: entries are read back only to replicate and apply them, soon after they are written.
+pub const LOG_CACHE_BYTES: usize = 16 << 20;
+
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new().set_cache_size(cache_bytes).create(path)
+}
+
 impl ReopeningDatabase {
-    pub(crate) fn open(path: &Path) -> Result<ReopeningDatabase, redb::DatabaseError> {
-        let database = Database::create(path)?;
-        Ok(ReopeningDatabase { path: path.to_owned(), slot: Mutex::new(Slot { database: Some(Arc::new(database)), failed: false }) })
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<ReopeningDatabase, redb::DatabaseError> {
+        let database = create(path, cache_bytes)?;
+        Ok(ReopeningDatabase { path: path.to_owned(), cache_bytes, slot: Mutex::new(Slot { database: Some(Arc::new(database)), failed: false }) })
     }
 
     /// Runs `work` on the database (reopened first if an earlier write failed). Blocking: call it
@@ -95,7 +106,7 @@ impl ReopeningDatabase {
                 }
             }
         }
-        let database = Arc::new(Database::create(&self.path).map_err(|error| Unusable(error.to_string()))?);
+        let database = Arc::new(create(&self.path, self.cache_bytes).map_err(|error| Unusable(error.to_string()))?);
         info!(path = %self.path.display(), "database reopened after a failed write");
         slot.database = Some(database.clone());
         slot.failed = false;
@@ -140,7 +151,7 @@ mod tests {
     #[test]
     fn a_healthy_database_is_kept_and_an_error_of_the_work_itself_does_not_reopen_it() {
         let directory = tempfile::tempdir().unwrap();
-        let database = ReopeningDatabase::open(&directory.path().join("db.redb")).unwrap();
+        let database = ReopeningDatabase::open(&directory.path().join("db.redb"), LOG_CACHE_BYTES).unwrap();
         let first = database.current().unwrap();
         let outcome: Result<(), std::io::Error> = database.run(|_| Err(std::io::Error::other("not redb's")));
         assert!(outcome.is_err());
@@ -151,7 +162,7 @@ mod tests {
     #[test]
     fn a_database_marked_failed_is_reopened_with_its_committed_rows_once_its_users_let_go() {
         let directory = tempfile::tempdir().unwrap();
-        let database = ReopeningDatabase::open(&directory.path().join("db.redb")).unwrap();
+        let database = ReopeningDatabase::open(&directory.path().join("db.redb"), LOG_CACHE_BYTES).unwrap();
         write_row(&database);
         let first = database.current().unwrap();
         database.slot.lock().unwrap().failed = true;

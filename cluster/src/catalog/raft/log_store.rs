@@ -40,7 +40,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 
 impl RedbLogStore {
     pub fn open(path: &Path) -> io::Result<RedbLogStore> {
-        let database = ReopeningDatabase::open(path).map_err(io_error)?;
+        let database = ReopeningDatabase::open(path, crate::catalog::reopening::LOG_CACHE_BYTES).map_err(io_error)?;
         database.run(|database| {
             let transaction = database.begin_write().map_err(io_error)?;
             transaction.open_table(LOG).map_err(io_error)?;

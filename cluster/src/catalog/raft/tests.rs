@@ -173,7 +173,9 @@ mod cluster {
     /// it took, in order.
     async fn reconcile_until_settled(leader: &RaftCatalog, desired: &[CatalogMember], live: &[&str]) -> Vec<MembershipStep> {
         let mut steps = Vec::new();
-        for _ in 0..200 {
+        // Up to two minutes: a learner is promoted once it caught up, which for a big catalog is a
+        // snapshot transfer.
+        for _ in 0..2400 {
             match leader.reconcile_membership(desired, |name| live.contains(&name)).await.unwrap() {
                 Some(step) => steps.push(step),
                 None => {
@@ -252,57 +254,93 @@ mod cluster {
         }
     }
 
-    /// The catalog at a real size: a 200,000-file manifest (about 20 MiB, so it travels as write
-    /// parts) and a thousand small writes reach every voter; the leader snapshots and purges its
-    /// log; a node with an empty data directory joins and gets all of it through a snapshot sent
-    /// in chunks from a file, and serves the same manifest.
+    /// This process' resident memory now and at its peak since the last [`reset_peak_rss`], in bytes.
+    fn rss() -> (u64, u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Starts measuring the peak anew (`/proc/self/clear_refs`, 5: reset the peak RSS).
+    fn reset_peak_rss() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    /// The catalog at a real size, through the write path the node uses: 10,000 repositories of 100
+    /// files each (a ref and a manifest apiece: a million files) and one 200,000-file manifest (about
+    /// 20 MiB, so it travels as write parts, written through a follower) reach every voter; the
+    /// leader snapshots and purges its log; a node whose data directory is empty joins and gets all
+    /// of it through a snapshot streamed in chunks from a file, and serves the same records. The
+    /// newcomer's join must not grow the process by anything like the catalog's size: the snapshot is
+    /// never whole in memory. `HFM_CATALOG_REPOS` scales the repository count (default 10,000).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_large_manifest_and_a_snapshot_reach_a_node_that_starts_empty() {
+    #[ignore = "measures this process' memory, so it runs alone: scripts/test-all.sh runs it with --ignored"]
+    async fn a_million_files_and_a_large_manifest_reach_a_node_that_starts_empty() {
         use crate::catalog::{EntryKind, Manifest, ManifestEntry};
+        let repos: usize = std::env::var("HFM_CATALOG_REPOS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000);
+        const FILES_PER_REPO: usize = 100;
         let (_certs, endpoints, members) = prepare(&["n1", "n2", "n3", "n4"]);
         let (mut nodes, leader_id, leader) = start_first_three_voters(&members, &endpoints).await;
+        fn entry(path: String, index: usize) -> ManifestEntry {
+            ManifestEntry { path, kind: EntryKind::File, size: index as u64, oid: format!("{index:040x}"), lfs: None }
+        }
+        fn small_repo(index: usize) -> RepoKey {
+            RepoKey::new(RepoType::Model, format!("org/model-{index:05}"))
+        }
+        fn small_manifest(index: usize) -> Manifest {
+            Manifest::new(
+                (0..FILES_PER_REPO)
+                    .map(|file| entry(format!("shards/part-{file:03}-of-{FILES_PER_REPO:03}.safetensors"), index * FILES_PER_REPO + file))
+                    .collect(),
+            )
+        }
         let big = RepoKey::new(RepoType::Dataset, "org/many-files");
-        let entries: Vec<ManifestEntry> = (0..200_000)
-            .map(|index| ManifestEntry {
-                path: format!("data/part-{index:06}/shard.parquet"),
-                kind: EntryKind::File,
-                size: index,
-                oid: format!("{index:040x}"),
-                lfs: None,
-            })
-            .collect();
-        let manifest = Manifest::new(entries);
+        let manifest = Manifest::new((0..200_000).map(|index| entry(format!("data/part-{index:06}/shard.parquet"), index)).collect());
         let commit = "c".repeat(40);
+        let started = std::time::Instant::now();
         // Written through a follower: the parts are forwarded to the leader one by one.
         let follower = nodes.iter().find(|node| node.catalog.self_id() != leader_id).unwrap().catalog.clone();
         follower.put_manifest(&big, &commit, manifest.clone()).await.unwrap();
-        let writes: Vec<_> = (0..1000)
-            .map(|index| {
-                let leader = leader.clone();
-                async move {
-                    let repo = RepoKey::new(RepoType::Model, format!("org/model-{index}"));
-                    leader.put_ref(&repo, "main", RefRecord { commit: format!("{index:040}"), checked_at_ms: 1 }).await
-                }
+        // The repositories, 32 writers at a time (as many nodes' clients would).
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writers: Vec<_> = (0..32)
+            .map(|_| {
+                let (leader, next) = (leader.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if index >= repos {
+                            return;
+                        }
+                        let (repo, commit) = (small_repo(index), format!("{index:040x}"));
+                        leader.put_manifest(&repo, &commit, small_manifest(index)).await.unwrap();
+                        leader.put_ref(&repo, "main", RefRecord { commit, checked_at_ms: 1 }).await.unwrap();
+                    }
+                })
             })
             .collect();
-        for outcome in futures_util::future::join_all(writes).await {
-            outcome.unwrap();
+        for writer in writers {
+            writer.await.unwrap();
         }
+        let written = started.elapsed();
+        let files = repos * FILES_PER_REPO + 200_000;
+        println!(
+            "measure: {files} files in {} manifests and {repos} refs written in {:.1} s ({:.0} records/s)",
+            repos + 1,
+            written.as_secs_f64(),
+            (2 * repos + 1) as f64 / written.as_secs_f64()
+        );
+        let last = small_repo(repos - 1);
         for node in &nodes {
-            let mut held = None;
-            for _ in 0..400 {
-                held = node.catalog.get_manifest(&big, &commit).await.unwrap();
-                if held.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert_eq!(held.as_deref(), Some(&manifest), "node {} holds the whole manifest", node.catalog.self_id());
+            wait_for_ref(node, &last, "main", &format!("{:040x}", repos - 1)).await;
+            assert_eq!(node.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest), "node {} holds the whole manifest", node.catalog.self_id());
         }
         // The leader snapshots and forgets its log, so a new node can only catch up by snapshot.
         leader.raft().trigger().snapshot().await.unwrap();
         let mut snapshot_index = None;
-        for _ in 0..400 {
+        for _ in 0..1200 {
             use openraft::async_runtime::watch::WatchReceiver;
             snapshot_index = leader.raft().metrics().borrow_watched().snapshot.map(|log_id| log_id.index);
             if snapshot_index.is_some() {
@@ -312,13 +350,46 @@ mod cluster {
         }
         let snapshot_index = snapshot_index.expect("the leader built a snapshot");
         leader.raft().trigger().purge_log(snapshot_index).await.unwrap();
+        let snapshot_bytes: u64 = std::fs::read_dir(nodes.iter().find(|node| node.catalog.self_id() == leader_id).unwrap()._directory.path().join(crate::catalog::raft::SNAPSHOT_DIR))
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .max()
+            .unwrap_or(0);
 
+        // A node with an empty data directory joins.
+        let (rss_before, _) = rss();
+        reset_peak_rss();
+        let joined = std::time::Instant::now();
         nodes.push(start_node(&members, &endpoints[3], 3, None).await);
         let steps = reconcile_until_settled(&leader, &members, &["n1", "n2", "n3", "n4"]).await;
         assert!(steps.contains(&MembershipStep::Promoted("n4".into())), "{steps:?}");
         let newcomer = &nodes[3];
-        wait_for_ref(newcomer, &RepoKey::new(RepoType::Model, "org/model-999"), "main", &format!("{:040}", 999)).await;
+        wait_for_ref(newcomer, &last, "main", &format!("{:040x}", repos - 1)).await;
+        let caught_up = joined.elapsed();
+        let (_, peak) = rss();
+        let grew = peak.saturating_sub(rss_before);
+        println!(
+            "measure: a node with an empty data directory got {files} files ({} MiB snapshot) in {:.1} s ({:.0} records/s); the process grew by {} MiB at most (from {} MiB)",
+            snapshot_bytes >> 20,
+            caught_up.as_secs_f64(),
+            (2 * repos + 1) as f64 / caught_up.as_secs_f64(),
+            grew >> 20,
+            rss_before >> 20
+        );
         assert_eq!(newcomer.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest));
+        for index in [0, repos / 2, repos - 1] {
+            assert_eq!(newcomer.catalog.get_manifest(&small_repo(index), &format!("{index:040x}")).await.unwrap().as_deref(), Some(&small_manifest(index)));
+        }
+        // Sending and installing the snapshot is streamed: the process (sender and receiver both)
+        // grows by the newcomer's database caches, filled as the rows pass through them, a few
+        // copies of one 4 MiB chunk in flight (read, framed, sent, received), and what the allocator
+        // keeps — less than one more copy of the snapshot. Held whole, the snapshot and its decoded
+        // rows (several times its size) would come on top.
+        let caches = (crate::catalog::reopening::CATALOG_CACHE_BYTES + crate::catalog::reopening::LOG_CACHE_BYTES) as u64;
+        let chunks = 8 * crate::catalog::raft::network::SNAPSHOT_CHUNK as u64;
+        let bound = caches + chunks + snapshot_bytes;
+        assert!(rss_before > 0, "no VmRSS in /proc/self/status");
+        assert!(grew < bound, "joining grew the process by {grew} bytes; the bound is {bound} (caches {caches}, chunks {chunks}, the {snapshot_bytes}-byte snapshot)");
         let snapshots = std::fs::read_dir(newcomer._directory.path().join(crate::catalog::raft::SNAPSHOT_DIR)).unwrap();
         let names: Vec<String> = snapshots.map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.len() == 1 && names[0].ends_with(".snap"), "the installed snapshot is kept as the only file: {names:?}");
