@@ -278,6 +278,12 @@ impl Replicas {
         let self_name = self.self_name().to_owned();
         let catalog = &self.inner.catalog;
         let store = &self.inner.store;
+        // Until the store has listed what is on disk, a blob not listed yet would look lost, and its
+        // replica record would be dropped: wait for the next round.
+        if !store.is_scanned() {
+            debug!("the store is still listing its blobs; reconciling later");
+            return;
+        }
         let records = match catalog.list_replicas().await {
             Ok(records) => records,
             Err(error) => {

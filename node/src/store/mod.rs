@@ -18,6 +18,7 @@ mod verify;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -95,6 +96,10 @@ struct StoreInner {
     events: Mutex<Option<tokio::sync::mpsc::Sender<StoreEvent>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// True once the blobs found on disk at start-up are all in `accounting` (see [`BlobStore::open`]).
+    scanned: AtomicBool,
+    /// The start-up scan's thread, joined by [`BlobStore::close`].
+    scan: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The in-memory LRU: every stored blob with its size and last-use tick.
@@ -114,7 +119,25 @@ struct LruEntry {
     tick: u64,
 }
 
+/// Ticks from here up are uses since start; the blobs found by the start-up scan get the ticks below,
+/// in the order of their modification times, so they are older than anything used since.
+const FIRST_RUNTIME_TICK: u64 = 1 << 48;
+
 impl Accounting {
+    fn starting() -> Accounting {
+        Accounting { next_tick: FIRST_RUNTIME_TICK, ..Accounting::default() }
+    }
+
+    /// Adds a blob the start-up scan found, unless it is known already (used or stored meanwhile).
+    fn insert_found(&mut self, etag: &str, size: u64, tick: u64) {
+        if self.entries.contains_key(etag) || self.by_tick.contains_key(&tick) {
+            return;
+        }
+        self.entries.insert(etag.to_owned(), LruEntry { size, tick });
+        self.by_tick.insert(tick, etag.to_owned());
+        self.stored_bytes += size;
+    }
+
     fn touch(&mut self, etag: &str) {
         let tick = self.next_tick;
         if let Some(entry) = self.entries.get_mut(etag) {
@@ -189,9 +212,23 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 }
 
 impl BlobStore {
-    /// Opens the store under `data_dir`: creates its directories, deletes fill leftovers, and builds
-    /// the LRU from the blobs on disk (oldest modification first).
+    /// Opens the store under `data_dir`: creates its directories and deletes fill leftovers, then
+    /// serves at once. The blobs already on disk are listed by a thread of their own into the LRU
+    /// (oldest modification first): a store of a million blobs takes seconds to minutes to list, and
+    /// a node must not wait for that to answer. Until the scan is done, a blob not yet listed is
+    /// looked up on disk when asked for, reconcilers that need the whole list wait
+    /// ([`BlobStore::is_scanned`]), and `max_disk` counts only what is listed so far (the free-space
+    /// floor, read from the file system, holds throughout).
     pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
+        let store = BlobStore::open_unlisted(data_dir, max_bytes, min_free_bytes, shutdown)?;
+        let scanning = store.clone();
+        let thread = std::thread::Builder::new().name("blob-scan".into()).spawn(move || scanning.scan_existing())?;
+        *store.inner.scan.lock().expect("scan poisoned") = Some(thread);
+        Ok(store)
+    }
+
+    /// The store before its start-up listing (which [`BlobStore::open`] starts).
+    fn open_unlisted(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
         let blobs_dir = data_dir.join("blobs");
         let tmp_dir = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs_dir)?;
@@ -199,9 +236,70 @@ impl BlobStore {
             std::fs::remove_dir_all(&tmp_dir)?;
         }
         std::fs::create_dir_all(&tmp_dir)?;
+        let store = BlobStore {
+            inner: Arc::new(StoreInner {
+                blobs_dir,
+                tmp_dir,
+                max_bytes,
+                min_free_bytes,
+                accounting: Mutex::new(Accounting::starting()),
+                fills: Mutex::new(HashMap::new()),
+                sums_memory: Mutex::new(HashMap::new()),
+                small: small::SmallBlobs::default(),
+                removals: Mutex::new(Removals::default()),
+                protected: Mutex::new(Arc::new(HashSet::new())),
+                events: Mutex::new(None),
+                tasks: TaskTracker::new(),
+                shutdown,
+                scanned: AtomicBool::new(false),
+                scan: Mutex::new(None),
+            }),
+        };
+        Ok(store)
+    }
 
-        let mut found: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
-        for shard in std::fs::read_dir(&blobs_dir)? {
+    /// Lists the blobs on disk into the LRU (see [`BlobStore::open`]).
+    fn scan_existing(&self) {
+        let started = std::time::Instant::now();
+        let cursor = self.inner.removals.lock().expect("removals poisoned").last;
+        let mut found = match self.list_blob_files() {
+            Ok(Some(found)) => found,
+            Ok(None) => return, // shutting down
+            Err(error) => {
+                warn!(%error, "cannot list the stored blobs; only blobs asked for are known until a restart");
+                Vec::new()
+            }
+        };
+        found.sort();
+        // Blobs removed while the scan ran were listed before they went: leave them out.
+        let (removed, _) = self.removed_since(cursor);
+        let removed: Option<HashSet<String>> = removed.map(|removed| removed.into_iter().collect());
+        let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        for (tick, (_, etag, size)) in found.into_iter().enumerate() {
+            let gone = match &removed {
+                Some(removed) => removed.contains(&etag),
+                None => !self.blob_path(&etag).exists(),
+            };
+            if !gone {
+                accounting.insert_found(&etag, size, tick as u64);
+            }
+        }
+        self.inner.scanned.store(true, Ordering::Release);
+        info!(
+            num_blobs = accounting.entries.len(),
+            stored_bytes = accounting.stored_bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "blob store listed"
+        );
+    }
+
+    /// Every blob file on disk: (modification time, etag, size). `None` when shutdown began.
+    fn list_blob_files(&self) -> io::Result<Option<Vec<(std::time::SystemTime, String, u64)>>> {
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(&self.inner.blobs_dir)? {
+            if self.inner.shutdown.is_cancelled() {
+                return Ok(None);
+            }
             let shard = shard?;
             if !shard.file_type()?.is_dir() {
                 continue;
@@ -212,7 +310,12 @@ impl BlobStore {
                 if name.ends_with(".sums") {
                     continue;
                 }
-                let metadata = blob.metadata()?;
+                let metadata = match blob.metadata() {
+                    Ok(metadata) => metadata,
+                    // Removed since the directory was read.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                };
                 if !metadata.is_file() || !is_valid_etag(&name) || !shard.file_name().to_string_lossy().eq(&name[..2]) {
                     warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
                     continue;
@@ -220,29 +323,34 @@ impl BlobStore {
                 found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), name, metadata.len()));
             }
         }
-        found.sort();
-        let mut accounting = Accounting::default();
-        for (_, etag, size) in found {
-            accounting.insert(&etag, size);
+        Ok(Some(found))
+    }
+
+    /// Whether every blob on disk at start-up is listed; until then [`BlobStore::blobs`] is partial.
+    pub fn is_scanned(&self) -> bool {
+        self.inner.scanned.load(Ordering::Acquire)
+    }
+
+    /// Waits for the start-up listing (blocking; for tests and tools).
+    pub fn wait_scanned(&self) {
+        let thread = self.inner.scan.lock().expect("scan poisoned").take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
-        info!(num_blobs = accounting.entries.len(), stored_bytes = accounting.stored_bytes, "blob store opened");
-        Ok(BlobStore {
-            inner: Arc::new(StoreInner {
-                blobs_dir,
-                tmp_dir,
-                max_bytes,
-                min_free_bytes,
-                accounting: Mutex::new(accounting),
-                fills: Mutex::new(HashMap::new()),
-                sums_memory: Mutex::new(HashMap::new()),
-                small: small::SmallBlobs::default(),
-                removals: Mutex::new(Removals::default()),
-                protected: Mutex::new(Arc::new(HashSet::new())),
-                events: Mutex::new(None),
-                tasks: TaskTracker::new(),
-                shutdown,
-            }),
-        })
+    }
+
+    /// While the start-up listing runs, a blob not listed yet may still be on disk: looks, and
+    /// lists it if so. After, the LRU is the whole truth.
+    fn find_unlisted(&self, etag: &str) -> Option<u64> {
+        if self.is_scanned() {
+            return None;
+        }
+        let metadata = std::fs::metadata(self.blob_path(etag)).ok().filter(std::fs::Metadata::is_file)?;
+        let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        if !accounting.entries.contains_key(etag) {
+            accounting.insert(etag, metadata.len());
+        }
+        Some(metadata.len())
     }
 
     fn blob_path(&self, etag: &str) -> PathBuf {
@@ -255,11 +363,17 @@ impl BlobStore {
         if !is_valid_etag(etag) {
             return None;
         }
-        let size = {
+        let listed = {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-            let size = accounting.entries.get(etag)?.size;
-            accounting.touch(etag);
+            let size = accounting.entries.get(etag).map(|entry| entry.size);
+            if size.is_some() {
+                accounting.touch(etag);
+            }
             size
+        };
+        let size = match listed {
+            Some(size) => size,
+            None => self.find_unlisted(etag)?,
         };
         Some(StoredBlob { path: self.blob_path(etag), size })
     }
@@ -332,7 +446,8 @@ impl BlobStore {
 
     /// Whether this node holds a verified blob (without marking it used).
     pub fn contains(&self, etag: &str) -> bool {
-        self.inner.accounting.lock().expect("accounting poisoned").entries.contains_key(etag)
+        let listed = self.inner.accounting.lock().expect("accounting poisoned").entries.contains_key(etag);
+        listed || (is_valid_etag(etag) && self.find_unlisted(etag).is_some())
     }
 
     /// Returns the usage numbers.
@@ -351,7 +466,8 @@ impl BlobStore {
         self.emit(StoreEvent::Removed { etag: etag.to_owned() });
     }
 
-    /// Every blob held, with its size.
+    /// Every blob held, with its size; only those listed so far while the start-up listing runs
+    /// ([`BlobStore::is_scanned`]).
     pub fn blobs(&self) -> Vec<(String, u64)> {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
         accounting.entries.iter().map(|(etag, entry)| (etag.clone(), entry.size)).collect()
@@ -630,6 +746,9 @@ impl BlobStore {
     pub async fn close(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // The listing stops at its next directory once shutdown was signalled.
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.wait_scanned()).await;
     }
 }
 

@@ -97,7 +97,9 @@ async fn read_all(stream: impl futures_util::Stream<Item = std::io::Result<Bytes
 }
 
 fn open_store(directory: &std::path::Path, max: Option<u64>) -> BlobStore {
-    BlobStore::open(directory, max, 0, CancellationToken::new()).unwrap()
+    let store = BlobStore::open(directory, max, 0, CancellationToken::new()).unwrap();
+    store.wait_scanned();
+    store
 }
 
 #[tokio::test]
@@ -377,4 +379,36 @@ async fn the_scrubber_checks_protected_blobs_first_and_removes_a_damaged_one() {
     assert!(store.get(&damaged).is_none() && !path.exists(), "the damaged blob is gone");
     assert_eq!(read.load(Ordering::Relaxed), 2 * (3 << 20) + (2 << 20), "every chunk read up to the bad one");
     assert_eq!(store.scrub_blob(&damaged, 0, &read).await.unwrap(), Scrubbed::Gone);
+}
+
+#[tokio::test]
+async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_once_after() {
+    let directory = tempfile::tempdir().unwrap();
+    let (old, used) = (test_bytes(3_000), test_bytes(5_000));
+    let (old_etag, used_etag) = (sha256_hex(&old), sha256_hex(&used));
+    {
+        let store = open_store(directory.path(), None);
+        for (etag, bytes) in [(&old_etag, &old), (&used_etag, &used)] {
+            let FillOutcome::Filling(fill) = store.fill_or_join(etag, bytes.len() as u64, Arc::new(MemorySource::new(bytes))).unwrap() else {
+                panic!("a new blob is filled")
+            };
+            assert_eq!(wait_done(&fill).await, FillState::Complete);
+        }
+        store.close().await;
+    }
+    // A restart: the listing has not run yet.
+    let store = BlobStore::open_unlisted(directory.path(), None, 0, CancellationToken::new()).unwrap();
+    assert!(!store.is_scanned());
+    assert_eq!(store.usage().num_blobs, 0);
+    // Asked for, a blob on disk is found and served all the same.
+    assert_eq!(store.get(&used_etag).map(|blob| blob.size), Some(5_000));
+    assert!(store.contains(&old_etag));
+    assert!(!store.contains(&sha256_hex(b"never stored")));
+    // The listing then adds what was not asked for, without counting anything twice.
+    store.scan_existing();
+    assert!(store.is_scanned());
+    let usage = store.usage();
+    assert_eq!((usage.num_blobs, usage.stored_bytes), (2, 8_000));
+    // After the listing, what is not listed is not held (no look on disk).
+    assert!(!store.contains(&sha256_hex(b"never stored")));
 }
