@@ -41,9 +41,27 @@ const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 8] = [
 /// One row of a data table as a snapshot carries it: (table, key, value).
 pub(crate) type Row = (String, String, Vec<u8>);
 
-/// How many decoded manifests stay in memory; a resolve request looks its path up in one, and a
-/// large repo's manifest is megabytes of postcard that should not be decoded per request.
-const MANIFEST_MEMORY_SLOTS: usize = 64;
+/// How much memory decoded manifests may hold (estimated, see [`manifest_bytes`]): a resolve request
+/// looks its path up in one, and a large repo's manifest is megabytes of postcard that should not be
+/// decoded per request — but a count of manifests alone would let 64 huge ones take gigabytes.
+const MANIFEST_MEMORY_BYTES: usize = 64 << 20;
+/// A manifest larger than this is decoded per use rather than pushing out everything else.
+const MANIFEST_MEMORY_LARGEST: usize = MANIFEST_MEMORY_BYTES / 2;
+
+/// The memory a decoded manifest takes, roughly: its strings and the fixed part of each entry.
+fn manifest_bytes(manifest: &Manifest) -> usize {
+    manifest
+        .entries()
+        .iter()
+        .map(|entry| {
+            std::mem::size_of::<crate::catalog::ManifestEntry>()
+                + entry.path.len()
+                + entry.oid.len()
+                + entry.lfs.as_ref().map_or(0, |pointer| pointer.sha256.len())
+        })
+        .sum::<usize>()
+        + 64
+}
 
 /// The catalog of one node, stored in a redb database.
 #[derive(Clone)]
@@ -115,22 +133,32 @@ impl HotRecords {
 
 #[derive(Default)]
 struct ManifestMemory {
-    by_key: HashMap<String, Arc<Manifest>>,
+    /// Each manifest with its estimated size.
+    by_key: HashMap<String, (Arc<Manifest>, usize)>,
+    /// Oldest kept first.
     order: VecDeque<String>,
+    bytes: usize,
 }
 
 impl ManifestMemory {
     fn get(&self, key: &str) -> Option<Arc<Manifest>> {
-        self.by_key.get(key).cloned()
+        self.by_key.get(key).map(|(manifest, _)| manifest.clone())
     }
 
     fn insert(&mut self, key: String, manifest: Arc<Manifest>) {
-        if self.by_key.insert(key.clone(), manifest).is_none() {
-            self.order.push_back(key);
+        let size = manifest_bytes(&manifest);
+        if size > MANIFEST_MEMORY_LARGEST {
+            return;
         }
-        while self.order.len() > MANIFEST_MEMORY_SLOTS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.by_key.remove(&oldest);
+        match self.by_key.insert(key.clone(), (manifest, size)) {
+            Some((_, replaced)) => self.bytes -= replaced,
+            None => self.order.push_back(key),
+        }
+        self.bytes += size;
+        while self.bytes > MANIFEST_MEMORY_BYTES {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some((_, size)) = self.by_key.remove(&oldest) {
+                self.bytes -= size;
             }
         }
     }
@@ -601,6 +629,40 @@ mod tests {
     use super::*;
     use crate::catalog::{EntryKind, ManifestEntry};
     use crate::types::RepoType;
+
+    fn manifest_of(files: usize) -> Arc<Manifest> {
+        Arc::new(Manifest::new(
+            (0..files)
+                .map(|index| ManifestEntry {
+                    path: format!("data/file-{index:07}.bin"),
+                    kind: EntryKind::File,
+                    size: 1,
+                    oid: "a".repeat(40),
+                    lfs: None,
+                })
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn decoded_manifests_are_kept_within_a_byte_budget() {
+        let mut memory = ManifestMemory::default();
+        let small = manifest_of(100);
+        let per_manifest = manifest_bytes(&small);
+        let fitting = MANIFEST_MEMORY_BYTES / per_manifest;
+        for index in 0..fitting + 100 {
+            memory.insert(format!("small-{index}"), small.clone());
+        }
+        assert!(memory.bytes <= MANIFEST_MEMORY_BYTES);
+        assert_eq!(memory.by_key.len(), fitting, "as many as fit, the oldest gone first");
+        assert!(memory.get("small-0").is_none() && memory.get(&format!("small-{}", fitting + 99)).is_some());
+        // One manifest bigger than half the budget is not kept at all.
+        let huge = manifest_of(MANIFEST_MEMORY_LARGEST / 60);
+        assert!(manifest_bytes(&huge) > MANIFEST_MEMORY_LARGEST);
+        memory.insert("huge".into(), huge);
+        assert!(memory.get("huge").is_none());
+        assert_eq!(memory.by_key.len(), fitting);
+    }
 
     #[tokio::test]
     async fn records_survive_a_reopen() {
