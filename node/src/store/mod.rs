@@ -102,11 +102,37 @@ struct StoreInner {
     scan: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// The in-memory LRU: every stored blob with its size and last-use tick.
+/// An etag in binary: 20 bytes (a git blob sha1) or 32 (an LFS sha256) instead of a 64-byte string on
+/// the heap, so the LRU of a million blobs takes a hundred-odd MiB rather than twice that.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct BlobKey {
+    bytes: [u8; 32],
+    long: bool,
+}
+
+impl BlobKey {
+    /// `None` for anything but 40 or 64 lowercase hex digits.
+    fn parse(etag: &str) -> Option<BlobKey> {
+        if !is_valid_etag(etag) {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        let long = etag.len() == 64;
+        hex::decode_to_slice(etag, &mut bytes[..etag.len() / 2]).ok()?;
+        Some(BlobKey { bytes, long })
+    }
+
+    fn etag(&self) -> String {
+        hex::encode(&self.bytes[..if self.long { 32 } else { 20 }])
+    }
+}
+
+/// The in-memory LRU: every stored blob with its size and last-use tick. Etags that are not valid
+/// blob names are never in it.
 #[derive(Default)]
 struct Accounting {
-    entries: HashMap<String, LruEntry>,
-    by_tick: BTreeMap<u64, String>,
+    entries: HashMap<BlobKey, LruEntry>,
+    by_tick: BTreeMap<u64, BlobKey>,
     next_tick: u64,
     stored_bytes: u64,
     /// Bytes promised to fills in progress.
@@ -128,44 +154,63 @@ impl Accounting {
         Accounting { next_tick: FIRST_RUNTIME_TICK, ..Accounting::default() }
     }
 
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn size_of(&self, etag: &str) -> Option<u64> {
+        self.entries.get(&BlobKey::parse(etag)?).map(|entry| entry.size)
+    }
+
+    fn contains(&self, etag: &str) -> bool {
+        self.size_of(etag).is_some()
+    }
+
+    /// Every blob with its size.
+    fn list(&self) -> Vec<(String, u64)> {
+        self.entries.iter().map(|(key, entry)| (key.etag(), entry.size)).collect()
+    }
+
     /// Adds a blob the start-up scan found, unless it is known already (used or stored meanwhile).
-    fn insert_found(&mut self, etag: &str, size: u64, tick: u64) {
-        if self.entries.contains_key(etag) || self.by_tick.contains_key(&tick) {
+    fn insert_found(&mut self, key: BlobKey, size: u64, tick: u64) {
+        if self.entries.contains_key(&key) || self.by_tick.contains_key(&tick) {
             return;
         }
-        self.entries.insert(etag.to_owned(), LruEntry { size, tick });
-        self.by_tick.insert(tick, etag.to_owned());
+        self.entries.insert(key, LruEntry { size, tick });
+        self.by_tick.insert(tick, key);
         self.stored_bytes += size;
     }
 
     fn touch(&mut self, etag: &str) {
+        let Some(key) = BlobKey::parse(etag) else { return };
         let tick = self.next_tick;
-        if let Some(entry) = self.entries.get_mut(etag) {
+        if let Some(entry) = self.entries.get_mut(&key) {
             self.by_tick.remove(&entry.tick);
             entry.tick = tick;
-            self.by_tick.insert(tick, etag.to_owned());
+            self.by_tick.insert(tick, key);
             self.next_tick += 1;
         }
     }
 
     fn insert(&mut self, etag: &str, size: u64) {
+        let Some(key) = BlobKey::parse(etag) else { return };
         self.remove(etag);
         let tick = self.next_tick;
         self.next_tick += 1;
-        self.entries.insert(etag.to_owned(), LruEntry { size, tick });
-        self.by_tick.insert(tick, etag.to_owned());
+        self.entries.insert(key, LruEntry { size, tick });
+        self.by_tick.insert(tick, key);
         self.stored_bytes += size;
     }
 
     fn remove(&mut self, etag: &str) -> Option<u64> {
-        let entry = self.entries.remove(etag)?;
+        let entry = self.entries.remove(&BlobKey::parse(etag)?)?;
         self.by_tick.remove(&entry.tick);
         self.stored_bytes -= entry.size;
         Some(entry.size)
     }
 
     fn least_recently_used(&self, protected: &HashSet<String>) -> Option<String> {
-        self.by_tick.values().find(|etag| !protected.contains(*etag)).cloned()
+        self.by_tick.values().map(BlobKey::etag).find(|etag| !protected.contains(etag))
     }
 }
 
@@ -275,18 +320,18 @@ impl BlobStore {
         let (removed, _) = self.removed_since(cursor);
         let removed: Option<HashSet<String>> = removed.map(|removed| removed.into_iter().collect());
         let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        for (tick, (_, etag, size)) in found.into_iter().enumerate() {
+        for (tick, (_, key, size)) in found.into_iter().enumerate() {
             let gone = match &removed {
-                Some(removed) => removed.contains(&etag),
-                None => !self.blob_path(&etag).exists(),
+                Some(removed) => removed.contains(&key.etag()),
+                None => !self.blob_path(&key.etag()).exists(),
             };
             if !gone {
-                accounting.insert_found(&etag, size, tick as u64);
+                accounting.insert_found(key, size, tick as u64);
             }
         }
         self.inner.scanned.store(true, Ordering::Release);
         info!(
-            num_blobs = accounting.entries.len(),
+            num_blobs = accounting.len(),
             stored_bytes = accounting.stored_bytes,
             took_ms = started.elapsed().as_millis() as u64,
             "blob store listed"
@@ -294,7 +339,7 @@ impl BlobStore {
     }
 
     /// Every blob file on disk: (modification time, etag, size). `None` when shutdown began.
-    fn list_blob_files(&self) -> io::Result<Option<Vec<(std::time::SystemTime, String, u64)>>> {
+    fn list_blob_files(&self) -> io::Result<Option<Vec<(std::time::SystemTime, BlobKey, u64)>>> {
         let mut found = Vec::new();
         for shard in std::fs::read_dir(&self.inner.blobs_dir)? {
             if self.inner.shutdown.is_cancelled() {
@@ -316,11 +361,12 @@ impl BlobStore {
                     Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
                     Err(error) => return Err(error),
                 };
-                if !metadata.is_file() || !is_valid_etag(&name) || !shard.file_name().to_string_lossy().eq(&name[..2]) {
+                let key = BlobKey::parse(&name).filter(|_| metadata.is_file() && shard.file_name().to_string_lossy().eq(&name[..2]));
+                let Some(key) = key else {
                     warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
                     continue;
-                }
-                found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), name, metadata.len()));
+                };
+                found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), key, metadata.len()));
             }
         }
         Ok(Some(found))
@@ -347,7 +393,7 @@ impl BlobStore {
         }
         let metadata = std::fs::metadata(self.blob_path(etag)).ok().filter(std::fs::Metadata::is_file)?;
         let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        if !accounting.entries.contains_key(etag) {
+        if !accounting.contains(etag) {
             accounting.insert(etag, metadata.len());
         }
         Some(metadata.len())
@@ -365,7 +411,7 @@ impl BlobStore {
         }
         let listed = {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-            let size = accounting.entries.get(etag).map(|entry| entry.size);
+            let size = accounting.size_of(etag);
             if size.is_some() {
                 accounting.touch(etag);
             }
@@ -446,14 +492,14 @@ impl BlobStore {
 
     /// Whether this node holds a verified blob (without marking it used).
     pub fn contains(&self, etag: &str) -> bool {
-        let listed = self.inner.accounting.lock().expect("accounting poisoned").entries.contains_key(etag);
+        let listed = self.inner.accounting.lock().expect("accounting poisoned").contains(etag);
         listed || (is_valid_etag(etag) && self.find_unlisted(etag).is_some())
     }
 
     /// Returns the usage numbers.
     pub fn usage(&self) -> StoreUsage {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        StoreUsage { num_blobs: accounting.entries.len(), stored_bytes: accounting.stored_bytes, reserved_bytes: accounting.reserved_bytes }
+        StoreUsage { num_blobs: accounting.len(), stored_bytes: accounting.stored_bytes, reserved_bytes: accounting.reserved_bytes }
     }
 
     /// Removes a blob (it was found corrupt, or evicted).
@@ -470,7 +516,7 @@ impl BlobStore {
     /// ([`BlobStore::is_scanned`]).
     pub fn blobs(&self) -> Vec<(String, u64)> {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        accounting.entries.iter().map(|(etag, entry)| (etag.clone(), entry.size)).collect()
+        accounting.list()
     }
 
     /// Replaces the set of blobs that eviction must leave alone.

@@ -412,3 +412,13 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
     // After the listing, what is not listed is not held (no look on disk).
     assert!(!store.contains(&sha256_hex(b"never stored")));
 }
+
+#[test]
+fn etags_are_kept_in_binary_and_read_back_the_same() {
+    for etag in ["ce013625030ba8dba906f756967f9e9ca394464a".to_owned(), sha256_hex(b"bytes")] {
+        assert_eq!(BlobKey::parse(&etag).map(|key| key.etag()), Some(etag));
+    }
+    for bad in ["", "CE013625030BA8DBA906F756967F9E9CA394464A", "ce01", "../../etc/passwd"] {
+        assert!(BlobKey::parse(bad).is_none(), "{bad:?}");
+    }
+}
