@@ -61,7 +61,11 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseErr
 impl ReopeningDatabase {
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<ReopeningDatabase, redb::DatabaseError> {
         let database = create(path, cache_bytes)?;
-        Ok(ReopeningDatabase { path: path.to_owned(), cache_bytes, slot: Mutex::new(Slot { database: Some(Arc::new(database)), failed: false }) })
+        Ok(ReopeningDatabase {
+            path: path.to_owned(),
+            cache_bytes,
+            slot: Mutex::new(Slot { database: Some(Arc::new(database)), failed: false }),
+        })
     }
 
     /// Runs `work` on the database (reopened first if an earlier write failed). Blocking: call it

@@ -161,7 +161,11 @@ fn cluster_source(
 enum Candidate {
     /// `holds`: the catalog names it a holder. `origin`: it is asked as a fill leader (it fetches
     /// from upstream for everyone when it lacks the blob).
-    Peer { address: PeerAddress, origin: Option<String>, holds: bool },
+    Peer {
+        address: PeerAddress,
+        origin: Option<String>,
+        holds: bool,
+    },
     Upstream(Arc<UpstreamBlob>),
 }
 

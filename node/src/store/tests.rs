@@ -389,7 +389,8 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
     {
         let store = open_store(directory.path(), None);
         for (etag, bytes) in [(&old_etag, &old), (&used_etag, &used)] {
-            let FillOutcome::Filling(fill) = store.fill_or_join(etag, bytes.len() as u64, Arc::new(MemorySource::new(bytes))).unwrap() else {
+            let FillOutcome::Filling(fill) = store.fill_or_join(etag, bytes.len() as u64, Arc::new(MemorySource::new(bytes))).unwrap()
+            else {
                 panic!("a new blob is filled")
             };
             assert_eq!(wait_done(&fill).await, FillState::Complete);

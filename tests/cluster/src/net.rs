@@ -6,9 +6,9 @@
 //! address nobody has: frames are sent and silently lost, as on a real partition (no error comes
 //! back to the sender), while both nodes still reach the Hub and the clients.
 
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -253,7 +253,12 @@ impl Network {
         };
         // What comes out of the delay line carries the node's own address: forward it, do not
         // take it for a spoof.
-        for setting in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.slow0.rp_filter=0", "net.ipv4.conf.slow0.accept_local=1"] {
+        for setting in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.slow0.rp_filter=0",
+            "net.ipv4.conf.slow0.accept_local=1",
+        ] {
             sysctl(setting)?;
         }
         let ns = link.namespace.as_str();

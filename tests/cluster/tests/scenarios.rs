@@ -1235,7 +1235,13 @@ async fn scenario_14_clocks_five_minutes_off_neither_split_the_cluster_nor_move_
     wait_until("every node measured the cluster's clock", Duration::from_secs(60), || async {
         let mut all = true;
         for node in 0..4 {
-            let expected = if node == ahead { -300_000.0 } else if node == behind { 300_000.0 } else { 0.0 };
+            let expected = if node == ahead {
+                -300_000.0
+            } else if node == behind {
+                300_000.0
+            } else {
+                0.0
+            };
             all &= cluster.metric(node, "hfm_clock_offset_ms").await.is_ok_and(|offset| near(offset, expected));
         }
         all
@@ -1365,7 +1371,12 @@ async fn scenario_15_a_slow_peer_stays_a_member_and_fills_and_questions_go_aroun
     for &node in &fillers {
         hedged += cluster.metric(node, "hfm_slow_peer_reroutes_total{kind=\"fill_hedged\"}").await?;
     }
-    println!("measure: {} fills around the slow peer, {} hedged, {} ms after the link slowed", fillers.len(), hedged - hedged_before, slowed_at.elapsed().as_millis());
+    println!(
+        "measure: {} fills around the slow peer, {} hedged, {} ms after the link slowed",
+        fillers.len(),
+        hedged - hedged_before,
+        slowed_at.elapsed().as_millis()
+    );
     assert!(hedged - hedged_before >= fillers.len() as f64, "a fill waited for the slow peer instead of asking the other holder");
 
     // Metadata: a ref the slow node leads, asked through every other node, is answered right.
@@ -1378,7 +1389,10 @@ async fn scenario_15_a_slow_peer_stays_a_member_and_fills_and_questions_go_aroun
     for node in (0..4).filter(|node| *node != slow) {
         metadata_hedged += cluster.metric(node, "hfm_slow_peer_reroutes_total{kind=\"metadata_hedged\"}").await.unwrap_or(0.0);
     }
-    println!("measure: metadata the slow peer leads answered through 3 nodes in {} ms ({metadata_hedged} asked upstream themselves)", asked_at.elapsed().as_millis());
+    println!(
+        "measure: metadata the slow peer leads answered through 3 nodes in {} ms ({metadata_hedged} asked upstream themselves)",
+        asked_at.elapsed().as_millis()
+    );
 
     // Clients: downloads through every node, the slow one included, for a bounded count of rounds.
     let files = cluster.hub.files("org/model", "main").await?;

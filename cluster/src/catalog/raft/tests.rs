@@ -258,7 +258,8 @@ mod cluster {
     fn rss() -> (u64, u64) {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |name: &str| {
-            status.lines().find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+            status.lines().find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0)
+                * 1024
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
@@ -335,7 +336,12 @@ mod cluster {
         let last = small_repo(repos - 1);
         for node in &nodes {
             wait_for_ref(node, &last, "main", &format!("{:040x}", repos - 1)).await;
-            assert_eq!(node.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest), "node {} holds the whole manifest", node.catalog.self_id());
+            assert_eq!(
+                node.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(),
+                Some(&manifest),
+                "node {} holds the whole manifest",
+                node.catalog.self_id()
+            );
         }
         // The leader snapshots and forgets its log, so a new node can only catch up by snapshot.
         leader.raft().trigger().snapshot().await.unwrap();
@@ -350,11 +356,19 @@ mod cluster {
         }
         let snapshot_index = snapshot_index.expect("the leader built a snapshot");
         leader.raft().trigger().purge_log(snapshot_index).await.unwrap();
-        let snapshot_bytes: u64 = std::fs::read_dir(nodes.iter().find(|node| node.catalog.self_id() == leader_id).unwrap()._directory.path().join(crate::catalog::raft::SNAPSHOT_DIR))
-            .unwrap()
-            .map(|entry| entry.unwrap().metadata().unwrap().len())
-            .max()
-            .unwrap_or(0);
+        let snapshot_bytes: u64 = std::fs::read_dir(
+            nodes
+                .iter()
+                .find(|node| node.catalog.self_id() == leader_id)
+                .unwrap()
+                ._directory
+                .path()
+                .join(crate::catalog::raft::SNAPSHOT_DIR),
+        )
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap_or(0);
 
         // A node with an empty data directory joins.
         let (rss_before, _) = rss();
@@ -378,7 +392,10 @@ mod cluster {
         );
         assert_eq!(newcomer.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest));
         for index in [0, repos / 2, repos - 1] {
-            assert_eq!(newcomer.catalog.get_manifest(&small_repo(index), &format!("{index:040x}")).await.unwrap().as_deref(), Some(&small_manifest(index)));
+            assert_eq!(
+                newcomer.catalog.get_manifest(&small_repo(index), &format!("{index:040x}")).await.unwrap().as_deref(),
+                Some(&small_manifest(index))
+            );
         }
         // Sending and installing the snapshot is streamed: the process (sender and receiver both)
         // grows by the newcomer's database caches, filled as the rows pass through them, a few
@@ -390,7 +407,10 @@ mod cluster {
         let chunks = 8 * crate::catalog::raft::network::SNAPSHOT_CHUNK as u64;
         let bound = caches + chunks + 2 * snapshot_bytes;
         assert!(rss_before > 0, "no VmRSS in /proc/self/status");
-        assert!(grew < bound, "joining grew the process by {grew} bytes; the bound is {bound} (caches {caches}, chunks {chunks}, twice the {snapshot_bytes}-byte snapshot)");
+        assert!(
+            grew < bound,
+            "joining grew the process by {grew} bytes; the bound is {bound} (caches {caches}, chunks {chunks}, twice the {snapshot_bytes}-byte snapshot)"
+        );
         let snapshots = std::fs::read_dir(newcomer._directory.path().join(crate::catalog::raft::SNAPSHOT_DIR)).unwrap();
         let names: Vec<String> = snapshots.map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.len() == 1 && names[0].ends_with(".snap"), "the installed snapshot is kept as the only file: {names:?}");
