@@ -60,6 +60,7 @@ fn manifest_bytes(manifest: &Manifest) -> usize {
                 + entry.lfs.as_ref().map_or(0, |pointer| pointer.sha256.len())
         })
         .sum::<usize>()
+        + manifest.index_bytes()
         + 64
 }
 

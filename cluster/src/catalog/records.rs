@@ -113,9 +113,52 @@ impl ManifestEntry {
 }
 
 /// Every file and directory of one commit, sorted by path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Manifest {
     entries: Vec<ManifestEntry>,
+    /// A hash table from path to entry, built on the first lookup and never stored: a binary search
+    /// over a manifest that is not in the CPU's caches touches a dozen lines (an entry and its path
+    /// string per step); the table touches one slot, then the entry and its path.
+    #[serde(skip)]
+    by_path: std::sync::OnceLock<PathIndex>,
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Manifest) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Manifest {}
+
+/// Open addressing over the entries' positions (`position + 1`; 0 is an empty slot), at most half full.
+#[derive(Clone, Debug, Default)]
+struct PathIndex {
+    slots: Box<[u32]>,
+}
+
+impl PathIndex {
+    fn build(entries: &[ManifestEntry]) -> PathIndex {
+        if entries.len() >= u32::MAX as usize / 2 {
+            return PathIndex::default(); // never in practice (manifests are capped far below); binary search then
+        }
+        let mut slots = vec![0u32; (entries.len() * 2).next_power_of_two().max(2)].into_boxed_slice();
+        let mask = slots.len() - 1;
+        for (position, entry) in entries.iter().enumerate() {
+            let mut slot = path_hash(&entry.path) as usize & mask;
+            while slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = position as u32 + 1;
+        }
+        PathIndex { slots }
+    }
+}
+
+/// FNV-1a: paths are short, and the table only needs them spread, not protected against collisions
+/// chosen by an attacker (the paths of a manifest come from the Hub, and a collision costs a probe).
+fn path_hash(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl Manifest {
@@ -123,7 +166,12 @@ impl Manifest {
     pub fn new(mut entries: Vec<ManifestEntry>) -> Manifest {
         entries.sort_by(|left, right| left.path.cmp(&right.path));
         entries.dedup_by(|right, left| left.path == right.path);
-        Manifest { entries }
+        Manifest { entries, by_path: std::sync::OnceLock::new() }
+    }
+
+    /// The memory the path index takes once built (for the catalog's cache budget).
+    pub fn index_bytes(&self) -> usize {
+        (self.entries.len() * 2).next_power_of_two().max(2) * std::mem::size_of::<u32>()
     }
 
     pub fn entries(&self) -> &[ManifestEntry] {
@@ -132,7 +180,20 @@ impl Manifest {
 
     /// Returns the entry at exactly this path.
     pub fn find(&self, path: &str) -> Option<&ManifestEntry> {
-        self.entries.binary_search_by(|entry| entry.path.as_str().cmp(path)).ok().map(|index| &self.entries[index])
+        let index = self.by_path.get_or_init(|| PathIndex::build(&self.entries));
+        if index.slots.is_empty() {
+            return self.entries.binary_search_by(|entry| entry.path.as_str().cmp(path)).ok().map(|position| &self.entries[position]);
+        }
+        let mask = index.slots.len() - 1;
+        let mut slot = path_hash(path) as usize & mask;
+        loop {
+            let position = index.slots[slot].checked_sub(1)? as usize;
+            let entry = &self.entries[position];
+            if entry.path == path {
+                return Some(entry);
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     /// Returns the entries below `directory` (all of them for the empty path): every descendant when
@@ -183,6 +244,23 @@ mod tests {
         assert!(manifest.list("config.json", true).is_none(), "a file is not a directory");
         assert_eq!(manifest.find("sub/dir/file.txt").unwrap().path, "sub/dir/file.txt");
         assert!(manifest.find("sub/dir/missing").is_none());
+    }
+
+    #[test]
+    fn finds_every_path_and_no_other_through_the_index() {
+        let entries: Vec<ManifestEntry> = (0..1000).map(|number| file(&format!("dir-{}/file-{number}.bin", number % 7))).collect();
+        let manifest = Manifest::new(entries.clone());
+        for entry in &entries {
+            assert_eq!(manifest.find(&entry.path), Some(entry));
+        }
+        for missing in ["", "dir-0", "dir-0/file-1000.bin", "dir-1/file-0.bin", "\u{0}"] {
+            assert!(manifest.find(missing).is_none(), "{missing:?}");
+        }
+        assert!(Manifest::default().find("x").is_none());
+        // The index is not part of the record: encoding, decoding and comparing ignore it.
+        let decoded: Manifest = postcard::from_bytes(&postcard::to_allocvec(&manifest).unwrap()).unwrap();
+        assert_eq!(decoded, manifest);
+        assert_eq!(decoded.find("dir-3/file-10.bin").unwrap().path, "dir-3/file-10.bin");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! were fsynced: fills write to `tmp/`, verify while streaming, then rename. Start-up deletes
 //! whatever `tmp/` holds, so a crash at any moment leaves no blob that looks complete.
 //!
-//! Capacity is accounted continuously in memory (an LRU ordered by last use), built once at
-//! start-up; when a new blob does not fit, the least recently used ones are evicted, and when it
-//! still does not fit the caller streams without storing.
+//! Capacity is accounted continuously in memory ([`accounting`]: every blob counted, the recently
+//! used ones indexed in an LRU of bounded size, the others found on disk when asked for); when a new
+//! blob does not fit, the least recently used ones are evicted, and when it still does not fit the
+//! caller streams without storing.
 
+mod accounting;
 mod fill;
 mod integrity;
 pub mod scrub;
@@ -15,7 +17,7 @@ mod small;
 mod source;
 mod verify;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use accounting::{Accounting, BlobKey, Demoted, unix_seconds};
 pub use fill::{Fill, FillProgress, FillState};
 pub use integrity::{VerifiedBlob, verified_range};
 pub use source::{BlobSource, ByteStream, SourceError};
@@ -30,6 +33,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 pub use verify::{ContentHasher, is_valid_etag};
+
+/// Eviction of cold blobs (outside the in-memory index) takes the oldest of a sample: this many files,
+/// at most this many from each shard read, and the oldest this many kept.
+const COLD_SAMPLE_SIZE: usize = 64;
+const COLD_SAMPLE_PER_SHARD: usize = 16;
+const COLD_POOL_SIZE: usize = 32;
+/// How many samples one reservation may take before it evicts from the index instead.
+const COLD_SAMPLES_PER_RESERVATION: usize = 8;
 
 /// How many blobs' chunk sums are kept in memory (8 bytes per MiB of blob each).
 const SUMS_MEMORY_ENTRIES: usize = 4096;
@@ -100,118 +111,8 @@ struct StoreInner {
     scanned: AtomicBool,
     /// The start-up scan's thread, joined by [`BlobStore::close`].
     scan: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// An etag in binary: 20 bytes (a git blob sha1) or 32 (an LFS sha256) instead of a 64-byte string on
-/// the heap, so the LRU of a million blobs takes a hundred-odd MiB rather than twice that.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct BlobKey {
-    bytes: [u8; 32],
-    long: bool,
-}
-
-impl BlobKey {
-    /// `None` for anything but 40 or 64 lowercase hex digits.
-    fn parse(etag: &str) -> Option<BlobKey> {
-        if !is_valid_etag(etag) {
-            return None;
-        }
-        let mut bytes = [0u8; 32];
-        let long = etag.len() == 64;
-        hex::decode_to_slice(etag, &mut bytes[..etag.len() / 2]).ok()?;
-        Some(BlobKey { bytes, long })
-    }
-
-    fn etag(&self) -> String {
-        hex::encode(&self.bytes[..if self.long { 32 } else { 20 }])
-    }
-}
-
-/// The in-memory LRU: every stored blob with its size and last-use tick. Etags that are not valid
-/// blob names are never in it.
-#[derive(Default)]
-struct Accounting {
-    entries: HashMap<BlobKey, LruEntry>,
-    by_tick: BTreeMap<u64, BlobKey>,
-    next_tick: u64,
-    stored_bytes: u64,
-    /// Bytes promised to fills in progress.
-    reserved_bytes: u64,
-}
-
-#[derive(Clone, Copy)]
-struct LruEntry {
-    size: u64,
-    tick: u64,
-}
-
-/// Ticks from here up are uses since start; the blobs found by the start-up scan get the ticks below,
-/// in the order of their modification times, so they are older than anything used since.
-const FIRST_RUNTIME_TICK: u64 = 1 << 48;
-
-impl Accounting {
-    fn starting() -> Accounting {
-        Accounting { next_tick: FIRST_RUNTIME_TICK, ..Accounting::default() }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn size_of(&self, etag: &str) -> Option<u64> {
-        self.entries.get(&BlobKey::parse(etag)?).map(|entry| entry.size)
-    }
-
-    fn contains(&self, etag: &str) -> bool {
-        self.size_of(etag).is_some()
-    }
-
-    /// Every blob with its size.
-    fn list(&self) -> Vec<(String, u64)> {
-        self.entries.iter().map(|(key, entry)| (key.etag(), entry.size)).collect()
-    }
-
-    /// Adds a blob the start-up scan found, unless it is known already (used or stored meanwhile).
-    fn insert_found(&mut self, key: BlobKey, size: u64, tick: u64) {
-        if self.entries.contains_key(&key) || self.by_tick.contains_key(&tick) {
-            return;
-        }
-        self.entries.insert(key, LruEntry { size, tick });
-        self.by_tick.insert(tick, key);
-        self.stored_bytes += size;
-    }
-
-    fn touch(&mut self, etag: &str) {
-        let Some(key) = BlobKey::parse(etag) else { return };
-        let tick = self.next_tick;
-        if let Some(entry) = self.entries.get_mut(&key) {
-            self.by_tick.remove(&entry.tick);
-            entry.tick = tick;
-            self.by_tick.insert(tick, key);
-            self.next_tick += 1;
-        }
-    }
-
-    fn insert(&mut self, etag: &str, size: u64) {
-        let Some(key) = BlobKey::parse(etag) else { return };
-        self.remove(etag);
-        let tick = self.next_tick;
-        self.next_tick += 1;
-        self.entries.insert(key, LruEntry { size, tick });
-        self.by_tick.insert(tick, key);
-        self.stored_bytes += size;
-    }
-
-    fn remove(&mut self, etag: &str) -> Option<u64> {
-        let entry = self.entries.remove(&BlobKey::parse(etag)?)?;
-        self.by_tick.remove(&entry.tick);
-        self.stored_bytes -= entry.size;
-        Some(entry.size)
-    }
-
-    fn least_recently_used(&self, protected: &HashSet<String>) -> Option<String> {
-        self.by_tick.values().map(BlobKey::etag).find(|etag| !protected.contains(etag))
-    }
+    /// Cold blobs sampled from disk for eviction, oldest last (see [`BlobStore::cold_victim`]).
+    eviction_pool: Mutex<Vec<(u32, BlobKey, u64)>>,
 }
 
 /// How many removals [`Removals`] remembers.
@@ -249,6 +150,8 @@ pub struct StoreUsage {
     pub num_blobs: usize,
     pub stored_bytes: u64,
     pub reserved_bytes: u64,
+    /// Blobs in the in-memory index of recent uses (at most [`accounting::INDEX_ENTRIES`] once listed).
+    pub indexed_blobs: usize,
 }
 
 fn free_bytes(path: &Path) -> io::Result<u64> {
@@ -258,14 +161,25 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 
 impl BlobStore {
     /// Opens the store under `data_dir`: creates its directories and deletes fill leftovers, then
-    /// serves at once. The blobs already on disk are listed by a thread of their own into the LRU
-    /// (oldest modification first): a store of a million blobs takes seconds to minutes to list, and
-    /// a node must not wait for that to answer. Until the scan is done, a blob not yet listed is
-    /// looked up on disk when asked for, reconcilers that need the whole list wait
-    /// ([`BlobStore::is_scanned`]), and `max_disk` counts only what is listed so far (the free-space
-    /// floor, read from the file system, holds throughout).
+    /// serves at once. A thread of its own lists the blobs already on disk (a store of a million
+    /// blobs takes seconds to minutes to list, and a node must not wait for that to answer): it counts
+    /// them and indexes the most recently used. Until the listing is done, a blob not indexed is
+    /// looked up on disk when asked for (as it is after, see [`accounting`]), reconcilers that need
+    /// the whole list wait ([`BlobStore::is_scanned`]), and `max_disk` counts only what is listed so
+    /// far (the free-space floor, read from the file system, holds throughout).
     pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
-        let store = BlobStore::open_unlisted(data_dir, max_bytes, min_free_bytes, shutdown)?;
+        BlobStore::open_indexing(data_dir, max_bytes, min_free_bytes, shutdown, accounting::INDEX_ENTRIES)
+    }
+
+    /// [`BlobStore::open`] with an index of `index_entries` blobs.
+    fn open_indexing(
+        data_dir: &Path,
+        max_bytes: Option<u64>,
+        min_free_bytes: u64,
+        shutdown: CancellationToken,
+        index_entries: usize,
+    ) -> io::Result<BlobStore> {
+        let store = BlobStore::open_unlisted(data_dir, max_bytes, min_free_bytes, shutdown, index_entries)?;
         let scanning = store.clone();
         let thread = std::thread::Builder::new().name("blob-scan".into()).spawn(move || scanning.scan_existing())?;
         *store.inner.scan.lock().expect("scan poisoned") = Some(thread);
@@ -273,7 +187,13 @@ impl BlobStore {
     }
 
     /// The store before its start-up listing (which [`BlobStore::open`] starts).
-    fn open_unlisted(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
+    fn open_unlisted(
+        data_dir: &Path,
+        max_bytes: Option<u64>,
+        min_free_bytes: u64,
+        shutdown: CancellationToken,
+        index_entries: usize,
+    ) -> io::Result<BlobStore> {
         let blobs_dir = data_dir.join("blobs");
         let tmp_dir = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs_dir)?;
@@ -287,7 +207,7 @@ impl BlobStore {
                 tmp_dir,
                 max_bytes,
                 min_free_bytes,
-                accounting: Mutex::new(Accounting::starting()),
+                accounting: Mutex::new(Accounting::new(index_entries)),
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
                 small: small::SmallBlobs::default(),
@@ -298,81 +218,98 @@ impl BlobStore {
                 shutdown,
                 scanned: AtomicBool::new(false),
                 scan: Mutex::new(None),
+                eviction_pool: Mutex::new(Vec::new()),
             }),
         };
         Ok(store)
     }
 
-    /// Lists the blobs on disk into the LRU (see [`BlobStore::open`]).
+    /// Lists the blobs on disk, shard by shard: counts them, and indexes the most recently used (see
+    /// [`BlobStore::open`]). Memory: the index's capacity plus one shard's listing.
     fn scan_existing(&self) {
         let started = std::time::Instant::now();
-        let cursor = self.inner.removals.lock().expect("removals poisoned").last;
-        let mut found = match self.list_blob_files() {
-            Ok(Some(found)) => found,
-            Ok(None) => return, // shutting down
-            Err(error) => {
-                warn!(%error, "cannot list the stored blobs; only blobs asked for are known until a restart");
-                Vec::new()
+        let capacity = self.inner.accounting.lock().expect("accounting poisoned").capacity();
+        // The most recently used blobs found, as a min-heap on their last use.
+        let mut recent: std::collections::BinaryHeap<std::cmp::Reverse<(u32, BlobKey, u64)>> = std::collections::BinaryHeap::new();
+        for shard in 0..=u8::MAX {
+            if self.inner.shutdown.is_cancelled() {
+                return;
             }
-        };
-        found.sort();
-        // Blobs removed while the scan ran were listed before they went: leave them out.
-        let (removed, _) = self.removed_since(cursor);
-        let removed: Option<HashSet<String>> = removed.map(|removed| removed.into_iter().collect());
-        let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        for (tick, (_, key, size)) in found.into_iter().enumerate() {
-            let gone = match &removed {
+            let cursor = self.inner.removals.lock().expect("removals poisoned").last;
+            let found = match self.list_shard(shard) {
+                Ok(found) => found,
+                Err(error) => {
+                    warn!(%error, shard, "cannot list a shard of the stored blobs; its blobs are counted when asked for");
+                    Vec::new()
+                }
+            };
+            // Blobs removed while the shard was read were listed before they went: leave them out.
+            let removed: Option<HashSet<String>> = self.removed_since(cursor).0.map(|removed| removed.into_iter().collect());
+            let gone = |key: &BlobKey| match &removed {
                 Some(removed) => removed.contains(&key.etag()),
                 None => !self.blob_path(&key.etag()).exists(),
             };
-            if !gone {
-                accounting.insert_found(key, size, tick as u64);
+            let counted = self.inner.accounting.lock().expect("accounting poisoned").count_listed_shard(shard, found, gone);
+            for blob in counted {
+                if recent.len() < capacity {
+                    recent.push(std::cmp::Reverse(blob));
+                } else if recent.peek().is_some_and(|oldest| oldest.0.0 < blob.0) {
+                    recent.pop();
+                    recent.push(std::cmp::Reverse(blob));
+                }
             }
         }
+        let recent: Vec<_> = recent.into_sorted_vec().into_iter().rev().map(|std::cmp::Reverse(blob)| blob).collect();
+        let (demoted, usage) = {
+            let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+            let demoted = accounting.listing_done(recent);
+            (demoted, (accounting.num_blobs, accounting.stored_bytes, accounting.indexed()))
+        };
+        self.record_last_uses(demoted);
         self.inner.scanned.store(true, Ordering::Release);
         info!(
-            num_blobs = accounting.len(),
-            stored_bytes = accounting.stored_bytes,
+            num_blobs = usage.0,
+            stored_bytes = usage.1,
+            indexed = usage.2,
             took_ms = started.elapsed().as_millis() as u64,
             "blob store listed"
         );
     }
 
-    /// Every blob file on disk: (modification time, etag, size). `None` when shutdown began.
-    fn list_blob_files(&self) -> io::Result<Option<Vec<(std::time::SystemTime, BlobKey, u64)>>> {
+    /// The blob files of one shard: (last use, etag, size). Nothing for a shard that does not exist.
+    fn list_shard(&self, shard: u8) -> io::Result<Vec<(u32, BlobKey, u64)>> {
+        let name = hex::encode([shard]);
+        let directory = self.inner.blobs_dir.join(&name);
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
         let mut found = Vec::new();
-        for shard in std::fs::read_dir(&self.inner.blobs_dir)? {
-            if self.inner.shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
+        for blob in entries {
+            let blob = blob?;
+            let file_name = blob.file_name().to_string_lossy().into_owned();
+            if file_name.ends_with(".sums") {
                 continue;
             }
-            for blob in std::fs::read_dir(shard.path())? {
-                let blob = blob?;
-                let name = blob.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".sums") {
-                    continue;
-                }
-                let metadata = match blob.metadata() {
-                    Ok(metadata) => metadata,
-                    // Removed since the directory was read.
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                    Err(error) => return Err(error),
-                };
-                let key = BlobKey::parse(&name).filter(|_| metadata.is_file() && shard.file_name().to_string_lossy().eq(&name[..2]));
-                let Some(key) = key else {
-                    warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
-                    continue;
-                };
-                found.push((metadata.modified().unwrap_or(std::time::UNIX_EPOCH), key, metadata.len()));
-            }
+            let metadata = match blob.metadata() {
+                Ok(metadata) => metadata,
+                // Removed since the directory was read.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            let key = BlobKey::parse(&file_name).filter(|_| metadata.is_file() && file_name.starts_with(&name));
+            let Some(key) = key else {
+                warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
+                continue;
+            };
+            let used = metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            found.push((unix_seconds(used), key, metadata.len()));
         }
-        Ok(Some(found))
+        Ok(found)
     }
 
-    /// Whether every blob on disk at start-up is listed; until then [`BlobStore::blobs`] is partial.
+    /// Whether every blob on disk at start-up is counted; until then [`BlobStore::usage`] is partial.
     pub fn is_scanned(&self) -> bool {
         self.inner.scanned.load(Ordering::Acquire)
     }
@@ -385,18 +322,23 @@ impl BlobStore {
         }
     }
 
-    /// While the start-up listing runs, a blob not listed yet may still be on disk: looks, and
-    /// lists it if so. After, the LRU is the whole truth.
-    fn find_unlisted(&self, etag: &str) -> Option<u64> {
-        if self.is_scanned() {
-            return None;
+    /// The size of a blob file on disk, if there is one.
+    fn size_on_disk(&self, etag: &str) -> Option<u64> {
+        std::fs::metadata(self.blob_path(etag)).ok().filter(std::fs::Metadata::is_file).map(|metadata| metadata.len())
+    }
+
+    /// Writes the last use of blobs leaving the index into their files' access times, where the
+    /// listing after a restart and the eviction of cold blobs read it. Best effort: a blob whose time
+    /// is not written looks as old as its last recorded use.
+    fn record_last_uses(&self, demoted: Vec<Demoted>) {
+        for Demoted { key, used_at } in demoted {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(used_at));
+            let written = std::fs::File::open(self.blob_path(&key.etag()))
+                .and_then(|file| file.set_times(std::fs::FileTimes::new().set_accessed(time)));
+            if let Err(error) = written {
+                debug!(etag = %key.etag(), %error, "cannot record a blob's last use");
+            }
         }
-        let metadata = std::fs::metadata(self.blob_path(etag)).ok().filter(std::fs::Metadata::is_file)?;
-        let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        if !accounting.contains(etag) {
-            accounting.insert(etag, metadata.len());
-        }
-        Some(metadata.len())
     }
 
     fn blob_path(&self, etag: &str) -> PathBuf {
@@ -406,20 +348,28 @@ impl BlobStore {
 
     /// Returns the verified blob if this node holds it, and marks it used.
     pub fn get(&self, etag: &str) -> Option<StoredBlob> {
-        if !is_valid_etag(etag) {
-            return None;
-        }
-        let listed = {
+        self.lookup(etag, true)
+    }
+
+    /// Returns the blob if this node holds it; marks it used when `used` (a scrub does not).
+    fn lookup(&self, etag: &str, used: bool) -> Option<StoredBlob> {
+        let key = BlobKey::parse(etag)?;
+        let now = unix_seconds(std::time::SystemTime::now());
+        let indexed = {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
-            let size = accounting.size_of(etag);
-            if size.is_some() {
-                accounting.touch(etag);
-            }
-            size
+            if used { accounting.use_indexed(&key, now) } else { accounting.size_of(&key) }
         };
-        let size = match listed {
+        let size = match indexed {
             Some(size) => size,
-            None => self.find_unlisted(etag)?,
+            None => {
+                // Not among the recently used: one look on disk.
+                let size = self.size_on_disk(etag)?;
+                if used {
+                    let demoted = self.inner.accounting.lock().expect("accounting poisoned").index_found(key, size, now);
+                    self.record_last_uses(demoted);
+                }
+                size
+            }
         };
         Some(StoredBlob { path: self.blob_path(etag), size })
     }
@@ -492,31 +442,50 @@ impl BlobStore {
 
     /// Whether this node holds a verified blob (without marking it used).
     pub fn contains(&self, etag: &str) -> bool {
-        let listed = self.inner.accounting.lock().expect("accounting poisoned").contains(etag);
-        listed || (is_valid_etag(etag) && self.find_unlisted(etag).is_some())
+        self.lookup(etag, false).is_some()
     }
 
     /// Returns the usage numbers.
     pub fn usage(&self) -> StoreUsage {
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        StoreUsage { num_blobs: accounting.len(), stored_bytes: accounting.stored_bytes, reserved_bytes: accounting.reserved_bytes }
+        StoreUsage {
+            num_blobs: accounting.num_blobs,
+            stored_bytes: accounting.stored_bytes,
+            reserved_bytes: accounting.reserved_bytes,
+            indexed_blobs: accounting.indexed(),
+        }
     }
 
     /// Removes a blob (it was found corrupt, or evicted).
     pub fn remove(&self, etag: &str) {
-        if !is_valid_etag(etag) {
-            return;
+        let Some(key) = BlobKey::parse(etag) else { return };
+        let indexed = self.inner.accounting.lock().expect("accounting poisoned").remove_indexed(&key);
+        match indexed {
+            Some(_) => {
+                self.delete_files(etag);
+            }
+            None => {
+                // A cold blob: uncounted only by whoever deletes its file.
+                let size = self.size_on_disk(etag);
+                if let (true, Some(size)) = (self.delete_files(etag), size) {
+                    self.inner.accounting.lock().expect("accounting poisoned").removed_cold(&key, size);
+                }
+            }
         }
-        self.inner.accounting.lock().expect("accounting poisoned").remove(etag);
-        self.delete_files(etag);
         self.emit(StoreEvent::Removed { etag: etag.to_owned() });
     }
 
-    /// Every blob held, with its size; only those listed so far while the start-up listing runs
-    /// ([`BlobStore::is_scanned`]).
+    /// Every blob held, with its size, read from disk (the store keeps only the recently used ones in
+    /// memory). While the start-up listing runs it is complete all the same.
     pub fn blobs(&self) -> Vec<(String, u64)> {
-        let accounting = self.inner.accounting.lock().expect("accounting poisoned");
-        accounting.list()
+        let mut blobs = Vec::new();
+        for shard in 0..=u8::MAX {
+            match self.list_shard(shard) {
+                Ok(found) => blobs.extend(found.into_iter().map(|(_, key, size)| (key.etag(), size))),
+                Err(error) => warn!(%error, shard, "cannot list a shard of the stored blobs"),
+            }
+        }
+        blobs
     }
 
     /// Replaces the set of blobs that eviction must leave alone.
@@ -540,29 +509,42 @@ impl BlobStore {
         }
     }
 
-    fn delete_files(&self, etag: &str) {
+    /// Deletes a blob's files; true when this call deleted the blob file itself.
+    fn delete_files(&self, etag: &str) -> bool {
         self.inner.removals.lock().expect("removals poisoned").record(etag);
         self.inner.sums_memory.lock().expect("sums memory poisoned").remove(etag);
         self.inner.small.forget(etag);
         let path = self.blob_path(etag);
-        for file in [integrity::sums_path(&path), path] {
-            if let Err(error) = std::fs::remove_file(&file) {
-                if error.kind() != io::ErrorKind::NotFound {
-                    warn!(%etag, %error, path = %file.display(), "could not remove blob file");
-                }
+        let mut deleted = false;
+        for file in [integrity::sums_path(&path), path.clone()] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => deleted = file == path,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => warn!(%etag, %error, path = %file.display(), "could not remove blob file"),
             }
         }
+        deleted
     }
 
     /// Opens a stored blob for serving with its chunk sums. A blob stored before sums existed (or
     /// whose sums file is lost) is rehashed once in full against its etag first; one that fails is
     /// removed. `Ok(None)`: the node does not hold it.
     pub async fn open_verified(&self, etag: &str) -> io::Result<Option<VerifiedBlob>> {
-        let Some(stored) = self.get(etag) else { return Ok(None) };
+        self.open_verified_as(etag, true).await
+    }
+
+    /// [`BlobStore::open_verified`] for a check, not a use: the blob keeps its place in the LRU and
+    /// its file's access time (so a scrub pass does not make every blob look just used).
+    pub async fn open_verified_unused(&self, etag: &str) -> io::Result<Option<VerifiedBlob>> {
+        self.open_verified_as(etag, false).await
+    }
+
+    async fn open_verified_as(&self, etag: &str, used: bool) -> io::Result<Option<VerifiedBlob>> {
+        let Some(stored) = self.lookup(etag, used) else { return Ok(None) };
         let (path, size, etag_owned) = (stored.path.clone(), stored.size, etag.to_owned());
         let remembered = self.inner.sums_memory.lock().expect("sums memory poisoned").get(etag).cloned();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<VerifiedBlob> {
-            let file = std::fs::File::open(&path)?;
+            let file = if used { std::fs::File::open(&path)? } else { open_without_access_time(&path)? };
             let length = file.metadata()?.len();
             if length != size {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob has {length} bytes, expected {size}")));
@@ -617,8 +599,9 @@ impl BlobStore {
         }
     }
 
-    /// Reserves room for `size` more bytes, evicting least recently used blobs if needed. Returns
-    /// false when the blob cannot fit even with everything evicted, or the file system is too full.
+    /// Reserves room for `size` more bytes, evicting least recently used blobs if needed (cold ones,
+    /// outside the index, first). Returns false when the blob cannot fit even with everything
+    /// evicted, or the file system is too full.
     fn reserve(&self, size: u64, room: Room) -> bool {
         let mut free_on_disk = match free_bytes(&self.inner.tmp_dir) {
             Ok(free) => free,
@@ -629,31 +612,50 @@ impl BlobStore {
         };
         let mut evicted = Vec::new();
         let protected = self.inner.protected.lock().expect("protected set poisoned").clone();
-        let reserved = {
+        // Samples of cold blobs taken from disk for this reservation; a bounded number, after which
+        // eviction falls back to the index.
+        let mut samples_left = COLD_SAMPLES_PER_RESERVATION;
+        let reserved = loop {
             let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
             // Evict nothing for a blob that could not fit even in an empty store.
             let never_fits = self.inner.max_bytes.is_some_and(|max| size > max)
                 || free_on_disk.saturating_add(accounting.stored_bytes) < size.saturating_add(self.inner.min_free_bytes);
-            loop {
-                if never_fits {
-                    break false;
-                }
-                let within_limit = self.inner.max_bytes.is_none_or(|max| accounting.stored_bytes + accounting.reserved_bytes + size <= max);
-                let within_disk = free_on_disk.saturating_sub(accounting.reserved_bytes) >= size.saturating_add(self.inner.min_free_bytes);
-                if within_limit && within_disk {
-                    accounting.reserved_bytes += size;
-                    break true;
-                }
-                if room == Room::FreeOnly {
-                    break false;
-                }
-                let Some(victim) = accounting.least_recently_used(&protected) else {
-                    break false;
-                };
-                let victim_size = accounting.remove(&victim).unwrap_or(0);
-                free_on_disk = free_on_disk.saturating_add(victim_size);
-                evicted.push((victim, victim_size));
+            if never_fits {
+                break false;
             }
+            let within_limit = self.inner.max_bytes.is_none_or(|max| accounting.stored_bytes + accounting.reserved_bytes + size <= max);
+            let within_disk = free_on_disk.saturating_sub(accounting.reserved_bytes) >= size.saturating_add(self.inner.min_free_bytes);
+            if within_limit && within_disk {
+                accounting.reserved_bytes += size;
+                break true;
+            }
+            if room == Room::FreeOnly {
+                break false;
+            }
+            if accounting.has_cold() && samples_left > 0 {
+                match self.cold_victim(&accounting, &protected) {
+                    Some((key, victim_size)) => {
+                        // Deleted under the lock, so that it is uncounted exactly once.
+                        if std::fs::remove_file(self.blob_path(&key.etag())).is_ok() {
+                            accounting.removed_cold(&key, victim_size);
+                            free_on_disk = free_on_disk.saturating_add(victim_size);
+                            evicted.push((key.etag(), victim_size));
+                        }
+                    }
+                    None => {
+                        drop(accounting);
+                        samples_left -= 1;
+                        self.sample_cold_blobs();
+                    }
+                }
+                continue;
+            }
+            let Some(victim) = accounting.least_recently_used(&protected) else {
+                break false;
+            };
+            let victim_size = accounting.remove_indexed(&victim).unwrap_or(0);
+            free_on_disk = free_on_disk.saturating_add(victim_size);
+            evicted.push((victim.etag(), victim_size));
         };
         for (etag, victim_size) in evicted {
             info!(%etag, size = victim_size, "evicting least recently used blob");
@@ -665,6 +667,57 @@ impl BlobStore {
             warn!(size, "no room to store a blob; streaming it without storing");
         }
         reserved
+    }
+
+    /// The oldest sampled cold blob that is still cold and not protected, taken from the pool.
+    fn cold_victim(&self, accounting: &Accounting, protected: &HashSet<String>) -> Option<(BlobKey, u64)> {
+        let mut pool = self.inner.eviction_pool.lock().expect("eviction pool poisoned");
+        while let Some((_, key, size)) = pool.pop() {
+            if !accounting.is_indexed(&key) && !protected.contains(&key.etag()) {
+                return Some((key, size));
+            }
+        }
+        None
+    }
+
+    /// Refills the eviction pool: a few random blob files from each of a few shards,
+    /// with their recorded last use; the pool keeps the oldest. Cheap next to the fill that needs the
+    /// room (a directory listing and a few `stat`s), and no memory per stored blob.
+    fn sample_cold_blobs(&self) {
+        let seed = fastrand_seed();
+        let mut sampled = Vec::new();
+        // From a random shard on, until the sample is full (a small store is sampled whole).
+        for round in 0..=usize::from(u8::MAX) {
+            if sampled.len() >= COLD_SAMPLE_SIZE {
+                break;
+            }
+            let shard = (seed as usize + round) as u8;
+            let Ok(entries) = std::fs::read_dir(self.inner.blobs_dir.join(hex::encode([shard]))) else { continue };
+            let names: Vec<String> = entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| !name.ends_with(".sums") && is_valid_etag(name))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let start = (seed.rotate_left(round as u32) as usize) % names.len();
+            for name in names.iter().cycle().skip(start).take(COLD_SAMPLE_PER_SHARD.min(names.len())) {
+                let (Some(key), Ok(metadata)) = (BlobKey::parse(name), std::fs::metadata(self.blob_path(name))) else { continue };
+                let used = metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                sampled.push((unix_seconds(used), key, metadata.len()));
+            }
+        }
+        let accounting = self.inner.accounting.lock().expect("accounting poisoned");
+        sampled.retain(|(_, key, _)| !accounting.is_indexed(key));
+        drop(accounting);
+        let mut pool = self.inner.eviction_pool.lock().expect("eviction pool poisoned");
+        pool.extend(sampled);
+        // Newest first, so that `pop` takes the oldest; the newer half of a sample is not kept.
+        pool.sort_by(|left, right| right.0.cmp(&left.0).then(right.1.cmp(&left.1)));
+        pool.dedup_by_key(|(_, key, _)| *key);
+        let keep = pool.len().min(COLD_POOL_SIZE);
+        let excess = pool.len() - keep;
+        pool.drain(..excess);
     }
 
     fn release(&self, size: u64) {
@@ -774,7 +827,11 @@ impl BlobStore {
         self.release(fill.size);
         match published {
             Ok(()) => {
-                self.inner.accounting.lock().expect("accounting poisoned").insert(&fill.etag, fill.size);
+                if let Some(key) = BlobKey::parse(&fill.etag) {
+                    let now = unix_seconds(std::time::SystemTime::now());
+                    let demoted = self.inner.accounting.lock().expect("accounting poisoned").index_stored(key, fill.size, now);
+                    self.record_last_uses(demoted);
+                }
                 info!(etag = %fill.etag, size = fill.size, "blob stored");
                 fill.publish(FillState::Complete);
                 self.emit(StoreEvent::Stored { etag: fill.etag.clone(), size: fill.size });
@@ -794,7 +851,24 @@ impl BlobStore {
         self.inner.tasks.wait().await;
         // The listing stops at its next directory once shutdown was signalled.
         let store = self.clone();
-        let _ = tokio::task::spawn_blocking(move || store.wait_scanned()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            store.wait_scanned();
+            // The recent uses go to disk, where the next start finds them.
+            let uses = store.inner.accounting.lock().expect("accounting poisoned").indexed_uses();
+            store.record_last_uses(uses);
+        })
+        .await;
+    }
+}
+
+/// Opens a file for reading without updating its access time (which records a blob's last use);
+/// falls back to a plain open where `O_NOATIME` is refused (a file this process does not own).
+fn open_without_access_time(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let no_access_time = rustix::fs::OFlags::NOATIME.bits() as i32;
+    match std::fs::OpenOptions::new().read(true).custom_flags(no_access_time).open(path) {
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => std::fs::File::open(path),
+        opened => opened,
     }
 }
 
@@ -811,6 +885,11 @@ impl crate::telemetry::MetricSource for BlobStore {
         samples.gauge("hfm_store_blobs", "Verified blobs on this node's disk", usage.num_blobs as i64)?;
         samples.gauge("hfm_store_bytes", "Bytes of verified blobs on this node's disk", usage.stored_bytes as i64)?;
         samples.gauge("hfm_store_reserved_bytes", "Bytes promised to fills in progress", usage.reserved_bytes as i64)?;
+        samples.gauge(
+            "hfm_store_indexed_blobs",
+            "Blobs in the in-memory index of recent uses (the others are found on disk)",
+            usage.indexed_blobs as i64,
+        )?;
         if let Ok(free) = free_bytes(&self.inner.blobs_dir) {
             samples.gauge("hfm_disk_free_bytes", "Free bytes of the data directory's file system", free as i64)?;
         }

@@ -46,7 +46,7 @@ impl BlobStore {
     /// second (0: unpaced) and adds what it read to `read`.
     pub async fn scrub_blob(&self, etag: &str, rate: u64, read_bytes: &AtomicU64) -> io::Result<Scrubbed> {
         // open_verified rehashes a blob without sums against its etag, and removes it if it fails.
-        let Some(blob) = self.open_verified(etag).await? else { return Ok(Scrubbed::Gone) };
+        let Some(blob) = self.open_verified_unused(etag).await? else { return Ok(Scrubbed::Gone) };
         let file = blob.file.clone();
         for (index, expected) in blob.sums.iter().copied().enumerate() {
             let offset = index as u64 * CHUNK;
@@ -63,7 +63,7 @@ impl BlobStore {
                     return Ok(Scrubbed::Removed);
                 }
                 Err(error) if error.kind() == io::ErrorKind::NotFound || error.kind() == io::ErrorKind::UnexpectedEof => {
-                    if self.get(etag).is_none() {
+                    if !self.contains(etag) {
                         return Ok(Scrubbed::Gone);
                     }
                     warn!(%etag, %error, "scrub: a stored blob is shorter than its size; removing it");

@@ -398,7 +398,7 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
         store.close().await;
     }
     // A restart: the listing has not run yet.
-    let store = BlobStore::open_unlisted(directory.path(), None, 0, CancellationToken::new()).unwrap();
+    let store = BlobStore::open_unlisted(directory.path(), None, 0, CancellationToken::new(), 16).unwrap();
     assert!(!store.is_scanned());
     assert_eq!(store.usage().num_blobs, 0);
     // Asked for, a blob on disk is found and served all the same.
@@ -410,8 +410,75 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
     assert!(store.is_scanned());
     let usage = store.usage();
     assert_eq!((usage.num_blobs, usage.stored_bytes), (2, 8_000));
-    // After the listing, what is not listed is not held (no look on disk).
     assert!(!store.contains(&sha256_hex(b"never stored")));
+}
+
+/// Fills `count` blobs of `size` bytes (distinct by seed) and returns their etags, oldest first.
+async fn fill_blobs(store: &BlobStore, count: u8, size: usize) -> Vec<String> {
+    let mut etags = Vec::new();
+    for seed in 0..count {
+        let bytes: Vec<u8> = test_bytes(size).into_iter().map(|byte| byte ^ seed).collect();
+        let etag = sha256_hex(&bytes);
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+            panic!("a new blob is filled")
+        };
+        assert_eq!(wait_done(&fill).await, FillState::Complete);
+        etags.push(etag);
+    }
+    etags
+}
+
+#[tokio::test]
+async fn the_index_stays_bounded_and_cold_blobs_are_found_counted_and_evicted_oldest_first() {
+    let directory = tempfile::tempdir().unwrap();
+    let open = |max| {
+        let store = BlobStore::open_indexing(directory.path(), max, 0, CancellationToken::new(), 3).unwrap();
+        store.wait_scanned();
+        store
+    };
+    let store = open(Some(10_000));
+    let etags = fill_blobs(&store, 8, 1_000).await;
+    let usage = store.usage();
+    assert_eq!((usage.num_blobs, usage.stored_bytes, usage.indexed_blobs), (8, 8_000, 3), "only the 3 newest are in memory");
+    // The cold ones are found on disk, and a use brings one back without counting it twice.
+    assert!(etags.iter().all(|etag| store.contains(etag)));
+    assert_eq!(store.get(&etags[0]).map(|blob| blob.size), Some(1_000));
+    assert_eq!(store.usage().stored_bytes, 8_000);
+    assert_eq!(store.blobs().len(), 8, "the full list comes from disk");
+    // Give the blobs distinct recorded last uses (the recorded resolution is a second): the file
+    // times say blob 1 is the oldest, then 2, ….
+    for (age, etag) in etags.iter().enumerate().skip(1) {
+        let time = std::time::SystemTime::now() - std::time::Duration::from_secs(10_000 - age as u64 * 100);
+        std::fs::File::open(store.blob_path(etag)).unwrap().set_times(std::fs::FileTimes::new().set_accessed(time)).unwrap();
+    }
+    store.close().await;
+    drop(store);
+    // After a restart the listing counts everything and indexes the most recently used; a new blob
+    // that needs room evicts cold blobs, the oldest of the sample (with 8 blobs, all of them).
+    let store = open(Some(10_000));
+    let usage = store.usage();
+    assert_eq!((usage.num_blobs, usage.stored_bytes, usage.indexed_blobs), (8, 8_000, 3));
+    let newcomers = {
+        let mut bytes = test_bytes(3_000);
+        bytes[0] ^= 0xff;
+        let etag = sha256_hex(&bytes);
+        let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+            panic!("a new blob is filled")
+        };
+        assert_eq!(wait_done(&fill).await, FillState::Complete);
+        etag
+    };
+    assert!(store.contains(&newcomers));
+    let gone: Vec<usize> = (0..8).filter(|index| !store.contains(&etags[*index])).collect();
+    assert_eq!(gone, [1], "the oldest recorded use went first ({gone:?})");
+    let usage = store.usage();
+    assert_eq!((usage.num_blobs, usage.stored_bytes), (8, 10_000));
+    assert!(usage.indexed_blobs <= 3);
+    // Removing a cold blob uncounts it once, however often it is asked.
+    let cold = (2..8).find(|index| !store.inner.accounting.lock().unwrap().is_indexed(&BlobKey::parse(&etags[*index]).unwrap())).unwrap();
+    store.remove(&etags[cold]);
+    store.remove(&etags[cold]);
+    assert_eq!(store.usage().stored_bytes, 9_000);
 }
 
 #[test]
