@@ -68,7 +68,7 @@ measure() {
   on_client hey -z 10s -c 64 "$node$first" >"$work/hey.out"
   local one_rps one_requests one_ticks
   one_rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey.out")
-  one_requests=$(awk '/\[200\]/ {print $2}' "$work/hey.out")
+  one_requests=$(awk '$1 == "[200]" {print $2}' "$work/hey.out")
   one_ticks=$(( $(cpu_ticks "$pid") - before ))
   sed "s|^|$node|" "$dir/urls" >"$work/urls"
   cat >"$work/spread.lua" <<LUA
