@@ -197,8 +197,9 @@ impl Manifest {
     }
 
     /// Returns the entries below `directory` (all of them for the empty path): every descendant when
-    /// `recursive`, else the direct children only. `None` when the directory does not exist.
-    pub fn list(&self, directory: &str, recursive: bool) -> Option<Vec<&ManifestEntry>> {
+    /// `recursive`, else the direct children only, in path order and lazily (a page of a 100,000-file
+    /// listing costs the page, not a list of every entry). `None` when the directory does not exist.
+    pub fn list<'a>(&'a self, directory: &str, recursive: bool) -> Option<impl Iterator<Item = &'a ManifestEntry> + 'a> {
         let prefix = if directory.is_empty() { String::new() } else { format!("{directory}/") };
         if !directory.is_empty() {
             let entry = self.find(directory)?;
@@ -208,11 +209,11 @@ impl Manifest {
         }
         // Entries are sorted by path, so every descendant of the prefix sits in one contiguous run.
         let start = self.entries.partition_point(|entry| entry.path.as_str() < prefix.as_str());
+        let prefix_length = prefix.len();
         let listed = self.entries[start..]
             .iter()
-            .take_while(|entry| entry.path.starts_with(&prefix))
-            .filter(|entry| recursive || !entry.path[prefix.len()..].contains('/'))
-            .collect();
+            .take_while(move |entry| entry.path.starts_with(&prefix))
+            .filter(move |entry| recursive || !entry.path[prefix_length..].contains('/'));
         Some(listed)
     }
 }
@@ -229,8 +230,8 @@ mod tests {
         ManifestEntry { path: path.into(), kind: EntryKind::Directory, size: 0, oid: "1".repeat(40), lfs: None }
     }
 
-    fn paths(entries: Option<Vec<&ManifestEntry>>) -> Vec<String> {
-        entries.unwrap().into_iter().map(|entry| entry.path.clone()).collect()
+    fn paths<'a>(entries: Option<impl Iterator<Item = &'a ManifestEntry>>) -> Vec<String> {
+        entries.unwrap().map(|entry| entry.path.clone()).collect()
     }
 
     #[test]

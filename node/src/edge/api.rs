@@ -117,12 +117,14 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
     };
     let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
     let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
-    let listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let mut listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
     let page_size = hub.settings.tree_page_size;
-    let page: Vec<Value> = listed.iter().skip(cursor).take(page_size).map(|entry| tree_entry_json(entry)).collect();
+    // One page is built (never the whole listing), and one entry more is looked at to know whether
+    // another page follows.
+    let page: Vec<Value> = listed.by_ref().skip(cursor).take(page_size).map(tree_entry_json).collect();
     let mut extra = HeaderMap::new();
     let next = cursor.saturating_add(page_size);
-    if next < listed.len() {
+    if page.len() == page_size && listed.next().is_some() {
         // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
         let origin = public_origin(&hub.settings, &parts);
         let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
