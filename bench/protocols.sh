@@ -4,6 +4,10 @@
 # serving the same bytes over HTTP/1.1 as the reference. h2load (nghttp2-client) drives h1 and h2;
 # `hf-mirror h3-get --repeat` drives h3 (Debian has no h3 load tool). Also the cost of a TLS
 # handshake: requests/s when every request opens a new connection.
+# The server under test (the node, then nginx) is pinned to CPU 0 and every client to CPU 1, as in
+# bench/run.sh: unpinned, the client and the server's threads fight over both cores and what is
+# measured is the scheduler (HTTP/2's one connection task and its stream tasks wake each other across
+# cores). Each row is run twice and the better kept; the ratio is to the node's HTTP/1.1 cleartext row.
 # Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
 #
 # Usage: bench/protocols.sh [REQUESTS] [CONCURRENCY]   (default 20000 16)
@@ -12,7 +16,9 @@ cd "$(dirname "$0")/.."
 source bench/common.sh
 requests=${1:-20000}
 concurrency=${2:-16}
-bench_setup hfm-protocols nginx=nginx h2load=nghttp2-client openssl=openssl curl=curl
+bench_setup hfm-protocols nginx=nginx h2load=nghttp2-client openssl=openssl curl=curl taskset=util-linux
+on_server() { taskset -c 0 "$@"; }
+on_client() { taskset -c 1 "$@"; }
 
 # A test CA and a server certificate for 127.0.0.1.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/ca.key" -out "$work/ca.pem" \
@@ -29,7 +35,7 @@ wait_line "$work/hub.out" '^fakehub '
 hub=$(awk '/^fakehub /{print $2}' "$work/hub.out")
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
+on_server "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
   --tls-cert "$work/node.pem" --tls-key "$work/node.key" > "$work/node.out" 2> "$work/node.err" &
 pids+=($!)
 wait_line "$work/node.out" '^node '
@@ -43,7 +49,7 @@ cp "$work/config.json" "$work/www$path"
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/nginx.conf" <<EOF
 user root;
-worker_processes 2;
+worker_processes 1;
 pid $work/nginx.pid;
 error_log $work/nginx.err;
 events { worker_connections 4096; }
@@ -54,7 +60,7 @@ http {
   server { listen 127.0.0.1:$nginx_port; root $work/www; }
 }
 EOF
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
+on_server nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 sleep 0.5
 
@@ -64,25 +70,42 @@ rate() { # h2load output → requests/s
 failed() { # h2load output → failed requests
   awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i+1) == "failed,") { print $i; exit } }'
 }
-run_h2load() { # label, args…
+best=0
+reference=
+row() { # label, requests/s, failed: prints a row with the ratio to the node's HTTP/1.1 cleartext rate
+  local ratio=
+  [ -n "$reference" ] && ratio=$(python3 -c "print(f'{$2 / $reference:.2f}')")
+  printf '| %s | %s | %s | %s |\n' "$1" "$2" "$ratio" "$3"
+}
+run_h2load() { # label, args…: the better of two runs
   local label=$1; shift
-  local out
-  out=$(h2load "$@" 2>&1)
-  printf '| %s | %s | %s |\n' "$label" "$(echo "$out" | rate)" "$(echo "$out" | failed)"
+  local out rate_now failed_sum=0
+  best=0
+  for _ in 1 2; do
+    out=$(on_client h2load "$@" 2>&1)
+    rate_now=$(echo "$out" | rate)
+    failed_sum=$((failed_sum + $(echo "$out" | failed)))
+    best=$(python3 -c "print(max($best, float('${rate_now:-0}')))")
+  done
+  row "$label" "$best" "$failed_sum"
 }
 
 base="127.0.0.1:$port$path"
-echo "Small file: $size bytes, $requests requests, $concurrency at a time; every answer a HIT from the node's disk."
+echo "Small file: $size bytes, $requests requests, $concurrency at a time, the better of two runs; every answer a HIT from the node's disk."
+echo "Server pinned to CPU 0, clients to CPU 1."
 echo
-echo "| protocol | requests/s | failed |"
-echo "|---|---|---|"
-run_h2load "nginx, HTTP/1.1 cleartext ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "http://127.0.0.1:$nginx_port$path"
+echo "| protocol | requests/s | ratio to hf-mirror HTTP/1.1 cleartext | failed |"
+echo "|---|---|---|---|"
+run_h2load "nginx, HTTP/1.1 cleartext ($concurrency connections, one worker)" --h1 -n "$requests" -c "$concurrency" "http://127.0.0.1:$nginx_port$path"
+reference=
 run_h2load "hf-mirror, HTTP/1.1 cleartext ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "http://$base"
+reference=$best
 run_h2load "hf-mirror, HTTP/2 cleartext h2c (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "http://$base"
 run_h2load "hf-mirror, HTTP/1.1 + TLS ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "https://$base"
 run_h2load "hf-mirror, HTTP/2 + TLS (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "https://$base"
-h3=$("$bin" h3-get "https://$base" --cacert "$work/ca.pem" --repeat "$requests" --concurrency "$concurrency" | awk '/^requests/ {print $0}')
-printf '| hf-mirror, HTTP/3 (1 connection, %s streams) | %s | %s |\n' "$concurrency" \
+run_h2load "hf-mirror, HTTP/2 + TLS ($concurrency connections, 1 stream each)" -n "$requests" -c "$concurrency" -m 1 "https://$base"
+h3=$(on_client "$bin" h3-get "https://$base" --cacert "$work/ca.pem" --repeat "$requests" --concurrency "$concurrency" | awk '/^requests/ {print $0}')
+row "hf-mirror, HTTP/3 (1 connection, $concurrency streams)" \
   "$(echo "$h3" | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')" "$(echo "$h3" | sed -E 's/.*failed ([0-9]+).*/\1/')"
 # The handshake's cost: a new connection for every request, in waves of 200 (a node keeps at most
 # 256 connections per client network open; one h2load run with -n = -c of thousands would be refused
@@ -90,12 +113,12 @@ printf '| hf-mirror, HTTP/3 (1 connection, %s streams) | %s | %s |\n' "$concurre
 fresh_waves() { # label, url: requests/s over 10 waves of 200 one-request connections, failures summed
   local label=$1 url=$2 total=0 failed=0 seconds=0 out
   for _ in $(seq 1 10); do
-    out=$(h2load --h1 -n 200 -c 200 "$url" 2>&1)
+    out=$(on_client h2load --h1 -n 200 -c 200 "$url" 2>&1)
     failed=$((failed + $(echo "$out" | failed)))
     seconds=$(python3 -c "print($seconds + 200 / max(float('$(echo "$out" | rate)' or 0), 1e-9))")
     total=$((total + 200))
   done
-  printf '| %s | %s | %s |\n' "$label" "$(python3 -c "print(f'{$total / $seconds:.2f}')")" "$failed"
+  row "$label" "$(python3 -c "print(f'{$total / $seconds:.2f}')")" "$failed"
 }
 fresh_waves "hf-mirror, HTTP/1.1 cleartext, new connection per request" "http://$base"
 fresh_waves "hf-mirror, HTTP/1.1 + TLS, new connection per request" "https://$base"
