@@ -16,7 +16,7 @@
 //! a replica never evicts a blob clients use (else two blobs that do not both fit would push each
 //! other out forever); an evicted copy simply leaves the record. Pinned files may evict.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -293,7 +293,8 @@ impl Replicas {
         };
         let pinned = pinned_blobs(self.inner.catalog.as_ref()).await;
         store.set_protected(pinned.keys().cloned().collect());
-        let held: HashMap<String, u64> = store.blobs().into_iter().collect();
+        // Etags only (a directory listing, no `stat` per blob); sizes are read for the few recorded now.
+        let held: HashSet<String> = store.blobs().into_iter().collect();
         let mut unrecorded_writes = 0usize;
         let mut recorded = HashSet::new();
         for (etag, record) in &records {
@@ -301,12 +302,14 @@ impl Replicas {
                 return;
             }
             recorded.insert(etag.as_str());
-            let here = held.contains_key(etag);
+            let here = held.contains(etag);
             if record.holds(&self_name) && !here && store.fill_in_progress(etag).is_none() {
                 unrecorded_writes += usize::from(catalog.remove_replica(etag, &self_name).await.is_err());
             }
             if here && !record.holds(&self_name) {
-                unrecorded_writes += usize::from(catalog.add_replica(etag, &self_name, held[etag]).await.is_err());
+                if let Some(size) = store.stored_size(etag) {
+                    unrecorded_writes += usize::from(catalog.add_replica(etag, &self_name, size).await.is_err());
+                }
             }
             let wanted = pinned.contains_key(etag) || self.inner.peers.replica_targets(etag, self.inner.replicas).contains(&self_name);
             if wanted && !here {
@@ -320,13 +323,15 @@ impl Replicas {
                 }
             }
         }
-        for (etag, size) in &held {
+        for etag in &held {
             if !recorded.contains(etag.as_str()) {
-                unrecorded_writes += usize::from(catalog.add_replica(etag, &self_name, *size).await.is_err());
+                if let Some(size) = store.stored_size(etag) {
+                    unrecorded_writes += usize::from(catalog.add_replica(etag, &self_name, size).await.is_err());
+                }
             }
         }
         for (etag, pin) in &pinned {
-            if !recorded.contains(etag.as_str()) && !held.contains_key(etag) {
+            if !recorded.contains(etag.as_str()) && !held.contains(etag) {
                 self.start_copy(etag, pin.size, self.pinned_source(etag, pin, &[]), Room::EvictIfNeeded);
             }
         }

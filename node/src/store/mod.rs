@@ -278,33 +278,17 @@ impl BlobStore {
 
     /// The blob files of one shard: (last use, etag, size). Nothing for a shard that does not exist.
     fn list_shard(&self, shard: u8) -> io::Result<Vec<(u32, BlobKey, u64)>> {
-        let name = hex::encode([shard]);
-        let directory = self.inner.blobs_dir.join(&name);
-        let entries = match std::fs::read_dir(&directory) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(error),
-        };
         let mut found = Vec::new();
-        for blob in entries {
-            let blob = blob?;
-            let file_name = blob.file_name().to_string_lossy().into_owned();
-            if file_name.ends_with(".sums") {
-                continue;
-            }
-            let metadata = match blob.metadata() {
-                Ok(metadata) => metadata,
+        for name in self.shard_blob_names(shard)? {
+            let metadata = match std::fs::metadata(self.blob_path(&name)) {
+                Ok(metadata) if metadata.is_file() => metadata,
+                Ok(_) => continue,
                 // Removed since the directory was read.
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error),
             };
-            let key = BlobKey::parse(&file_name).filter(|_| metadata.is_file() && file_name.starts_with(&name));
-            let Some(key) = key else {
-                warn!(path = %blob.path().display(), "ignoring a file that is not a blob");
-                continue;
-            };
-            let used = metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH);
-            found.push((unix_seconds(used), key, metadata.len()));
+            let Some(key) = BlobKey::parse(&name) else { continue };
+            found.push((last_use(&metadata), key, metadata.len()));
         }
         Ok(found)
     }
@@ -475,17 +459,41 @@ impl BlobStore {
         self.emit(StoreEvent::Removed { etag: etag.to_owned() });
     }
 
-    /// Every blob held, with its size, read from disk (the store keeps only the recently used ones in
-    /// memory). While the start-up listing runs it is complete all the same.
-    pub fn blobs(&self) -> Vec<(String, u64)> {
+    /// Every blob held, read from disk: the shard directories' listings, no `stat` per blob (the store
+    /// keeps only the recently used in memory). Complete even while the start-up listing runs.
+    pub fn blobs(&self) -> Vec<String> {
         let mut blobs = Vec::new();
         for shard in 0..=u8::MAX {
-            match self.list_shard(shard) {
-                Ok(found) => blobs.extend(found.into_iter().map(|(_, key, size)| (key.etag(), size))),
+            match self.shard_blob_names(shard) {
+                Ok(names) => blobs.extend(names),
                 Err(error) => warn!(%error, shard, "cannot list a shard of the stored blobs"),
             }
         }
         blobs
+    }
+
+    /// The size of a stored blob (without marking it used).
+    pub fn stored_size(&self, etag: &str) -> Option<u64> {
+        self.lookup(etag, false).map(|blob| blob.size)
+    }
+
+    /// The names of the blob files in one shard directory (none when it does not exist).
+    fn shard_blob_names(&self, shard: u8) -> io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(self.inner.blobs_dir.join(hex::encode([shard]))) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            if let Ok(name) = entry?.file_name().into_string()
+                && is_valid_etag(&name)
+                && name.starts_with(&hex::encode([shard]))
+            {
+                names.push(name);
+            }
+        }
+        Ok(names)
     }
 
     /// Replaces the set of blobs that eviction must leave alone.
@@ -692,19 +700,14 @@ impl BlobStore {
                 break;
             }
             let shard = (seed as usize + round) as u8;
-            let Ok(entries) = std::fs::read_dir(self.inner.blobs_dir.join(hex::encode([shard]))) else { continue };
-            let names: Vec<String> = entries
-                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-                .filter(|name| !name.ends_with(".sums") && is_valid_etag(name))
-                .collect();
+            let names = self.shard_blob_names(shard).unwrap_or_default();
             if names.is_empty() {
                 continue;
             }
             let start = (seed.rotate_left(round as u32) as usize) % names.len();
             for name in names.iter().cycle().skip(start).take(COLD_SAMPLE_PER_SHARD.min(names.len())) {
                 let (Some(key), Ok(metadata)) = (BlobKey::parse(name), std::fs::metadata(self.blob_path(name))) else { continue };
-                let used = metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH);
-                sampled.push((unix_seconds(used), key, metadata.len()));
+                sampled.push((last_use(&metadata), key, metadata.len()));
             }
         }
         let accounting = self.inner.accounting.lock().expect("accounting poisoned");
@@ -859,6 +862,11 @@ impl BlobStore {
         })
         .await;
     }
+}
+
+/// A blob's recorded last use: its file's access time (see [`accounting`]).
+fn last_use(metadata: &std::fs::Metadata) -> u32 {
+    unix_seconds(metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH))
 }
 
 /// Opens a file for reading without updating its access time (which records a blob's last use);

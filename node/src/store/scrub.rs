@@ -83,7 +83,7 @@ impl BlobStore {
     /// The blobs in the order a pass checks them: protected (pinned) ones first, then the rest.
     pub(super) fn scrub_order(&self) -> Vec<String> {
         let protected = self.inner.protected.lock().expect("protected set poisoned").clone();
-        let mut blobs: Vec<String> = self.blobs().into_iter().map(|(etag, _)| etag).collect();
+        let mut blobs = self.blobs();
         blobs.sort_by_key(|etag| (!protected.contains(etag), etag.clone()));
         blobs
     }

@@ -445,6 +445,7 @@ async fn the_index_stays_bounded_and_cold_blobs_are_found_counted_and_evicted_ol
     assert_eq!(store.get(&etags[0]).map(|blob| blob.size), Some(1_000));
     assert_eq!(store.usage().stored_bytes, 8_000);
     assert_eq!(store.blobs().len(), 8, "the full list comes from disk");
+    assert_eq!(store.stored_size(&etags[5]), Some(1_000));
     // Give the blobs distinct recorded last uses (the recorded resolution is a second): the file
     // times say blob 1 is the oldest, then 2, ….
     for (age, etag) in etags.iter().enumerate().skip(1) {
