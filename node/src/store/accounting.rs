@@ -173,7 +173,7 @@ impl Accounting {
             self.num_blobs += 1;
         } else if let Some(old) = self.index.remove(&key) {
             self.by_tick.remove(&old.tick);
-            self.stored_bytes = self.stored_bytes - old.size + size;
+            self.stored_bytes = self.stored_bytes.saturating_sub(old.size) + size;
         }
         self.index(key, size, now)
     }
@@ -190,8 +190,9 @@ impl Accounting {
     pub(super) fn remove_indexed(&mut self, key: &BlobKey) -> Option<u64> {
         let entry = self.index.remove(key)?;
         self.by_tick.remove(&entry.tick);
-        self.stored_bytes -= entry.size;
-        self.num_blobs -= 1;
+        // Saturating: a miscount must never take the node down (it is repaired at the next start).
+        self.stored_bytes = self.stored_bytes.saturating_sub(entry.size);
+        self.num_blobs = self.num_blobs.saturating_sub(1);
         Some(entry.size)
     }
 

@@ -443,19 +443,18 @@ impl BlobStore {
     /// Removes a blob (it was found corrupt, or evicted).
     pub fn remove(&self, etag: &str) {
         let Some(key) = BlobKey::parse(etag) else { return };
-        let indexed = self.inner.accounting.lock().expect("accounting poisoned").remove_indexed(&key);
-        match indexed {
-            Some(_) => {
-                self.delete_files(etag);
-            }
-            None => {
-                // A cold blob: uncounted only by whoever deletes its file.
-                let size = self.size_on_disk(etag);
-                if let (true, Some(size)) = (self.delete_files(etag), size) {
-                    self.inner.accounting.lock().expect("accounting poisoned").removed_cold(&key, size);
-                }
+        {
+            // The file goes under the accounting lock, so that no reader finds it on disk after it
+            // left the index (and indexes it again as counted), and only whoever deleted it uncounts it.
+            let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+            let indexed = accounting.remove_indexed(&key);
+            let cold_size = if indexed.is_none() { self.size_on_disk(etag) } else { None };
+            let deleted = self.unlink_blob(etag);
+            if let (Some(size), true) = (cold_size, deleted) {
+                accounting.removed_cold(&key, size);
             }
         }
+        self.delete_files(etag);
         self.emit(StoreEvent::Removed { etag: etag.to_owned() });
     }
 
@@ -517,21 +516,27 @@ impl BlobStore {
         }
     }
 
-    /// Deletes a blob's files; true when this call deleted the blob file itself.
-    fn delete_files(&self, etag: &str) -> bool {
+    /// Deletes a blob's file; the caller holds the accounting lock. The removal is recorded first, so
+    /// that the start-up listing, which counts a shard under that lock, never counts a file it read
+    /// just before it went. True when this call deleted it.
+    fn unlink_blob(&self, etag: &str) -> bool {
         self.inner.removals.lock().expect("removals poisoned").record(etag);
+        std::fs::remove_file(self.blob_path(etag)).is_ok()
+    }
+
+    /// Deletes what is left of a removed blob (its sums, and its file unless gone already) and forgets
+    /// it in the memory caches.
+    fn delete_files(&self, etag: &str) {
         self.inner.sums_memory.lock().expect("sums memory poisoned").remove(etag);
         self.inner.small.forget(etag);
         let path = self.blob_path(etag);
-        let mut deleted = false;
-        for file in [integrity::sums_path(&path), path.clone()] {
-            match std::fs::remove_file(&file) {
-                Ok(()) => deleted = file == path,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => warn!(%etag, %error, path = %file.display(), "could not remove blob file"),
+        for file in [integrity::sums_path(&path), path] {
+            if let Err(error) = std::fs::remove_file(&file)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                warn!(%etag, %error, path = %file.display(), "could not remove blob file");
             }
         }
-        deleted
     }
 
     /// Opens a stored blob for serving with its chunk sums. A blob stored before sums existed (or
@@ -644,7 +649,7 @@ impl BlobStore {
                 match self.cold_victim(&accounting, &protected) {
                     Some((key, victim_size)) => {
                         // Deleted under the lock, so that it is uncounted exactly once.
-                        if std::fs::remove_file(self.blob_path(&key.etag())).is_ok() {
+                        if self.unlink_blob(&key.etag()) {
                             accounting.removed_cold(&key, victim_size);
                             free_on_disk = free_on_disk.saturating_add(victim_size);
                             evicted.push((key.etag(), victim_size));
@@ -662,6 +667,8 @@ impl BlobStore {
                 break false;
             };
             let victim_size = accounting.remove_indexed(&victim).unwrap_or(0);
+            // Deleted under the lock, as in `remove`.
+            self.unlink_blob(&victim.etag());
             free_on_disk = free_on_disk.saturating_add(victim_size);
             evicted.push((victim.etag(), victim_size));
         };
@@ -809,6 +816,7 @@ impl BlobStore {
                 let temp_path = fill.temp_path.clone();
                 let file = fill.file.clone();
                 let target = final_path.clone();
+                let (store, etag, size) = (self.clone(), fill.etag.clone(), fill.size);
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
                     file.sync_all()?;
                     let shard = target.parent().expect("blob path has a shard directory");
@@ -818,7 +826,7 @@ impl BlobStore {
                     std::fs::write(&sums_temp, integrity::encode_sums(&sums))?;
                     std::fs::File::open(&sums_temp)?.sync_all()?;
                     std::fs::rename(&sums_temp, integrity::sums_path(&target))?;
-                    std::fs::rename(&temp_path, &target)?;
+                    store.publish(&temp_path, &target, &etag, size)?;
                     std::fs::File::open(shard)?.sync_all()
                 })
                 .await
@@ -830,11 +838,6 @@ impl BlobStore {
         self.release(fill.size);
         match published {
             Ok(()) => {
-                if let Some(key) = BlobKey::parse(&fill.etag) {
-                    let now = unix_seconds(std::time::SystemTime::now());
-                    let demoted = self.inner.accounting.lock().expect("accounting poisoned").index_stored(key, fill.size, now);
-                    self.record_last_uses(demoted);
-                }
                 info!(etag = %fill.etag, size = fill.size, "blob stored");
                 fill.publish(FillState::Complete);
                 self.emit(StoreEvent::Stored { etag: fill.etag.clone(), size: fill.size });
@@ -846,6 +849,21 @@ impl BlobStore {
             }
         }
         self.inner.fills.lock().expect("fills poisoned").remove(&fill.etag);
+    }
+
+    /// Moves a verified blob into place and counts it, as one step under the accounting lock: a
+    /// reader that finds the file on disk between the two would index it as a blob the listing had
+    /// counted, and the start-up listing could count it once more (blocking: a rename).
+    fn publish(&self, temp_path: &Path, target: &Path, etag: &str, size: u64) -> io::Result<()> {
+        let key = BlobKey::parse(etag).ok_or_else(|| io::Error::other("not an etag"))?;
+        let now = unix_seconds(std::time::SystemTime::now());
+        let demoted = {
+            let mut accounting = self.inner.accounting.lock().expect("accounting poisoned");
+            std::fs::rename(temp_path, target)?;
+            accounting.index_stored(key, size, now)
+        };
+        self.record_last_uses(demoted);
+        Ok(())
     }
 
     /// Waits for every fill task to end (after the shutdown token was cancelled).

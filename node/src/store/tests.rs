@@ -491,3 +491,39 @@ fn etags_are_kept_in_binary_and_read_back_the_same() {
         assert!(BlobKey::parse(bad).is_none(), "{bad:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_racing_fills_never_make_the_store_miscount() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let mut tasks = Vec::new();
+    for seed in 0..40u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let bytes: Vec<u8> = test_bytes(2_000 + usize::from(seed)).into_iter().map(|byte| byte ^ seed).collect();
+            let etag = sha256_hex(&bytes);
+            // A reader asks for the blob over and over while it is filled, as clients joining a fill do.
+            let reader = {
+                let (store, etag) = (store.clone(), etag.clone());
+                tokio::spawn(async move {
+                    while store.get(&etag).is_none() {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap()
+            else {
+                panic!("a new blob is filled")
+            };
+            assert_eq!(wait_done(&fill).await, FillState::Complete);
+            reader.await.unwrap();
+            bytes.len() as u64
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let usage = store.usage();
+    assert_eq!((usage.num_blobs, usage.stored_bytes), (40, total));
+}
