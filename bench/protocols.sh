@@ -17,7 +17,8 @@ source bench/common.sh
 requests=${1:-20000}
 concurrency=${2:-16}
 bench_setup hfm-protocols nginx=nginx h2load=nghttp2-client openssl=openssl curl=curl taskset=util-linux
-on_server() { taskset -c 0 "$@"; }
+# Servers are started as `taskset -c 0 CMD &` (taskset execs CMD, so `$!` is the server's PID and the
+# cleanup stops it); clients run through on_client.
 on_client() { taskset -c 1 "$@"; }
 
 # A test CA and a server certificate for 127.0.0.1.
@@ -35,7 +36,7 @@ wait_line "$work/hub.out" '^fakehub '
 hub=$(awk '/^fakehub /{print $2}' "$work/hub.out")
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-on_server "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
+taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
   --tls-cert "$work/node.pem" --tls-key "$work/node.key" > "$work/node.out" 2> "$work/node.err" &
 pids+=($!)
 wait_line "$work/node.out" '^node '
@@ -60,7 +61,7 @@ http {
   server { listen 127.0.0.1:$nginx_port; root $work/www; }
 }
 EOF
-on_server nginx -c "$work/nginx.conf" -g 'daemon off;' &
+taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 sleep 0.5
 
