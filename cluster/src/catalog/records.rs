@@ -138,11 +138,16 @@ struct PathIndex {
 }
 
 impl PathIndex {
+    /// At most half full, a power of two (probing wraps with a mask).
+    fn slot_count(entries: usize) -> usize {
+        (entries * 2).next_power_of_two().max(2)
+    }
+
     fn build(entries: &[ManifestEntry]) -> PathIndex {
         if entries.len() >= u32::MAX as usize / 2 {
             return PathIndex::default(); // never in practice (manifests are capped far below); binary search then
         }
-        let mut slots = vec![0u32; (entries.len() * 2).next_power_of_two().max(2)].into_boxed_slice();
+        let mut slots = vec![0u32; PathIndex::slot_count(entries.len())].into_boxed_slice();
         let mask = slots.len() - 1;
         for (position, entry) in entries.iter().enumerate() {
             let mut slot = path_hash(&entry.path) as usize & mask;
@@ -171,7 +176,7 @@ impl Manifest {
 
     /// The memory the path index takes once built (for the catalog's cache budget).
     pub fn index_bytes(&self) -> usize {
-        (self.entries.len() * 2).next_power_of_two().max(2) * std::mem::size_of::<u32>()
+        PathIndex::slot_count(self.entries.len()) * std::mem::size_of::<u32>()
     }
 
     pub fn entries(&self) -> &[ManifestEntry] {

@@ -82,6 +82,15 @@ pub enum Room {
     FreeOnly,
 }
 
+/// What the store may hold: bytes (`None`: what the disk allows), bytes left free on the file
+/// system, and blobs indexed in memory.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_bytes: Option<u64>,
+    min_free_bytes: u64,
+    index_entries: usize,
+}
+
 /// The blob store; a cheap handle.
 #[derive(Clone)]
 pub struct BlobStore {
@@ -168,18 +177,13 @@ impl BlobStore {
     /// the whole list wait ([`BlobStore::is_scanned`]), and `max_disk` counts only what is listed so
     /// far (the free-space floor, read from the file system, holds throughout).
     pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
-        BlobStore::open_indexing(data_dir, max_bytes, min_free_bytes, shutdown, accounting::INDEX_ENTRIES)
+        let limits = Limits { max_bytes, min_free_bytes, index_entries: accounting::INDEX_ENTRIES };
+        BlobStore::open_with(data_dir, limits, shutdown)
     }
 
-    /// [`BlobStore::open`] with an index of `index_entries` blobs.
-    fn open_indexing(
-        data_dir: &Path,
-        max_bytes: Option<u64>,
-        min_free_bytes: u64,
-        shutdown: CancellationToken,
-        index_entries: usize,
-    ) -> io::Result<BlobStore> {
-        let store = BlobStore::open_unlisted(data_dir, max_bytes, min_free_bytes, shutdown, index_entries)?;
+    /// [`BlobStore::open`] with any limits (tests use a small index).
+    fn open_with(data_dir: &Path, limits: Limits, shutdown: CancellationToken) -> io::Result<BlobStore> {
+        let store = BlobStore::open_unlisted(data_dir, limits, shutdown)?;
         let scanning = store.clone();
         let thread = std::thread::Builder::new().name("blob-scan".into()).spawn(move || scanning.scan_existing())?;
         *store.inner.scan.lock().expect("scan poisoned") = Some(thread);
@@ -187,13 +191,7 @@ impl BlobStore {
     }
 
     /// The store before its start-up listing (which [`BlobStore::open`] starts).
-    fn open_unlisted(
-        data_dir: &Path,
-        max_bytes: Option<u64>,
-        min_free_bytes: u64,
-        shutdown: CancellationToken,
-        index_entries: usize,
-    ) -> io::Result<BlobStore> {
+    fn open_unlisted(data_dir: &Path, limits: Limits, shutdown: CancellationToken) -> io::Result<BlobStore> {
         let blobs_dir = data_dir.join("blobs");
         let tmp_dir = data_dir.join("tmp");
         std::fs::create_dir_all(&blobs_dir)?;
@@ -205,9 +203,9 @@ impl BlobStore {
             inner: Arc::new(StoreInner {
                 blobs_dir,
                 tmp_dir,
-                max_bytes,
-                min_free_bytes,
-                accounting: Mutex::new(Accounting::new(index_entries)),
+                max_bytes: limits.max_bytes,
+                min_free_bytes: limits.min_free_bytes,
+                accounting: Mutex::new(Accounting::new(limits.index_entries)),
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
                 small: small::SmallBlobs::default(),

@@ -398,7 +398,12 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
         store.close().await;
     }
     // A restart: the listing has not run yet.
-    let store = BlobStore::open_unlisted(directory.path(), None, 0, CancellationToken::new(), 16).unwrap();
+    let store = BlobStore::open_unlisted(
+        directory.path(),
+        Limits { max_bytes: None, min_free_bytes: 0, index_entries: 16 },
+        CancellationToken::new(),
+    )
+    .unwrap();
     assert!(!store.is_scanned());
     assert_eq!(store.usage().num_blobs, 0);
     // Asked for, a blob on disk is found and served all the same.
@@ -432,7 +437,12 @@ async fn fill_blobs(store: &BlobStore, count: u8, size: usize) -> Vec<String> {
 async fn the_index_stays_bounded_and_cold_blobs_are_found_counted_and_evicted_oldest_first() {
     let directory = tempfile::tempdir().unwrap();
     let open = |max| {
-        let store = BlobStore::open_indexing(directory.path(), max, 0, CancellationToken::new(), 3).unwrap();
+        let store = BlobStore::open_with(
+            directory.path(),
+            Limits { max_bytes: max, min_free_bytes: 0, index_entries: 3 },
+            CancellationToken::new(),
+        )
+        .unwrap();
         store.wait_scanned();
         store
     };
