@@ -3,6 +3,7 @@ refs, and Xet stripping (hf_xet is installed and HF_HUB_DISABLE_XET is not set).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ WEIRD = "we ird#name?+\u00e9.txt"
 RE_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
-def follow_pages(mirror, path: str) -> tuple[list[dict], list[str]]:
+def follow_pages(mirror, path: str, max_links: int = 100) -> tuple[list[dict], list[str]]:
     """GETs a listing and every Link rel=next page; returns (entries, links)."""
     entries, links, url = [], [], path
     while url:
@@ -28,7 +29,7 @@ def follow_pages(mirror, path: str) -> tuple[list[dict], list[str]]:
                 url = m.group(1)
                 links.append(url)
                 assert url.startswith(mirror.url + "/"), f"Link must be absolute on the mirror's origin: {link}"
-        assert len(links) < 100
+        assert len(links) < max_links
     return entries, links
 
 
@@ -59,6 +60,44 @@ def test_tree_pagination_encodings_and_booleans(fake_hub, mirror):
     assert "feature.txt" in {e["path"] for e in entries}
     entries, _ = follow_pages(mirror, "/api/models/org/model/tree/refs%2Fpr%2F1?recursive=true")
     assert "extra.safetensors" in {e["path"] for e in entries}
+
+
+def test_a_repo_larger_than_a_manifest_page_lists_and_serves_like_upstream(fake_hub, mirror):
+    """datasets/wide/files has 1,103 entries, so the mirror stores its manifest in pages of 1,024 and
+    reads one page per lookup: listings (followed by cursor, and by an older release's numeric cursor),
+    paths-info and downloads must not tell."""
+    repo = "datasets/wide/files"
+    state = fake_hub.repo_state(repo)
+    commit = state["commits"][fake_hub.sha(repo)]
+    everything = sorted(set(commit["files"]) | set(commit["dirs"]))
+    assert len(everything) > 1024
+    entries, links = follow_pages(mirror, "/api/datasets/wide/files/tree/main?recursive=true", max_links=1000)
+    paths = [e["path"] for e in entries]
+    assert len(paths) == len(set(paths)) and sorted(paths) == everything
+    assert len(links) == (len(everything) - 1) // 4, "a page of 4 per request, to the last entry"
+    assert all("cursor=p" in link for link in links)
+    top, _ = follow_pages(mirror, "/api/datasets/wide/files/tree/main")
+    assert sorted(e["path"] for e in top) == ["README.md", "data"]
+    data, _ = follow_pages(mirror, "/api/datasets/wide/files/tree/main/data")
+    assert sorted(e["path"] for e in data) == ["data/test", "data/train"]
+    test_split, _ = follow_pages(mirror, "/api/datasets/wide/files/tree/main/data/test", max_links=1000)
+    assert [e["path"] for e in test_split] == [f"data/test/part-{i:04}.txt" for i in range(99)]
+    # A numeric cursor, as releases before paged manifests wrote it, is an offset into the listing.
+    r = mirror.request("GET", "/api/datasets/wide/files/tree/main?recursive=true&cursor=1000")
+    assert r.status == 200 and [e["path"] for e in r.json()] == paths[1000:1004]
+    for bad in ("pzz", "-1", "p" + "61" * 5000):
+        r = mirror.request("GET", f"/api/datasets/wide/files/tree/main?recursive=true&cursor={bad}")
+        assert r.status == 400 and b"Invalid cursor" in r.body, (bad, r)
+    r = mirror.request("GET", "/api/datasets/wide/files/tree/main/data/nope")
+    assert r.status == 404 and r.header("X-Error-Code") == "EntryNotFound"
+    wanted = ["README.md", "data/test/part-0098.txt", "data/train/part-0000.txt", "data/train/part-0999.txt", "nope.txt"]
+    r = mirror.request("POST", "/api/datasets/wide/files/paths-info/main", body=json.dumps({"paths": wanted}).encode(),
+                       headers={"Content-Type": "application/json"})
+    assert r.status == 200, r
+    assert sorted(e["path"] for e in r.json()) == sorted(wanted[:4])
+    for path in ("data/test/part-0098.txt", "data/train/part-0999.txt", "data/train/part-0000.txt"):
+        r = mirror.request("GET", f"/datasets/wide/files/resolve/main/{path}")
+        assert r.status == 200 and r.body == fake_hub.file("wide/files", path, repo_type="dataset"), (path, r)
 
 
 def test_list_repo_files_and_tree_clients(fake_hub, mirror, client, via_mirror):

@@ -645,6 +645,15 @@ class HubData:
             c = eco.add_commit("main", files(*eco_files), "Add two configurations", f"2024-01-1{2 + n}T00:00:00.000Z")
             eco.branches = {"main": c.sha}
 
+        # --- datasets/wide/files: more entries than one stored manifest page (1024) ------------------
+        # So the mirror keeps its manifest in pages; its own namespace keeps every listing as it was.
+        wide = self.add(Repo("dataset", "wide/files"))
+        wide_files = [text("README.md", "# wide/files\n")]
+        wide_files += [text(f"data/train/part-{i:04}.txt", f"train {i}\n") for i in range(1000)]
+        wide_files += [text(f"data/test/part-{i:04}.txt", f"test {i}\n") for i in range(99)]
+        c = wide.add_commit("main", files(*wide_files), "Add 1100 files", "2024-01-16T00:00:00.000Z")
+        wide.branches = {"main": c.sha}
+
         # --- bench/big (optional) ----------------------------------------------------------------
         if big_size > 0:
             disk_path, digest = build_big_file(big_size, big_dir or os.path.join(tempfile.gettempdir(), "hf-mirror-fakehub"))

@@ -9,11 +9,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::reopening::ReopeningDatabase;
-use super::{Catalog, CatalogError, DocumentRecord, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
+use super::{
+    Catalog, CatalogError, DocumentRecord, MANIFEST_PAGE_ENTRIES, Manifest, ManifestHead, ManifestPages, ManifestView, PinRecord,
+    PolicyRecord, RefRecord, ReplicaRecord,
+};
 use crate::types::RepoKey;
 
 const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
+/// Manifests of at most [`MANIFEST_PAGE_ENTRIES`] entries, keyed by repository and commit; and the
+/// pages of larger ones, keyed by repository, commit and page number.
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+/// The heads of manifests stored in pages, keyed by repository and commit.
+const MANIFEST_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifest_heads");
 const REPO_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_info");
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
@@ -27,9 +34,10 @@ const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_stat
 /// digest and the part's index, until the last part arrives (see `raft::parts`).
 const COMMAND_PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("command_parts");
 /// Every table whose rows a snapshot carries.
-const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 8] = [
+const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 9] = [
     ("refs", REFS),
     ("manifests", MANIFESTS),
+    ("manifest_heads", MANIFEST_HEADS),
     ("repo_info", REPO_INFO),
     ("policies", POLICIES),
     ("documents", DOCUMENTS),
@@ -41,12 +49,11 @@ const DATA_TABLES: [(&str, TableDefinition<&str, &[u8]>); 8] = [
 /// One row of a data table as a snapshot carries it: (table, key, value).
 pub(crate) type Row = (String, String, Vec<u8>);
 
-/// How much memory decoded manifests may hold (estimated, see [`manifest_bytes`]): a resolve request
-/// looks its path up in one, and a large repo's manifest is megabytes of postcard that should not be
-/// decoded per request — but a count of manifests alone would let 64 huge ones take gigabytes.
+/// How much memory decoded manifests, manifest pages and heads may hold (estimated, see
+/// [`manifest_bytes`]): a resolve request looks its path up in one, and should not decode it per
+/// request — but a count of manifests alone would let a few large ones take gigabytes. Every kept
+/// item is at most a page ([`MANIFEST_PAGE_ENTRIES`]) or a page head, far below this.
 const MANIFEST_MEMORY_BYTES: usize = 64 << 20;
-/// A manifest larger than this is decoded per use rather than pushing out everything else.
-const MANIFEST_MEMORY_LARGEST: usize = MANIFEST_MEMORY_BYTES / 2;
 
 /// The memory a decoded manifest takes, roughly: its strings and the fixed part of each entry.
 fn manifest_bytes(manifest: &Manifest) -> usize {
@@ -132,26 +139,42 @@ impl HotRecords {
     }
 }
 
+/// A manifest (or a page of one) or the head of a paged manifest, as [`ManifestMemory`] keeps it.
+#[derive(Clone)]
+enum Kept {
+    Manifest(Arc<Manifest>),
+    Head(Arc<ManifestHead>),
+}
+
+impl Kept {
+    fn bytes(&self) -> usize {
+        match self {
+            Kept::Manifest(manifest) => manifest_bytes(manifest),
+            Kept::Head(head) => head.bytes(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct ManifestMemory {
-    /// Each manifest with its estimated size.
-    by_key: HashMap<String, (Arc<Manifest>, usize)>,
+    /// Each kept item with its estimated size.
+    by_key: HashMap<String, (Kept, usize)>,
     /// Oldest kept first.
     order: VecDeque<String>,
     bytes: usize,
 }
 
 impl ManifestMemory {
-    fn get(&self, key: &str) -> Option<Arc<Manifest>> {
-        self.by_key.get(key).map(|(manifest, _)| manifest.clone())
+    fn get(&self, key: &str) -> Option<Kept> {
+        self.by_key.get(key).map(|(kept, _)| kept.clone())
     }
 
-    fn insert(&mut self, key: String, manifest: Arc<Manifest>) {
-        let size = manifest_bytes(&manifest);
-        if size > MANIFEST_MEMORY_LARGEST {
-            return;
+    fn insert(&mut self, key: String, kept: Kept) {
+        let size = kept.bytes();
+        if size > MANIFEST_MEMORY_BYTES / 2 {
+            return; // never for what the catalog stores (pages are bounded); a guard, not a policy
         }
-        match self.by_key.insert(key.clone(), (manifest, size)) {
+        match self.by_key.insert(key.clone(), (kept, size)) {
             Some((_, replaced)) => self.bytes -= replaced,
             None => self.order.push_back(key),
         }
@@ -162,6 +185,38 @@ impl ManifestMemory {
                 self.bytes -= size;
             }
         }
+    }
+}
+
+/// The key of page `index` of a paged manifest stored under `key`.
+fn page_key(key: &str, index: usize) -> String {
+    format!("{key}\0{index:06}")
+}
+
+/// The pages of one paged manifest, read from the catalog through its memory.
+struct StoredPages {
+    catalog: LocalCatalog,
+    key: String,
+}
+
+#[async_trait::async_trait]
+impl ManifestPages for StoredPages {
+    async fn page(&self, index: usize) -> Result<Arc<Manifest>, CatalogError> {
+        let key = page_key(&self.key, index);
+        let memory = &self.catalog.inner.manifest_memory;
+        if let Some(Kept::Manifest(page)) = memory.lock().expect("manifest memory poisoned").get(&key) {
+            return Ok(page);
+        }
+        // Pages are written with their head in one transaction and never change, so a missing one
+        // means the tables were replaced (a snapshot) since the head was read.
+        let page = self
+            .catalog
+            .read_record::<Manifest>(MANIFESTS, key.clone())
+            .await?
+            .ok_or_else(|| CatalogError::Storage(format!("manifest page {index} of {:?} is missing", self.key)))?;
+        let page = Arc::new(page);
+        memory.lock().expect("manifest memory poisoned").insert(key, Kept::Manifest(page.clone()));
+        Ok(page)
     }
 }
 
@@ -194,7 +249,7 @@ impl LocalCatalog {
         let database = ReopeningDatabase::open(path, super::reopening::CATALOG_CACHE_BYTES).map_err(storage_error)?;
         database.run(|database| {
             let transaction = database.begin_write().map_err(storage_error)?;
-            for table in [REFS, MANIFESTS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {
+            for table in [REFS, MANIFESTS, MANIFEST_HEADS, REPO_INFO, POLICIES, DOCUMENTS, REPLICAS, PINS, COMMAND_PARTS, RAFT_STATE] {
                 transaction.open_table(table).map_err(storage_error)?;
             }
             transaction.commit().map_err(storage_error)
@@ -450,6 +505,14 @@ impl LocalCatalog {
         .map_err(|_| CatalogError::Closed)?
     }
 
+    /// The view of a manifest kept (or just read) under `key`.
+    fn view_of(&self, key: String, kept: Kept) -> ManifestView {
+        match kept {
+            Kept::Manifest(manifest) => ManifestView::Whole(manifest),
+            Kept::Head(head) => ManifestView::Paged { head, pages: Arc::new(StoredPages { catalog: self.clone(), key }) },
+        }
+    }
+
     /// Reads a record kept in [`HotRecords`]: from memory, else from the database (then kept).
     async fn read_hot<T: DeserializeOwned + Clone>(
         &self,
@@ -504,25 +567,80 @@ impl Catalog for LocalCatalog {
         Ok(())
     }
 
-    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<ManifestView>, CatalogError> {
         let key = repo_key(repo, &[commit]);
-        if let Some(manifest) = self.inner.manifest_memory.lock().expect("manifest memory poisoned").get(&key) {
-            return Ok(Some(manifest));
-        }
-        let Some(manifest) = self.read_record::<Manifest>(MANIFESTS, key.clone()).await? else {
-            return Ok(None);
+        let kept = self.inner.manifest_memory.lock().expect("manifest memory poisoned").get(&key);
+        let kept = match kept {
+            Some(kept) => kept,
+            None => {
+                let inner = self.inner.clone();
+                let read_key = key.clone();
+                // Both tables from one read transaction: a manifest is in exactly one of them.
+                let (whole, head) = tokio::task::spawn_blocking(move || {
+                    inner.database.run(|database| {
+                        let transaction = database.begin_read().map_err(storage_error)?;
+                        let mut found = Vec::with_capacity(2);
+                        for table in [MANIFESTS, MANIFEST_HEADS] {
+                            let opened = transaction.open_table(table).map_err(storage_error)?;
+                            found.push(opened.get(read_key.as_str()).map_err(storage_error)?.map(|guard| guard.value().to_vec()));
+                        }
+                        let head = found.pop().flatten();
+                        Ok::<_, CatalogError>((found.pop().flatten(), head))
+                    })
+                })
+                .await
+                .map_err(|_| CatalogError::Closed)??;
+                let decode_error = |error: postcard::Error| CatalogError::Codec(error.to_string());
+                let kept = match (whole, head) {
+                    (Some(bytes), _) => Kept::Manifest(Arc::new(postcard::from_bytes(&bytes).map_err(decode_error)?)),
+                    (None, Some(bytes)) => Kept::Head(Arc::new(postcard::from_bytes(&bytes).map_err(decode_error)?)),
+                    (None, None) => return Ok(None),
+                };
+                self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key.clone(), kept.clone());
+                kept
+            }
         };
-        let manifest = Arc::new(manifest);
-        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
-        Ok(Some(manifest))
+        Ok(Some(self.view_of(key, kept)))
     }
 
-    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError> {
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<ManifestView, CatalogError> {
         let key = repo_key(repo, &[commit]);
-        self.write_record(MANIFESTS, key.clone(), &manifest).await?;
-        let manifest = Arc::new(manifest);
-        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key, manifest.clone());
-        Ok(manifest)
+        if manifest.entries().len() <= MANIFEST_PAGE_ENTRIES {
+            self.write_record(MANIFESTS, key.clone(), &manifest).await?;
+            let kept = Kept::Manifest(Arc::new(manifest));
+            self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key.clone(), kept.clone());
+            return Ok(self.view_of(key, kept));
+        }
+        let (head, pages) = ManifestHead::paginate(&manifest);
+        drop(manifest);
+        let mut rows = Vec::with_capacity(pages.len() + 1);
+        for (index, page) in pages.iter().enumerate() {
+            rows.push((page_key(&key, index), postcard::to_stdvec(page).map_err(|error| CatalogError::Codec(error.to_string()))?));
+        }
+        drop(pages);
+        let head_bytes = postcard::to_stdvec(&head).map_err(|error| CatalogError::Codec(error.to_string()))?;
+        let inner = self.inner.clone();
+        let head_key = key.clone();
+        // The head and its pages in one transaction: a reader that finds the head finds every page.
+        tokio::task::spawn_blocking(move || {
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                {
+                    let mut manifests = transaction.open_table(MANIFESTS).map_err(storage_error)?;
+                    for (key, bytes) in &rows {
+                        manifests.insert(key.as_str(), bytes.as_slice()).map_err(storage_error)?;
+                    }
+                    let mut heads = transaction.open_table(MANIFEST_HEADS).map_err(storage_error)?;
+                    heads.insert(head_key.as_str(), head_bytes.as_slice()).map_err(storage_error)?;
+                }
+                transaction.commit().map_err(storage_error)
+            })
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)??;
+        let kept = Kept::Head(Arc::new(head));
+        self.inner.manifest_memory.lock().expect("manifest memory poisoned").insert(key.clone(), kept.clone());
+        Ok(self.view_of(key, kept))
     }
 
     async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError> {
@@ -601,7 +719,9 @@ impl Catalog for LocalCatalog {
     }
 
     async fn list_manifest_keys(&self) -> Result<Vec<(RepoKey, String)>, CatalogError> {
-        let keys = self.scan_keys(MANIFESTS).await?;
+        // Whole manifests and the heads of paged ones; a page's key has one part more and is left out.
+        let mut keys = self.scan_keys(MANIFESTS).await?;
+        keys.extend(self.scan_keys(MANIFEST_HEADS).await?);
         Ok(keys
             .iter()
             .filter_map(|key| {
@@ -652,17 +772,69 @@ mod tests {
         let per_manifest = manifest_bytes(&small);
         let fitting = MANIFEST_MEMORY_BYTES / per_manifest;
         for index in 0..fitting + 100 {
-            memory.insert(format!("small-{index}"), small.clone());
+            memory.insert(format!("small-{index}"), Kept::Manifest(small.clone()));
         }
         assert!(memory.bytes <= MANIFEST_MEMORY_BYTES);
         assert_eq!(memory.by_key.len(), fitting, "as many as fit, the oldest gone first");
         assert!(memory.get("small-0").is_none() && memory.get(&format!("small-{}", fitting + 99)).is_some());
-        // One manifest bigger than half the budget is not kept at all.
-        let huge = manifest_of(MANIFEST_MEMORY_LARGEST / 60);
-        assert!(manifest_bytes(&huge) > MANIFEST_MEMORY_LARGEST);
-        memory.insert("huge".into(), huge);
+        // One item bigger than half the budget is not kept at all.
+        let huge = manifest_of(MANIFEST_MEMORY_BYTES / 2 / 60);
+        assert!(manifest_bytes(&huge) > MANIFEST_MEMORY_BYTES / 2);
+        memory.insert("huge".into(), Kept::Manifest(huge));
         assert!(memory.get("huge").is_none());
         assert_eq!(memory.by_key.len(), fitting);
+    }
+
+    /// A manifest with more entries than a page is stored in pages: found, listed and counted the
+    /// same after a reopen and through a snapshot, with only pages and heads in memory.
+    #[tokio::test]
+    async fn a_large_manifest_is_stored_and_read_in_pages() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("catalog.redb");
+        let repo = RepoKey::new(RepoType::Dataset, "org/big");
+        let commit = "1".repeat(40);
+        let files = MANIFEST_PAGE_ENTRIES * 19 / 2;
+        let manifest = manifest_of(files);
+        let mut with_directory = manifest.entries().to_vec();
+        with_directory.push(ManifestEntry { path: "data".into(), kind: EntryKind::Directory, size: 0, oid: "d".repeat(40), lfs: None });
+        let manifest = Manifest::new(with_directory);
+        {
+            let catalog = LocalCatalog::open(&path).unwrap();
+            let stored = catalog.put_manifest(&repo, &commit, manifest.clone()).await.unwrap();
+            assert!(matches!(&stored, ManifestView::Paged { head, .. } if head.first_paths.len() == 10), "{stored:?}");
+        }
+        let catalog = LocalCatalog::open(&path).unwrap();
+        let view = catalog.get_manifest(&repo, &commit).await.unwrap().unwrap();
+        assert_eq!((view.len(), view.page_count()), (files as u64 + 1, 10));
+        let last = format!("data/file-{:07}.bin", files - 1);
+        assert_eq!(view.find(&last).await.unwrap().unwrap().path, last);
+        assert!(view.find("data/file-9999999.bin").await.unwrap().is_none());
+        let mut listed = Vec::new();
+        let more = view
+            .list("data", false, &crate::catalog::ListStart::After("data/file-0001000.bin".into()), 50, |entry| {
+                listed.push(entry.path.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!((listed.len(), more), (50, Some(true)));
+        assert_eq!(listed[0], "data/file-0001001.bin");
+        assert_eq!(catalog.list_manifest_keys().await.unwrap(), [(repo.clone(), commit.clone())], "pages are not manifests of their own");
+        {
+            let memory = catalog.inner.manifest_memory.lock().unwrap();
+            // The head, the first page (the directory and the listing) and the last (the lookup): two of ten.
+            assert!(memory.bytes < manifest_bytes(&manifest) / 3, "a lookup and a listing kept {} bytes", memory.bytes);
+        }
+        let mut snapshot = Vec::new();
+        catalog
+            .export_rows_blocking("none", |table, key, value| {
+                snapshot.push((table.to_owned(), key.to_owned(), value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        let other = LocalCatalog::open(&directory.path().join("other.redb")).unwrap();
+        other.import_rows_blocking(snapshot.into_iter().map(Ok), None).unwrap();
+        let copied = other.get_manifest(&repo, &commit).await.unwrap().unwrap();
+        assert_eq!(copied.to_whole().await.unwrap().as_ref(), &manifest);
     }
 
     #[tokio::test]
@@ -683,7 +855,7 @@ mod tests {
         assert_eq!(catalog.get_ref(&repo, "main").await.unwrap().unwrap().commit, commit);
         assert!(catalog.get_ref(&repo, "other").await.unwrap().is_none());
         let manifest = catalog.get_manifest(&repo, commit).await.unwrap().unwrap();
-        assert_eq!(manifest.find("config.json").unwrap().size, 42);
+        assert_eq!(manifest.find("config.json").await.unwrap().unwrap().size, 42);
         assert_eq!(catalog.get_repo_info(&repo, commit, "").await.unwrap().unwrap(), b"{}");
         assert!(catalog.get_repo_info(&repo, commit, "blobs=true").await.unwrap().is_none());
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);

@@ -8,13 +8,13 @@
 //! (redb); the Raft catalog of the cluster will implement the same trait.
 
 mod local;
+mod manifest_view;
 pub mod raft;
 mod records;
 mod reopening;
 
-use std::sync::Arc;
-
 pub use local::LocalCatalog;
+pub use manifest_view::{FoundEntry, ListStart, MANIFEST_PAGE_ENTRIES, ManifestHead, ManifestPages, ManifestView};
 pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
 
 use crate::types::RepoKey;
@@ -61,9 +61,10 @@ pub trait Catalog: Send + Sync + 'static {
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError>;
     async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError>;
 
-    /// Returns the full recursive file list of a commit.
-    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError>;
-    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError>;
+    /// Returns the recursive file list of a commit: whole when small, else read a page at a time
+    /// (see [`ManifestView`]). Recording it returns how it is kept.
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<ManifestView>, CatalogError>;
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<ManifestView, CatalogError>;
 
     /// Returns the repo-info JSON of a commit, for one variant of the query (`blobs=true`, …).
     async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError>;

@@ -185,41 +185,24 @@ impl Manifest {
 
     /// Returns the entry at exactly this path.
     pub fn find(&self, path: &str) -> Option<&ManifestEntry> {
+        self.position_of(path).map(|position| &self.entries[position])
+    }
+
+    /// Returns where the entry at exactly this path is in [`Self::entries`].
+    pub fn position_of(&self, path: &str) -> Option<usize> {
         let index = self.by_path.get_or_init(|| PathIndex::build(&self.entries));
         if index.slots.is_empty() {
-            return self.entries.binary_search_by(|entry| entry.path.as_str().cmp(path)).ok().map(|position| &self.entries[position]);
+            return self.entries.binary_search_by(|entry| entry.path.as_str().cmp(path)).ok();
         }
         let mask = index.slots.len() - 1;
         let mut slot = path_hash(path) as usize & mask;
         loop {
             let position = index.slots[slot].checked_sub(1)? as usize;
-            let entry = &self.entries[position];
-            if entry.path == path {
-                return Some(entry);
+            if self.entries[position].path == path {
+                return Some(position);
             }
             slot = (slot + 1) & mask;
         }
-    }
-
-    /// Returns the entries below `directory` (all of them for the empty path): every descendant when
-    /// `recursive`, else the direct children only, in path order and lazily (a page of a 100,000-file
-    /// listing costs the page, not a list of every entry). `None` when the directory does not exist.
-    pub fn list<'a>(&'a self, directory: &str, recursive: bool) -> Option<impl Iterator<Item = &'a ManifestEntry> + 'a> {
-        let prefix = if directory.is_empty() { String::new() } else { format!("{directory}/") };
-        if !directory.is_empty() {
-            let entry = self.find(directory)?;
-            if entry.kind != EntryKind::Directory {
-                return None;
-            }
-        }
-        // Entries are sorted by path, so every descendant of the prefix sits in one contiguous run.
-        let start = self.entries.partition_point(|entry| entry.path.as_str() < prefix.as_str());
-        let prefix_length = prefix.len();
-        let listed = self.entries[start..]
-            .iter()
-            .take_while(move |entry| entry.path.starts_with(&prefix))
-            .filter(move |entry| recursive || !entry.path[prefix_length..].contains('/'));
-        Some(listed)
     }
 }
 
@@ -229,27 +212,6 @@ mod tests {
 
     fn file(path: &str) -> ManifestEntry {
         ManifestEntry { path: path.into(), kind: EntryKind::File, size: 1, oid: "0".repeat(40), lfs: None }
-    }
-
-    fn dir(path: &str) -> ManifestEntry {
-        ManifestEntry { path: path.into(), kind: EntryKind::Directory, size: 0, oid: "1".repeat(40), lfs: None }
-    }
-
-    fn paths<'a>(entries: Option<impl Iterator<Item = &'a ManifestEntry>>) -> Vec<String> {
-        entries.unwrap().map(|entry| entry.path.clone()).collect()
-    }
-
-    #[test]
-    fn lists_direct_children_and_descendants() {
-        let manifest =
-            Manifest::new(vec![file("config.json"), dir("sub"), dir("sub/dir"), file("sub/dir/file.txt"), file("sub-file"), file("sub/a")]);
-        assert_eq!(paths(manifest.list("", false)), ["config.json", "sub", "sub-file"]);
-        assert_eq!(paths(manifest.list("sub", false)), ["sub/a", "sub/dir"]);
-        assert_eq!(paths(manifest.list("sub", true)), ["sub/a", "sub/dir", "sub/dir/file.txt"]);
-        assert!(manifest.list("nope", true).is_none());
-        assert!(manifest.list("config.json", true).is_none(), "a file is not a directory");
-        assert_eq!(manifest.find("sub/dir/file.txt").unwrap().path, "sub/dir/file.txt");
-        assert!(manifest.find("sub/dir/missing").is_none());
     }
 
     #[test]

@@ -57,10 +57,19 @@ pub async fn pinned_blobs(catalog: &dyn Catalog) -> HashMap<String, PinnedBlob> 
                 tracing::debug!(%repo, %commit, "pinned commit has no manifest yet");
                 continue;
             };
-            for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
-                if is_valid_etag(entry.etag()) {
-                    let origin = resolve_origin(&repo, commit, &entry.path);
-                    pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
+            for index in 0..manifest.page_count() {
+                let page = match manifest.page(index).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::debug!(%repo, %commit, %error, "cannot read a page of a pinned commit's manifest");
+                        break;
+                    }
+                };
+                for entry in page.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                    if is_valid_etag(entry.etag()) {
+                        let origin = resolve_origin(&repo, commit, &entry.path);
+                        pinned.entry(entry.etag().to_owned()).or_insert(PinnedBlob { size: entry.size, origin });
+                    }
                 }
             }
         }

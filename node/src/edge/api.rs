@@ -4,6 +4,7 @@
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
+use hfm_cluster::catalog::ListStart;
 use hfm_cluster::types::RepoKey;
 use http::{HeaderMap, Method, header};
 use serde_json::Value;
@@ -12,7 +13,7 @@ use super::passthrough::{forward_request, pass_through};
 use super::{HubApi, access, json_response, public_origin, read_body, set_header};
 use crate::hub::HubError;
 use crate::hub::json::tree_entry_json;
-use crate::hub::query::{flag, parse_pairs, paths_info_request, values};
+use crate::hub::query::{flag, parse_pairs, parse_tree_cursor, paths_info_request, tree_cursor, values};
 use crate::hub::route::{api_repo_path, encode_segment, validate_relative_path};
 use crate::metadata::Access;
 
@@ -111,26 +112,32 @@ pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revisio
         // anonymously: the repo is public.
         return pass_through(hub, &parts, None, None, None).await;
     }
-    let cursor = match values(&pairs, "cursor").next() {
-        Some(text) => text.parse::<usize>().map_err(|_| HubError::bad_request("Invalid cursor"))?,
-        None => 0,
+    let start = match values(&pairs, "cursor").next() {
+        Some(text) => parse_tree_cursor(text).ok_or_else(|| HubError::bad_request("Invalid cursor"))?,
+        None => ListStart::First,
     };
     let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
     let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
-    let mut listed = manifest.list(path, recursive).ok_or_else(|| HubError::entry_not_found(&commit))?;
-    let page_size = hub.settings.tree_page_size;
-    // One page is built (never the whole listing), and one entry more is looked at to know whether
-    // another page follows.
-    let page: Vec<Value> = listed.by_ref().skip(cursor).take(page_size).map(tree_entry_json).collect();
+    // One page is built (never the whole listing) from the manifest's pages it spans.
+    let mut page: Vec<Value> = Vec::new();
+    let mut last_path = String::new();
+    let more = manifest
+        .list(path, recursive, &start, hub.settings.tree_page_size, |entry| {
+            page.push(tree_entry_json(entry));
+            last_path.clone_from(&entry.path);
+        })
+        .await
+        .map_err(HubError::internal)?
+        .ok_or_else(|| HubError::entry_not_found(&commit))?;
     let mut extra = HeaderMap::new();
-    let next = cursor.saturating_add(page_size);
-    if page.len() == page_size && listed.next().is_some() {
+    if more {
         // Later pages are pinned to the commit, so a branch moving mid-listing cannot mix commits.
         let origin = public_origin(&hub.settings, &parts);
         let path_part = if path.is_empty() { String::new() } else { format!("/{}", encode_segment(path)) };
         let link = format!(
-            "<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={next}>; rel=\"next\"",
-            api_repo_path(repo)
+            "<{origin}{}/tree/{commit}{path_part}?recursive={recursive}&expand=false&cursor={}>; rel=\"next\"",
+            api_repo_path(repo),
+            tree_cursor(&last_path)
         );
         set_header(&mut extra, "link", &link);
     }
@@ -155,13 +162,15 @@ pub(super) async fn paths_info(hub: &HubApi, request: Request, repo: &RepoKey, r
     let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
     let (manifest, manifest_status) = hub.metadata.manifest(repo, &commit).await?;
     let mut seen = std::collections::HashSet::new();
-    let found: Vec<Value> = paths
-        .iter()
-        .map(|path| path.trim_matches('/'))
-        .filter(|path| validate_relative_path(path).is_ok() && seen.insert(path.to_string()))
-        .filter_map(|path| manifest.find(path))
-        .map(tree_entry_json)
-        .collect();
+    let mut found: Vec<Value> = Vec::new();
+    for path in paths.iter().map(|path| path.trim_matches('/')) {
+        if validate_relative_path(path).is_ok()
+            && seen.insert(path)
+            && let Some(entry) = manifest.find(path).await.map_err(HubError::internal)?
+        {
+            found.push(tree_entry_json(&entry));
+        }
+    }
     let body = serde_json::to_vec(&found).map_err(HubError::internal)?;
     Ok(json_response(&Method::GET, Bytes::from(body), policy_status.max(ref_status).max(manifest_status), HeaderMap::new()))
 }

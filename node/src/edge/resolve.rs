@@ -43,7 +43,12 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         }
         Err(error) => return Err(error),
     };
-    let entry = manifest.find(path).filter(|entry| entry.kind == EntryKind::File).ok_or_else(|| HubError::entry_not_found(&commit))?;
+    let entry = manifest
+        .find(path)
+        .await
+        .map_err(HubError::internal)?
+        .filter(|entry| entry.kind == EntryKind::File)
+        .ok_or_else(|| HubError::entry_not_found(&commit))?;
     let (etag, size) = (entry.etag().to_owned(), entry.size);
     let metadata_status = policy_status.max(ref_status).max(manifest_status);
 

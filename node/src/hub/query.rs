@@ -59,9 +59,50 @@ pub fn paths_info_request(content_type: &str, body: &[u8]) -> Result<(Vec<String
     Ok((values(&pairs, "paths").map(str::to_owned).collect(), flag(&pairs, "expand")))
 }
 
+/// The longest path a tree cursor may name; the Hub's own paths are far shorter.
+const MAX_CURSOR_PATH: usize = 4096;
+
+/// The `cursor` of a tree listing's next page: the last path the page showed, hex-encoded after a
+/// `p` (opaque to clients, and free of characters a URL would need to escape).
+pub fn tree_cursor(last_path: &str) -> String {
+    format!("p{}", hex::encode(last_path))
+}
+
+/// Reads a tree listing's `cursor`: one made by [`tree_cursor`], or the offset older releases put in
+/// their links (honoured, so a listing paged across an upgrade goes on). `None` for anything else.
+pub fn parse_tree_cursor(text: &str) -> Option<hfm_cluster::catalog::ListStart> {
+    use hfm_cluster::catalog::ListStart;
+    if let Some(encoded) = text.strip_prefix('p') {
+        if encoded.len() > MAX_CURSOR_PATH * 2 {
+            return None;
+        }
+        let path = String::from_utf8(hex::decode(encoded).ok()?).ok()?;
+        return Some(ListStart::After(path));
+    }
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<usize>().ok().map(ListStart::Skip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tree_cursors_round_trip_and_refuse_anything_else() {
+        use hfm_cluster::catalog::ListStart;
+        for path in ["config.json", "data/train/shard 00001 (copy).parquet", "ünïcødé/文件", ""] {
+            let cursor = tree_cursor(path);
+            assert!(cursor.bytes().all(|byte| byte.is_ascii_alphanumeric()), "{cursor}");
+            assert_eq!(parse_tree_cursor(&cursor), Some(ListStart::After(path.to_owned())));
+        }
+        assert_eq!(parse_tree_cursor("1000"), Some(ListStart::Skip(1000)), "an older release's offset");
+        let too_long = format!("p{}", "61".repeat(MAX_CURSOR_PATH + 1));
+        for hostile in ["", "-1", "+5", "1e3", "99999999999999999999999999", "p6", "pzz", "pff", "p%00", "x61", "P61", too_long.as_str()] {
+            assert_eq!(parse_tree_cursor(hostile), None, "{hostile:?}");
+        }
+    }
 
     #[test]
     fn paths_info_accepts_form_and_json_bodies() {

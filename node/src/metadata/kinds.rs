@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, PolicyRecord, RefRecord};
+use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, ManifestView, PolicyRecord, RefRecord};
 use hfm_cluster::types::{RepoKey, is_commit_sha};
 use serde_json::Value;
 use tracing::debug;
@@ -174,18 +174,18 @@ pub(super) struct ManifestOf {
 }
 
 impl Kind for ManifestOf {
-    type Value = Arc<Manifest>;
+    type Value = ManifestView;
     const WHAT: &'static str = "manifest";
 
     fn flight_key(&self) -> String {
         MetadataRequest::Manifest { repo: self.repo.clone(), commit: self.commit.clone() }.placement_key()
     }
 
-    fn flights(flights: &Flights) -> &SingleFlight<Result<Arc<Manifest>, HubError>> {
+    fn flights(flights: &Flights) -> &SingleFlight<Result<ManifestView, HubError>> {
         &flights.manifests
     }
 
-    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<Arc<Manifest>>>, HubError> {
+    async fn recorded(&self, catalog: &dyn Catalog) -> Result<Option<Recorded<ManifestView>>, HubError> {
         Ok(catalog.get_manifest(&self.repo, &self.commit).await.map_err(catalog_error)?.map(Recorded::immutable))
     }
 
@@ -193,14 +193,14 @@ impl Kind for ManifestOf {
         Some(MetadataRequest::Manifest { repo: self.repo.clone(), commit: self.commit.clone() })
     }
 
-    fn from_answer(answer: MetadataAnswer) -> Option<Arc<Manifest>> {
+    fn from_answer(answer: MetadataAnswer) -> Option<ManifestView> {
         match answer {
-            MetadataAnswer::Manifest(manifest) => Some(Arc::new(manifest)),
+            MetadataAnswer::Manifest(manifest) => Some(ManifestView::Whole(Arc::new(manifest))),
             _ => None,
         }
     }
 
-    async fn fetch(&self, context: FetchContext<'_>) -> Result<Arc<Manifest>, HubError> {
+    async fn fetch(&self, context: FetchContext<'_>) -> Result<ManifestView, HubError> {
         let (repo, commit) = (&self.repo, &self.commit);
         let mut path_and_query = format!("{}/tree/{commit}?recursive=true&expand=false", api_repo_path(repo));
         let mut entries: Vec<ManifestEntry> = Vec::new();
@@ -233,7 +233,7 @@ impl Kind for ManifestOf {
                         Ok(recorded) => Ok(recorded),
                         Err(error) => {
                             note_unrecorded(Err(error), Self::WHAT);
-                            Ok(Arc::new(manifest))
+                            Ok(ManifestView::Whole(Arc::new(manifest)))
                         }
                     };
                 }

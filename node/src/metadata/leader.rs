@@ -115,10 +115,15 @@ impl Metadata {
             MetadataRequest::Revision { repo, revision } => {
                 self.resolve_revision_with(&repo, &revision, Forwarding::Local).await.map(|(commit, _)| MetadataAnswer::Revision(commit))
             }
-            MetadataRequest::Manifest { repo, commit } => self
-                .manifest_with(&repo, &commit, Forwarding::Local)
-                .await
-                .map(|(manifest, _)| MetadataAnswer::Manifest(Arc::unwrap_or_clone(manifest))),
+            MetadataRequest::Manifest { repo, commit } => match self.manifest_with(&repo, &commit, Forwarding::Local).await {
+                // The asker records it whole, so it is read whole here (never on a client's request path).
+                Ok((manifest, _)) => manifest
+                    .to_whole()
+                    .await
+                    .map(|whole| MetadataAnswer::Manifest(Arc::unwrap_or_clone(whole)))
+                    .map_err(super::catalog_error),
+                Err(error) => Err(error),
+            },
         };
         result.unwrap_or_else(|error| MetadataAnswer::Error {
             status: error.status.as_u16(),

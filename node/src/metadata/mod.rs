@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{Catalog, Manifest, PolicyRecord};
+use hfm_cluster::catalog::{Catalog, ManifestView, PolicyRecord};
 use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
 
 pub use self::kinds::REPO_TOO_LARGE;
@@ -223,11 +223,11 @@ impl Metadata {
     }
 
     /// Returns the full file list of a commit, fetching every tree page once when it is not known.
-    pub async fn manifest(&self, repo: &RepoKey, commit: &str) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
+    pub async fn manifest(&self, repo: &RepoKey, commit: &str) -> Result<(ManifestView, CacheStatus), HubError> {
         self.manifest_with(repo, commit, Forwarding::AskCluster).await
     }
 
-    async fn manifest_with(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<(Arc<Manifest>, CacheStatus), HubError> {
+    async fn manifest_with(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<(ManifestView, CacheStatus), HubError> {
         debug_assert!(is_commit_sha(commit));
         let max_files = self.inner.settings.max_manifest_files;
         let fetched =

@@ -7,11 +7,10 @@
 //! how long a record is trusted, how it is read, asked and fetched.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{Catalog, Manifest, PolicyRecord};
+use hfm_cluster::catalog::{Catalog, ManifestView, PolicyRecord};
 use tracing::warn;
 
 use super::Metadata;
@@ -69,7 +68,7 @@ pub(super) struct FetchContext<'a> {
 pub(super) struct Flights {
     pub policies: SingleFlight<Result<PolicyRecord, HubError>>,
     pub commits: SingleFlight<Result<String, HubError>>,
-    pub manifests: SingleFlight<Result<Arc<Manifest>, HubError>>,
+    pub manifests: SingleFlight<Result<ManifestView, HubError>>,
     pub documents: SingleFlight<Result<Bytes, HubError>>,
 }
 
@@ -167,6 +166,7 @@ pub(super) fn note_unrecorded(result: Result<(), hfm_cluster::catalog::CatalogEr
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -154,15 +154,18 @@ impl Snapshot {
         let (mut sizes, mut etags, mut lfs, mut oids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (repo, commit) in &manifest_keys {
             let Some(manifest) = catalog.get_manifest(repo, commit).await? else { continue };
-            for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
-                kinds.push(repo.repo_type.as_str().to_owned());
-                repo_ids.push(repo.repo_id.clone());
-                commits.push(commit.clone());
-                paths.push(entry.path.clone());
-                sizes.push(to_i64(entry.size));
-                etags.push(entry.etag().to_owned());
-                lfs.push(entry.lfs.as_ref().map(|pointer| pointer.sha256.clone()));
-                oids.push(entry.oid.clone());
+            for index in 0..manifest.page_count() {
+                let page = manifest.page(index).await?;
+                for entry in page.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                    kinds.push(repo.repo_type.as_str().to_owned());
+                    repo_ids.push(repo.repo_id.clone());
+                    commits.push(commit.clone());
+                    paths.push(entry.path.clone());
+                    sizes.push(to_i64(entry.size));
+                    etags.push(entry.etag().to_owned());
+                    lfs.push(entry.lfs.as_ref().map(|pointer| pointer.sha256.clone()));
+                    oids.push(entry.oid.clone());
+                }
             }
         }
         let files = Table {

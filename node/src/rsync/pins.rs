@@ -110,8 +110,14 @@ impl Pins {
         let record = PinRecord { revision: revision.to_owned(), commit: commit.clone(), pinned_at_ms: now_ms(), next_commit: None };
         self.inner.catalog.put_pin(repo, record).await.map_err(|error| catalog_unavailable(format!("cannot record the pin: {error}")))?;
         self.pins_changed().await;
-        let files = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).count();
-        let bytes: u64 = manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File).map(|entry| entry.size).sum();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for index in 0..manifest.page_count() {
+            let page = manifest.page(index).await.map_err(HubError::internal)?;
+            for entry in page.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                files += 1;
+                bytes += entry.size;
+            }
+        }
         Ok(
             json!({"repo": repo.repo_id, "type": repo.repo_type.as_str(), "revision": revision, "commit": commit, "files": files, "bytes": bytes}),
         )
@@ -134,20 +140,26 @@ impl Pins {
             None => vec![self.inner.node_name.clone()],
         };
         let mut held = Holdings { files: 0, bytes: 0, per_node: nodes.into_iter().map(|name| (name, (0, 0))).collect() };
-        for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File && is_valid_etag(entry.etag())) {
-            held.files += 1;
-            held.bytes += entry.size;
-            let holders = match self.peers() {
-                Some(_) => {
-                    catalog.get_replicas(entry.etag()).await.map_err(HubError::internal)?.map(|record| record.holders).unwrap_or_default()
-                }
-                None if self.inner.store.contains(entry.etag()) => vec![self.inner.node_name.clone()],
-                None => Vec::new(),
-            };
-            for holder in holders {
-                if let Some(count) = held.per_node.get_mut(&holder) {
-                    count.0 += 1;
-                    count.1 += entry.size;
+        for index in 0..manifest.page_count() {
+            let page = manifest.page(index).await.map_err(HubError::internal)?;
+            for entry in page.entries().iter().filter(|entry| entry.kind == EntryKind::File && is_valid_etag(entry.etag())) {
+                held.files += 1;
+                held.bytes += entry.size;
+                let holders = match self.peers() {
+                    Some(_) => catalog
+                        .get_replicas(entry.etag())
+                        .await
+                        .map_err(HubError::internal)?
+                        .map(|record| record.holders)
+                        .unwrap_or_default(),
+                    None if self.inner.store.contains(entry.etag()) => vec![self.inner.node_name.clone()],
+                    None => Vec::new(),
+                };
+                for holder in holders {
+                    if let Some(count) = held.per_node.get_mut(&holder) {
+                        count.0 += 1;
+                        count.1 += entry.size;
+                    }
                 }
             }
         }

@@ -334,14 +334,17 @@ impl Trees {
                 }
                 let Some(manifest) = catalog.get_manifest(&repo, &commit).await? else { continue };
                 let mut files = Vec::new();
-                for entry in manifest.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
-                    if !is_valid_etag(entry.etag()) {
-                        debug!(%repo, path = %entry.path, "a file without a content address is left out of the tree");
-                        continue;
-                    }
-                    match store.get(entry.etag()) {
-                        Some(blob) if blob.size == entry.size => files.push((entry.path.clone(), blob.path, entry.etag().to_owned())),
-                        _ => continue 'commits,
+                for index in 0..manifest.page_count() {
+                    let page = manifest.page(index).await?;
+                    for entry in page.entries().iter().filter(|entry| entry.kind == EntryKind::File) {
+                        if !is_valid_etag(entry.etag()) {
+                            debug!(%repo, path = %entry.path, "a file without a content address is left out of the tree");
+                            continue;
+                        }
+                        match store.get(entry.etag()) {
+                            Some(blob) if blob.size == entry.size => files.push((entry.path.clone(), blob.path, entry.etag().to_owned())),
+                            _ => continue 'commits,
+                        }
                     }
                 }
                 let switched_at_ms = shown.filter(|shown| shown.commit == commit).map_or_else(now_ms, |shown| shown.switched_at_ms);
@@ -367,8 +370,10 @@ impl Trees {
             let Some(repo_type) = RepoType::parse(repo_type) else { continue };
             let repo = RepoKey::new(repo_type, repo_id);
             let Some(manifest) = catalog.get_manifest(&repo, commit).await? else { return Ok(true) };
-            if manifest.entries().iter().any(|entry| removed.contains(entry.etag())) {
-                return Ok(true);
+            for index in 0..manifest.page_count() {
+                if manifest.page(index).await?.entries().iter().any(|entry| removed.contains(entry.etag())) {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)

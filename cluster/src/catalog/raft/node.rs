@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 use super::network::{CatalogNetwork, RaftRpc, SNAPSHOT_CHUNK, UNDECODABLE};
 use super::snapshot::{SNAPSHOT_DIR, SnapshotFile};
 use super::{CatalogCommand, CatalogStateMachine, CatalogTypes, RedbLogStore, codec, parts};
-use crate::catalog::{Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
+use crate::catalog::{
+    Catalog, CatalogError, DocumentRecord, LocalCatalog, Manifest, ManifestView, PinRecord, PolicyRecord, RefRecord, ReplicaRecord,
+};
 use crate::peer::{PeerAddress, PeerEndpoint, RpcHandler};
 use crate::types::RepoKey;
 
@@ -556,14 +558,15 @@ impl Catalog for RaftCatalog {
         self.write(CatalogCommand::PutRef { repo: repo.clone(), revision: revision.to_owned(), record }).await
     }
 
-    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<Arc<Manifest>>, CatalogError> {
+    async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<ManifestView>, CatalogError> {
         self.local.get_manifest(repo, commit).await
     }
 
-    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<Arc<Manifest>, CatalogError> {
+    async fn put_manifest(&self, repo: &RepoKey, commit: &str, manifest: Manifest) -> Result<ManifestView, CatalogError> {
+        // Whole: the write may return before this node applied it, and the caller has it anyway.
         let shared = Arc::new(manifest.clone());
         self.write(CatalogCommand::PutManifest { repo: repo.clone(), commit: commit.to_owned(), manifest }).await?;
-        Ok(shared)
+        Ok(ManifestView::Whole(shared))
     }
 
     async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError> {

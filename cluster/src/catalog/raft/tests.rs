@@ -337,8 +337,8 @@ mod cluster {
         for node in &nodes {
             wait_for_ref(node, &last, "main", &format!("{:040x}", repos - 1)).await;
             assert_eq!(
-                node.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(),
-                Some(&manifest),
+                node.catalog.get_manifest(&big, &commit).await.unwrap().unwrap().to_whole().await.unwrap().as_ref(),
+                &manifest,
                 "node {} holds the whole manifest",
                 node.catalog.self_id()
             );
@@ -390,11 +390,20 @@ mod cluster {
             grew >> 20,
             rss_before >> 20
         );
-        assert_eq!(newcomer.catalog.get_manifest(&big, &commit).await.unwrap().as_deref(), Some(&manifest));
+        assert_eq!(newcomer.catalog.get_manifest(&big, &commit).await.unwrap().unwrap().to_whole().await.unwrap().as_ref(), &manifest);
         for index in [0, repos / 2, repos - 1] {
             assert_eq!(
-                newcomer.catalog.get_manifest(&small_repo(index), &format!("{index:040x}")).await.unwrap().as_deref(),
-                Some(&small_manifest(index))
+                newcomer
+                    .catalog
+                    .get_manifest(&small_repo(index), &format!("{index:040x}"))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .to_whole()
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                &small_manifest(index)
             );
         }
         // Sending and installing the snapshot is streamed: the process (sender and receiver both)
