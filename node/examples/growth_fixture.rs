@@ -87,7 +87,13 @@ async fn main() -> anyhow::Result<()> {
                     .await??;
                     // The directory itself, as the Hub's recursive tree lists it.
                     let mut entries = entries;
-                    entries.push(ManifestEntry { path: "configs".into(), kind: EntryKind::Directory, size: 0, oid: "0".repeat(40), lfs: None });
+                    entries.push(ManifestEntry {
+                        path: "configs".into(),
+                        kind: EntryKind::Directory,
+                        size: 0,
+                        oid: "0".repeat(40),
+                        lfs: None,
+                    });
                     catalog.put_policy(&key, PolicyRecord { cacheable: true, reason: "public".into(), checked_at_ms: now_ms }).await?;
                     catalog.put_manifest(&key, &commit_of(repo), Manifest::new(entries)).await?;
                     catalog.put_ref(&key, "main", RefRecord { commit: commit_of(repo), checked_at_ms: now_ms }).await?;

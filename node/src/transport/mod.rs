@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, header and idle timeouts;
-//!   `tls`: the certificate and its reloads; `proxy`: PROXY protocol and `X-Forwarded-For` from
+//!   `coalesce`: an HTTP/2 connection's writes batched; `tls`: the certificate and its reloads;
+//!   `proxy`: PROXY protocol and `X-Forwarded-For` from
 //!   trusted proxies; `connections`: connections bounded per client network and in total.
 //! - `http3`: HTTP/3 on the same port number over UDP (cargo feature `http3`).
 //! - `sockets`: adopting sockets a supervisor bound (`HF_MIRROR_LISTEN_FDS`).
@@ -14,6 +15,7 @@
 pub mod access_log;
 pub mod admission;
 pub mod connections;
+mod coalesce;
 pub mod http;
 #[cfg(feature = "http3")]
 pub mod http3;
