@@ -1,5 +1,5 @@
 //! Property-based fuzzing of the Hub wire parsers (issue 14, "Fuzzing"): the route parser, the
-//! `Range` parser, the conditional validators and the paths-info request body.
+//! `Range` parser, the conditional validators, the paths-info request body and the tree cursor.
 //!
 //! Every property runs a bounded number of cases (see [`CASES`]) on every `cargo test`; proptest
 //! keeps what it shrinks a failure to in `proptest-regressions/`, replayed first on the next run, and
@@ -15,10 +15,11 @@
 
 use axum::response::IntoResponse;
 use futures_util::FutureExt;
+use hfm_cluster::catalog::ListStart;
 use hfm_cluster::types::{RepoKey, RepoType};
 use hfm_node::hub::HubError;
 use hfm_node::hub::conditional::{none_match_hits, range_still_applies};
-use hfm_node::hub::query::paths_info_request;
+use hfm_node::hub::query::{parse_tree_cursor, paths_info_request, tree_cursor};
 use hfm_node::hub::range::parse_range;
 use hfm_node::hub::route::{Route, encode_path, encode_segment, route};
 use http::StatusCode;
@@ -397,6 +398,24 @@ proptest! {
         form.push(format!("expand={}", if expand { "True" } else { "false" }));
         let form = form.join("&");
         prop_assert_eq!(paths_info_request("application/x-www-form-urlencoded", form.as_bytes()).unwrap(), (paths, expand));
+    }
+
+    #[test]
+    fn any_tree_cursor_is_read_or_refused_without_panic(raw in any::<String>(), hexish in "p[0-9a-fA-F]{0,64}") {
+        for text in [raw.as_str(), hexish.as_str()] {
+            if let Some(ListStart::After(path)) = parse_tree_cursor(text) {
+                // Only a cursor made of a path comes back as that path.
+                prop_assert_eq!(tree_cursor(&path).to_ascii_lowercase(), text.to_ascii_lowercase());
+            }
+        }
+    }
+
+    #[test]
+    fn a_tree_cursor_round_trips_any_path(path in any::<String>()) {
+        prop_assume!(path.len() <= 4096);
+        let cursor = tree_cursor(&path);
+        prop_assert!(cursor.bytes().all(|byte| byte.is_ascii_alphanumeric()), "a cursor needs no escaping in a URL");
+        prop_assert_eq!(parse_tree_cursor(&cursor), Some(ListStart::After(path)));
     }
 }
 

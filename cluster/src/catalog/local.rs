@@ -751,6 +751,18 @@ mod tests {
     use crate::catalog::{EntryKind, ManifestEntry};
     use crate::types::RepoType;
 
+    /// Every row a snapshot of `catalog` would carry.
+    fn snapshot_rows(catalog: &LocalCatalog) -> Vec<Row> {
+        let mut rows = Vec::new();
+        catalog
+            .export_rows_blocking("none", |table, key, value| {
+                rows.push((table.to_owned(), key.to_owned(), value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        rows
+    }
+
     fn manifest_of(files: usize) -> Arc<Manifest> {
         Arc::new(Manifest::new(
             (0..files)
@@ -824,13 +836,7 @@ mod tests {
             // The head, the first page (the directory and the listing) and the last (the lookup): two of ten.
             assert!(memory.bytes < manifest_bytes(&manifest) / 3, "a lookup and a listing kept {} bytes", memory.bytes);
         }
-        let mut snapshot = Vec::new();
-        catalog
-            .export_rows_blocking("none", |table, key, value| {
-                snapshot.push((table.to_owned(), key.to_owned(), value.to_vec()));
-                Ok(())
-            })
-            .unwrap();
+        let snapshot = snapshot_rows(&catalog);
         let other = LocalCatalog::open(&directory.path().join("other.redb")).unwrap();
         other.import_rows_blocking(snapshot.into_iter().map(Ok), None).unwrap();
         let copied = other.get_manifest(&repo, &commit).await.unwrap().unwrap();
@@ -917,13 +923,7 @@ mod tests {
         let policy = |cacheable: bool| PolicyRecord { cacheable, reason: "r".into(), checked_at_ms: 3 };
         catalog.put_policy(&repo, policy(true)).await.unwrap();
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
-        let mut snapshot = Vec::new();
-        catalog
-            .export_rows_blocking("none", |table, key, value| {
-                snapshot.push((table.to_owned(), key.to_owned(), value.to_vec()));
-                Ok(())
-            })
-            .unwrap();
+        let snapshot = snapshot_rows(&catalog);
         catalog.put_ref(&repo, "main", record('c', 4)).await.unwrap();
         catalog.put_policy(&repo, policy(false)).await.unwrap();
         catalog.import_rows_blocking(snapshot.into_iter().map(Ok), None).unwrap();
