@@ -212,6 +212,10 @@ struct ServeArgs {
     /// Bytes per second the scrubber reads at most (default 50MB).
     #[arg(long, env = "HF_MIRROR_SCRUB_RATE")]
     scrub_rate: Option<String>,
+    /// Check stored blobs' chunk sums on every read (default false: once per change of the file,
+    /// the scrubber checking again on its schedule).
+    #[arg(long, env = "HF_MIRROR_VERIFY_EVERY_READ")]
+    verify_every_read: Option<bool>,
     /// The UDP and TCP address of the node's DNS server (cluster with a `[dns]` section only).
     #[arg(long, env = "HF_MIRROR_DNS_LISTEN")]
     dns_listen: Option<String>,
@@ -296,6 +300,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args.public_url,
         scrub_interval: args.scrub_interval,
         scrub_rate: args.scrub_rate,
+        verify_every_read: args.verify_every_read,
         tree_page_size: args.tree_page_size,
         // Bind addresses of the cluster plane come from the topology only.
         peer_listen: None,

@@ -26,7 +26,7 @@ use crate::metadata::{METADATA_SERVICE, Metadata, MetadataService, MetadataSetti
 use crate::peers::{GossipMetrics, Peers, RaftMetrics, catalog_membership};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, ReadChecks};
 use crate::store::scrub::{ScrubCounters, spawn_scrubber};
 use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
 use crate::transport::access_log::AccessLog;
@@ -137,7 +137,8 @@ fn open_storage(config: &NodeConfig) -> anyhow::Result<(LocalCatalog, BlobStore,
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let catalog = LocalCatalog::open(&config.data_dir.join("catalog.redb")).context("opening the catalog")?;
     let store_shutdown = CancellationToken::new();
-    let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, store_shutdown.clone())
+    let read_checks = if config.checks_every_read() { ReadChecks::EveryRead } else { ReadChecks::OnceWhileScrubbed };
+    let store = BlobStore::open(&config.data_dir, config.max_disk, config.min_free_disk, read_checks, store_shutdown.clone())
         .context("opening the blob store")?;
     Ok((catalog, store, store_shutdown))
 }

@@ -35,7 +35,7 @@ impl LocalBlobs for PeerFills {
         }
         let store = &self.store;
         let (start, size) = (request.start, request.size);
-        match store.stream_verified(&request.etag, size, start, size).await {
+        match store.stream_verified(&request.etag, size, start, size, None).await {
             Ok(Some(bytes)) => return PeerOpen::Sending { size, start, bytes: Box::pin(bytes) },
             Ok(None) => {}
             Err(error) => return PeerOpen::Unavailable(error.to_string()),
@@ -62,7 +62,7 @@ impl LocalBlobs for PeerFills {
         let source = self.sources.blob_source(&request.etag, size, origin).await;
         match store.fill_or_join(&request.etag, size, source) {
             Ok(FillOutcome::Filling(fill)) => PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) },
-            Ok(FillOutcome::Stored(_)) => match store.stream_verified(&request.etag, size, start, size).await {
+            Ok(FillOutcome::Stored(_)) => match store.stream_verified(&request.etag, size, start, size, None).await {
                 Ok(Some(bytes)) => PeerOpen::Sending { size, start, bytes: Box::pin(bytes) },
                 Ok(None) => PeerOpen::NotHere,
                 Err(error) => PeerOpen::Unavailable(error.to_string()),

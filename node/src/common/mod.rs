@@ -8,3 +8,4 @@ pub mod singleflight;
 pub mod slots;
 pub mod time;
 pub mod units;
+pub mod zero_copy;

@@ -26,6 +26,9 @@ pub struct NodeSettingsFile {
     pub scrub_interval: Option<String>,
     /// Bytes per second the scrubber reads at most (default `50MB`).
     pub scrub_rate: Option<String>,
+    /// Check a stored blob's chunk sums on every read (default `false`: once per change of the file,
+    /// the scrubber re-checking on its schedule; always `true` while the scrubber is off).
+    pub verify_every_read: Option<bool>,
     /// The UDP address the QUIC peer endpoint binds (default: all interfaces, the port of `peer_address`).
     pub peer_listen: Option<String>,
     /// The UDP address gossip binds (default: all interfaces, the port of `gossip_address`).

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub tree_page_size: usize,
     /// How the scrubber checks stored blobs against their sums; `None`: off.
     pub scrub: Option<ScrubSettings>,
+    /// Whether a stored blob's chunk sums are checked on every read rather than once per change of
+    /// its file (see [`NodeConfig::checks_every_read`]).
+    pub verify_every_read: bool,
     /// The cluster this node belongs to; `None` for a single node.
     pub cluster: Option<ClusterConfig>,
     /// The zone this node answers DNS for, when the topology has a `[dns]` section (cluster only).
@@ -102,6 +105,12 @@ pub enum AccessLogTarget {
 }
 
 impl NodeConfig {
+    /// Whether stored blobs are checked on every read: when asked for, and always while no scrubber
+    /// runs (a blob checked once is trusted only while the scrubber checks it again).
+    pub fn checks_every_read(&self) -> bool {
+        self.verify_every_read || self.scrub.is_none()
+    }
+
     /// The file holding the operator token.
     pub fn operator_token_path(&self) -> PathBuf {
         self.operator_token_file.clone().unwrap_or_else(|| self.data_dir.join("operator-token"))
@@ -165,6 +174,7 @@ impl NodeConfig {
             public_url: None,
             tree_page_size: 1000,
             scrub: Some(ScrubSettings { interval: Duration::from_secs(24 * 3600), rate: 50_000_000 }),
+            verify_every_read: false,
             cluster: None,
             dns: None,
             pins: Vec::new(),
@@ -285,6 +295,9 @@ fn apply_layer(config: &mut NodeConfig, layer: &NodeSettingsFile, origin: &str, 
         let interval = parse_duration(interval).map_err(|message| fail("scrub_interval", message))?;
         let rate = config.scrub.map_or(50_000_000, |scrub| scrub.rate);
         config.scrub = (!interval.is_zero()).then_some(ScrubSettings { interval, rate });
+    }
+    if let Some(every_read) = layer.verify_every_read {
+        config.verify_every_read = every_read;
     }
     if let Some(rate) = &layer.scrub_rate {
         let rate = parse_size(rate).map_err(|message| fail("scrub_rate", message))?;

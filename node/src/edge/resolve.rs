@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use super::fill_budget::FillRefusal;
 use super::passthrough::{forward_request, pass_through};
 use super::{Charged, HubApi, access, set_header, with_cache_status};
+use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::conditional;
 use crate::hub::error::RateLimitFields;
 use crate::hub::headers::{X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path};
@@ -94,11 +95,14 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         *response.headers_mut() = headers;
         return Ok(with_cache_status(response, metadata_status));
     }
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let asker = Asker {
+        client: request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()),
+        zero_copy: request.extensions().get::<ZeroCopySink>(),
+    };
     let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
         (Body::empty(), metadata_status, None)
     } else {
-        let answer = blob_body(hub, client, repo, &commit, path, &etag, size, start, end, metadata_status).await?;
+        let answer = blob_body(hub, &asker, repo, &commit, path, &etag, size, start, end, metadata_status).await?;
         (answer.body, answer.cache, answer.charged)
     };
     hub.answers.record(cache);
@@ -123,6 +127,13 @@ fn wants_whole_file(size: u64, start: u64, end: u64) -> bool {
     size <= WHOLE_FILE_BELOW || end - start >= size / 2 || (end == size && start < size / 2)
 }
 
+/// Who asks for a blob's bytes: the client (its fills are bounded), and whether its connection sends
+/// stored bytes from the file itself (plain HTTP/1.1, see `common::zero_copy`).
+struct Asker<'a> {
+    client: Option<IpAddr>,
+    zero_copy: Option<&'a ZeroCopySink>,
+}
+
 /// How a blob's bytes reach the client, and what the client is charged for them (a fill it
 /// starts is charged whole).
 pub(super) struct BlobBody {
@@ -136,7 +147,7 @@ pub(super) struct BlobBody {
 #[allow(clippy::too_many_arguments)]
 async fn blob_body(
     hub: &HubApi,
-    client: Option<IpAddr>,
+    asker: &Asker<'_>,
     repo: &RepoKey,
     commit: &str,
     path: &str,
@@ -148,7 +159,7 @@ async fn blob_body(
 ) -> Result<BlobBody, HubError> {
     let store = &hub.store;
     let from_disk = |stream| BlobBody { body: Body::from_stream(counted_from_disk(stream)), cache: metadata_status, charged: None };
-    if let Some(stream) = store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
+    if let Some(stream) = store.stream_verified(etag, size, start, end, asker.zero_copy).await.map_err(HubError::internal)? {
         return Ok(from_disk(stream));
     }
     let origin = resolve_origin(repo, commit, path);
@@ -162,13 +173,13 @@ async fn blob_body(
         return Ok(BlobBody { body, cache: CacheStatus::Miss, charged: None });
     }
     let source = hub.sources.blob_source(etag, size, &origin).await;
-    let admit = || hub.fill_budget.try_start(client);
+    let admit = || hub.fill_budget.try_start(asker.client);
     let (outcome, slot) = store
         .fill_or_join_admitted(etag, size, source.clone(), Room::EvictIfNeeded, admit)
         .map_err(HubError::internal)?
         .map_err(|refusal| fill_refused(&hub.fill_budget, refusal))?;
     match outcome {
-        FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end).await.map_err(HubError::internal)? {
+        FillOutcome::Stored(_) => match store.stream_verified(etag, size, start, end, asker.zero_copy).await.map_err(HubError::internal)? {
             Some(stream) => Ok(from_disk(stream)),
             None => Err(HubError::internal("a blob vanished as it was stored; retry")),
         },

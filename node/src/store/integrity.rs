@@ -11,6 +11,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
+use crate::common::zero_copy::{FileSpan, ZeroCopySink};
+
 /// Bytes covered by one checksum; also the unit stored blobs are read and sent in.
 pub const CHUNK: u64 = 1 << 20;
 
@@ -75,14 +77,82 @@ pub struct VerifiedBlob {
     pub file: Arc<std::fs::File>,
     pub size: u64,
     pub sums: Arc<Vec<u64>>,
+    /// What the open file was when it was opened.
+    pub identity: FileIdentity,
+    /// Every chunk of this very file was checked against its sums since it last changed, and the
+    /// scrubber checks it again on its schedule: it may be sent without reading it first (see
+    /// `ReadChecks::OnceWhileScrubbed`).
+    pub checked: bool,
 }
 
-/// Streams `start..end` of a stored blob, reading whole chunks and checking each against its sum
-/// before any of its bytes go out. On a mismatch `on_corrupt` runs once and the stream ends with an
-/// error, so the client's connection is aborted rather than handed bad bytes.
+/// What says a file is the one that was checked: which file it is and when it last changed. Any
+/// write to it, a truncation or a replacement changes one of these; the change time cannot be set
+/// back by anyone but the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+/// A file changed less than this long ago is not recorded as checked: file times tick coarsely (a
+/// few milliseconds), and a write within the same tick as the change before it would not show.
+const SETTLED_AFTER_SECONDS: i64 = 1;
+
+impl FileIdentity {
+    pub fn of(file: &std::fs::File) -> io::Result<FileIdentity> {
+        let stat = rustix::fs::fstat(file)?;
+        Ok(FileIdentity {
+            device: stat.st_dev as u64,
+            inode: stat.st_ino as u64,
+            size: stat.st_size as u64,
+            modified: (stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            changed: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the file had not changed for a while before `checked_from` (Unix seconds), when its
+    /// check began: only then does an unchanged identity prove unchanged bytes.
+    pub fn settled_before(&self, checked_from: i64) -> bool {
+        self.changed.0 + SETTLED_AFTER_SECONDS <= checked_from
+    }
+}
+
+/// Bytes read at a time to check a chunk: small enough to stay in the CPU's cache while hashed.
+const CHECK_PIECE: usize = 64 << 10;
+
+thread_local! {
+    static CHECK_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; CHECK_PIECE]);
+}
+
+/// The sum of `length` bytes at `offset`, read a piece at a time into one buffer per thread (so a
+/// check costs no allocation, and memory does not grow with the number of readers; blocking).
+pub(super) fn sum_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<u64> {
+    CHECK_BUFFER.with_borrow_mut(|buffer| {
+        let mut summer = Xxh3::new();
+        let mut done = 0;
+        while done < length {
+            let piece = (length - done).min(CHECK_PIECE);
+            let read = rustix::io::pread(file, &mut buffer[..piece], offset + done as u64)?;
+            if read == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the blob file is shorter than its size"));
+            }
+            summer.update(&buffer[..read]);
+            done += read;
+        }
+        Ok(summer.digest())
+    })
+}
+
 /// Reads `length` bytes at `offset` into a new buffer, without zeroing the buffer first (a chunk is
 /// a megabyte, and every byte of it is overwritten by the read).
-pub(super) fn read_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+fn read_at(file: &std::fs::File, offset: u64, length: usize) -> io::Result<Vec<u8>> {
     let mut buffer = Vec::with_capacity(length);
     while buffer.len() < length {
         let position = offset + buffer.len() as u64;
@@ -104,6 +174,10 @@ pub fn read_verified(blob: &VerifiedBlob) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Streams `start..end` of a stored blob, reading whole chunks and checking each against its sum
+/// before any of its bytes go out (connections that cannot send from a file: TLS, HTTP/2, HTTP/3,
+/// peers). On a mismatch `on_corrupt` runs once and the stream ends with an error, so the client's
+/// connection is aborted rather than handed bad bytes.
 pub fn verified_range(
     blob: VerifiedBlob,
     start: u64,
@@ -136,6 +210,78 @@ pub fn verified_range(
             let to = (end.min(chunk_start + chunk_length as u64) - chunk_start) as usize;
             let next = chunk_start + to as u64;
             Some((Ok(Bytes::from(chunk).slice(from..to)), (blob, next)))
+        }
+    })
+}
+
+/// How far ahead of sending a checked blob the kernel is asked to read its file, so that `sendfile`
+/// finds the pages in memory rather than waiting for the disk on the connection's thread.
+const READ_AHEAD: u64 = 8 << 20;
+
+/// Streams `start..end` of a stored blob as zero-copy placeholders for `sink` (see
+/// `common::zero_copy`): the connection sends the file's bytes with `sendfile`, and they never enter
+/// the process. Unless the blob is `checked`, each chunk is checked against its sum before its
+/// placeholder is yielded (the check reads it into the page cache, from where it is then sent); on
+/// a mismatch `on_corrupt` runs and the stream ends with an error, so the connection is cut before
+/// the chunk. A stream that checked every chunk of the blob calls `on_checked_whole` with it as it
+/// yields the last one.
+pub fn verified_spans(
+    blob: VerifiedBlob,
+    start: u64,
+    end: u64,
+    sink: ZeroCopySink,
+    on_corrupt: impl Fn() + Send + Sync + 'static,
+    on_checked_whole: impl FnOnce(&VerifiedBlob) + Send + 'static,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    struct Spans<F> {
+        blob: VerifiedBlob,
+        position: u64,
+        read_ahead_to: u64,
+        on_checked_whole: Option<F>,
+    }
+    let checks_whole = !blob.checked && start == 0 && end == blob.size;
+    let on_corrupt = Arc::new(on_corrupt);
+    let state = Spans { blob, position: start, read_ahead_to: start, on_checked_whole: checks_whole.then_some(on_checked_whole) };
+    futures_util::stream::unfold(Some(state), move |state| {
+        let (sink, on_corrupt) = (sink.clone(), on_corrupt.clone());
+        async move {
+            let mut state = state.filter(|state| state.position < end)?;
+            let blob = &state.blob;
+            let index = state.position / CHUNK;
+            let chunk_start = index * CHUNK;
+            let chunk_length = CHUNK.min(blob.size - chunk_start) as usize;
+            if blob.checked {
+                if state.position >= state.read_ahead_to {
+                    let (file, from) = (blob.file.clone(), state.position);
+                    let length = std::num::NonZeroU64::new(READ_AHEAD.min(end - from));
+                    // Advice only: a failure costs a wait on the disk later, nothing else.
+                    let _ = tokio::task::spawn_blocking(move || rustix::fs::fadvise(&*file, from, length, rustix::fs::Advice::WillNeed))
+                        .await;
+                    state.read_ahead_to = from + READ_AHEAD;
+                }
+            } else {
+                let (file, expected) = (blob.file.clone(), blob.sums[index as usize]);
+                let sum = tokio::task::spawn_blocking(move || sum_at(&file, chunk_start, chunk_length))
+                    .await
+                    .unwrap_or_else(|error| Err(io::Error::other(error)));
+                match sum {
+                    Ok(sum) if sum == expected => {}
+                    Ok(_) => {
+                        on_corrupt();
+                        return Some((Err(io::Error::other(format!("stored blob chunk {index} is corrupt"))), None));
+                    }
+                    Err(error) => return Some((Err(error), None)),
+                }
+            }
+            let to = end.min(chunk_start + chunk_length as u64);
+            let placeholder = sink.push(FileSpan { file: blob.file.clone(), offset: state.position, length: (to - state.position) as usize });
+            state.position = to;
+            if to == end
+                && let Some(on_checked_whole) = state.on_checked_whole.take()
+            {
+                on_checked_whole(&state.blob);
+            }
+            Some((Ok(placeholder), Some(state)))
         }
     })
 }

@@ -28,6 +28,8 @@ use bytes::Bytes;
 use accounting::{Accounting, BlobKey, Demoted, unix_seconds};
 pub use fill::{Fill, FillProgress, FillState};
 pub use integrity::{VerifiedBlob, verified_range};
+
+use crate::common::zero_copy::ZeroCopySink;
 pub use source::{BlobSource, ByteStream, SourceError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +46,25 @@ const COLD_SAMPLES_PER_RESERVATION: usize = 8;
 
 /// How many blobs' chunk sums are kept in memory (8 bytes per MiB of blob each).
 const SUMS_MEMORY_ENTRIES: usize = 4096;
+
+/// When a stored blob's bytes are checked against their chunk sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadChecks {
+    /// Every chunk, every time it is sent.
+    EveryRead,
+    /// Every chunk until all of them were checked once since the file last changed; after that the
+    /// file is sent as it is (zero-copy where the connection allows) until it changes, and the
+    /// scrubber checks it again on its schedule. Only sound while a scrubber runs.
+    OnceWhileScrubbed,
+}
+
+/// What is remembered of a recently served blob: its chunk sums, and what its file was when every
+/// chunk of it was last checked.
+#[derive(Clone)]
+struct Remembered {
+    sums: Arc<Vec<u64>>,
+    checked: Option<integrity::FileIdentity>,
+}
 
 /// A verified blob on disk.
 #[derive(Clone, Debug)]
@@ -89,6 +110,7 @@ struct Limits {
     max_bytes: Option<u64>,
     min_free_bytes: u64,
     index_entries: usize,
+    read_checks: ReadChecks,
 }
 
 /// The blob store; a cheap handle.
@@ -104,8 +126,10 @@ struct StoreInner {
     min_free_bytes: u64,
     accounting: Mutex<Accounting>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
-    /// Chunk sums of recently served blobs, so a hot blob's `.sums` file is not read per request.
-    sums_memory: Mutex<HashMap<String, Arc<Vec<u64>>>>,
+    /// Chunk sums of recently served blobs, so a hot blob's `.sums` file is not read per request,
+    /// and whether the file was checked whole.
+    sums_memory: Mutex<HashMap<String, Remembered>>,
+    read_checks: ReadChecks,
     /// Small blobs, verified, in memory ([`small`]).
     small: small::SmallBlobs,
     /// The blobs removed lately, numbered, so that whoever links to blob files (the rsync trees)
@@ -176,8 +200,14 @@ impl BlobStore {
     /// looked up on disk when asked for (as it is after, see [`accounting`]), reconcilers that need
     /// the whole list wait ([`BlobStore::is_scanned`]), and `max_disk` counts only what is listed so
     /// far (the free-space floor, read from the file system, holds throughout).
-    pub fn open(data_dir: &Path, max_bytes: Option<u64>, min_free_bytes: u64, shutdown: CancellationToken) -> io::Result<BlobStore> {
-        let limits = Limits { max_bytes, min_free_bytes, index_entries: accounting::INDEX_ENTRIES };
+    pub fn open(
+        data_dir: &Path,
+        max_bytes: Option<u64>,
+        min_free_bytes: u64,
+        read_checks: ReadChecks,
+        shutdown: CancellationToken,
+    ) -> io::Result<BlobStore> {
+        let limits = Limits { max_bytes, min_free_bytes, index_entries: accounting::INDEX_ENTRIES, read_checks };
         BlobStore::open_with(data_dir, limits, shutdown)
     }
 
@@ -208,6 +238,7 @@ impl BlobStore {
                 accounting: Mutex::new(Accounting::new(limits.index_entries)),
                 fills: Mutex::new(HashMap::new()),
                 sums_memory: Mutex::new(HashMap::new()),
+                read_checks: limits.read_checks,
                 small: small::SmallBlobs::default(),
                 removals: Mutex::new(Removals::default()),
                 protected: Mutex::new(Arc::new(HashSet::new())),
@@ -356,19 +387,21 @@ impl BlobStore {
         Some(StoredBlob { path: self.blob_path(etag), size })
     }
 
-    /// Streams `start..end` of a stored blob, every chunk checked against its sum first; a corrupt
-    /// chunk removes the blob (so it is filled again) and aborts the stream. `Ok(None)`: not held,
-    /// or held with another size than the catalog says (then it is dropped).
+    /// Streams `start..end` of a stored blob, every chunk checked against its sum first (or, under
+    /// [`ReadChecks::OnceWhileScrubbed`], once); a corrupt chunk removes the blob (so it is filled
+    /// again) and aborts the stream. With a `zero_copy` sink the stream yields placeholders and the
+    /// connection sends the file's bytes itself (`common::zero_copy`). `Ok(None)`: not held, or held
+    /// with another size than the catalog says (then it is dropped).
     pub async fn stream_verified(
         &self,
         etag: &str,
         size: u64,
         start: u64,
         end: u64,
+        zero_copy: Option<&ZeroCopySink>,
     ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
-        use futures_util::future::Either;
-        let whole_in_memory =
-            |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
+        use futures_util::StreamExt;
+        let whole_in_memory = |bytes: Bytes| futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))).boxed();
         if size <= small::SMALL_BLOB_MAX
             && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
             && self.get(etag).is_some()
@@ -400,10 +433,37 @@ impl BlobStore {
         }
         let store = self.clone();
         let etag_owned = etag.to_owned();
-        Ok(Some(Either::Right(verified_range(blob, start, end, move || {
+        let on_corrupt = move || {
             warn!(etag = %etag_owned, "corrupt chunk in a stored blob; removing it so it is filled again");
             store.remove(&etag_owned);
-        }))))
+        };
+        Ok(Some(match zero_copy {
+            Some(sink) => {
+                let (store, etag_owned) = (self.clone(), etag.to_owned());
+                let checked_from = unix_seconds(std::time::SystemTime::now()) as i64;
+                let on_checked_whole = move |blob: &VerifiedBlob| store.record_checked(&etag_owned, blob, checked_from);
+                integrity::verified_spans(blob, start, end, sink.clone(), on_corrupt, on_checked_whole).boxed()
+            }
+            None => verified_range(blob, start, end, on_corrupt).boxed(),
+        }))
+    }
+
+    /// Records that every chunk of `blob` was found matching its sum by a check that began at
+    /// `checked_from` (Unix seconds): while its file stays as it is now, later reads need not check
+    /// it again ([`ReadChecks::OnceWhileScrubbed`]). Nothing is recorded when the file changed while
+    /// it was checked, or too shortly before.
+    fn record_checked(&self, etag: &str, blob: &VerifiedBlob, checked_from: i64) {
+        if self.inner.read_checks != ReadChecks::OnceWhileScrubbed || !blob.identity.settled_before(checked_from) {
+            return;
+        }
+        match integrity::FileIdentity::of(&blob.file) {
+            Ok(now) if now == blob.identity => {}
+            _ => return,
+        }
+        let mut memory = self.inner.sums_memory.lock().expect("sums memory poisoned");
+        if let Some(remembered) = memory.get_mut(etag).filter(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums)) {
+            remembered.checked = Some(blob.identity);
+        }
     }
 
     /// The blobs removed after `cursor` (0: from the start) and the cursor to pass next time.
@@ -554,15 +614,17 @@ impl BlobStore {
         let Some(stored) = self.lookup(etag, used) else { return Ok(None) };
         let (path, size, etag_owned) = (stored.path.clone(), stored.size, etag.to_owned());
         let remembered = self.inner.sums_memory.lock().expect("sums memory poisoned").get(etag).cloned();
+        let trust_checked = self.inner.read_checks == ReadChecks::OnceWhileScrubbed;
         let opened = tokio::task::spawn_blocking(move || -> io::Result<VerifiedBlob> {
             let file = if used { std::fs::File::open(&path)? } else { open_without_access_time(&path)? };
-            let length = file.metadata()?.len();
-            if length != size {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob has {length} bytes, expected {size}")));
+            let identity = integrity::FileIdentity::of(&file)?;
+            if identity.size() != size {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("blob has {} bytes, expected {size}", identity.size())));
             }
             let sums_file = integrity::sums_path(&path);
-            if let Some(sums) = remembered.filter(|sums| sums.len() as u64 == size.div_ceil(integrity::CHUNK)) {
-                return Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums });
+            if let Some(remembered) = remembered.filter(|remembered| remembered.sums.len() as u64 == size.div_ceil(integrity::CHUNK)) {
+                let checked = trust_checked && remembered.checked == Some(identity);
+                return Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums: remembered.sums, identity, checked });
             }
             let sums = match integrity::read_sums(&sums_file, size)? {
                 Some(sums) => sums,
@@ -586,19 +648,24 @@ impl BlobStore {
                     sums
                 }
             };
-            Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums: std::sync::Arc::new(sums) })
+            Ok(VerifiedBlob { file: std::sync::Arc::new(file), size, sums: std::sync::Arc::new(sums), identity, checked: false })
         })
         .await
         .map_err(io::Error::other)?;
         match opened {
             Ok(blob) => {
                 let mut memory = self.inner.sums_memory.lock().expect("sums memory poisoned");
+                // A scrub does not fill the memory with blobs nobody asked for.
+                if !used && !memory.contains_key(etag) {
+                    return Ok(Some(blob));
+                }
                 // A small bounded memory: forgetting everything at the bound is simpler than an LRU,
-                // and a forgotten entry costs one small file read.
+                // and a forgotten entry costs one small file read (and one more check of the blob).
                 if memory.len() >= SUMS_MEMORY_ENTRIES && !memory.contains_key(etag) {
                     memory.clear();
                 }
-                memory.insert(etag.to_owned(), blob.sums.clone());
+                let checked = memory.get(etag).filter(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums)).and_then(|remembered| remembered.checked);
+                memory.insert(etag.to_owned(), Remembered { sums: blob.sums.clone(), checked });
                 Ok(Some(blob))
             }
             Err(error) if error.kind() == io::ErrorKind::InvalidData || error.kind() == io::ErrorKind::NotFound => {

@@ -14,12 +14,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use xxhash_rust::xxh3::xxh3_64;
 
 pub use crate::config::ScrubSettings;
 
 use super::BlobStore;
-use super::integrity::{CHUNK, read_at};
+use super::integrity::{CHUNK, sum_at};
 
 /// What the scrubber did, for metrics.
 #[derive(Debug, Default)]
@@ -47,14 +46,12 @@ impl BlobStore {
     pub async fn scrub_blob(&self, etag: &str, rate: u64, read_bytes: &AtomicU64) -> io::Result<Scrubbed> {
         // open_verified rehashes a blob without sums against its etag, and removes it if it fails.
         let Some(blob) = self.open_verified_unused(etag).await? else { return Ok(Scrubbed::Gone) };
-        let file = blob.file.clone();
+        let checked_from = super::accounting::unix_seconds(std::time::SystemTime::now()) as i64;
         for (index, expected) in blob.sums.iter().copied().enumerate() {
             let offset = index as u64 * CHUNK;
             let length = CHUNK.min(blob.size - offset) as usize;
-            let file = file.clone();
-            let read = tokio::task::spawn_blocking(move || read_at(&file, offset, length).map(|chunk| xxh3_64(&chunk)))
-                .await
-                .map_err(io::Error::other)?;
+            let file = blob.file.clone();
+            let read = tokio::task::spawn_blocking(move || sum_at(&file, offset, length)).await.map_err(io::Error::other)?;
             match read {
                 Ok(sum) if sum == expected => {}
                 Ok(_) => {
@@ -77,6 +74,8 @@ impl BlobStore {
                 tokio::time::sleep(Duration::from_secs_f64(length as f64 / rate as f64)).await;
             }
         }
+        // A blob being served keeps its check for another scrub interval.
+        self.record_checked(etag, &blob, checked_from);
         Ok(Scrubbed::Clean)
     }
 

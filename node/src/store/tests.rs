@@ -97,7 +97,7 @@ async fn read_all(stream: impl futures_util::Stream<Item = std::io::Result<Bytes
 }
 
 fn open_store(directory: &std::path::Path, max: Option<u64>) -> BlobStore {
-    let store = BlobStore::open(directory, max, 0, CancellationToken::new()).unwrap();
+    let store = BlobStore::open(directory, max, 0, ReadChecks::OnceWhileScrubbed, CancellationToken::new()).unwrap();
     store.wait_scanned();
     store
 }
@@ -176,7 +176,7 @@ async fn a_crash_mid_fill_leaves_no_complete_looking_blob() {
     let etag = sha256_hex(&bytes);
     {
         let shutdown = CancellationToken::new();
-        let store = BlobStore::open(directory.path(), None, 0, shutdown.clone()).unwrap();
+        let store = BlobStore::open(directory.path(), None, 0, ReadChecks::OnceWhileScrubbed, shutdown.clone()).unwrap();
         let mut source = MemorySource::new(&bytes);
         source.hang = true;
         let FillOutcome::Filling(_fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(source)).unwrap() else { panic!() };
@@ -273,14 +273,14 @@ async fn a_corrupted_stored_chunk_is_never_sent_and_the_blob_is_dropped() {
     };
     assert_eq!(wait_done(&fill).await, FillState::Complete);
     let size = bytes.len() as u64;
-    let whole = read_all(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap()).await.unwrap();
+    let whole = read_all(store.stream_verified(&etag, size, 0, size, None).await.unwrap().unwrap()).await.unwrap();
     assert_eq!(whole, bytes);
     // Flip a byte in the second chunk.
     let path = store.get(&etag).unwrap().path;
     let mut on_disk = std::fs::read(&path).unwrap();
     on_disk[1_500_000] ^= 0xff;
     std::fs::write(&path, &on_disk).unwrap();
-    let mut stream = Box::pin(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap());
+    let mut stream = Box::pin(store.stream_verified(&etag, size, 0, size, None).await.unwrap().unwrap());
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first, bytes[..1 << 20], "the good first chunk goes out");
     assert!(stream.next().await.unwrap().is_err(), "the corrupt chunk does not");
@@ -308,7 +308,7 @@ async fn a_blob_without_sums_is_checked_in_full_once() {
     }
     let store = open_store(directory.path(), None);
     let size = bytes.len() as u64;
-    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none(), "a blob that fails its etag is not served");
+    assert!(store.stream_verified(&etag, size, 0, size, None).await.unwrap().is_none(), "a blob that fails its etag is not served");
     assert!(store.get(&etag).is_none());
 }
 
@@ -326,17 +326,17 @@ async fn a_small_blob_is_checked_once_then_served_from_memory_and_corruption_bef
     let mut on_disk = std::fs::read(&path).unwrap();
     on_disk[100] ^= 0xff;
     std::fs::write(&path, &on_disk).unwrap();
-    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none(), "a corrupt small blob is not served");
+    assert!(store.stream_verified(&etag, size, 0, size, None).await.unwrap().is_none(), "a corrupt small blob is not served");
     assert!(store.get(&etag).is_none() && !path.exists(), "and is dropped");
     // Filled again, served (read and checked once), then answered from memory, ranges too.
     let FillOutcome::Filling(fill) = store.fill_or_join(&etag, size, Arc::new(MemorySource::new(&bytes))).unwrap() else { panic!() };
     assert_eq!(wait_done(&fill).await, FillState::Complete);
-    assert_eq!(read_all(store.stream_verified(&etag, size, 0, size).await.unwrap().unwrap()).await.unwrap(), bytes);
+    assert_eq!(read_all(store.stream_verified(&etag, size, 0, size, None).await.unwrap().unwrap()).await.unwrap(), bytes);
     assert_eq!(store.small_blob_bytes(), bytes.len());
-    assert_eq!(read_all(store.stream_verified(&etag, size, 10, 20).await.unwrap().unwrap()).await.unwrap(), bytes[10..20]);
+    assert_eq!(read_all(store.stream_verified(&etag, size, 10, 20, None).await.unwrap().unwrap()).await.unwrap(), bytes[10..20]);
     // Removed from the store, it leaves memory too.
     store.remove(&etag);
-    assert!(store.stream_verified(&etag, size, 0, size).await.unwrap().is_none());
+    assert!(store.stream_verified(&etag, size, 0, size, None).await.unwrap().is_none());
     assert_eq!(store.small_blob_bytes(), 0);
 }
 
@@ -400,7 +400,7 @@ async fn blobs_on_disk_are_served_before_the_start_up_listing_ends_and_counted_o
     // A restart: the listing has not run yet.
     let store = BlobStore::open_unlisted(
         directory.path(),
-        Limits { max_bytes: None, min_free_bytes: 0, index_entries: 16 },
+        Limits { max_bytes: None, min_free_bytes: 0, index_entries: 16, read_checks: ReadChecks::OnceWhileScrubbed },
         CancellationToken::new(),
     )
     .unwrap();
@@ -439,7 +439,7 @@ async fn the_index_stays_bounded_and_cold_blobs_are_found_counted_and_evicted_ol
     let open = |max| {
         let store = BlobStore::open_with(
             directory.path(),
-            Limits { max_bytes: max, min_free_bytes: 0, index_entries: 3 },
+            Limits { max_bytes: max, min_free_bytes: 0, index_entries: 3, read_checks: ReadChecks::OnceWhileScrubbed },
             CancellationToken::new(),
         )
         .unwrap();
@@ -536,4 +536,83 @@ async fn readers_racing_fills_never_make_the_store_miscount() {
     }
     let usage = store.usage();
     assert_eq!((usage.num_blobs, usage.stored_bytes), (40, total));
+}
+
+/// Reads a zero-copy stream the way its connection would: every item must be a placeholder, and
+/// the bytes are those of the file stretch recorded for it.
+async fn read_zero_copy(
+    stream: impl futures_util::Stream<Item = std::io::Result<Bytes>>,
+    sink: &crate::common::zero_copy::ZeroCopySink,
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = Box::pin(stream);
+    let mut collected = Vec::new();
+    while let Some(placeholder) = stream.next().await {
+        let placeholder = placeholder?;
+        assert!(crate::common::zero_copy::is_placeholder(&placeholder), "a zero-copy stream yields placeholders only");
+        let span = sink.take().expect("a stretch recorded for each placeholder");
+        assert_eq!(span.length, placeholder.len());
+        let mut bytes = vec![0; span.length];
+        std::os::unix::fs::FileExt::read_exact_at(&*span.file, &mut bytes, span.offset)?;
+        collected.extend_from_slice(&bytes);
+    }
+    assert!(sink.take().is_none(), "no stretch without its placeholder");
+    Ok(collected)
+}
+
+async fn stored_blob(store: &BlobStore, bytes: &[u8]) -> String {
+    let etag = sha256_hex(bytes);
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(bytes))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    etag
+}
+
+#[tokio::test]
+async fn zero_copy_reads_check_every_chunk_until_the_file_was_checked_whole_and_again_once_it_changes() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes((3 << 20) + 1234);
+    let (etag, size) = (stored_blob(&store, &bytes).await, bytes.len() as u64);
+    let sink = crate::common::zero_copy::ZeroCopySink::default();
+    // Just written: checked on every read, and not trusted after, since its change time is too fresh
+    // to tell a later write apart.
+    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+    assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A range checks only its chunks and makes nothing trusted.
+    let range = store.stream_verified(&etag, size, 1_500_000, 2_600_000, Some(&sink)).await.unwrap().unwrap();
+    assert_eq!(read_zero_copy(range, &sink).await.unwrap(), bytes[1_500_000..2_600_000]);
+    assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
+    // A whole read of the settled file checks every chunk, and the file is then trusted as it is.
+    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+    assert!(store.open_verified(&etag).await.unwrap().unwrap().checked);
+    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 100, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes[100..]);
+    // Any write to the file ends the trust: the corrupt third chunk is found before it goes out.
+    let path = store.get(&etag).unwrap().path;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[bytes[2_200_000] ^ 1], 2_200_000).unwrap();
+    let blob = store.open_verified(&etag).await.unwrap().unwrap();
+    assert!(!blob.checked, "a file written to since its check is checked again");
+    drop(blob);
+    let mut stream = Box::pin(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap());
+    for _ in 0..2 {
+        assert!(stream.next().await.unwrap().is_ok(), "the good chunks go out");
+    }
+    assert!(stream.next().await.unwrap().is_err(), "the corrupt one does not");
+    assert!(store.get(&etag).is_none() && !path.exists(), "and the blob is dropped");
+}
+
+#[tokio::test]
+async fn a_store_that_checks_every_read_never_trusts_a_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(directory.path(), None, 0, ReadChecks::EveryRead, CancellationToken::new()).unwrap();
+    let bytes = test_bytes(2 << 20);
+    let (etag, size) = (stored_blob(&store, &bytes).await, bytes.len() as u64);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let sink = crate::common::zero_copy::ZeroCopySink::default();
+    for _ in 0..2 {
+        assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+    }
+    assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
 }

@@ -25,8 +25,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::connections::{ConnectionLimits, ConnectionSlot};
+use super::send_file::SendingFiles;
 use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarded_scheme, read_proxy_start};
 use super::tls::TlsState;
+use crate::common::zero_copy::ZeroCopySink;
 use crate::edge::RequestScheme;
 
 /// The first byte of a TLS handshake record.
@@ -150,11 +152,16 @@ async fn serve_connection(
             let accepted = tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await.context("TLS handshake timed out")??;
             let is_h2 = accepted.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             peer.tls = true;
-            serve_http(accepted, is_h2, peer, shared).await
+            serve_http(accepted, is_h2, peer, shared, None).await
         }
         _ => {
             let is_h2 = tokio::time::timeout(timeout, speaks_h2(&mut stream)).await.context("no request in time")??;
-            serve_http(stream, is_h2, peer, shared).await
+            if is_h2 {
+                return serve_http(stream, true, peer, shared, None).await;
+            }
+            // Plain HTTP/1.1: stored files go out with sendfile.
+            let sink = ZeroCopySink::default();
+            serve_http(SendingFiles::new(stream, sink.clone()), false, peer, shared, Some(sink)).await
         }
     }
 }
@@ -210,7 +217,8 @@ impl Drop for InFlightGuard {
     }
 }
 
-async fn serve_http<I>(io: I, is_h2: bool, peer: Peer, shared: &Listener) -> anyhow::Result<()>
+/// Serves HTTP on `io`; `zero_copy`: the sink its writer sends file stretches from (plain HTTP/1.1).
+async fn serve_http<I>(io: I, is_h2: bool, peer: Peer, shared: &Listener, zero_copy: Option<ZeroCopySink>) -> anyhow::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -229,6 +237,9 @@ where
             }
             request.extensions_mut().insert(ConnectInfo(client));
             request.extensions_mut().insert(RequestScheme(scheme));
+            if let Some(sink) = &zero_copy {
+                request.extensions_mut().insert(sink.clone());
+            }
             let (app, alt_svc) = (app.clone(), alt_svc.clone());
             let guard = in_flight.start();
             async move {
@@ -262,6 +273,9 @@ where
             // for the next request: it is also the idle timeout of a kept-alive connection.
             .header_read_timeout(settings.header_timeout)
             .max_headers(128usize)
+            // Body buffers handed to the writer as they are: zero-copy placeholders must not be
+            // copied (`send_file`).
+            .writev(true)
             .keep_alive(true);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         drive(connection, &shared.stop, None).await

@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, header and idle timeouts;
-//!   `coalesce`: an HTTP/2 connection's writes batched; `tls`: the certificate and its reloads;
+//!   `coalesce`: an HTTP/2 connection's writes batched; `send_file`: stored files sent with
+//!   `sendfile` on plain HTTP/1.1 connections; `tls`: the certificate and its reloads;
 //!   `proxy`: PROXY protocol and `X-Forwarded-For` from
 //!   trusted proxies; `connections`: connections bounded per client network and in total.
 //! - `http3`: HTTP/3 on the same port number over UDP (cargo feature `http3`).
@@ -21,5 +22,6 @@ pub mod http;
 pub mod http3;
 pub mod limits;
 pub mod proxy;
+mod send_file;
 pub mod sockets;
 pub mod tls;

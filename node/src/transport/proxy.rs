@@ -125,6 +125,11 @@ impl<S> Prefixed<S> {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
+
+    /// The stream the bytes after the prefix come from.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> Prefixed<S> {
