@@ -26,8 +26,8 @@ use crate::metadata::{METADATA_SERVICE, Metadata, MetadataService, MetadataSetti
 use crate::peers::{GossipMetrics, Peers, RaftMetrics, catalog_membership};
 use crate::rsync::daemon::Rsyncd;
 use crate::rsync::pins::Pins;
-use crate::store::{BlobStore, ReadChecks};
 use crate::store::scrub::{ScrubCounters, spawn_scrubber};
+use crate::store::{BlobStore, ReadChecks};
 use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
 use crate::transport::access_log::AccessLog;
 use crate::transport::admission::FrontDoor;

@@ -354,7 +354,8 @@ mod tests {
     fn offline_routers(directory: &std::path::Path) -> (Router, Router) {
         let catalog: Arc<dyn hfm_cluster::catalog::Catalog> =
             Arc::new(hfm_cluster::catalog::LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
-        let store = BlobStore::open(directory, None, 0, crate::store::ReadChecks::EveryRead, tokio_util::sync::CancellationToken::new()).unwrap();
+        let store =
+            BlobStore::open(directory, None, 0, crate::store::ReadChecks::EveryRead, tokio_util::sync::CancellationToken::new()).unwrap();
         let upstream = Upstream::new("http://127.0.0.1:9").unwrap();
         let settings = MetadataSettings {
             ref_ttl: std::time::Duration::from_secs(60),

@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::integrity::ChunkSummer;
 use super::source::{BlobSource, SourceError};
 use super::verify::ContentHasher;
+use crate::common::zero_copy::{FileSpan, ZeroCopySink};
 
 /// Bytes gathered before one write to the temp file; readers see progress in steps of this size.
 const WRITE_BATCH: usize = 512 << 10;
@@ -83,35 +84,54 @@ impl Fill {
     /// Streams `start..end` of the blob as the fill writes it. The stream ends with an error if the
     /// fill fails, so the client's connection is aborted instead of ending cleanly.
     pub fn reader(self: &Arc<Fill>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        self.follow(start, end, None)
+    }
+
+    /// [`Fill::reader`], yielding zero-copy placeholders for `zero_copy` when given (the connection
+    /// sends the bytes from the temp file itself, see `common::zero_copy`) instead of reading them.
+    pub fn follow(
+        self: &Arc<Fill>,
+        start: u64,
+        end: u64,
+        zero_copy: Option<ZeroCopySink>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         debug_assert!(start <= end && end <= self.size);
         let receiver = self.progress.subscribe();
-        futures_util::stream::unfold((self.clone(), receiver, start), move |(fill, mut receiver, position)| async move {
-            if position >= end {
-                return None;
-            }
-            loop {
-                let progress = *receiver.borrow_and_update();
-                if progress.state == FillState::Failed {
-                    let error = io::Error::other(format!("fill of {} failed", fill.etag));
-                    return Some((Err(error), (fill, receiver, end)));
+        futures_util::stream::unfold((self.clone(), receiver, start), move |(fill, mut receiver, position)| {
+            let zero_copy = zero_copy.clone();
+            async move {
+                if position >= end {
+                    return None;
                 }
-                let available = progress.written.min(end);
-                // The chunk that would end a response reaching the last byte of the blob is held back
-                // until the hash is checked: a client must never see a clean end of a corrupt file.
-                let reaches_the_end = end == fill.size && position + READ_CHUNK >= end;
-                if position < available && !(reaches_the_end && progress.state == FillState::Running) {
-                    let mut chunk = Box::pin(read_range(fill.file.clone(), position, available.min(position + READ_CHUNK)));
-                    return match chunk.next().await {
-                        Some(Ok(bytes)) => {
-                            let next = position + bytes.len() as u64;
-                            Some((Ok(bytes), (fill, receiver, next)))
+                loop {
+                    let progress = *receiver.borrow_and_update();
+                    if progress.state == FillState::Failed {
+                        let error = io::Error::other(format!("fill of {} failed", fill.etag));
+                        return Some((Err(error), (fill, receiver, end)));
+                    }
+                    let available = progress.written.min(end);
+                    // The chunk that would end a response reaching the last byte of the blob is held back
+                    // until the hash is checked: a client must never see a clean end of a corrupt file.
+                    let reaches_the_end = end == fill.size && position + READ_CHUNK >= end;
+                    if position < available && !(reaches_the_end && progress.state == FillState::Running) {
+                        let until = available.min(position + READ_CHUNK);
+                        if let Some(sink) = &zero_copy {
+                            let span = FileSpan { file: fill.file.clone(), offset: position, length: (until - position) as usize };
+                            return Some((Ok(sink.push(span)), (fill, receiver, until)));
                         }
-                        Some(Err(error)) => Some((Err(error), (fill, receiver, end))),
-                        None => Some((Err(io::Error::other("empty read")), (fill, receiver, end))),
-                    };
-                }
-                if receiver.changed().await.is_err() {
-                    return Some((Err(io::Error::other("fill vanished")), (fill, receiver, end)));
+                        let mut chunk = Box::pin(read_range(fill.file.clone(), position, until));
+                        return match chunk.next().await {
+                            Some(Ok(bytes)) => {
+                                let next = position + bytes.len() as u64;
+                                Some((Ok(bytes), (fill, receiver, next)))
+                            }
+                            Some(Err(error)) => Some((Err(error), (fill, receiver, end))),
+                            None => Some((Err(io::Error::other("empty read")), (fill, receiver, end))),
+                        };
+                    }
+                    if receiver.changed().await.is_err() {
+                        return Some((Err(io::Error::other("fill vanished")), (fill, receiver, end)));
+                    }
                 }
             }
         })

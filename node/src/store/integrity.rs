@@ -255,8 +255,8 @@ pub fn verified_spans(
                     let (file, from) = (blob.file.clone(), state.position);
                     let length = std::num::NonZeroU64::new(READ_AHEAD.min(end - from));
                     // Advice only: a failure costs a wait on the disk later, nothing else.
-                    let _ = tokio::task::spawn_blocking(move || rustix::fs::fadvise(&*file, from, length, rustix::fs::Advice::WillNeed))
-                        .await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || rustix::fs::fadvise(&*file, from, length, rustix::fs::Advice::WillNeed)).await;
                     state.read_ahead_to = from + READ_AHEAD;
                 }
             } else {
@@ -274,7 +274,8 @@ pub fn verified_spans(
                 }
             }
             let to = end.min(chunk_start + chunk_length as u64);
-            let placeholder = sink.push(FileSpan { file: blob.file.clone(), offset: state.position, length: (to - state.position) as usize });
+            let placeholder =
+                sink.push(FileSpan { file: blob.file.clone(), offset: state.position, length: (to - state.position) as usize });
             state.position = to;
             if to == end
                 && let Some(on_checked_whole) = state.on_checked_whole.take()

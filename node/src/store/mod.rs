@@ -401,7 +401,8 @@ impl BlobStore {
         zero_copy: Option<&ZeroCopySink>,
     ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
         use futures_util::StreamExt;
-        let whole_in_memory = |bytes: Bytes| futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))).boxed();
+        let whole_in_memory =
+            |bytes: Bytes| futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))).boxed();
         if size <= small::SMALL_BLOB_MAX
             && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
             && self.get(etag).is_some()
@@ -664,7 +665,10 @@ impl BlobStore {
                 if memory.len() >= SUMS_MEMORY_ENTRIES && !memory.contains_key(etag) {
                     memory.clear();
                 }
-                let checked = memory.get(etag).filter(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums)).and_then(|remembered| remembered.checked);
+                let checked = memory
+                    .get(etag)
+                    .filter(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums))
+                    .and_then(|remembered| remembered.checked);
                 memory.insert(etag.to_owned(), Remembered { sums: blob.sums.clone(), checked });
                 Ok(Some(blob))
             }

@@ -577,7 +577,10 @@ async fn zero_copy_reads_check_every_chunk_until_the_file_was_checked_whole_and_
     let sink = crate::common::zero_copy::ZeroCopySink::default();
     // Just written: checked on every read, and not trusted after, since its change time is too fresh
     // to tell a later write apart.
-    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+    assert_eq!(
+        read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(),
+        bytes
+    );
     assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // A range checks only its chunks and makes nothing trusted.
@@ -585,9 +588,15 @@ async fn zero_copy_reads_check_every_chunk_until_the_file_was_checked_whole_and_
     assert_eq!(read_zero_copy(range, &sink).await.unwrap(), bytes[1_500_000..2_600_000]);
     assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
     // A whole read of the settled file checks every chunk, and the file is then trusted as it is.
-    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+    assert_eq!(
+        read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(),
+        bytes
+    );
     assert!(store.open_verified(&etag).await.unwrap().unwrap().checked);
-    assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 100, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes[100..]);
+    assert_eq!(
+        read_zero_copy(store.stream_verified(&etag, size, 100, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(),
+        bytes[100..]
+    );
     // Any write to the file ends the trust: the corrupt third chunk is found before it goes out.
     let path = store.get(&etag).unwrap().path;
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -612,7 +621,31 @@ async fn a_store_that_checks_every_read_never_trusts_a_file() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let sink = crate::common::zero_copy::ZeroCopySink::default();
     for _ in 0..2 {
-        assert_eq!(read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(), bytes);
+        assert_eq!(
+            read_zero_copy(store.stream_verified(&etag, size, 0, size, Some(&sink)).await.unwrap().unwrap(), &sink).await.unwrap(),
+            bytes
+        );
     }
     assert!(!store.open_verified(&etag).await.unwrap().unwrap().checked);
+}
+
+#[tokio::test]
+async fn zero_copy_readers_of_a_fill_get_every_byte_and_never_a_clean_end_of_a_corrupt_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open_store(directory.path(), None);
+    let bytes = test_bytes((2 << 20) + 77);
+    let etag = sha256_hex(&bytes);
+    let sink = crate::common::zero_copy::ZeroCopySink::default();
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bytes.len() as u64, Arc::new(MemorySource::new(&bytes))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(read_zero_copy(fill.follow(0, fill.size, Some(sink.clone())), &sink).await.unwrap(), bytes);
+    assert_eq!(wait_done(&fill).await, FillState::Complete);
+    // A corrupt source: the readers' streams end in an error, never cleanly.
+    let bad = test_bytes(3 << 20);
+    let mut source = MemorySource::new(&bad);
+    source.corrupt = true;
+    let etag = sha256_hex(&bad);
+    let FillOutcome::Filling(fill) = store.fill_or_join(&etag, bad.len() as u64, Arc::new(source)).unwrap() else { panic!() };
+    assert!(read_zero_copy(fill.follow(0, fill.size, Some(sink.clone())), &sink).await.is_err());
 }

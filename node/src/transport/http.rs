@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::connections::{ConnectionLimits, ConnectionSlot};
-use super::send_file::SendingFiles;
 use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarded_scheme, read_proxy_start};
+use super::send_file::SendingFiles;
 use super::tls::TlsState;
 use crate::common::zero_copy::ZeroCopySink;
 use crate::edge::RequestScheme;
