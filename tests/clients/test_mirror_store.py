@@ -187,3 +187,32 @@ def test_a_corrupted_stored_blob_is_detected_not_served_and_filled_again(fake_hu
     r = mirror.request("GET", LFS)
     assert r.status == 200 and r.body == data
     assert any(meta["sha256"] in entry["path"] for entry in fake_hub.requests() if entry["server"] == "cdn"), "refilled from upstream"
+
+
+def test_a_blob_sent_without_reading_after_its_check_is_checked_again_once_its_file_changes(fake_hub, mirror):
+    """A blob whose every chunk was checked is then sent from its file as it is (sendfile), until the
+    file changes: a write to it, however small, makes the next read check every chunk again."""
+    meta = fake_hub.files()["model.safetensors"]
+    data = fake_hub.file("org/model", "model.safetensors")
+    r = mirror.request("GET", LFS)
+    assert r.status == 200 and r.body == data
+    blob = wait_until(lambda: next((p for p in (mirror.data_dir / "blobs").rglob(meta["sha256"]) if p.is_file()), None), "the blob on disk")
+    # A file changed within the last second is not trusted (file times tick coarsely): wait, then a
+    # whole read checks it and the next ones go out unread.
+    time.sleep(1.2)
+    for _ in range(3):
+        r = mirror.request("GET", LFS)
+        assert r.status == 200 and r.body == data
+    r = mirror.request("GET", LFS, headers={"Range": "bytes=100-2000"})
+    assert r.status == 206 and r.body == data[100:2001]
+    with open(blob, "r+b") as handle:
+        handle.seek(meta["size"] - 10)
+        byte = handle.read(1)
+        handle.seek(meta["size"] - 10)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    fake_hub.reset()
+    received = read_until_cut(mirror.url, LFS)
+    assert len(received) < meta["size"], "a blob changed on disk must not be served whole without a check"
+    assert data.startswith(received)
+    r = mirror.request("GET", LFS)
+    assert r.status == 200 and r.body == data

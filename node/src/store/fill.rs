@@ -116,7 +116,7 @@ impl Fill {
                     if position < available && !(reaches_the_end && progress.state == FillState::Running) {
                         let until = available.min(position + READ_CHUNK);
                         if let Some(sink) = &zero_copy {
-                            let span = FileSpan { file: fill.file.clone(), offset: position, length: (until - position) as usize };
+                            let span = FileSpan::new(fill.file.clone(), position, (until - position) as usize);
                             return Some((Ok(sink.push(span)), (fill, receiver, until)));
                         }
                         let mut chunk = Box::pin(read_range(fill.file.clone(), position, until));

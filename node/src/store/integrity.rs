@@ -274,8 +274,7 @@ pub fn verified_spans(
                 }
             }
             let to = end.min(chunk_start + chunk_length as u64);
-            let placeholder =
-                sink.push(FileSpan { file: blob.file.clone(), offset: state.position, length: (to - state.position) as usize });
+            let placeholder = sink.push(FileSpan::new(blob.file.clone(), state.position, (to - state.position) as usize));
             state.position = to;
             if to == end
                 && let Some(on_checked_whole) = state.on_checked_whole.take()

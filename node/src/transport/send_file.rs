@@ -36,20 +36,17 @@ impl SendingFiles {
         SendingFiles { inner, sink, sending: None }
     }
 
-    /// Sends (part of) the file stretch a placeholder of `length` bytes stands for; returns how
-    /// many of its bytes went, as a write of the placeholder would.
-    fn poll_send_span(&mut self, context: &mut Context<'_>, length: usize) -> Poll<io::Result<usize>> {
+    /// Sends (part of) the file stretch `placeholder` stands for; returns how many of its bytes
+    /// went, as a write of the placeholder would.
+    fn poll_send_span(&mut self, context: &mut Context<'_>, placeholder: &[u8]) -> Poll<io::Result<usize>> {
         if self.sending.is_none() {
             self.sending = self.sink.take();
         }
         let Some(span) = self.sending.as_mut() else {
             return Poll::Ready(Err(io::Error::other("a zero-copy placeholder with no file stretch recorded for it")));
         };
-        if span.length != length {
-            return Poll::Ready(Err(io::Error::other(format!(
-                "a zero-copy placeholder of {length} bytes where {} bytes of file were recorded",
-                span.length
-            ))));
+        if !span.is_placeholder_of(placeholder) {
+            return Poll::Ready(Err(io::Error::other("a zero-copy placeholder that is not the one recorded for the next file stretch")));
         }
         let socket = self.inner.get_ref();
         loop {
@@ -61,8 +58,7 @@ impl SendingFiles {
             match sent {
                 Ok(0) => return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stored file is shorter than its size"))),
                 Ok(sent) => {
-                    span.offset += sent as u64;
-                    span.length -= sent;
+                    span.advance(sent);
                     if span.length == 0 {
                         self.sending = None;
                     }
@@ -85,7 +81,7 @@ impl AsyncRead for SendingFiles {
 impl AsyncWrite for SendingFiles {
     fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         if is_placeholder(bytes) {
-            return self.poll_send_span(context, bytes.len());
+            return self.poll_send_span(context, bytes);
         }
         Pin::new(&mut self.inner).poll_write(context, bytes)
     }
@@ -95,7 +91,7 @@ impl AsyncWrite for SendingFiles {
         // alone (hyper comes back with the rest).
         let buffers = &buffers[buffers.iter().take_while(|buffer| buffer.is_empty()).count()..];
         match buffers.first() {
-            Some(first) if is_placeholder(first) => self.poll_send_span(context, first.len()),
+            Some(first) if is_placeholder(first) => self.poll_send_span(context, first),
             _ => {
                 let plain = buffers.iter().take_while(|buffer| !is_placeholder(buffer)).count();
                 Pin::new(&mut self.inner).poll_write_vectored(context, &buffers[..plain])
@@ -124,7 +120,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::common::zero_copy::placeholder;
 
     async fn connected() -> (SendingFiles, ZeroCopySink, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,8 +141,8 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|index| (index % 251) as u8).collect();
         let file = file_of(&data);
         let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        let first = sink.push(FileSpan { file: file.clone(), offset: 5, length: 1 << 20 });
-        let second = sink.push(FileSpan { file: file.clone(), offset: 2_000_000, length: 999_000 });
+        let first = sink.push(FileSpan::new(file.clone(), 5, 1 << 20));
+        let second = sink.push(FileSpan::new(file.clone(), 2_000_000, 999_000));
         let reader = tokio::spawn(async move {
             let mut received = Vec::new();
             client.read_to_end(&mut received).await.unwrap();
@@ -177,13 +172,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_placeholder_without_its_stretch_fails_and_sends_no_zeros() {
+    async fn a_placeholder_without_its_stretch_or_out_of_turn_fails_and_sends_no_zeros() {
         let (mut writer, sink, mut client) = connected().await;
-        let error = writer.write(&placeholder(100)).await.unwrap_err();
+        let other_sink = ZeroCopySink::default();
+        let stray = other_sink.push(FileSpan::new(file_of(b"abc"), 0, 3));
+        let error = writer.write(&stray).await.unwrap_err();
         assert!(error.to_string().contains("no file stretch"), "{error}");
-        // A stretch of another length than the placeholder is refused too.
-        sink.push(FileSpan { file: file_of(b"abc"), offset: 0, length: 3 });
-        assert!(writer.write(&placeholder(2)).await.is_err());
+        // Two spans recorded, the second's placeholder written first: refused.
+        let _first = sink.push(FileSpan::new(file_of(b"abc"), 0, 3));
+        let second = sink.push(FileSpan::new(file_of(b"xyz"), 0, 3));
+        let error = writer.write(&second).await.unwrap_err();
+        assert!(error.to_string().contains("not the one recorded"), "{error}");
         drop(writer);
         let mut received = Vec::new();
         client.read_to_end(&mut received).await.unwrap();
@@ -193,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_shorter_than_its_stretch_fails_the_write() {
         let (mut writer, sink, _client) = connected().await;
-        let body = sink.push(FileSpan { file: file_of(b"abc"), offset: 0, length: 10 });
+        let body = sink.push(FileSpan::new(file_of(b"abc"), 0, 10));
         let mut sent = 0;
         let error = loop {
             match writer.write(&body[sent..]).await {
