@@ -792,6 +792,18 @@ gossip_address = "ams1.test:7947"
     }
 
     #[test]
+    fn stored_blobs_are_checked_on_every_read_when_asked_or_while_no_scrubber_runs() {
+        assert!(!resolve(None, None, &Overrides::default()).unwrap().checks_every_read());
+        let asked = Overrides { verify_every_read: Some(true), ..Overrides::default() };
+        assert!(resolve(None, None, &asked).unwrap().checks_every_read());
+        let unscrubbed = Overrides { scrub_interval: Some("0".into()), ..Overrides::default() };
+        assert!(resolve(None, None, &unscrubbed).unwrap().checks_every_read());
+        let text = TOPOLOGY.replace("[defaults]\n", "[defaults]\nverify_every_read = true\n");
+        let topology = parse_topology(&text, "topology.toml").unwrap();
+        assert!(resolve(Some((&topology, "topology.toml")), Some("fra1"), &Overrides::default()).unwrap().checks_every_read());
+    }
+
+    #[test]
     fn embedded_default_needs_no_file() {
         let config = resolve(None, None, &Overrides::default()).unwrap();
         assert_eq!(config, NodeConfig::embedded_default());
