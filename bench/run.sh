@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks hf-mirror side by side, in one run, on this machine, with the server under test pinned to
 # CPU 0 and every client (curl, hey) pinned to CPU 1:
-#   1. a cold LFS download through the node, through nginx as a caching reverse proxy (proxy_cache with
+#   1. a cold LFS download (time to the last byte and to the first) through the node, through nginx as a caching reverse proxy (proxy_cache with
 #      slice 16m and cache lock, redirects to the CDN followed and cached: the recipe an operator would
 #      copy), and straight from the fake upstream (its Hub plus CDN redirect);
 #   2. the same file warm: the node against nginx serving the node's own blob file with sendfile and
@@ -90,18 +90,19 @@ nginx_worker=$(pgrep -P "$(cat "$work/nginx/nginx.pid")" | head -n 1)
 
 big_path=/bench/big/resolve/main/big.bin
 small_path=/org/model/resolve/main/config.json
-seconds() { # url: seconds for one full download, failing on a short or failed answer
-  local out; out=$(on_client curl -s -L -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$1")
+timed() { # url: "seconds to the last byte, seconds to the first" for one full download, failing on a short or failed answer
+  local out; out=$(on_client curl -s -L -o /dev/null -w '%{http_code} %{size_download} %{time_total} %{time_starttransfer}' "$1")
   set -- $out
   if [ "$1" != 200 ] || [ "$2" != "$size" ]; then echo "download of $1 failed: $out" >&2; exit 1; fi
-  echo "$3"
+  echo "$3 $4"
 }
-first_byte() { on_client curl -s -L -o /dev/null -r 0-0 -w '%{time_starttransfer}' "$1"; }
+seconds() { timed "$1" | cut -d' ' -f1; }
 rate() { python3 -c "import sys; print(f'{$size/float(sys.argv[1])/1e6:.0f}')" "$1"; }
 
-direct_cold=$(seconds "$hub$big_path")
-node_cold=$(seconds "$node$big_path")
-cache_cold=$(seconds "$cache$big_path")
+read -r direct_cold direct_first <<<"$(timed "$hub$big_path")"
+read -r node_cold node_first <<<"$(timed "$node$big_path")"
+read -r cache_cold cache_first <<<"$(timed "$cache$big_path")"
+ms() { python3 -c "print(f'{$1*1000:.1f}')"; }
 
 # The fill publishes the blob (fsync, rename) just after the last byte went out.
 blob=""
@@ -165,6 +166,7 @@ cat <<TABLE
 | measurement | hf-mirror | nginx static (sendfile) | nginx proxy_cache (slice 16m, lock) | direct from upstream | hf-mirror ratio |
 |---|---|---|---|---|---|
 | cold ${size} B download, s | $node_cold | — | $cache_cold | $direct_cold | node/direct = $(ratio "$node_cold" "$direct_cold"), cache/direct = $(ratio "$cache_cold" "$direct_cold") |
+| cold ${size} B download, time to first byte, ms | $(ms "$node_first") | — | $(ms "$cache_first") | $(ms "$direct_first") | node/direct = $(ratio "$node_first" "$direct_first") |
 | warm ${size} B download, best of 3, MB/s | $(rate "$node_warm") | $(rate "$static_warm") | $(rate "$cache_warm") | — | node/static = $(ratio "$static_warm" "$node_warm") |
 | warm small GET, req/s (hey -c 64, 10 s) | $node_get | $static_get | $cache_get | — | node/static = $(ratio "$node_get" "$static_get") |
 | warm small HEAD, req/s | $node_head | $static_head | $cache_head | — | node/static = $(ratio "$node_head" "$static_head") |

@@ -44,10 +44,8 @@ impl LocalBlobs for PeerFills {
         // holds the blob (a node ranked below the asker) answers from complete blobs only: its own
         // fill may be fed by the asker, and sharing it would make the two wait on each other.
         let Some(origin) = &request.origin else { return PeerOpen::NotHere };
-        if let Some(fill) = store.fill_in_progress(&request.etag) {
-            if fill.size == size {
-                return PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) };
-            }
+        if let Some(fill) = store.fill_in_progress(&request.etag).filter(|fill| fill.size == size) {
+            return PeerOpen::Sending { size, start, bytes: Box::pin(fill.reader(start, size)) };
         }
         // A draining node hands out what it has but starts nothing new: the asker's view of it lags.
         if self.peers.is_draining() {

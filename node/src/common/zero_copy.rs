@@ -108,7 +108,8 @@ mod tests {
         let second = sink.push(FileSpan::new(file, 0, 1000));
         assert!(is_placeholder(&first) && is_placeholder(&first[10..20]) && is_placeholder(&second));
         // The same bytes anywhere else are body bytes.
-        assert!(!is_placeholder(&first.to_vec()));
+        let copy = first.to_vec();
+        assert!(!is_placeholder(&copy));
         assert!(!is_placeholder(&[]));
         let mut span = sink.take().unwrap();
         assert_eq!((span.offset, span.length), (7, 1000));

@@ -164,7 +164,7 @@ async fn blob_body(
     }
     let origin = resolve_origin(repo, commit, path);
     if let Some(fill) = store.fill_in_progress(etag).filter(|fill| fill.size == size) {
-        return Ok(join_fill(hub, asker, &fill, etag, size, start, end, &origin).await);
+        return Ok(join_fill(hub, asker, &fill, start, end, &origin).await);
     }
     if !wants_whole_file(size, start, end) {
         debug!(%etag, start, end, size, "a small range of a cold file; answering it by a ranged request, unstored");
@@ -193,7 +193,7 @@ async fn blob_body(
                     drop(slot);
                 });
             }
-            let mut answer = join_fill(hub, asker, &fill, etag, size, start, end, &origin).await;
+            let mut answer = join_fill(hub, asker, &fill, start, end, &origin).await;
             if started {
                 answer.charged = Some(size.max(end - start));
             }
@@ -209,16 +209,8 @@ async fn blob_body(
 /// Reads `start..end` from a fill in progress. A range far beyond what the fill has written (a
 /// Parquet footer, a tensor at the end of a huge file) is answered straight from a source, unstored,
 /// while the fill goes on: clients give up when no byte comes for seconds.
-async fn join_fill(
-    hub: &HubApi,
-    asker: &Asker<'_>,
-    fill: &Arc<Fill>,
-    etag: &str,
-    size: u64,
-    start: u64,
-    end: u64,
-    origin: &str,
-) -> BlobBody {
+async fn join_fill(hub: &HubApi, asker: &Asker<'_>, fill: &Arc<Fill>, start: u64, end: u64, origin: &str) -> BlobBody {
+    let (etag, size) = (fill.etag.as_str(), fill.size);
     if start > fill.progress().written.saturating_add(RANGE_FIRST_GAP) {
         debug!(%etag, start, end, "range ahead of the fill; answering it from a source directly");
         let range_source = hub.sources.range_source(etag, size, origin).await;

@@ -568,10 +568,10 @@ impl BlobStore {
     }
 
     fn emit(&self, event: StoreEvent) {
-        if let Some(sender) = self.inner.events.lock().expect("events poisoned").as_ref() {
-            if let Err(error) = sender.try_send(event) {
-                debug!(%error, "store event dropped");
-            }
+        if let Some(sender) = self.inner.events.lock().expect("events poisoned").as_ref()
+            && let Err(error) = sender.try_send(event)
+        {
+            debug!(%error, "store event dropped");
         }
     }
 

@@ -15,7 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Writes at least this large are not held back: batching helps small responses only.
 const WRITE_NOW_FROM: usize = 16 << 10;
@@ -46,9 +46,7 @@ impl<T> Coalescing<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Coalescing<T> {
-    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(context, buffer)
-    }
+    pass_to_inner!(poll_read);
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
@@ -75,13 +73,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalescing<T> {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(context)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(context)
-    }
+    pass_to_inner!(poll_flush, poll_shutdown);
 }
 
 #[cfg(test)]

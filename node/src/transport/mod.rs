@@ -13,6 +13,29 @@
 //! - `sockets`: adopting sockets a supervisor bound (`HF_MIRROR_LISTEN_FDS`).
 //! - `admission`: the front door; `limits`: the per-client quotas; `access_log`: the anonymised log.
 
+/// The methods of an I/O wrapper that only pass the call on to its `inner` stream (the wrappers here
+/// change how bytes are written, not how they are read, flushed or shut down).
+macro_rules! pass_to_inner {
+    (poll_read) => {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+            buffer: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(context, buffer)
+        }
+    };
+    (poll_flush, poll_shutdown) => {
+        fn poll_flush(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(context)
+        }
+
+        fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(context)
+        }
+    };
+}
+
 pub mod access_log;
 pub mod admission;
 pub mod connections;
