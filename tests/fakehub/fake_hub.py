@@ -819,6 +819,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
 class BaseHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fakehub/1.0"
+    # http.server writes a response's head and body in separate sends; with Nagle's algorithm on, the
+    # body of a response on a kept-alive connection waits for the client's delayed ACK of the head
+    # (40 ms), which no real Hub front end does.
+    disable_nagle_algorithm = True
     role = "hub"
     runtime: Runtime = None  # set on the subclass
     verbose = False
