@@ -6,7 +6,8 @@
 #      copy), and straight from the fake upstream (its Hub plus CDN redirect);
 #   2. the same file warm: the node against nginx serving the node's own blob file with sendfile and
 #      against the warm nginx cache;
-#   3. warm small-file GET and HEAD requests/s (hey -c 64, 10 s): node, nginx static, nginx cache;
+#   3. warm small-file GET requests/s (h2load --h1 -c 64), GET and HEAD (hey -c 64, 10 s, as before):
+#      node, nginx static, nginx cache;
 #   4. 32 concurrent warm downloads of the big file: server CPU seconds per GiB sent and peak RSS, for
 #      the node and for nginx static (one worker).
 # Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
 size=${1:-1073741824}
-bench_setup hfm-bench nginx=nginx hey=hey curl=curl taskset=util-linux
+bench_setup hfm-bench nginx=nginx hey=hey h2load=nghttp2-client curl=curl taskset=util-linux
 server_cpu=0
 client_cpu=1
 on_client() { taskset -c "$client_cpu" "$@"; }
@@ -134,6 +135,17 @@ hey_rps() { # method url
   on_client hey -z 10s -c 64 -m "$1" "$2" >"$work/hey.out"
   awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/hey.out"
 }
+# h2load as well: hey tops out at about 45k requests/s on one core, below what nginx serves, so its
+# rows compare hey more than the servers; h2load (nghttp2, C) does not.
+h2load_rps() { # url: GET only (h2load's HTTP/1.1 client cannot read an answer to HEAD)
+  local out
+  out=$(on_client h2load --h1 -n 300000 -c 64 "$1" 2>&1)
+  if ! grep -q ' 0 failed, 0 errored' <<<"$out"; then echo "h2load $1 failed: $(grep -E 'requests:|status codes:' <<<"$out")" >&2; exit 1; fi
+  awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out"
+}
+node_get_h2load=$(h2load_rps "$node$small_path")
+static_get_h2load=$(h2load_rps "$static/small/config.json")
+cache_get_h2load=$(h2load_rps "$cache$small_path")
 node_get=$(hey_rps GET "$node$small_path")
 node_head=$(hey_rps HEAD "$node$small_path")
 static_get=$(hey_rps GET "$static/small/config.json")
@@ -168,8 +180,9 @@ cat <<TABLE
 | cold ${size} B download, s | $node_cold | — | $cache_cold | $direct_cold | node/direct = $(ratio "$node_cold" "$direct_cold"), cache/direct = $(ratio "$cache_cold" "$direct_cold") |
 | cold ${size} B download, time to first byte, ms | $(ms "$node_first") | — | $(ms "$cache_first") | $(ms "$direct_first") | node/direct = $(ratio "$node_first" "$direct_first") |
 | warm ${size} B download, best of 3, MB/s | $(rate "$node_warm") | $(rate "$static_warm") | $(rate "$cache_warm") | — | node/static = $(ratio "$static_warm" "$node_warm") |
+| warm small GET, req/s (h2load --h1 -c 64, 300k requests) | $node_get_h2load | $static_get_h2load | $cache_get_h2load | — | node/static = $(ratio "$node_get_h2load" "$static_get_h2load") |
 | warm small GET, req/s (hey -c 64, 10 s) | $node_get | $static_get | $cache_get | — | node/static = $(ratio "$node_get" "$static_get") |
-| warm small HEAD, req/s | $node_head | $static_head | $cache_head | — | node/static = $(ratio "$node_head" "$static_head") |
+| warm small HEAD, req/s (hey) | $node_head | $static_head | $cache_head | — | node/static = $(ratio "$node_head" "$static_head") |
 | 32 concurrent warm downloads: server CPU s per GiB | $node_cpu | $static_cpu | — | — | node/static = $(ratio "$node_cpu" "$static_cpu") |
 | 32 concurrent warm downloads: sampled peak RSS, MiB (before) | $(mib "$node_peak") ($(mib "$node_rss0")) | $(mib "$static_peak") ($(mib "$static_rss0")) | — | — | |
 TABLE
