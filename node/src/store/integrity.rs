@@ -85,6 +85,36 @@ pub struct VerifiedBlob {
     pub checked: bool,
 }
 
+impl VerifiedBlob {
+    /// The chunk `position` falls in: its index, first byte and length.
+    fn chunk_at(&self, position: u64) -> (u64, u64, usize) {
+        let index = position / CHUNK;
+        let chunk_start = index * CHUNK;
+        (index, chunk_start, CHUNK.min(self.size - chunk_start) as usize)
+    }
+
+    /// Reads chunk `index` on the blocking pool with `read` (which returns the chunk's sum and what
+    /// the caller keeps of it) and checks the sum: a mismatch runs `on_corrupt` and is the error
+    /// that ends the caller's stream.
+    async fn checked_chunk<T: Send + 'static>(
+        &self,
+        index: u64,
+        read: impl FnOnce(&std::fs::File, u64, usize) -> io::Result<(u64, T)> + Send + 'static,
+        on_corrupt: &(dyn Fn() + Send + Sync),
+    ) -> io::Result<T> {
+        let (_, chunk_start, chunk_length) = self.chunk_at(index * CHUNK);
+        let (file, expected) = (self.file.clone(), self.sums[index as usize]);
+        let (sum, kept) = tokio::task::spawn_blocking(move || read(&file, chunk_start, chunk_length))
+            .await
+            .unwrap_or_else(|error| Err(io::Error::other(error)))?;
+        if sum != expected {
+            on_corrupt();
+            return Err(io::Error::other(format!("stored blob chunk {index} is corrupt")));
+        }
+        Ok(kept)
+    }
+}
+
 /// What says a file is the one that was checked: which file it is and when it last changed. Any
 /// write to it, a truncation or a replacement changes one of these; the change time cannot be set
 /// back by anyone but the kernel.
@@ -191,21 +221,12 @@ pub fn verified_range(
             if position >= end {
                 return None;
             }
-            let index = position / CHUNK;
-            let chunk_start = index * CHUNK;
-            let chunk_length = CHUNK.min(blob.size - chunk_start) as usize;
-            let (file, expected) = (blob.file.clone(), blob.sums[index as usize]);
-            let read = tokio::task::spawn_blocking(move || read_at(&file, chunk_start, chunk_length))
-                .await
-                .unwrap_or_else(|error| Err(io::Error::other(error)));
-            let chunk = match read {
+            let (index, chunk_start, chunk_length) = blob.chunk_at(position);
+            let read = |file: &std::fs::File, offset, length| read_at(file, offset, length).map(|chunk| (xxh3_64(&chunk), chunk));
+            let chunk = match blob.checked_chunk(index, read, &*on_corrupt).await {
                 Ok(chunk) => chunk,
                 Err(error) => return Some((Err(error), (blob, end))),
             };
-            if xxh3_64(&chunk) != expected {
-                on_corrupt();
-                return Some((Err(io::Error::other(format!("stored blob chunk {index} is corrupt"))), (blob, end)));
-            }
             let from = (position - chunk_start) as usize;
             let to = (end.min(chunk_start + chunk_length as u64) - chunk_start) as usize;
             let next = chunk_start + to as u64;
@@ -247,9 +268,7 @@ pub fn verified_spans(
         async move {
             let mut state = state.filter(|state| state.position < end)?;
             let blob = &state.blob;
-            let index = state.position / CHUNK;
-            let chunk_start = index * CHUNK;
-            let chunk_length = CHUNK.min(blob.size - chunk_start) as usize;
+            let (index, chunk_start, chunk_length) = blob.chunk_at(state.position);
             if blob.checked {
                 if state.position >= state.read_ahead_to {
                     let (file, from) = (blob.file.clone(), state.position);
@@ -260,17 +279,9 @@ pub fn verified_spans(
                     state.read_ahead_to = from + READ_AHEAD;
                 }
             } else {
-                let (file, expected) = (blob.file.clone(), blob.sums[index as usize]);
-                let sum = tokio::task::spawn_blocking(move || sum_at(&file, chunk_start, chunk_length))
-                    .await
-                    .unwrap_or_else(|error| Err(io::Error::other(error)));
-                match sum {
-                    Ok(sum) if sum == expected => {}
-                    Ok(_) => {
-                        on_corrupt();
-                        return Some((Err(io::Error::other(format!("stored blob chunk {index} is corrupt"))), None));
-                    }
-                    Err(error) => return Some((Err(error), None)),
+                let sum = |file: &std::fs::File, offset, length| sum_at(file, offset, length).map(|sum| (sum, ()));
+                if let Err(error) = blob.checked_chunk(index, sum, &*on_corrupt).await {
+                    return Some((Err(error), None));
                 }
             }
             let to = end.min(chunk_start + chunk_length as u64);

@@ -400,9 +400,9 @@ impl BlobStore {
         end: u64,
         zero_copy: Option<&ZeroCopySink>,
     ) -> io::Result<Option<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static>> {
-        use futures_util::StreamExt;
+        use futures_util::future::Either;
         let whole_in_memory =
-            |bytes: Bytes| futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))).boxed();
+            |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
         if size <= small::SMALL_BLOB_MAX
             && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
             && self.get(etag).is_some()
@@ -438,15 +438,15 @@ impl BlobStore {
             warn!(etag = %etag_owned, "corrupt chunk in a stored blob; removing it so it is filled again");
             store.remove(&etag_owned);
         };
-        Ok(Some(match zero_copy {
+        Ok(Some(Either::Right(match zero_copy {
             Some(sink) => {
                 let (store, etag_owned) = (self.clone(), etag.to_owned());
                 let checked_from = unix_seconds(std::time::SystemTime::now()) as i64;
                 let on_checked_whole = move |blob: &VerifiedBlob| store.record_checked(&etag_owned, blob, checked_from);
-                integrity::verified_spans(blob, start, end, sink.clone(), on_corrupt, on_checked_whole).boxed()
+                Either::Left(integrity::verified_spans(blob, start, end, sink.clone(), on_corrupt, on_checked_whole))
             }
-            None => verified_range(blob, start, end, on_corrupt).boxed(),
-        }))
+            None => Either::Right(verified_range(blob, start, end, on_corrupt)),
+        })))
     }
 
     /// Records that every chunk of `blob` was found matching its sum by a check that began at
@@ -665,11 +665,10 @@ impl BlobStore {
                 if memory.len() >= SUMS_MEMORY_ENTRIES && !memory.contains_key(etag) {
                     memory.clear();
                 }
-                let checked = memory
-                    .get(etag)
-                    .filter(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums))
-                    .and_then(|remembered| remembered.checked);
-                memory.insert(etag.to_owned(), Remembered { sums: blob.sums.clone(), checked });
+                // Sums read anew replace what was remembered, and what was recorded with them.
+                if !memory.get(etag).is_some_and(|remembered| Arc::ptr_eq(&remembered.sums, &blob.sums)) {
+                    memory.insert(etag.to_owned(), Remembered { sums: blob.sums.clone(), checked: None });
+                }
                 Ok(Some(blob))
             }
             Err(error) if error.kind() == io::ErrorKind::InvalidData || error.kind() == io::ErrorKind::NotFound => {
