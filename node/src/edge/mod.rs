@@ -27,7 +27,7 @@ use bytes::Bytes;
 use hfm_cluster::types::RepoKey;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use tracing::{field, warn};
+use tracing::{Instrument, info_span, warn};
 
 pub use self::operator::{Operator, OperatorToken};
 use crate::blobs::BlobSources;
@@ -162,12 +162,7 @@ async fn handle(State(state): State<EdgeState>, mut request: Request) -> Respons
         Some(()) => dispatch(&state, request).await,
         None => (Err(HubError::route_not_found()), "invalid", None),
     };
-    let mut response = answered.unwrap_or_else(|error| {
-        if error.source == ErrorSource::Internal {
-            warn!(%error, "internal error");
-        }
-        error.into_response()
-    });
+    let mut response = answered.unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(Answered { route: route_label, repo });
     response
 }
@@ -190,15 +185,18 @@ fn require_read(method: &Method) -> Result<(), HubError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestScheme(pub &'static str);
 
-/// Names the request's repository, revision and file on the request's span.
-pub(super) fn record_span(repo: &RepoKey, revision: Option<&str>, path: Option<&str>) {
-    let span = tracing::Span::current();
-    span.record("repo", field::display(repo));
-    if let Some(revision) = revision {
-        span.record("rev", revision);
-    }
-    if let Some(path) = path {
-        span.record("file", path);
+/// The request's span, made once its route is known: the repository, revision and file it names
+/// (or its path), so that every line logged while answering it says what it was for. Made whole
+/// in one go: fields recorded later would each be formatted again.
+fn request_span(method: &Method, uri: &http::Uri, route: &Route) -> tracing::Span {
+    match route {
+        Route::Resolve { repo, revision, path } | Route::Tree { repo, revision, path } => {
+            info_span!("request", %method, %repo, rev = %revision, file = %path)
+        }
+        Route::RepoInfo { repo, revision } => info_span!("request", %method, %repo, rev = revision.as_deref()),
+        Route::PathsInfo { repo, revision } => info_span!("request", %method, %repo, rev = %revision),
+        Route::Refs { repo } => info_span!("request", %method, %repo),
+        _ => info_span!("request", %method, path = %uri.path()),
     }
 }
 
@@ -217,7 +215,18 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
     let repo = route.repo().map(ToString::to_string);
     let method = request.method().clone();
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
-    let answered = answer(state, request, route, method).await;
+    let span = request_span(&method, request.uri(), &route);
+    let answered = async {
+        let answered = answer(state, request, route, method).await;
+        if let Err(error) = &answered
+            && error.source == ErrorSource::Internal
+        {
+            warn!(%error, "internal error");
+        }
+        answered
+    }
+    .instrument(span)
+    .await;
     if let Ok(response) = &answered
         && is_metadata
         && response.status().is_success()
@@ -240,27 +249,22 @@ async fn answer(state: &EdgeState, request: Request, route: Route, method: Metho
         Route::SiteStatus => state.site.status(&request.into_parts().0).await,
         Route::XetToken => Err(HubError::xet_not_served()),
         Route::Resolve { repo, revision, path } => {
-            record_span(&repo, Some(&revision), Some(&path));
             require_read(&method)?;
             resolve::resolve(hub, request, &repo, &revision, &path).await
         }
         Route::RepoInfo { repo, revision } => {
-            record_span(&repo, revision.as_deref(), None);
             require_read(&method)?;
             api::repo_info(hub, request, &repo, revision.as_deref()).await
         }
         Route::Tree { repo, revision, path } => {
-            record_span(&repo, Some(&revision), Some(&path));
             require_read(&method)?;
             api::tree(hub, request, &repo, &revision, &path).await
         }
         Route::PathsInfo { repo, revision } => {
-            record_span(&repo, Some(&revision), None);
             require_method(&method, &[Method::POST])?;
             api::paths_info(hub, request, &repo, &revision).await
         }
         Route::Refs { repo } => {
-            record_span(&repo, None, None);
             require_read(&method)?;
             api::refs(hub, request, &repo).await
         }

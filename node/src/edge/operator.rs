@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 use tracing::info;
 
-use super::{json_response, record_span, require_method};
+use super::{json_response, require_method};
 use crate::blobs::Replicas;
 use crate::hub::{CacheStatus, ErrorSource, HubError};
 use crate::peers::Peers;
@@ -163,7 +163,6 @@ impl Operator {
             self.pins.status().await?
         } else {
             let (repo, revision) = pin_target(request.uri().query().unwrap_or(""))?;
-            record_span(&repo, Some(&revision), None);
             if method == Method::POST { self.pins.pin(&repo, &revision).await? } else { self.pins.unpin(&repo).await? }
         };
         Ok(pretty_json(method, &answer))

@@ -366,6 +366,12 @@ impl BlobStore {
 
     /// Returns the blob if this node holds it; marks it used when `used` (a scrub does not).
     fn lookup(&self, etag: &str, used: bool) -> Option<StoredBlob> {
+        let size = self.held_size(etag, used)?;
+        Some(StoredBlob { path: self.blob_path(etag), size })
+    }
+
+    /// The size of the blob if this node holds it; marks it used when `used`.
+    fn held_size(&self, etag: &str, used: bool) -> Option<u64> {
         let key = BlobKey::parse(etag)?;
         let now = unix_seconds(std::time::SystemTime::now());
         let indexed = {
@@ -384,7 +390,7 @@ impl BlobStore {
                 size
             }
         };
-        Some(StoredBlob { path: self.blob_path(etag), size })
+        Some(size)
     }
 
     /// Streams `start..end` of a stored blob, every chunk checked against its sum first (or, under
@@ -405,7 +411,7 @@ impl BlobStore {
             |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
         if size <= small::SMALL_BLOB_MAX
             && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
-            && self.get(etag).is_some()
+            && self.held_size(etag, true).is_some()
         {
             return Ok(Some(whole_in_memory(bytes)));
         }

@@ -4,8 +4,10 @@
 //! daily aggregates (`daily-YYYY-MM-DD.json`: requests, bytes and hit ratio per repository and per
 //! status) and deleted.
 //!
-//! Lines go through a bounded queue to one writer task; when the disk cannot keep up, lines are
-//! dropped and counted rather than slowing requests down.
+//! A request queues what it knows as it is ([`Requested`]: shared handles to its method, path and
+//! user agent, no copies) through a bounded queue to one writer task, which formats, anonymises and
+//! appends the lines on its tick; when the disk cannot keep up, lines are dropped and counted rather
+//! than slowing requests down.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -86,6 +88,132 @@ impl AccessLine {
     }
 }
 
+/// Who asked for what, copied from a request before it is answered (the path and user agent in
+/// one allocation); queued with its [`Answer`] as is, and turned into a line by the writer, which
+/// formats the time and anonymises the address off the request's path.
+pub struct Requested {
+    method: http::Method,
+    /// The path, then the user agent (cut at [`USER_AGENT_BYTES`]).
+    text: String,
+    path_len: usize,
+    client: Option<IpAddr>,
+}
+
+/// The most user-agent bytes queued (a line keeps 512 characters, at most this many bytes).
+const USER_AGENT_BYTES: usize = 512 * 4;
+
+/// How a request was answered.
+pub struct Answer {
+    pub at: SystemTime,
+    pub status: u16,
+    /// The bytes the response declared.
+    pub bytes: u64,
+    pub duration: Duration,
+    pub cache: &'static str,
+    pub repo: Option<String>,
+}
+
+impl Requested {
+    /// `path`: the path only (a query may carry secrets); `user_agent`: `None` when there is none
+    /// or it is not text.
+    pub fn new(method: &http::Method, path: &str, user_agent: Option<&str>, client: Option<IpAddr>) -> Requested {
+        let user_agent = user_agent.unwrap_or("-");
+        let mut cut = user_agent.len().min(USER_AGENT_BYTES);
+        while !user_agent.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut text = String::with_capacity(path.len() + cut);
+        text.push_str(path);
+        text.push_str(&user_agent[..cut]);
+        Requested { method: method.clone(), text, path_len: path.len(), client }
+    }
+
+    /// The line written for it, as a value (what [`Requested::write_line`] writes, parsed back).
+    #[cfg(test)]
+    fn into_line(self, answer: Answer) -> AccessLine {
+        let (path, user_agent) = self.text.split_at(self.path_len);
+        let Answer { at, status, bytes, duration, cache, repo } = answer;
+        AccessLine::new(at, self.method.as_str(), path, status, bytes, duration, cache, user_agent, self.client, repo)
+    }
+
+    /// Appends its JSON line (the fields of [`AccessLine`], in its order) to `out`, the time's
+    /// second from `clock`. Written directly rather than through an [`AccessLine`]: the writer
+    /// formats every request's line, and building one costs as many allocations as it has fields.
+    fn write_line(&self, answer: &Answer, clock: &mut SecondClock, out: &mut Vec<u8>) {
+        let (path, user_agent) = self.text.split_at(self.path_len);
+        let user_agent = match user_agent.char_indices().nth(512) {
+            Some((cut, _)) => &user_agent[..cut],
+            None => user_agent,
+        };
+        let since_epoch = answer.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let json_text = |out: &mut Vec<u8>, text: &str| serde_json::to_writer(&mut *out, text).expect("writing to memory");
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(clock.second(since_epoch.as_secs()).as_bytes());
+        let _ = write!(out, ".{:03}Z\",\"method\":", since_epoch.subsec_millis());
+        json_text(out, self.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        json_text(out, path);
+        let _ = write!(
+            out,
+            ",\"status\":{},\"bytes\":{},\"duration_ms\":{},\"cache\":",
+            answer.status,
+            answer.bytes,
+            answer.duration.as_millis() as u64
+        );
+        json_text(out, answer.cache);
+        out.extend_from_slice(b",\"user_agent\":");
+        json_text(out, user_agent);
+        match self.client {
+            Some(address) => {
+                let _ = write!(out, ",\"client\":\"{}\"", crate::common::net::anonymise(address));
+            }
+            None => out.extend_from_slice(b",\"client\":\"-\""),
+        }
+        out.extend_from_slice(b",\"repo\":");
+        match &answer.repo {
+            Some(repo) => json_text(out, repo),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// The UTC second a line's time starts with (`YYYY-MM-DDTHH:MM:SS`), formatted once per second.
+#[derive(Default)]
+struct SecondClock {
+    seconds: Option<u64>,
+    text: String,
+}
+
+impl SecondClock {
+    fn second(&mut self, seconds: u64) -> &str {
+        if self.seconds != Some(seconds) {
+            self.text = crate::common::time::utc_time(seconds, false).trim_end_matches('Z').to_owned();
+            self.seconds = Some(seconds);
+        }
+        &self.text
+    }
+}
+
+/// Appends queued requests' lines to the files of their days.
+fn append_requests(directory: &Path, batch: &[(Requested, Answer)]) -> std::io::Result<()> {
+    let mut clock = SecondClock::default();
+    let mut by_day: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut day = (None, String::new());
+    for (requested, answer) in batch {
+        let seconds = answer.at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if day.0 != Some(seconds / 86_400) {
+            day = (Some(seconds / 86_400), clock.second(seconds)[..10].to_owned());
+        }
+        let text = match by_day.get_mut(&day.1) {
+            Some(text) => text,
+            None => by_day.entry(day.1.clone()).or_default(),
+        };
+        requested.write_line(answer, &mut clock, text);
+    }
+    append_days(directory, by_day)
+}
+
 /// The day name of a time.
 fn day_of(at: SystemTime) -> String {
     crate::common::time::utc_day(at)
@@ -94,7 +222,7 @@ fn day_of(at: SystemTime) -> String {
 /// A handle to the log; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    sender: tokio::sync::mpsc::Sender<AccessLine>,
+    sender: tokio::sync::mpsc::Sender<(Requested, Answer)>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -102,7 +230,7 @@ impl AccessLog {
     /// Starts the writer for `directory`; it writes what is queued, then stops, on `shutdown`.
     pub fn spawn(directory: PathBuf, shutdown: CancellationToken) -> std::io::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(&directory)?;
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<AccessLine>(QUEUE);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<(Requested, Answer)>(QUEUE);
         let task = tokio::spawn(async move {
             let mut last_maintained = String::new();
             loop {
@@ -124,7 +252,7 @@ impl AccessLog {
                     let today = day_of(SystemTime::now());
                     let maintain = std::mem::replace(&mut last_maintained, today.clone()) != today;
                     let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                        append(&directory, &batch)?;
+                        append_requests(&directory, &batch)?;
                         if maintain {
                             reduce_old_days(&directory, SystemTime::now())?;
                         }
@@ -143,9 +271,9 @@ impl AccessLog {
         Ok((AccessLog { sender, dropped: Arc::new(AtomicU64::new(0)) }, task))
     }
 
-    /// Queues a line; drops it (and counts it) when the writer is behind.
-    pub fn record(&self, line: AccessLine) {
-        if self.sender.try_send(line).is_err() {
+    /// Queues a request's line; drops it (and counts it) when the writer is behind.
+    pub fn record(&self, requested: Requested, answer: Answer) {
+        if self.sender.try_send((requested, answer)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -163,6 +291,15 @@ impl crate::telemetry::MetricSource for AccessLog {
     }
 }
 
+/// Appends each day's text to that day's file.
+fn append_days<D: std::fmt::Display>(directory: &Path, by_day: BTreeMap<D, Vec<u8>>) -> std::io::Result<()> {
+    for (day, text) in by_day {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(directory.join(format!("access-{day}.jsonl")))?;
+        file.write_all(&text)?;
+    }
+    Ok(())
+}
+
 /// Appends lines to the files of their days.
 pub fn append(directory: &Path, lines: &[AccessLine]) -> std::io::Result<()> {
     let mut by_day: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
@@ -171,11 +308,7 @@ pub fn append(directory: &Path, lines: &[AccessLine]) -> std::io::Result<()> {
         serde_json::to_writer(&mut *text, line)?;
         text.push(b'\n');
     }
-    for (day, text) in by_day {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(directory.join(format!("access-{day}.jsonl")))?;
-        file.write_all(&text)?;
-    }
-    Ok(())
+    append_days(directory, by_day)
 }
 
 /// Writes the anonymous aggregate of every complete day (before `now`'s) that has none yet, and
@@ -250,6 +383,65 @@ mod tests {
             Some(client.parse().unwrap()),
             repo.map(str::to_owned),
         )
+    }
+
+    #[test]
+    fn queued_requests_are_written_as_the_lines_they_stand_for() {
+        let directory = tempfile::tempdir().unwrap();
+        let hostile_agent = format!("agent \"quoted\" \\ \u{1}\n{}", "é".repeat(600));
+        let cases = [
+            (
+                http::Method::GET,
+                "/org/model/resolve/main/config.json",
+                Some("huggingface_hub/2.4.0"),
+                Some("203.0.113.9".parse().unwrap()),
+                Some("model:org/model"),
+                at_day(0, 86_399) + Duration::from_millis(999),
+            ),
+            (
+                http::Method::HEAD,
+                "/a\"b/\u{7f}",
+                Some(hostile_agent.as_str()),
+                Some("2001:db8:aaaa:bbbb::1".parse().unwrap()),
+                None,
+                at_day(1, 0),
+            ),
+            (
+                http::Method::from_bytes(b"PROPFIND").unwrap(),
+                "/",
+                None,
+                None,
+                Some("dataset:o/\"x\""),
+                at_day(1, 5) + Duration::from_millis(7),
+            ),
+        ];
+        let mut batch = Vec::new();
+        let mut expected = Vec::new();
+        for (method, path, agent, client, repo, at) in cases {
+            let answer = || Answer {
+                at,
+                status: 206,
+                bytes: 12_345,
+                duration: Duration::from_micros(7_900),
+                cache: "HIT",
+                repo: repo.map(str::to_owned),
+            };
+            expected.push(Requested::new(&method, path, agent, client).into_line(answer()));
+            batch.push((Requested::new(&method, path, agent, client), answer()));
+        }
+        append_requests(directory.path(), &batch).unwrap();
+        let read = |day: &str| -> Vec<AccessLine> {
+            let text = std::fs::read_to_string(directory.path().join(format!("access-{day}.jsonl"))).unwrap();
+            text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+        };
+        assert_eq!(read("2026-01-01"), expected[..1]);
+        assert_eq!(read("2026-01-02"), expected[1..]);
+        assert_eq!(expected[0].time, "2026-01-01T23:59:59.999Z");
+        assert_eq!(expected[1].user_agent.chars().count(), 512);
+        assert_eq!(
+            (expected[1].client.as_str(), expected[2].client.as_str(), expected[2].user_agent.as_str()),
+            ("2001:db8:aaaa::", "-", "-")
+        );
     }
 
     #[test]

@@ -14,9 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{Method, header};
-use tracing::{Instrument, debug, field, info, info_span};
+use tracing::{debug, info};
 
-use super::access_log::{AccessLine, AccessLog};
+use super::access_log::{AccessLog, Answer, Requested};
 use super::limits::{Admission, EdgeLimits, Refusal};
 use crate::edge::{Answered, Charged};
 use crate::hub::headers::X_CACHE;
@@ -53,17 +53,18 @@ fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>,
 
 async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let span = info_span!("request", method = %request.method(), path = %request.uri().path(), repo = field::Empty, rev = field::Empty, file = field::Empty);
-    let is_get = request.method() == Method::GET;
+    // Shared handles, not copies: for the `answered` line. The edge makes the request's span once it
+    // knows the route (`edge::request_span`).
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     // What the access log keeps, taken before the request is consumed: never the query (it may
     // carry secrets), never a credential header.
-    let logged = front_door.access_log.as_ref().map(|_| {
-        let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
+    let requested = front_door.access_log.as_ref().map(|_| {
+        let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok());
         let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-        (request.method().to_string(), request.uri().path().to_owned(), user_agent, client)
+        Requested::new(&method, uri.path(), user_agent, client)
     });
     let (mut response, admission) = match admit(&front_door, &request) {
-        Ok(admission) => (next.run(request).instrument(span.clone()).await, admission),
+        Ok(admission) => (next.run(request).await, admission),
         Err(refused) => (refused.into_response(), None),
     };
     let (route, repo) = match response.extensions_mut().remove::<Answered>() {
@@ -75,23 +76,22 @@ async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Req
     // Every request is in the access log; the process log gets a line for those that failed (and,
     // at debug level, for every request).
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let path = uri.path();
     if status >= 400 {
-        span.in_scope(|| info!(status, cache, elapsed_ms, "answered"));
+        info!(%method, path, repo, status, cache, elapsed_ms, "answered");
     } else {
-        span.in_scope(|| debug!(status, cache, elapsed_ms, "answered"));
+        debug!(%method, path, repo, status, cache, elapsed_ms, "answered");
     }
     crate::telemetry::metrics().request(route, status, cache);
     let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if let (Some(access_log), Some((method, path, user_agent, client))) = (&front_door.access_log, logged) {
-        let elapsed = started.elapsed();
-        let line =
-            AccessLine::new(SystemTime::now(), &method, &path, status, length.unwrap_or(0), elapsed, cache, &user_agent, client, repo);
-        access_log.record(line);
+    if let (Some(access_log), Some(requested)) = (&front_door.access_log, requested) {
+        let answer = Answer { at: SystemTime::now(), status, bytes: length.unwrap_or(0), duration: started.elapsed(), cache, repo };
+        access_log.record(requested, answer);
     }
     if let Some(admission) = admission {
         // A fill the request started is charged whole; otherwise what the response sends.
         let charged = response.extensions().get::<Charged>().map(|charged| charged.0).or(length);
-        if let (true, Some(bytes)) = (is_get, charged) {
+        if let (true, Some(bytes)) = (method == Method::GET, charged) {
             admission.record_bytes(bytes);
         }
         response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
