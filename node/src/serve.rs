@@ -479,6 +479,7 @@ fn build_edge(
         answers: parts.file_answers.clone(),
         metadata_answers: parts.metadata_answers.clone(),
         fill_budget: crate::edge::fill_budget::FillBudget::new(config.limits.cold_fills, config.limits.cold_fills_per_client),
+        warm_files: Default::default(),
         settings,
     });
     let operator = Arc::new(Operator {

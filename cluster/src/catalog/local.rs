@@ -92,16 +92,59 @@ const HOT_RECORD_SLOTS: usize = 65_536;
 /// updates the copy after it is committed; a read from the database fills it only if no write
 /// happened meanwhile (`generation`), so a slow read can never put an older record back over a
 /// newer one. Replacing the tables (a snapshot) empties it.
+///
+/// The generation is also what [`Catalog::records_generation`] answers, per group of repositories
+/// (`repo_generations`, by a hash of the repository): a write of one repository's ref does not make
+/// every other repository's conclusions look stale.
 #[derive(Default)]
 struct HotRecords {
     refs: std::sync::RwLock<HashMap<String, RefRecord>>,
     policies: std::sync::RwLock<HashMap<String, PolicyRecord>>,
     generation: std::sync::atomic::AtomicU64,
+    repo_generations: RepoGenerations,
+    /// Snapshots installed (tables replaced).
+    snapshots: std::sync::atomic::AtomicU64,
+}
+
+/// How many groups of repositories [`HotRecords`] counts writes for.
+const REPO_GENERATION_GROUPS: usize = 1024;
+
+/// Writes counted per group of repositories.
+struct RepoGenerations([std::sync::atomic::AtomicU64; REPO_GENERATION_GROUPS]);
+
+impl Default for RepoGenerations {
+    fn default() -> Self {
+        RepoGenerations(std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)))
+    }
+}
+
+impl RepoGenerations {
+    /// The group of the repository a [`repo_key`] names: FNV-1a of `type\0id`, the key's start.
+    fn group_of_key(key: &str) -> usize {
+        let mut parts = key.splitn(3, '\0');
+        let (repo_type, repo_id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        Self::group(repo_type, repo_id)
+    }
+
+    fn group(repo_type: &str, repo_id: &str) -> usize {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in repo_type.bytes().chain(std::iter::once(0)).chain(repo_id.bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % REPO_GENERATION_GROUPS as u64) as usize
+    }
 }
 
 impl HotRecords {
     fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Changes with every snapshot and every write of `repo`'s group (both only grow).
+    fn repo_generation(&self, repo: &RepoKey) -> u64 {
+        let group = RepoGenerations::group(repo.repo_type.as_str(), &repo.repo_id);
+        let written = self.repo_generations.0[group].load(std::sync::atomic::Ordering::Acquire);
+        written.wrapping_add(self.snapshots.load(std::sync::atomic::Ordering::Acquire) << 40)
     }
 
     fn get<T: Clone>(map: &std::sync::RwLock<HashMap<String, T>>, key: &str) -> Option<T> {
@@ -124,6 +167,7 @@ impl HotRecords {
     fn written<T>(&self, map: &std::sync::RwLock<HashMap<String, T>>, key: String, value: T) {
         let mut map = map.write().expect("hot records poisoned");
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.repo_generations.0[RepoGenerations::group_of_key(&key)].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if map.len() >= HOT_RECORD_SLOTS {
             map.clear();
         }
@@ -134,6 +178,7 @@ impl HotRecords {
         let (mut refs, mut policies) =
             (self.refs.write().expect("hot records poisoned"), self.policies.write().expect("hot records poisoned"));
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.snapshots.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         refs.clear();
         policies.clear();
     }
@@ -556,6 +601,10 @@ impl LocalCatalog {
 
 #[async_trait::async_trait]
 impl Catalog for LocalCatalog {
+    fn records_generation(&self, repo: &RepoKey) -> Option<u64> {
+        Some(self.inner.hot.repo_generation(repo))
+    }
+
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
         self.read_hot(REFS, |hot| &hot.refs, repo_key(repo, &[revision])).await
     }
@@ -915,18 +964,32 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let catalog = LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap();
         let repo = RepoKey::new(RepoType::Model, "org/model");
+        // The generation conclusions about the repository are stamped with: every write and every
+        // snapshot changes it; reads do not.
+        let generations = std::cell::RefCell::new(vec![catalog.records_generation(&repo).unwrap()]);
+        let changed = |what: &str| {
+            let now = catalog.records_generation(&repo).unwrap();
+            assert!(!generations.borrow().contains(&now), "{what} must change the generation");
+            generations.borrow_mut().push(now);
+        };
         let record = |commit: char, at: u64| RefRecord { commit: commit.to_string().repeat(40), checked_at_ms: at };
         catalog.put_ref(&repo, "main", record('a', 1)).await.unwrap();
+        changed("a first ref");
         assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('a', 1)));
         catalog.put_ref(&repo, "main", record('b', 2)).await.unwrap();
+        changed("a ref's new commit");
         assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)), "a write replaces the kept copy");
         let policy = |cacheable: bool| PolicyRecord { cacheable, reason: "r".into(), checked_at_ms: 3 };
         catalog.put_policy(&repo, policy(true)).await.unwrap();
+        changed("a policy");
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
+        assert_eq!(catalog.records_generation(&repo), generations.borrow().last().copied(), "reads leave it");
         let snapshot = snapshot_rows(&catalog);
         catalog.put_ref(&repo, "main", record('c', 4)).await.unwrap();
         catalog.put_policy(&repo, policy(false)).await.unwrap();
+        changed("a ref and a policy");
         catalog.import_rows_blocking(snapshot.into_iter().map(Ok), None).unwrap();
+        changed("a snapshot");
         assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(record('b', 2)), "a snapshot empties the kept copies");
         assert!(catalog.get_policy(&repo).await.unwrap().unwrap().cacheable);
         // A reopened catalog reads what was written last, from disk.

@@ -57,6 +57,14 @@ pub trait Catalog: Send + Sync + 'static {
         true
     }
 
+    /// A number that changes whenever a ref or the policy of `repo` may have changed (a write, or
+    /// tables replaced by a snapshot); it may also change for other repositories' writes. What was
+    /// concluded from a repository's refs and policy stays true while it does not change (and the
+    /// records stay fresh). `None`: this catalog cannot tell, so nothing may be concluded once.
+    fn records_generation(&self, _repo: &RepoKey) -> Option<u64> {
+        None
+    }
+
     /// Returns the commit a branch or tag pointed to when it was last checked.
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError>;
     async fn put_ref(&self, repo: &RepoKey, revision: &str, record: RefRecord) -> Result<(), CatalogError>;

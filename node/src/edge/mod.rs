@@ -15,6 +15,7 @@ mod operator;
 mod passthrough;
 mod resolve;
 pub mod site;
+mod warm_files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +100,8 @@ pub struct HubApi {
     pub metadata_answers: Arc<AnswerCounters>,
     /// The cold fills clients may start.
     pub fill_budget: fill_budget::FillBudget,
+    /// What warm `/resolve/` requests answer, while the metadata it came from holds.
+    pub warm_files: warm_files::WarmFiles,
     pub settings: EdgeSettings,
 }
 
@@ -377,6 +380,7 @@ mod tests {
             answers: answers.clone(),
             metadata_answers: metadata_answers.clone(),
             fill_budget: fill_budget::FillBudget::new(64, 4),
+            warm_files: Default::default(),
             settings: settings.clone(),
         });
         let pins = Pins::new("local".into(), catalog.clone(), metadata, store.clone(), None, PinWatch::default(), Vec::new());

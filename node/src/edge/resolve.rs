@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::fill_budget::FillRefusal;
 use super::passthrough::{forward_request, pass_through};
+use super::warm_files::WarmFile;
 use super::{Charged, HubApi, access, set_header, with_cache_status};
 use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::conditional;
@@ -29,35 +30,50 @@ use crate::store::{BlobSource, ContentHasher, Fill, FillOutcome, Room};
 
 /// `/resolve/`: HEAD from the catalog alone; GET from disk, a fill in progress, or a new fill.
 pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
-    let (access, policy_status) = access(hub, repo).await?;
-    if access == Access::PassThrough {
-        return forward_request(hub, request, Some(path)).await;
-    }
-    let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
-    let (manifest, manifest_status) = match hub.metadata.manifest(repo, &commit).await {
-        Ok(found) => found,
-        // Too many files to cache: this answer and the next ones pass through (anonymously: the
-        // repo is public).
-        Err(error) if error.code.as_deref() == Some(REPO_TOO_LARGE) => {
-            let (parts, _) = request.into_parts();
-            return pass_through(hub, &parts, None, None, Some(path)).await;
+    let (file, metadata_status) = match hub.warm_files.get(repo, revision, path) {
+        // Answered from memory while the catalog's reads would give this very answer, all of it HIT.
+        Some((file, freshness)) if hub.metadata.still_fresh(repo, &freshness) => (file, CacheStatus::Hit),
+        _ => {
+            let stamp = hub.metadata.records_stamp(repo);
+            let (access, policy_status) = access(hub, repo).await?;
+            if access == Access::PassThrough {
+                return forward_request(hub, request, Some(path)).await;
+            }
+            let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
+            let (manifest, manifest_status) = match hub.metadata.manifest(repo, &commit).await {
+                Ok(found) => found,
+                // Too many files to cache: this answer and the next ones pass through (anonymously:
+                // the repo is public).
+                Err(error) if error.code.as_deref() == Some(REPO_TOO_LARGE) => {
+                    let (parts, _) = request.into_parts();
+                    return pass_through(hub, &parts, None, None, Some(path)).await;
+                }
+                Err(error) => return Err(error),
+            };
+            let entry = manifest
+                .find(path)
+                .await
+                .map_err(HubError::internal)?
+                .filter(|entry| entry.kind == EntryKind::File)
+                .ok_or_else(|| HubError::entry_not_found(&commit))?;
+            let file = WarmFile::new(repo, revision, path, commit, entry.etag().to_owned(), entry.size)
+                .ok_or_else(|| HubError::internal("a commit or etag that cannot be a header value"))?;
+            let file = Arc::new(file);
+            if let Some(stamp) = stamp
+                && let Some(freshness) = hub.metadata.freshness(repo, revision, stamp).await
+            {
+                hub.warm_files.keep(file.clone(), freshness);
+            }
+            (file, policy_status.max(ref_status).max(manifest_status))
         }
-        Err(error) => return Err(error),
     };
-    let entry = manifest
-        .find(path)
-        .await
-        .map_err(HubError::internal)?
-        .filter(|entry| entry.kind == EntryKind::File)
-        .ok_or_else(|| HubError::entry_not_found(&commit))?;
-    let (etag, size) = (entry.etag().to_owned(), entry.size);
-    let metadata_status = policy_status.max(ref_status).max(manifest_status);
+    let (commit, etag, size) = (file.commit.as_str(), file.etag.as_str(), file.size);
 
     let (etag_held, range_applies) = {
         // In a block: a borrow of the request (whose body is not `Sync`) must not live across an await.
         let header_text = |name: header::HeaderName| request.headers().get(name).map(|value| value.to_str().unwrap_or(""));
-        let etag_held = header_text(header::IF_NONE_MATCH).is_some_and(|value| conditional::none_match_hits(value, &etag));
-        (etag_held, conditional::range_still_applies(header_text(header::IF_RANGE), &etag))
+        let etag_held = header_text(header::IF_NONE_MATCH).is_some_and(|value| conditional::none_match_hits(value, etag));
+        (etag_held, conditional::range_still_applies(header_text(header::IF_RANGE), etag))
     };
     let range = if request.method() == Method::GET && !etag_held && range_applies {
         let header_text = match request.headers().get(header::RANGE) {
@@ -72,11 +88,9 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
 
     // Room for every header of the answer, X-Cache and Alt-Svc included: no regrowth.
     let mut headers = HeaderMap::with_capacity(16);
-    set_header(&mut headers, X_REPO_COMMIT, &commit);
-    if let Ok(quoted) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        headers.insert(header::ETAG, quoted.clone());
-        headers.insert(X_LINKED_ETAG, quoted);
-    }
+    headers.insert(X_REPO_COMMIT, file.commit_value.clone());
+    headers.insert(header::ETAG, file.quoted_etag.clone());
+    headers.insert(X_LINKED_ETAG, file.quoted_etag.clone());
     headers.insert(X_LINKED_SIZE, HeaderValue::from(size));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
@@ -105,7 +119,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
         (Body::empty(), metadata_status, None)
     } else {
-        let answer = blob_body(hub, &asker, repo, &commit, path, &etag, size, start, end, metadata_status).await?;
+        let answer = blob_body(hub, &asker, repo, commit, path, etag, size, start, end, metadata_status).await?;
         (answer.body, answer.cache, answer.charged)
     };
     hub.answers.record(cache);
@@ -161,6 +175,12 @@ async fn blob_body(
     metadata_status: CacheStatus,
 ) -> Result<BlobBody, HubError> {
     let store = &hub.store;
+    if let Some(bytes) = store.kept_small(etag, size) {
+        // The common warm answer (a config.json): whole in memory, no stream to drive.
+        let part = bytes.slice(start as usize..end as usize);
+        crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Disk, part.len() as u64);
+        return Ok(BlobBody { body: Body::from(part), cache: metadata_status, charged: None });
+    }
     let from_disk = |stream| BlobBody { body: Body::from_stream(counted_from_disk(stream)), cache: metadata_status, charged: None };
     if let Some(stream) = store.stream_verified(etag, size, start, end, asker.zero_copy).await.map_err(HubError::internal)? {
         return Ok(from_disk(stream));

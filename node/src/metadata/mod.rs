@@ -42,6 +42,21 @@ pub enum Access {
     PassThrough,
 }
 
+/// How long an answer drawn from a repository's policy and a ref holds (see
+/// [`Metadata::freshness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    stamp: u64,
+    until_ms: u64,
+}
+
+#[cfg(test)]
+impl Freshness {
+    pub fn for_tests(stamp: u64, until_ms: u64) -> Freshness {
+        Freshness { stamp, until_ms }
+    }
+}
+
 /// How long mutable metadata is trusted, and how much of it one commit may be.
 #[derive(Clone, Copy, Debug)]
 pub struct MetadataSettings {
@@ -203,6 +218,38 @@ impl Metadata {
         self.inner.negative_policies.len()
     }
 
+    /// The stamp to take before reading what a conclusion about `repo` rests on (its policy and
+    /// refs), for [`Metadata::freshness`]; `None`: the catalog cannot tell when they change.
+    pub fn records_stamp(&self, repo: &RepoKey) -> Option<u64> {
+        self.inner.catalog.records_generation(repo)
+    }
+
+    /// How long an answer drawn from `repo`'s policy (cacheable) and `revision`'s commit, read after
+    /// `stamp` was taken, stays the answer these reads would give: until the policy or the ref stops
+    /// being fresh, and while no write touches them. `None`: not cacheable, not fresh, or written
+    /// since `stamp`. A commit's manifest never changes, so what it says about a path needs no stamp.
+    pub async fn freshness(&self, repo: &RepoKey, revision: &str, stamp: u64) -> Option<Freshness> {
+        if matches!(repo.repo_type, RepoType::Space | RepoType::Kernel) {
+            return None;
+        }
+        let (catalog, settings, now) = (self.inner.catalog.as_ref(), &self.inner.settings, now_ms());
+        let policy = catalog.get_policy(repo).await.ok()??;
+        if !policy.cacheable || self.inner.negative_policies.get(repo, settings.policy_ttl).is_some() {
+            return None;
+        }
+        let mut until_ms = read_through::fresh_until(policy.checked_at_ms, now, settings.policy_ttl)?;
+        if !is_commit_sha(revision) {
+            let record = catalog.get_ref(repo, revision).await.ok()??;
+            until_ms = until_ms.min(read_through::fresh_until(record.checked_at_ms, now, settings.ref_ttl)?);
+        }
+        (catalog.records_generation(repo)? == stamp).then_some(Freshness { stamp, until_ms })
+    }
+
+    /// Whether what [`Metadata::freshness`] stamped still holds.
+    pub fn still_fresh(&self, repo: &RepoKey, freshness: &Freshness) -> bool {
+        now_ms() < freshness.until_ms && self.inner.catalog.records_generation(repo) == Some(freshness.stamp)
+    }
+
     /// Resolves a revision to a commit: a full sha is final; a branch or tag comes from the catalog
     /// while fresh, is revalidated upstream when stale, and is served stale when upstream is down.
     pub async fn resolve_revision(&self, repo: &RepoKey, revision: &str) -> Result<(String, CacheStatus), HubError> {
@@ -296,6 +343,51 @@ mod tests {
         let catalog: Arc<dyn Catalog> = Arc::new(LocalCatalog::open(&directory.join("catalog.redb")).unwrap());
         let settings = MetadataSettings { ref_ttl: Duration::from_secs(60), policy_ttl, max_manifest_files: 1000 };
         (Metadata::new(catalog.clone(), Upstream::new(upstream_url).unwrap(), None, settings), catalog)
+    }
+
+    #[tokio::test]
+    async fn a_conclusion_holds_while_its_policy_and_ref_are_fresh_and_unwritten() {
+        use hfm_cluster::catalog::RefRecord;
+        let directory = tempfile::tempdir().unwrap();
+        let (metadata, catalog) = metadata(directory.path(), "http://127.0.0.1:9", Duration::from_secs(600));
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        let now = now_ms();
+        let policy = |cacheable: bool, checked_at_ms: u64| PolicyRecord { cacheable, reason: String::new(), checked_at_ms };
+        let reference = |commit: char, checked_at_ms: u64| RefRecord { commit: commit.to_string().repeat(40), checked_at_ms };
+        let stamp = metadata.records_stamp(&repo).unwrap();
+        assert_eq!(metadata.freshness(&repo, "main", stamp).await, None, "no policy recorded");
+        catalog.put_policy(&repo, policy(true, now)).await.unwrap();
+        catalog.put_ref(&repo, "main", reference('a', now - 10_000)).await.unwrap();
+        assert_eq!(metadata.freshness(&repo, "main", stamp).await, None, "written since the stamp");
+        let stamp = metadata.records_stamp(&repo).unwrap();
+        let fresh = metadata.freshness(&repo, "main", stamp).await.expect("fresh and cacheable");
+        // The ref (60 s TTL, checked 10 s ago) expires before the policy (600 s).
+        assert_eq!(fresh.until_ms, now - 10_000 + 60_000);
+        assert!(metadata.still_fresh(&repo, &fresh));
+        let by_commit = metadata.freshness(&repo, &"b".repeat(40), stamp).await.unwrap();
+        assert_eq!(by_commit.until_ms, now + 600_000, "a commit needs no ref");
+        let mut touched = 0;
+        for index in 0..50 {
+            let before = metadata.records_stamp(&repo);
+            let unrelated = RepoKey::new(RepoType::Model, format!("org/unrelated-{index}"));
+            catalog.put_policy(&unrelated, policy(true, now)).await.unwrap();
+            touched += usize::from(metadata.records_stamp(&repo) != before);
+        }
+        assert!(touched <= 3, "writes of other repositories leave a conclusion standing (but for a rare shared group): {touched}");
+        catalog.put_ref(&repo, "main", reference('b', now)).await.unwrap();
+        assert!(!metadata.still_fresh(&repo, &fresh), "a ref written ends it");
+        assert!(!metadata.still_fresh(&repo, &Freshness { until_ms: now_ms(), ..fresh }), "so does its time");
+        let stamp = metadata.records_stamp(&repo).unwrap();
+        catalog.put_policy(&repo, policy(false, now)).await.unwrap();
+        assert_eq!(metadata.freshness(&repo, "main", metadata.records_stamp(&repo).unwrap()).await, None, "not cacheable");
+        assert_eq!(metadata.freshness(&repo, "main", stamp).await, None);
+        catalog.put_policy(&repo, policy(true, now - 600_000)).await.unwrap();
+        assert_eq!(metadata.freshness(&repo, "main", metadata.records_stamp(&repo).unwrap()).await, None, "a stale policy");
+        catalog.put_policy(&repo, policy(true, now + 60_000)).await.unwrap();
+        assert_eq!(metadata.freshness(&repo, "main", metadata.records_stamp(&repo).unwrap()).await, None, "checked in the future");
+        let space = RepoKey::new(RepoType::Space, "org/space");
+        catalog.put_policy(&space, policy(true, now)).await.unwrap();
+        assert_eq!(metadata.freshness(&space, "main", metadata.records_stamp(&space).unwrap()).await, None, "spaces pass through");
     }
 
     #[tokio::test]

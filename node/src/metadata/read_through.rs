@@ -57,6 +57,12 @@ fn is_fresh_at(checked_at_ms: u64, now_ms: u64, ttl: Duration) -> bool {
     now_ms.saturating_sub(checked_at_ms) < ttl.as_millis() as u64
 }
 
+/// Until when (ms) a record checked at `checked_at_ms` stays fresh under `ttl`; `None`: it is not
+/// fresh at `now_ms`.
+pub(super) fn fresh_until(checked_at_ms: u64, now_ms: u64, ttl: Duration) -> Option<u64> {
+    is_fresh_at(checked_at_ms, now_ms, ttl).then(|| checked_at_ms.saturating_add(ttl.as_millis() as u64))
+}
+
 /// What the fetch of a kind may use: the catalog to record into, and upstream.
 pub(super) struct FetchContext<'a> {
     pub catalog: &'a dyn Catalog,

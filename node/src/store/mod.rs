@@ -393,6 +393,17 @@ impl BlobStore {
         Some(size)
     }
 
+    /// A small blob this node holds, from memory (read and checked whole when it was kept), and
+    /// marks it used; `None` when it is not kept in memory (then [`BlobStore::stream_verified`]
+    /// reads it).
+    pub fn kept_small(&self, etag: &str, size: u64) -> Option<Bytes> {
+        if size > small::SMALL_BLOB_MAX {
+            return None;
+        }
+        let bytes = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)?;
+        self.held_size(etag, true).map(|_| bytes)
+    }
+
     /// Streams `start..end` of a stored blob, every chunk checked against its sum first (or, under
     /// [`ReadChecks::OnceWhileScrubbed`], once); a corrupt chunk removes the blob (so it is filled
     /// again) and aborts the stream. With a `zero_copy` sink the stream yields placeholders and the
@@ -409,10 +420,7 @@ impl BlobStore {
         use futures_util::future::Either;
         let whole_in_memory =
             |bytes: Bytes| Either::Left(futures_util::stream::once(std::future::ready(Ok(bytes.slice(start as usize..end as usize)))));
-        if size <= small::SMALL_BLOB_MAX
-            && let Some(bytes) = self.inner.small.get(etag).filter(|bytes| bytes.len() as u64 == size)
-            && self.held_size(etag, true).is_some()
-        {
+        if let Some(bytes) = self.kept_small(etag, size) {
             return Ok(Some(whole_in_memory(bytes)));
         }
         let Some(blob) = self.open_verified(etag).await? else { return Ok(None) };

@@ -222,7 +222,9 @@ async fn serve_http<I>(io: I, is_h2: bool, peer: Peer, shared: &Listener, zero_c
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let in_flight = Arc::new(InFlight::default());
+    // Requests in flight matter to the HTTP/2 idle timeout only (an HTTP/1.1 connection's idle time
+    // is hyper's header timeout): HTTP/1.1 answers go out unwrapped.
+    let in_flight = is_h2.then(|| Arc::new(InFlight::default()));
     let service = {
         let (app, alt_svc, trusted, in_flight) =
             (shared.site.app.clone(), shared.site.alt_svc.clone(), shared.site.settings.trusted_proxies.clone(), in_flight.clone());
@@ -241,13 +243,16 @@ where
                 request.extensions_mut().insert(sink.clone());
             }
             let (app, alt_svc) = (app.clone(), alt_svc.clone());
-            let guard = in_flight.start();
+            let guard = in_flight.as_ref().map(InFlight::start);
             async move {
                 let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
                 if let Some(alt_svc) = alt_svc {
                     response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
                 }
-                Ok::<_, std::convert::Infallible>(response.map(|body| axum::body::Body::new(GuardedBody { inner: body, _guard: guard })))
+                if let Some(guard) = guard {
+                    response = response.map(|body| axum::body::Body::new(GuardedBody { inner: body, _guard: guard }));
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
@@ -264,7 +269,7 @@ where
             .keep_alive_timeout(Duration::from_secs(10))
             .max_header_list_size(64 << 10);
         let connection = builder.serve_connection(TokioIo::new(super::coalesce::Coalescing::new(io)), service);
-        drive(connection, &shared.stop, Some((in_flight, settings.idle_timeout))).await
+        drive(connection, &shared.stop, in_flight.map(|in_flight| (in_flight, settings.idle_timeout))).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder

@@ -550,6 +550,11 @@ impl Catalog for RaftCatalog {
         !stopped_lately && self.raft().metrics().borrow_watched().running_state.is_ok()
     }
 
+    fn records_generation(&self, repo: &RepoKey) -> Option<u64> {
+        // Every write, this node's or the cluster's, is applied to the local catalog.
+        self.local.records_generation(repo)
+    }
+
     async fn get_ref(&self, repo: &RepoKey, revision: &str) -> Result<Option<RefRecord>, CatalogError> {
         self.local.get_ref(repo, revision).await
     }
