@@ -320,7 +320,7 @@ pub(super) fn set_header(headers: &mut HeaderMap, name: &'static str, value: &st
 }
 
 pub(super) fn with_cache_status(mut response: Response, cache: CacheStatus) -> Response {
-    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
+    response.headers_mut().insert(&crate::hub::headers::parsed::X_CACHE, HeaderValue::from_static(cache.as_str()));
     response
 }
 

@@ -21,7 +21,7 @@ use super::{Charged, HubApi, access, set_header, with_cache_status};
 use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::conditional;
 use crate::hub::error::RateLimitFields;
-use crate::hub::headers::{X_LINKED_ETAG, X_LINKED_SIZE, X_REPO_COMMIT, content_type_for_path};
+use crate::hub::headers::{content_type_for_path, parsed};
 use crate::hub::range::parse_range;
 use crate::hub::route::resolve_origin;
 use crate::hub::{CacheStatus, HubError};
@@ -88,10 +88,10 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
 
     // Room for every header of the answer, X-Cache and Alt-Svc included: no regrowth.
     let mut headers = HeaderMap::with_capacity(16);
-    headers.insert(X_REPO_COMMIT, file.commit_value.clone());
+    headers.insert(&parsed::X_REPO_COMMIT, file.commit_value.clone());
     headers.insert(header::ETAG, file.quoted_etag.clone());
-    headers.insert(X_LINKED_ETAG, file.quoted_etag.clone());
-    headers.insert(X_LINKED_SIZE, HeaderValue::from(size));
+    headers.insert(&parsed::X_LINKED_ETAG, file.quoted_etag.clone());
+    headers.insert(&parsed::X_LINKED_SIZE, HeaderValue::from(size));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));

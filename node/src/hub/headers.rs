@@ -12,6 +12,16 @@ pub const X_CACHE: &str = "x-cache";
 pub const RATE_LIMIT: &str = "ratelimit";
 pub const RATE_LIMIT_POLICY: &str = "ratelimit-policy";
 
+/// Names every warm answer carries, parsed once (a name given as `&str` is parsed on every use).
+pub mod parsed {
+    use http::HeaderName;
+
+    pub static X_REPO_COMMIT: HeaderName = HeaderName::from_static(super::X_REPO_COMMIT);
+    pub static X_LINKED_ETAG: HeaderName = HeaderName::from_static(super::X_LINKED_ETAG);
+    pub static X_LINKED_SIZE: HeaderName = HeaderName::from_static(super::X_LINKED_SIZE);
+    pub static X_CACHE: HeaderName = HeaderName::from_static(super::X_CACHE);
+}
+
 /// Returns true for the Xet headers that make `hf_xet` bypass the mirror (hub-api.md §3).
 pub fn is_xet_header(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-xet-")

@@ -4,6 +4,8 @@
 //! The path is split on `/` first and each segment is percent-decoded afterwards, so that
 //! `refs%2Fpr%2F1` stays one revision and `tree/main/sub%2Fdir` one tree path.
 
+use std::borrow::Cow;
+
 use hfm_cluster::types::{RepoKey, RepoType};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -142,7 +144,14 @@ const REPO_SUBROUTES: &[&str] = &[
 
 /// Decodes one raw path segment strictly: every `%` must start a valid escape, the result must be
 /// UTF-8 without NUL or other control characters, and `.`/`..` are refused (no traversal).
-pub fn decode_segment(raw: &str) -> Result<String, HubError> {
+pub fn decode_segment(raw: &str) -> Result<Cow<'_, str>, HubError> {
+    if !raw.contains('%') {
+        // Nothing to decode (the common case): the raw text itself, checked the same way.
+        if raw.chars().any(char::is_control) {
+            return Err(HubError::bad_request("Path contains control characters"));
+        }
+        return Ok(Cow::Borrowed(raw));
+    }
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -166,7 +175,7 @@ pub fn decode_segment(raw: &str) -> Result<String, HubError> {
     if text.chars().any(char::is_control) {
         return Err(HubError::bad_request("Path contains control characters"));
     }
-    Ok(text)
+    Ok(Cow::Owned(text))
 }
 
 /// Validates a decoded relative path (a file or tree path): no empty, `.` or `..` segment, no
@@ -189,7 +198,7 @@ fn validate_repo_segment(segment: &str) -> Result<(), HubError> {
     Ok(())
 }
 
-fn repo_from_segments(repo_type: RepoType, segments: &[String]) -> Result<RepoKey, HubError> {
+fn repo_from_segments(repo_type: RepoType, segments: &[Cow<'_, str>]) -> Result<RepoKey, HubError> {
     for segment in segments {
         validate_repo_segment(segment)?;
     }
@@ -205,11 +214,11 @@ fn validate_revision(revision: &str) -> Result<(), HubError> {
 
 /// Splits a repo-id part from what follows it: a two-segment id when the third segment is a known
 /// keyword, else a one-segment (legacy) id when the second is.
-fn split_repo(segments: &[String], keywords: &[&str]) -> Option<usize> {
-    if segments.len() >= 3 && keywords.contains(&segments[2].as_str()) {
+fn split_repo(segments: &[Cow<'_, str>], keywords: &[&str]) -> Option<usize> {
+    if segments.len() >= 3 && keywords.contains(&&*segments[2]) {
         return Some(2);
     }
-    if segments.len() >= 2 && keywords.contains(&segments[1].as_str()) {
+    if segments.len() >= 2 && keywords.contains(&&*segments[1]) {
         return Some(1);
     }
     None
@@ -240,24 +249,24 @@ pub fn route(raw_path: &str) -> Result<Route, HubError> {
     if let Some(etag) = rest.strip_prefix("_hfm/replicas/") {
         return Ok(Route::Replicas { etag: etag.to_owned() });
     }
-    let mut segments: Vec<String> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
+    let mut segments: Vec<Cow<'_, str>> = rest.split('/').map(decode_segment).collect::<Result<_, _>>()?;
     // A dot segment, plain or encoded, could climb out of the route once a URL library normalizes
     // the path (`/api/../whoami-v2` would reach upstream as `/whoami-v2`): refused before routing.
     if segments.iter().any(|segment| segment == "." || segment == "..") {
         return Err(HubError::bad_request("Invalid path: '.' or '..' segment"));
     }
     // A single trailing slash is harmless (`/api/models/org/model/tree/main/`).
-    if segments.len() > 1 && segments.last().is_some_and(String::is_empty) {
+    if segments.len() > 1 && segments.last().is_some_and(|segment| segment.is_empty()) {
         segments.pop();
     }
-    if segments.first().map(String::as_str) == Some("api") {
+    if segments.first().map(|segment| &**segment) == Some("api") {
         return route_api(&segments[1..]);
     }
     route_resolve(&segments)
 }
 
-fn route_resolve(segments: &[String]) -> Result<Route, HubError> {
-    let (repo_type, rest) = match segments.first().map(String::as_str) {
+fn route_resolve(segments: &[Cow<'_, str>]) -> Result<Route, HubError> {
+    let (repo_type, rest) = match segments.first().map(|segment| &**segment) {
         Some("datasets") => (RepoType::Dataset, &segments[1..]),
         Some("spaces") => (RepoType::Space, &segments[1..]),
         Some("kernels") => (RepoType::Kernel, &segments[1..]),
@@ -271,14 +280,14 @@ fn route_resolve(segments: &[String]) -> Result<Route, HubError> {
     if after.len() < 2 {
         return Err(HubError::route_not_found());
     }
-    let revision = after[0].clone();
+    let revision = after[0].to_string();
     validate_revision(&revision)?;
     let path = after[1..].join("/");
     validate_relative_path(&path)?;
     Ok(Route::Resolve { repo, revision, path })
 }
 
-fn route_api(segments: &[String]) -> Result<Route, HubError> {
+fn route_api(segments: &[Cow<'_, str>]) -> Result<Route, HubError> {
     let Some(first) = segments.first() else {
         return Ok(Route::ApiPassthrough { repo: None });
     };
@@ -298,12 +307,12 @@ fn route_api(segments: &[String]) -> Result<Route, HubError> {
         None => return Ok(Route::ApiPassthrough { repo: None }),
     };
     let repo = repo_from_segments(repo_type, &rest[..repo_length])?;
-    let keyword = subroute.first().map(String::as_str);
+    let keyword = subroute.first().map(|segment| &**segment);
     match (keyword, subroute.len()) {
         (None, _) => Ok(Route::RepoInfo { repo, revision: None }),
         (Some("revision"), 2) => {
             validate_revision(&subroute[1])?;
-            Ok(Route::RepoInfo { repo, revision: Some(subroute[1].clone()) })
+            Ok(Route::RepoInfo { repo, revision: Some(subroute[1].to_string()) })
         }
         (Some("tree"), length) if length >= 2 => {
             validate_revision(&subroute[1])?;
@@ -311,11 +320,11 @@ fn route_api(segments: &[String]) -> Result<Route, HubError> {
             if !path.is_empty() {
                 validate_relative_path(&path)?;
             }
-            Ok(Route::Tree { repo, revision: subroute[1].clone(), path })
+            Ok(Route::Tree { repo, revision: subroute[1].to_string(), path })
         }
         (Some("paths-info"), 2) => {
             validate_revision(&subroute[1])?;
-            Ok(Route::PathsInfo { repo, revision: subroute[1].clone() })
+            Ok(Route::PathsInfo { repo, revision: subroute[1].to_string() })
         }
         (Some("refs"), 1) => Ok(Route::Refs { repo }),
         (Some("xet-read-token" | "xet-write-token"), _) => Ok(Route::XetToken),

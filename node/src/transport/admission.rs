@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::access_log::{AccessLog, Answer, Requested};
 use super::limits::{Admission, EdgeLimits, Refusal};
 use crate::edge::{Answered, Charged};
-use crate::hub::headers::X_CACHE;
+use crate::hub::headers::parsed;
 use crate::hub::{CacheStatus, HubError};
 
 /// What the front door needs: the limits, the access log, and where heavy users are sent.
@@ -71,7 +71,11 @@ async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Req
         Some(answered) => (answered.route, answered.repo),
         None => ("refused", None),
     };
-    let cache = response.headers().get(X_CACHE).and_then(|value| CacheStatus::parse(value.to_str().ok()?)).map_or("-", CacheStatus::as_str);
+    let cache = response
+        .headers()
+        .get(&parsed::X_CACHE)
+        .and_then(|value| CacheStatus::parse(value.to_str().ok()?))
+        .map_or("-", CacheStatus::as_str);
     let status = response.status().as_u16();
     // Every request is in the access log; the process log gets a line for those that failed (and,
     // at debug level, for every request).
