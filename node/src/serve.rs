@@ -30,7 +30,7 @@ use crate::store::scrub::{ScrubCounters, spawn_scrubber};
 use crate::store::{BlobStore, ReadChecks};
 use crate::telemetry::{AnswerCounters, AnswerMetric, Exposition};
 use crate::transport::access_log::AccessLog;
-use crate::transport::admission::FrontDoor;
+use crate::transport::admission::{FrontDoor, PublicApp};
 use crate::transport::connections::ConnectionLimits;
 use crate::transport::http::ConnectionSettings;
 use crate::transport::limits::EdgeLimits;
@@ -467,7 +467,7 @@ fn build_edge(
     connections: &ConnectionLimits,
     token: OperatorToken,
     access_log: Option<AccessLog>,
-) -> (axum::Router, axum::Router) {
+) -> (PublicApp, axum::Router) {
     exposition.add_source(connections.clone());
     let exposition = Arc::new(exposition);
     let settings = EdgeSettings { public_url: config.public_url.clone(), listen: config.listen, tree_page_size: config.tree_page_size };
@@ -504,8 +504,8 @@ fn build_edge(
         config.data_dir.clone(),
         operator.clone(),
     ));
-    let front_door = Arc::new(FrontDoor { limits, access_log, rsync_hint: rsync_hint(config) });
-    let app = crate::transport::admission::wrap(crate::edge::router(hub, operator.clone(), site), front_door);
+    let front_door = FrontDoor { limits, access_log, rsync_hint: rsync_hint(config) };
+    let app = PublicApp::new(front_door, crate::edge::Edge::new(hub, operator.clone(), site));
     (app, crate::edge::operator_router(operator))
 }
 
@@ -543,7 +543,7 @@ impl HttpFrontEnd {
     fn start(
         config: &NodeConfig,
         local_address: SocketAddr,
-        app: &axum::Router,
+        app: &PublicApp,
         connections: &ConnectionLimits,
         settings: &ConnectionSettings,
         shutdown: CancellationToken,
@@ -683,7 +683,7 @@ fn spawn_disk_reporter(
 /// up to [`GRACE_PERIOD`].
 async fn serve_until_shutdown(
     listener: TcpListener,
-    app: axum::Router,
+    app: PublicApp,
     front_end: &HttpFrontEnd,
     connections: ConnectionLimits,
     settings: ConnectionSettings,

@@ -124,9 +124,30 @@ struct EdgeState {
     site: Arc<site::Site>,
 }
 
-/// The router of the public HTTP port.
+/// The public HTTP port's routes, called directly by the transports: the edge routes every path
+/// itself, so no router stands in between.
+#[derive(Clone)]
+pub struct Edge(EdgeState);
+
+impl Edge {
+    pub fn new(hub: Arc<HubApi>, operator: Arc<Operator>, site: Arc<site::Site>) -> Edge {
+        Edge(EdgeState { hub, operator, site })
+    }
+
+    /// Answers one request of the public port.
+    pub async fn answer(&self, request: Request) -> Response {
+        handle(&self.0, request).await
+    }
+}
+
+/// The same routes as a router (for tests that drive the edge without a transport).
+#[cfg(test)]
 pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>, site: Arc<site::Site>) -> Router {
-    Router::new().fallback(handle).with_state(EdgeState { hub, operator, site })
+    let edge = Edge::new(hub, operator, site);
+    Router::new().fallback(move |request: Request| {
+        let edge = edge.clone();
+        async move { edge.answer(request).await }
+    })
 }
 
 /// The operator port's router: `/metrics`, `/healthz` and `/readyz` for whoever reaches it (bind it
@@ -160,9 +181,9 @@ pub fn operator_router(operator: Arc<Operator>) -> Router {
     Router::new().fallback(answer).with_state(operator)
 }
 
-async fn handle(State(state): State<EdgeState>, mut request: Request) -> Response {
+async fn handle(state: &EdgeState, mut request: Request) -> Response {
     let (answered, route_label, repo) = match strip_path_prefix(&mut request, state.hub.settings.path_prefix()) {
-        Some(()) => dispatch(&state, request).await,
+        Some(()) => dispatch(state, request).await,
         None => (Err(HubError::route_not_found()), "invalid", None),
     };
     let mut response = answered.unwrap_or_else(IntoResponse::into_response);

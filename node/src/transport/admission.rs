@@ -1,4 +1,4 @@
-//! Around every request of the public port: its span, the limits (checked before any work; 429 in
+//! Around every request of the public port: the limits (checked before any work; 429 in
 //! the Hub's format with `Retry-After`), the `answered` log line, the request metric and the access
 //! log. The edge inside knows none of this; it tells which route and repository an answer was for
 //! through [`Answered`].
@@ -7,10 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{Method, header};
@@ -18,7 +16,7 @@ use tracing::{debug, info};
 
 use super::access_log::{AccessLog, Answer, Requested};
 use super::limits::{Admission, EdgeLimits, Refusal};
-use crate::edge::{Answered, Charged};
+use crate::edge::{Answered, Charged, Edge};
 use crate::hub::headers::parsed;
 use crate::hub::{CacheStatus, HubError};
 
@@ -30,9 +28,21 @@ pub struct FrontDoor {
     pub rsync_hint: String,
 }
 
-/// Wraps the edge's router in the front door.
-pub fn wrap(router: Router, front_door: Arc<FrontDoor>) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(front_door, front_door_layer))
+/// The public port's application: the front door around the edge, one shared value every
+/// connection clones.
+#[derive(Clone)]
+pub struct PublicApp(Arc<(FrontDoor, Edge)>);
+
+impl PublicApp {
+    pub fn new(front_door: FrontDoor, edge: Edge) -> PublicApp {
+        PublicApp(Arc::new((front_door, edge)))
+    }
+
+    /// Answers one request: through the limits, to the edge, into the logs.
+    pub async fn call(&self, request: Request) -> Response {
+        let (front_door, edge) = &*self.0;
+        front_door.answer(edge, request).await
+    }
 }
 
 /// Lets a request through the limits (before any work is done for it), or answers 429.
@@ -51,56 +61,60 @@ fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>,
     })
 }
 
-async fn front_door_layer(State(front_door): State<Arc<FrontDoor>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // Shared handles, not copies: for the `answered` line. The edge makes the request's span once it
-    // knows the route (`edge::request_span`).
-    let (method, uri) = (request.method().clone(), request.uri().clone());
-    // What the access log keeps, taken before the request is consumed: never the query (it may
-    // carry secrets), never a credential header.
-    let requested = front_door.access_log.as_ref().map(|_| {
-        let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok());
-        let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-        Requested::new(&method, uri.path(), user_agent, client)
-    });
-    let (mut response, admission) = match admit(&front_door, &request) {
-        Ok(admission) => (next.run(request).await, admission),
-        Err(refused) => (refused.into_response(), None),
-    };
-    let (route, repo) = match response.extensions_mut().remove::<Answered>() {
-        Some(answered) => (answered.route, answered.repo),
-        None => ("refused", None),
-    };
-    let cache = response
-        .headers()
-        .get(&parsed::X_CACHE)
-        .and_then(|value| CacheStatus::parse(value.to_str().ok()?))
-        .map_or("-", CacheStatus::as_str);
-    let status = response.status().as_u16();
-    // Every request is in the access log; the process log gets a line for those that failed (and,
-    // at debug level, for every request).
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    let path = uri.path();
-    if status >= 400 {
-        info!(%method, path, repo, status, cache, elapsed_ms, "answered");
-    } else {
-        debug!(%method, path, repo, status, cache, elapsed_ms, "answered");
-    }
-    crate::telemetry::metrics().request(route, status, cache);
-    let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if let (Some(access_log), Some(requested)) = (&front_door.access_log, requested) {
-        let answer = Answer { at: SystemTime::now(), status, bytes: length.unwrap_or(0), duration: started.elapsed(), cache, repo };
-        access_log.record(requested, answer);
-    }
-    if let Some(admission) = admission {
-        // A fill the request started is charged whole; otherwise what the response sends.
-        let charged = response.extensions().get::<Charged>().map(|charged| charged.0).or(length);
-        if let (true, Some(bytes)) = (method == Method::GET, charged) {
-            admission.record_bytes(bytes);
+impl FrontDoor {
+    /// Admits the request (or answers 429), has the edge answer it, and logs and counts the answer.
+    async fn answer(&self, edge: &Edge, request: Request) -> Response {
+        let front_door = self;
+        let started = Instant::now();
+        // Shared handles, not copies: for the `answered` line. The edge makes the request's span
+        // once it knows the route (`edge::request_span`).
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        // What the access log keeps, taken before the request is consumed: never the query (it may
+        // carry secrets), never a credential header.
+        let requested = front_door.access_log.as_ref().map(|_| {
+            let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok());
+            let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+            Requested::new(&method, uri.path(), user_agent, client)
+        });
+        let (mut response, admission) = match admit(front_door, &request) {
+            Ok(admission) => (edge.answer(request).await, admission),
+            Err(refused) => (refused.into_response(), None),
+        };
+        let (route, repo) = match response.extensions_mut().remove::<Answered>() {
+            Some(answered) => (answered.route, answered.repo),
+            None => ("refused", None),
+        };
+        let cache = response
+            .headers()
+            .get(&parsed::X_CACHE)
+            .and_then(|value| CacheStatus::parse(value.to_str().ok()?))
+            .map_or("-", CacheStatus::as_str);
+        let status = response.status().as_u16();
+        // Every request is in the access log; the process log gets a line for those that failed (and,
+        // at debug level, for every request).
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let path = uri.path();
+        if status >= 400 {
+            info!(%method, path, repo, status, cache, elapsed_ms, "answered");
+        } else {
+            debug!(%method, path, repo, status, cache, elapsed_ms, "answered");
         }
-        response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
+        crate::telemetry::metrics().request(route, status, cache);
+        let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(access_log), Some(requested)) = (&front_door.access_log, requested) {
+            let answer = Answer { at: SystemTime::now(), status, bytes: length.unwrap_or(0), duration: started.elapsed(), cache, repo };
+            access_log.record(requested, answer);
+        }
+        if let Some(admission) = admission {
+            // A fill the request started is charged whole; otherwise what the response sends.
+            let charged = response.extensions().get::<Charged>().map(|charged| charged.0).or(length);
+            if let (true, Some(bytes)) = (method == Method::GET, charged) {
+                admission.record_bytes(bytes);
+            }
+            response = response.map(|inner| Body::new(AdmittedBody { inner, _admission: admission }));
+        }
+        response
     }
-    response
 }
 
 /// A response body that holds its request's admission (a parallel slot) until it is sent or dropped.

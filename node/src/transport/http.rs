@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::admission::PublicApp;
 use super::connections::{ConnectionLimits, ConnectionSlot};
 use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarded_scheme, read_proxy_start};
 use super::send_file::SendingFiles;
@@ -52,7 +52,7 @@ pub struct ConnectionSettings {
 
 /// What every connection of the listener shares.
 pub struct Site {
-    pub app: Router,
+    pub app: PublicApp,
     pub tls: Option<TlsState>,
     /// Added to every response (HTTP/3 advertised while it runs).
     pub alt_svc: Option<http::HeaderValue>,
@@ -245,7 +245,7 @@ where
             let (app, alt_svc) = (app.clone(), alt_svc.clone());
             let guard = in_flight.as_ref().map(InFlight::start);
             async move {
-                let mut response = tower::ServiceExt::oneshot(app, request.map(axum::body::Body::new)).await?;
+                let mut response = app.call(request.map(axum::body::Body::new)).await;
                 if let Some(alt_svc) = alt_svc {
                     response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
                 }

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admission::PublicApp;
 use anyhow::Context;
-use axum::Router;
 use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -52,7 +52,7 @@ impl Http3 {
     pub fn start(
         address: SocketAddr,
         tls: &super::tls::TlsState,
-        app: Router,
+        app: PublicApp,
         limits: ConnectionLimits,
         settings: ConnectionSettings,
     ) -> anyhow::Result<Http3> {
@@ -97,7 +97,7 @@ impl Http3 {
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, app: Router, header_timeout: Duration) -> anyhow::Result<()> {
+async fn serve_connection(incoming: quinn::Incoming, app: PublicApp, header_timeout: Duration) -> anyhow::Result<()> {
     let connection = incoming.await?;
     let remote = connection.remote_address();
     let mut h3_connection: h3::server::Connection<h3_quinn::Connection, Bytes> =
@@ -122,7 +122,7 @@ async fn serve_connection(incoming: quinn::Incoming, app: Router, header_timeout
 async fn serve_request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     remote: SocketAddr,
-    app: Router,
+    app: PublicApp,
     header_timeout: Duration,
 ) -> anyhow::Result<()> {
     // The headers and the (small, bounded) body must arrive within the header timeout: h3 itself
@@ -142,7 +142,7 @@ async fn serve_request(
     let mut request = http::Request::from_parts(parts, axum::body::Body::from(body.freeze()));
     request.extensions_mut().insert(ConnectInfo(remote));
     request.extensions_mut().insert(crate::edge::RequestScheme("https"));
-    let response = tower::ServiceExt::oneshot(app, request).await.unwrap_or_else(|never| match never {});
+    let response = app.call(request).await;
     let (parts, body) = response.into_parts();
     stream.send_response(http::Response::from_parts(parts, ())).await?;
     let mut data = body.into_data_stream();
