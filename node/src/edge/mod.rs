@@ -114,7 +114,7 @@ pub struct Charged(pub u64);
 #[derive(Clone, Debug)]
 pub struct Answered {
     pub route: &'static str,
-    pub repo: Option<String>,
+    pub repo: Option<RepoKey>,
 }
 
 #[derive(Clone)]
@@ -226,7 +226,7 @@ fn request_span(method: &Method, uri: &http::Uri, route: &Route) -> tracing::Spa
 
 /// Answers one request; also says which route it took (for metrics) and the repository it named
 /// (for the access log).
-async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str, Option<String>) {
+async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubError>, &'static str, Option<RepoKey>) {
     let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     if header_bytes > MAX_HEADER_BYTES {
         return (Err(HubError::headers_too_large(MAX_HEADER_BYTES)), "invalid", None);
@@ -236,7 +236,7 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
         Err(error) => return (Err(error), "invalid", None),
     };
     let label = route.label();
-    let repo = route.repo().map(ToString::to_string);
+    let repo = route.repo().cloned();
     let method = request.method().clone();
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
     let span = request_span(&method, request.uri(), &route);

@@ -91,10 +91,11 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     headers.insert(&parsed::X_REPO_COMMIT, file.commit_value.clone());
     headers.insert(header::ETAG, file.quoted_etag.clone());
     headers.insert(&parsed::X_LINKED_ETAG, file.quoted_etag.clone());
-    headers.insert(&parsed::X_LINKED_SIZE, HeaderValue::from(size));
+    headers.insert(&parsed::X_LINKED_SIZE, file.size_value.clone());
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    let length = if end - start == size { file.size_value.clone() } else { HeaderValue::from(end - start) };
+    headers.insert(header::CONTENT_LENGTH, length);
     if range.is_some() {
         set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
@@ -105,7 +106,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         for name in [header::CONTENT_TYPE, header::ACCEPT_RANGES] {
             headers.remove(name);
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        headers.insert(header::CONTENT_LENGTH, file.size_value.clone());
         hub.answers.record(metadata_status);
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;

@@ -31,6 +31,8 @@ pub(super) struct WarmFile {
     pub commit_value: HeaderValue,
     /// `ETag` and `X-Linked-Etag`: the etag in quotes.
     pub quoted_etag: HeaderValue,
+    /// `X-Linked-Size`, and `Content-Length` of the whole file.
+    pub size_value: HeaderValue,
 }
 
 impl WarmFile {
@@ -38,7 +40,9 @@ impl WarmFile {
     pub fn new(repo: &RepoKey, revision: &str, path: &str, commit: String, etag: String, size: u64) -> Option<WarmFile> {
         let commit_value = HeaderValue::from_str(&commit).ok()?;
         let quoted_etag = HeaderValue::from_str(&format!("\"{etag}\"")).ok()?;
-        Some(WarmFile { key: (repo.clone(), revision.to_owned(), path.to_owned()), commit, etag, size, commit_value, quoted_etag })
+        let size_value = HeaderValue::from(size);
+        let key = (repo.clone(), revision.to_owned(), path.to_owned());
+        Some(WarmFile { key, commit, etag, size, commit_value, quoted_etag, size_value })
     }
 
     fn is(&self, repo: &RepoKey, revision: &str, path: &str) -> bool {

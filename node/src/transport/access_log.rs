@@ -110,7 +110,8 @@ pub struct Answer {
     pub bytes: u64,
     pub duration: Duration,
     pub cache: &'static str,
-    pub repo: Option<String>,
+    /// The repository the request named; written as `type:ORG/NAME` by the writer.
+    pub repo: Option<hfm_cluster::types::RepoKey>,
 }
 
 impl Requested {
@@ -133,6 +134,7 @@ impl Requested {
     fn into_line(self, answer: Answer) -> AccessLine {
         let (path, user_agent) = self.text.split_at(self.path_len);
         let Answer { at, status, bytes, duration, cache, repo } = answer;
+        let repo = repo.map(|repo| repo.to_string());
         AccessLine::new(at, self.method.as_str(), path, status, bytes, duration, cache, user_agent, self.client, repo)
     }
 
@@ -171,7 +173,7 @@ impl Requested {
         }
         out.extend_from_slice(b",\"repo\":");
         match &answer.repo {
-            Some(repo) => json_text(out, repo),
+            Some(repo) => json_text(out, &repo.to_string()),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}\n");
@@ -387,6 +389,7 @@ mod tests {
 
     #[test]
     fn queued_requests_are_written_as_the_lines_they_stand_for() {
+        use hfm_cluster::types::{RepoKey, RepoType};
         let directory = tempfile::tempdir().unwrap();
         let hostile_agent = format!("agent \"quoted\" \\ \u{1}\n{}", "é".repeat(600));
         let cases = [
@@ -395,7 +398,7 @@ mod tests {
                 "/org/model/resolve/main/config.json",
                 Some("huggingface_hub/2.4.0"),
                 Some("203.0.113.9".parse().unwrap()),
-                Some("model:org/model"),
+                Some(RepoKey::new(RepoType::Model, "org/model")),
                 at_day(0, 86_399) + Duration::from_millis(999),
             ),
             (
@@ -411,21 +414,15 @@ mod tests {
                 "/",
                 None,
                 None,
-                Some("dataset:o/\"x\""),
+                Some(RepoKey::new(RepoType::Dataset, "o/\"x\"")),
                 at_day(1, 5) + Duration::from_millis(7),
             ),
         ];
         let mut batch = Vec::new();
         let mut expected = Vec::new();
         for (method, path, agent, client, repo, at) in cases {
-            let answer = || Answer {
-                at,
-                status: 206,
-                bytes: 12_345,
-                duration: Duration::from_micros(7_900),
-                cache: "HIT",
-                repo: repo.map(str::to_owned),
-            };
+            let answer =
+                || Answer { at, status: 206, bytes: 12_345, duration: Duration::from_micros(7_900), cache: "HIT", repo: repo.clone() };
             expected.push(Requested::new(&method, path, agent, client).into_line(answer()));
             batch.push((Requested::new(&method, path, agent, client), answer()));
         }
@@ -437,6 +434,7 @@ mod tests {
         assert_eq!(read("2026-01-01"), expected[..1]);
         assert_eq!(read("2026-01-02"), expected[1..]);
         assert_eq!(expected[0].time, "2026-01-01T23:59:59.999Z");
+        assert_eq!((expected[0].repo.as_deref(), expected[2].repo.as_deref()), (Some("model:org/model"), Some("dataset:o/\"x\"")));
         assert_eq!(expected[1].user_agent.chars().count(), 512);
         assert_eq!(
             (expected[1].client.as_str(), expected[2].client.as_str(), expected[2].user_agent.as_str()),

@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{Method, header};
-use tracing::{debug, info};
+use tracing::{debug, field, info};
 
 use super::access_log::{AccessLog, Answer, Requested};
 use super::limits::{Admission, EdgeLimits, Refusal};
@@ -95,9 +95,9 @@ impl FrontDoor {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let path = uri.path();
         if status >= 400 {
-            info!(%method, path, repo, status, cache, elapsed_ms, "answered");
+            info!(%method, path, repo = repo.as_ref().map(field::display), status, cache, elapsed_ms, "answered");
         } else {
-            debug!(%method, path, repo, status, cache, elapsed_ms, "answered");
+            debug!(%method, path, repo = repo.as_ref().map(field::display), status, cache, elapsed_ms, "answered");
         }
         crate::telemetry::metrics().request(route, status, cache);
         let length = response.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
