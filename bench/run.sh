@@ -21,7 +21,6 @@ bench_setup hfm-bench nginx=nginx hey=hey h2load=nghttp2-client curl=curl taskse
 server_cpu=0
 client_cpu=1
 on_client() { taskset -c "$client_cpu" "$@"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "generating a ${size}-byte LFS file in the fake Hub..." >&2
 # The upstream shares the client's CPU: the server's core is the server's alone.
@@ -39,21 +38,9 @@ wait_line "$work/node.out" '^node '
 node=$(awk '/^node /{print $3}' "$work/node.out")
 
 # nginx: a static server and a caching proxy of the same upstream, one worker on the server's CPU.
-mkdir -p "$work/nginx/www/small" "$work/nginx/logs" "$work/nginx/cache"
 static_port=$(free_port)
 cache_port=$(free_port)
-cat >"$work/nginx/nginx.conf" <<CONF
-daemon off;
-user root;
-worker_processes 1;
-worker_cpu_affinity 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
+start_nginx "$server_cpu" "$(cat <<CONF
   server {
     listen 127.0.0.1:$static_port;
     root $work/nginx/www;
@@ -80,14 +67,11 @@ http {
       proxy_pass \$cdn_url;
     }
   }
-}
 CONF
-taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
-for _ in $(seq 1 50); do [ -s "$work/nginx/nginx.pid" ] && break; sleep 0.1; done
+)"
+mkdir -p "$work/nginx/www/small"
 static="http://127.0.0.1:$static_port"
 cache="http://127.0.0.1:$cache_port"
-nginx_worker=$(pgrep -P "$(cat "$work/nginx/nginx.pid")" | head -n 1)
 
 big_path=/bench/big/resolve/main/big.bin
 small_path=/org/model/resolve/main/config.json

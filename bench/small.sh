@@ -17,7 +17,6 @@ requests=${REQUESTS:-200000}
 bench_setup hfm-small nginx=nginx h2load=nghttp2-client curl=curl taskset=util-linux
 cargo build --locked --release -p hfm-node --example hyper_floor >&2
 floor_bin="$root/target/release/examples/hyper_floor"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 taskset -c 1 python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 >"$work/fake.out" 2>"$work/fake.err" &
 pids+=($!)
@@ -27,28 +26,10 @@ hub=$(awk '{print $2}' "$work/fake.out")
 names=() urls=() server_pids=()
 add() { names+=("$1"); urls+=("$2"); server_pids+=("$3"); }
 
-mkdir -p "$work/nginx/www" "$work/nginx/logs"
 port=$(free_port)
-cat >"$work/nginx/nginx.conf" <<CONF
-daemon off;
-user root;
-worker_processes 1;
-worker_cpu_affinity 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  server { listen 127.0.0.1:$port; root $work/nginx/www; }
-}
-CONF
+start_nginx 0 "  server { listen 127.0.0.1:$port; root $work/nginx/www; }"
 curl -sf -o "$work/nginx/www/config.json" "$hub/org/model/resolve/main/config.json"
-taskset -c 0 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
-for _ in $(seq 1 50); do [ -s "$work/nginx/nginx.pid" ] && break; sleep 0.1; done
-add "nginx static" "http://127.0.0.1:$port/config.json" "$(pgrep -P "$(cat "$work/nginx/nginx.pid")" | head -n 1)"
+add "nginx static" "http://127.0.0.1:$port/config.json" "$nginx_worker"
 
 index=0
 for binary in "$bin" "$@"; do
