@@ -4,10 +4,10 @@
 //! daily aggregates (`daily-YYYY-MM-DD.json`: requests, bytes and hit ratio per repository and per
 //! status) and deleted.
 //!
-//! A request queues what it knows as it is ([`Requested`]: shared handles to its method, path and
-//! user agent, no copies) through a bounded queue to one writer task, which formats, anonymises and
-//! appends the lines on its tick; when the disk cannot keep up, lines are dropped and counted rather
-//! than slowing requests down.
+//! A request queues its method, path and user agent (one allocation, [`Requested`]) and how it was
+//! answered ([`Answer`]) through a bounded queue to one writer task, which formats the JSON line,
+//! anonymises the address and appends on its tick; when the disk cannot keep up, lines are dropped
+//! and counted rather than slowing requests down. [`AccessLine`] is the line as it is read back.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -83,6 +83,7 @@ impl AccessLine {
     }
 
     /// The UTC day (`YYYY-MM-DD`) of the line.
+    #[cfg(test)]
     fn day(&self) -> &str {
         self.time.get(..10).unwrap_or("unknown")
     }
@@ -302,7 +303,9 @@ fn append_days<D: std::fmt::Display>(directory: &Path, by_day: BTreeMap<D, Vec<u
     Ok(())
 }
 
-/// Appends lines to the files of their days.
+/// Appends lines to the files of their days (tests write days of lines with it; the node writes
+/// through [`append_requests`]).
+#[cfg(test)]
 pub fn append(directory: &Path, lines: &[AccessLine]) -> std::io::Result<()> {
     let mut by_day: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
     for line in lines {
