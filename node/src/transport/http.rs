@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use super::admission::PublicApp;
 use super::connections::{ConnectionLimits, ConnectionSlot};
+use super::h2_streams::{ConnectionStreams, StreamRunner};
 use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarded_scheme, read_proxy_start};
 use super::send_file::SendingFiles;
 use super::tls::TlsState;
@@ -258,7 +259,8 @@ where
     };
     let settings = &shared.site.settings;
     if is_h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let (streams, mut runner) = ConnectionStreams::new();
+        let mut builder = hyper::server::conn::http2::Builder::new(streams);
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.streams_per_connection)
@@ -269,7 +271,7 @@ where
             .keep_alive_timeout(Duration::from_secs(10))
             .max_header_list_size(64 << 10);
         let connection = builder.serve_connection(TokioIo::new(super::coalesce::Coalescing::new(io)), service);
-        drive(connection, &shared.stop, in_flight.map(|in_flight| (in_flight, settings.idle_timeout))).await
+        drive(connection, &shared.stop, in_flight.map(|in_flight| (in_flight, settings.idle_timeout)), Some(&mut runner)).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -284,27 +286,44 @@ where
             .writev(true)
             .keep_alive(true);
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        drive(connection, &shared.stop, None).await
+        drive(connection, &shared.stop, None, None).await
     }
 }
 
-/// Runs a connection until it ends; on `stop` (or after `idle` with no request in flight) it is
-/// asked to finish what it serves and close.
-async fn drive<C>(connection: C, stop: &CancellationToken, idle: Option<(Arc<InFlight>, Duration)>) -> anyhow::Result<()>
+/// Runs a connection, and the streams of an HTTP/2 connection, until it ends; on `stop` (or after
+/// `idle` with no request in flight) it is asked to finish what it serves and close. Streams still
+/// running when the connection has ended are dropped with it: their client is gone.
+async fn drive<C>(
+    connection: C,
+    stop: &CancellationToken,
+    idle: Option<(Arc<InFlight>, Duration)>,
+    streams: Option<&mut StreamRunner>,
+) -> anyhow::Result<()>
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     tokio::pin!(connection);
+    // Made once: the loop turns for every stream that starts or ends.
+    let streams = async {
+        match streams {
+            Some(streams) => streams.run().await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = stop.cancelled();
+    let idled = idle_for(idle.as_ref());
+    tokio::pin!(streams, stopped, idled);
     let mut closing = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => return result.map_err(|error| anyhow::anyhow!("{error}")),
-            () = stop.cancelled(), if !closing => {
+            () = &mut streams => {}
+            () = &mut stopped, if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = idle_for(idle.as_ref()), if !closing => {
+            () = &mut idled, if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -348,5 +367,158 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use tokio::sync::Semaphore;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// An HTTP/2 connection served the way the listener serves one, over an in-memory pipe. `/held`
+    /// answers `first ` at once and `last` only once `release` has a permit; any other path answers
+    /// both at once.
+    struct Served {
+        client: h2::client::SendRequest<Bytes>,
+        release: Arc<Semaphore>,
+        server: JoinHandle<anyhow::Result<()>>,
+        stop: CancellationToken,
+    }
+
+    async fn served(idle: Option<Duration>) -> Served {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let release = Arc::new(Semaphore::new(0));
+        let stop = CancellationToken::new();
+        let in_flight = idle.map(|_| Arc::new(InFlight::default()));
+        let service = {
+            let (release, in_flight) = (release.clone(), in_flight.clone());
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let held = request.uri().path() == "/held";
+                let release = release.clone();
+                let guard = in_flight.as_ref().map(InFlight::start);
+                async move {
+                    let parts = futures_util::stream::unfold(0, move |step| {
+                        let release = release.clone();
+                        async move {
+                            match step {
+                                0 => Some((Ok::<_, Infallible>(Bytes::from_static(b"first ")), 1)),
+                                1 => {
+                                    if held {
+                                        release.acquire().await.expect("release closed").forget();
+                                    }
+                                    Some((Ok(Bytes::from_static(b"last")), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    let mut body = axum::body::Body::from_stream(parts);
+                    if let Some(guard) = guard {
+                        body = axum::body::Body::new(GuardedBody { inner: body, _guard: guard });
+                    }
+                    Ok::<_, Infallible>(hyper::Response::new(body))
+                }
+            })
+        };
+        let server = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (streams, mut runner) = ConnectionStreams::new();
+                let connection = hyper::server::conn::http2::Builder::new(streams)
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(server_io), service);
+                drive(connection, &stop, in_flight.zip(idle), Some(&mut runner)).await
+            })
+        };
+        let (client, connection) = h2::client::handshake(client_io).await.expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Served { client, release, server, stop }
+    }
+
+    /// Sends a GET and reads its first data frame.
+    async fn started(client: &h2::client::SendRequest<Bytes>, path: &str) -> (Bytes, h2::RecvStream) {
+        tokio::time::timeout(Duration::from_secs(10), start(client, path)).await.expect("an answer within 10 s")
+    }
+
+    async fn start(client: &h2::client::SendRequest<Bytes>, path: &str) -> (Bytes, h2::RecvStream) {
+        let mut client = client.clone().ready().await.expect("connection ready");
+        let request = http::Request::get(format!("http://mirror{path}")).body(()).expect("request");
+        let (response, _) = client.send_request(request, true).expect("request sent");
+        let mut body = response.await.expect("response").into_body();
+        let first = body.data().await.expect("a first frame").expect("first frame");
+        body.flow_control().release_capacity(first.len()).expect("capacity");
+        (first, body)
+    }
+
+    async fn rest(body: h2::RecvStream) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(10), read_rest(body)).await.expect("the rest within 10 s")
+    }
+
+    async fn read_rest(mut body: h2::RecvStream) -> Vec<u8> {
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data frame");
+            body.flow_control().release_capacity(chunk.len()).expect("capacity");
+            text.extend_from_slice(&chunk);
+        }
+        text
+    }
+
+    async fn get(client: &h2::client::SendRequest<Bytes>, path: &str) -> Vec<u8> {
+        let (first, body) = started(client, path).await;
+        [first.to_vec(), rest(body).await].concat()
+    }
+
+    async fn ended(server: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the connection ended").expect("server task")
+    }
+
+    #[tokio::test]
+    async fn the_streams_of_one_http2_connection_run_side_by_side() {
+        let served = served(None).await;
+        let (first, held) = started(&served.client, "/held").await;
+        assert_eq!(&first[..], b"first ");
+        // A stream waiting on its body does not hold up the connection's other streams.
+        for _ in 0..20 {
+            assert_eq!(get(&served.client, "/quick").await, b"first last");
+        }
+        let answers: Vec<_> = futures_util::future::join_all((0..8).map(|_| get(&served.client, "/quick"))).await;
+        assert!(answers.iter().all(|answer| answer == b"first last"), "{answers:?}");
+        served.release.add_permits(1);
+        assert_eq!(rest(held).await, b"last");
+        assert!(!served.server.is_finished(), "the connection stays open while its client keeps it");
+    }
+
+    #[tokio::test]
+    async fn a_stop_lets_the_streams_in_flight_finish_then_closes_the_connection() {
+        let Served { client, release, server, stop } = served(None).await;
+        let (_, held) = started(&client, "/held").await;
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!server.is_finished(), "a stream in flight keeps its connection through a graceful stop");
+        release.add_permits(1);
+        assert_eq!(rest(held).await, b"last", "the stream in flight is answered in full");
+        ended(server).await.expect("the connection closes cleanly");
+    }
+
+    #[tokio::test]
+    async fn the_idle_timeout_waits_for_the_streams_in_flight() {
+        let idle = Duration::from_millis(150);
+        let Served { client, release, server, .. } = served(Some(idle)).await;
+        let (_, held) = started(&client, "/held").await;
+        tokio::time::sleep(idle * 4).await;
+        assert!(!server.is_finished(), "a stream in flight is not idle");
+        release.add_permits(1);
+        assert_eq!(rest(held).await, b"last");
+        // Ended by the node (the client keeps its handle); the client's close after the GOAWAY may
+        // make hyper call it a connection error.
+        let _ = ended(server).await;
     }
 }
