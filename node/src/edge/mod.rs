@@ -32,6 +32,7 @@ use tracing::{Instrument, info_span, warn};
 
 pub use self::operator::{Operator, OperatorToken};
 use crate::blobs::BlobSources;
+use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::headers::{X_CACHE, url_path};
 use crate::hub::route::{Route, route};
 use crate::hub::{CacheStatus, ErrorSource, HubError};
@@ -109,8 +110,8 @@ pub struct HubApi {
 #[derive(Clone, Copy, Debug)]
 pub struct Charged(pub u64);
 
-/// Which route an answer was for and the repository it named; put on every response for the
-/// transports' metrics and access log.
+/// Which route an answer was for and the repository it named, returned with every response for the
+/// front door's metrics and access log.
 #[derive(Clone, Debug)]
 pub struct Answered {
     pub route: &'static str,
@@ -134,8 +135,8 @@ impl Edge {
         Edge(EdgeState { hub, operator, site })
     }
 
-    /// Answers one request of the public port.
-    pub async fn answer(&self, request: Request) -> Response {
+    /// Answers one request of the public port, and says which route and repository it was for.
+    pub async fn answer(&self, request: Request) -> (Response, Answered) {
         handle(&self.0, request).await
     }
 }
@@ -146,7 +147,7 @@ pub fn router(hub: Arc<HubApi>, operator: Arc<Operator>, site: Arc<site::Site>) 
     let edge = Edge::new(hub, operator, site);
     Router::new().fallback(move |request: Request| {
         let edge = edge.clone();
-        async move { edge.answer(request).await }
+        async move { edge.answer(request).await.0 }
     })
 }
 
@@ -181,14 +182,12 @@ pub fn operator_router(operator: Arc<Operator>) -> Router {
     Router::new().fallback(answer).with_state(operator)
 }
 
-async fn handle(state: &EdgeState, mut request: Request) -> Response {
+async fn handle(state: &EdgeState, mut request: Request) -> (Response, Answered) {
     let (answered, route_label, repo) = match strip_path_prefix(&mut request, state.hub.settings.path_prefix()) {
         Some(()) => dispatch(state, request).await,
         None => (Err(HubError::route_not_found()), "invalid", None),
     };
-    let mut response = answered.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Answered { route: route_label, repo });
-    response
+    (answered.unwrap_or_else(IntoResponse::into_response), Answered { route: route_label, repo })
 }
 
 pub(super) fn require_method(method: &Method, allowed: &[Method]) -> Result<(), HubError> {
@@ -204,10 +203,19 @@ fn require_read(method: &Method) -> Result<(), HubError> {
     }
 }
 
-/// The scheme the client used to reach this node, put on each request by the transport (`https`
-/// over TLS and HTTP/3); absolute links the node writes use it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestScheme(pub &'static str);
+/// How a request reached this node, put on it by the transport (one extension, not one per fact:
+/// each costs an allocation per request).
+#[derive(Clone)]
+pub struct Arrival {
+    /// The client: the peer, or whom a trusted proxy named. Limits and fill budgets count by it.
+    pub client: SocketAddr,
+    /// `https` over TLS and HTTP/3, else `http` (or what a trusted proxy said); absolute links the
+    /// node writes use it.
+    pub scheme: &'static str,
+    /// Where the connection's writer takes stored file stretches from (plain HTTP/1.1 only, see
+    /// `common::zero_copy`).
+    pub zero_copy: Option<ZeroCopySink>,
+}
 
 /// The request's span, made once its route is known: the repository, revision and file it names
 /// (or its path), so that every line logged while answering it says what it was for. Made whole
@@ -322,7 +330,7 @@ pub(super) fn public_origin(settings: &EdgeSettings, parts: &Parts) -> String {
     if let Some(url) = &settings.public_url {
         return url.clone();
     }
-    let scheme = parts.extensions.get::<RequestScheme>().map_or("http", |scheme| scheme.0);
+    let scheme = parts.extensions.get::<Arrival>().map_or("http", |arrival| arrival.scheme);
     let host = parts
         .headers
         .get(header::HOST)

@@ -1,27 +1,26 @@
 //! `/resolve/`: a file's bytes and the Hub's headers about them. HEAD is answered from the catalog
 //! alone; GET from disk, from a fill in progress, or by starting a fill (peers before upstream).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hfm_cluster::catalog::EntryKind;
 use hfm_cluster::types::RepoKey;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use tracing::{debug, warn};
 
 use super::fill_budget::FillRefusal;
 use super::passthrough::{forward_request, pass_through};
 use super::warm_files::WarmFile;
-use super::{Charged, HubApi, access, set_header, with_cache_status};
+use super::{Arrival, Charged, HubApi, access, set_header, with_cache_status};
 use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::conditional;
 use crate::hub::error::RateLimitFields;
-use crate::hub::headers::{content_type_for_path, parsed};
 use crate::hub::range::parse_range;
 use crate::hub::route::resolve_origin;
 use crate::hub::{CacheStatus, HubError};
@@ -86,16 +85,10 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     };
     let (start, end) = range.map(|range| (range.start, range.end)).unwrap_or((0, size));
 
-    // Room for every header of the answer, X-Cache and Alt-Svc included: no regrowth.
-    let mut headers = HeaderMap::with_capacity(16);
-    headers.insert(&parsed::X_REPO_COMMIT, file.commit_value.clone());
-    headers.insert(header::ETAG, file.quoted_etag.clone());
-    headers.insert(&parsed::X_LINKED_ETAG, file.quoted_etag.clone());
-    headers.insert(&parsed::X_LINKED_SIZE, file.size_value.clone());
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
-    let length = if end - start == size { file.size_value.clone() } else { HeaderValue::from(end - start) };
-    headers.insert(header::CONTENT_LENGTH, length);
+    let mut headers = file.headers.clone();
+    if end - start != size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    }
     if range.is_some() {
         set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
@@ -114,8 +107,8 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         return Ok(with_cache_status(response, metadata_status));
     }
     let asker = Asker {
-        client: request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()),
-        zero_copy: request.extensions().get::<ZeroCopySink>(),
+        client: request.extensions().get::<Arrival>().map(|arrival| arrival.client.ip()),
+        zero_copy: request.extensions().get::<Arrival>().and_then(|arrival| arrival.zero_copy.as_ref()),
     };
     let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
         (Body::empty(), metadata_status, None)

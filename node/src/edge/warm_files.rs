@@ -1,5 +1,5 @@
 //! What a warm `/resolve/` answers, remembered per (repository, revision, path): the commit, the
-//! blob and its size, and the header values made from them. A remembered file is used only while
+//! blob and its size, and the headers of the whole file's answer made from them. A remembered file is used only while
 //! the metadata it was drawn from would still give the same answer ([`Metadata::still_fresh`]: the
 //! policy and the ref are fresh and were not written since), so `X-Cache` stays what the catalog
 //! reads would say, and a ref that moves or a repository that turns private is seen at once. The
@@ -14,8 +14,10 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
 use hfm_cluster::types::RepoKey;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, header};
 
+use crate::hub::CacheStatus;
+use crate::hub::headers::{content_type_for_path, parsed};
 use crate::metadata::Freshness;
 
 /// How many files are remembered at most.
@@ -27,22 +29,30 @@ pub(super) struct WarmFile {
     pub commit: String,
     pub etag: String,
     pub size: u64,
-    /// `X-Repo-Commit`.
-    pub commit_value: HeaderValue,
-    /// `ETag` and `X-Linked-Etag`: the etag in quotes.
-    pub quoted_etag: HeaderValue,
     /// `X-Linked-Size`, and `Content-Length` of the whole file.
     pub size_value: HeaderValue,
+    /// The headers of a `200` with the whole file: `X-Repo-Commit`, `ETag`, `X-Linked-Etag`,
+    /// `X-Linked-Size`, `Accept-Ranges`, `Content-Type`, `Content-Length`, and `X-Cache: HIT` (a
+    /// request that finds its blob elsewhere sets its own); other answers adjust a copy.
+    pub headers: HeaderMap,
 }
 
 impl WarmFile {
     /// `None` when the commit or etag cannot be a header value (then nothing is remembered).
     pub fn new(repo: &RepoKey, revision: &str, path: &str, commit: String, etag: String, size: u64) -> Option<WarmFile> {
-        let commit_value = HeaderValue::from_str(&commit).ok()?;
         let quoted_etag = HeaderValue::from_str(&format!("\"{etag}\"")).ok()?;
         let size_value = HeaderValue::from(size);
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(&parsed::X_REPO_COMMIT, HeaderValue::from_str(&commit).ok()?);
+        headers.insert(header::ETAG, quoted_etag.clone());
+        headers.insert(&parsed::X_LINKED_ETAG, quoted_etag);
+        headers.insert(&parsed::X_LINKED_SIZE, size_value.clone());
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
+        headers.insert(header::CONTENT_LENGTH, size_value.clone());
+        headers.insert(&parsed::X_CACHE, HeaderValue::from_static(CacheStatus::Hit.as_str()));
         let key = (repo.clone(), revision.to_owned(), path.to_owned());
-        Some(WarmFile { key, commit, etag, size, commit_value, quoted_etag, size_value })
+        Some(WarmFile { key, commit, etag, size, size_value, headers })
     }
 
     fn is(&self, repo: &RepoKey, revision: &str, path: &str) -> bool {
@@ -101,7 +111,16 @@ mod tests {
         let file = |path: &str| Arc::new(WarmFile::new(&repo, "main", path, "c".repeat(40), "e".repeat(64), 7).unwrap());
         warm.keep(file("config.json"), freshness);
         let (found, kept) = warm.get(&repo, "main", "config.json").unwrap();
-        assert_eq!((found.size, found.quoted_etag.to_str().unwrap(), kept), (7, format!("\"{}\"", "e".repeat(64)).as_str(), freshness));
+        assert_eq!((found.size, kept), (7, freshness));
+        let header = |name: &str| found.headers.get(name).map(|value| value.to_str().unwrap().to_owned());
+        let quoted_etag = format!("\"{}\"", "e".repeat(64));
+        assert_eq!(header("etag").as_ref(), Some(&quoted_etag));
+        assert_eq!(header("x-linked-etag").as_ref(), Some(&quoted_etag));
+        assert_eq!(header("x-repo-commit"), Some("c".repeat(40)));
+        assert_eq!((header("x-linked-size"), header("content-length")), (Some("7".into()), Some("7".into())));
+        assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(header("accept-ranges").as_deref(), Some("bytes"));
+        assert_eq!(found.headers.len(), 8, "and X-Cache, nothing else: {:?}", found.headers);
         assert!(warm.get(&repo, "v1", "config.json").is_none(), "another revision");
         assert!(warm.get(&RepoKey::new(RepoType::Dataset, "org/model"), "main", "config.json").is_none(), "another kind of repo");
         assert!(WarmFile::new(&repo, "main", "x", "bad\ncommit".into(), "e".into(), 1).is_none(), "not a header value");

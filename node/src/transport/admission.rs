@@ -1,14 +1,13 @@
 //! Around every request of the public port: the limits (checked before any work; 429 in
 //! the Hub's format with `Retry-After`), the `answered` log line, the request metric and the access
-//! log. The edge inside knows none of this; it tells which route and repository an answer was for
-//! through [`Answered`].
+//! log. The edge inside knows none of this; it says which route and repository an answer was for
+//! ([`Answered`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{Method, header};
@@ -16,7 +15,7 @@ use tracing::{debug, field, info};
 
 use super::access_log::{AccessLog, Answer, Requested};
 use super::limits::{Admission, EdgeLimits, Refusal};
-use crate::edge::{Answered, Charged, Edge};
+use crate::edge::{Answered, Arrival, Charged, Edge};
 use crate::hub::headers::parsed;
 use crate::hub::{CacheStatus, HubError};
 
@@ -47,8 +46,8 @@ impl PublicApp {
 
 /// Lets a request through the limits (before any work is done for it), or answers 429.
 fn admit(front_door: &FrontDoor, request: &Request) -> Result<Option<Admission>, HubError> {
-    let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else { return Ok(None) };
-    front_door.limits.admit(client.ip()).map_err(|refused| {
+    let Some(arrival) = request.extensions().get::<Arrival>() else { return Ok(None) };
+    front_door.limits.admit(arrival.client.ip()).map_err(|refused| {
         let message = match refused.reason {
             Refusal::Rate => "Too many requests from your address; slow down and retry after the delay in Retry-After".to_owned(),
             Refusal::Parallel => "Too many parallel requests from your network; retry after the delay in Retry-After".to_owned(),
@@ -73,16 +72,15 @@ impl FrontDoor {
         // carry secrets), never a credential header.
         let requested = front_door.access_log.as_ref().map(|_| {
             let user_agent = request.headers().get(header::USER_AGENT).and_then(|value| value.to_str().ok());
-            let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+            let client = request.extensions().get::<Arrival>().map(|arrival| arrival.client.ip());
             Requested::new(&method, uri.path(), user_agent, client)
         });
-        let (mut response, admission) = match admit(front_door, &request) {
-            Ok(admission) => (edge.answer(request).await, admission),
-            Err(refused) => (refused.into_response(), None),
-        };
-        let (route, repo) = match response.extensions_mut().remove::<Answered>() {
-            Some(answered) => (answered.route, answered.repo),
-            None => ("refused", None),
+        let (mut response, Answered { route, repo }, admission) = match admit(front_door, &request) {
+            Ok(admission) => {
+                let (response, answered) = edge.answer(request).await;
+                (response, answered, admission)
+            }
+            Err(refused) => (refused.into_response(), Answered { route: "refused", repo: None }, None),
         };
         let cache = response
             .headers()

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,7 +29,7 @@ use super::proxy::{Prefixed, ProxyStart, TrustedProxies, forwarded_for, forwarde
 use super::send_file::SendingFiles;
 use super::tls::TlsState;
 use crate::common::zero_copy::ZeroCopySink;
-use crate::edge::RequestScheme;
+use crate::edge::Arrival;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -238,11 +237,7 @@ where
                 }
                 scheme = forwarded_scheme(request.headers()).unwrap_or(scheme);
             }
-            request.extensions_mut().insert(ConnectInfo(client));
-            request.extensions_mut().insert(RequestScheme(scheme));
-            if let Some(sink) = &zero_copy {
-                request.extensions_mut().insert(sink.clone());
-            }
+            request.extensions_mut().insert(Arrival { client, scheme, zero_copy: zero_copy.clone() });
             let (app, alt_svc) = (app.clone(), alt_svc.clone());
             let guard = in_flight.as_ref().map(InFlight::start);
             async move {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use super::admission::PublicApp;
 use anyhow::Context;
-use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tracing::{debug, warn};
@@ -140,8 +139,7 @@ async fn serve_request(
     .context("the request did not arrive in time")??;
     let (parts, ()) = request.into_parts();
     let mut request = http::Request::from_parts(parts, axum::body::Body::from(body.freeze()));
-    request.extensions_mut().insert(ConnectInfo(remote));
-    request.extensions_mut().insert(crate::edge::RequestScheme("https"));
+    request.extensions_mut().insert(crate::edge::Arrival { client: remote, scheme: "https", zero_copy: None });
     let response = app.call(request).await;
     let (parts, body) = response.into_parts();
     stream.send_response(http::Response::from_parts(parts, ())).await?;
