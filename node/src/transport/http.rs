@@ -265,7 +265,7 @@ where
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10))
             .max_header_list_size(64 << 10);
-        let connection = builder.serve_connection(TokioIo::new(super::coalesce::Coalescing::new(io)), service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         drive(connection, &shared.stop, in_flight.map(|in_flight| (in_flight, settings.idle_timeout)), Some(&mut runner)).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();

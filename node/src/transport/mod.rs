@@ -5,8 +5,8 @@
 //! # Layout
 //!
 //! - `http`: HTTP/1.1 + HTTP/2 on one TCP port, TLS by first byte, header and idle timeouts;
-//!   `coalesce`: an HTTP/2 connection's writes batched; `h2_streams`: an HTTP/2 connection's
-//!   streams run in its own task; `send_file`: stored files sent with
+//!   `h2_streams`: an HTTP/2 connection's streams run in its own task (so the responses of the
+//!   streams that are ready go out in one write); `send_file`: stored files sent with
 //!   `sendfile` on plain HTTP/1.1 connections; `tls`: the certificate and its reloads;
 //!   `proxy`: PROXY protocol and `X-Forwarded-For` from
 //!   trusted proxies; `connections`: connections bounded per client network and in total.
@@ -40,7 +40,6 @@ macro_rules! pass_to_inner {
 pub mod access_log;
 pub mod admission;
 pub mod connections;
-mod coalesce;
 mod h2_streams;
 pub mod http;
 #[cfg(feature = "http3")]
