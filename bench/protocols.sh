@@ -8,13 +8,16 @@
 # bench/run.sh: unpinned, the client and the server's threads fight over both cores and what is
 # measured is the scheduler (HTTP/2's one connection task and its stream tasks wake each other across
 # cores). Each row is run twice and the better kept; the ratio is to the node's HTTP/1.1 cleartext row.
+# Next to requests/s, the server's CPU time per request (utime + stime from /proc, the lesser of the
+# two runs): on this VM requests/s moves by a quarter between runs, CPU per request much less, so the
+# CPU share (the HTTP/1.1 cleartext row's CPU per request over the row's) is the steadier comparison.
 # Prints a Markdown table for docs/benchmarks.md. Nothing here asserts a time.
 #
-# Usage: bench/protocols.sh [REQUESTS] [CONCURRENCY]   (default 20000 16)
+# Usage: bench/protocols.sh [REQUESTS] [CONCURRENCY]   (default 100000 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-requests=${1:-20000}
+requests=${1:-100000}
 concurrency=${2:-16}
 bench_setup hfm-protocols nginx=nginx h2load=nghttp2-client openssl=openssl curl=curl taskset=util-linux
 # Servers are started as `taskset -c 0 CMD &` (taskset execs CMD, so `$!` is the server's PID and the
@@ -38,32 +41,18 @@ hub=$(awk '/^fakehub /{print $2}' "$work/hub.out")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" --upstream "$hub" \
   --tls-cert "$work/node.pem" --tls-key "$work/node.key" > "$work/node.out" 2> "$work/node.err" &
-pids+=($!)
+node_pid=$!
+pids+=($node_pid)
 wait_line "$work/node.out" '^node '
 path=/org/model/resolve/main/config.json
 curl -sSf -o "$work/config.json" "http://127.0.0.1:$port$path"
 size=$(stat -c %s "$work/config.json")
 
 # nginx serving the same bytes (HTTP/1.1 cleartext), the reference.
-mkdir -p "$work/www/org/model/resolve/main"
-cp "$work/config.json" "$work/www$path"
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$nginx_port; root $work/www; }
-}
-EOF
-taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-sleep 0.5
+nginx_port=$(free_port)
+start_nginx 0 "  server { listen 127.0.0.1:$nginx_port; root $work/nginx/www; }"
+mkdir -p "$work/nginx/www$(dirname "$path")"
+cp "$work/config.json" "$work/nginx/www$path"
 
 rate() { # h2load output → requests/s
   awk '/^finished in/ { for (i = 1; i <= NF; i++) if ($(i+1) == "req/s,") { print $i; exit } }'
@@ -71,55 +60,72 @@ rate() { # h2load output → requests/s
 failed() { # h2load output → failed requests
   awk '/^requests:/ { for (i = 1; i <= NF; i++) if ($(i+1) == "failed,") { print $i; exit } }'
 }
-best=0
-reference=
-row() { # label, requests/s, failed: prints a row with the ratio to the node's HTTP/1.1 cleartext rate
-  local ratio=
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+best=0 least_cpu=0
+reference= reference_cpu=
+row() { # label, requests/s, CPU µs per request, failed: a row with the ratios to the node's HTTP/1.1 cleartext row
+  local ratio= share=
   [ -n "$reference" ] && ratio=$(python3 -c "print(f'{$2 / $reference:.2f}')")
-  printf '| %s | %s | %s | %s |\n' "$1" "$2" "$ratio" "$3"
+  [ -n "$reference_cpu" ] && share=$(python3 -c "print(f'{$reference_cpu / $3:.2f}')")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$ratio" "$share" "$4"
 }
-run_h2load() { # label, args…: the better of two runs
-  local label=$1; shift
-  local out rate_now failed_sum=0
-  best=0
+measured() { # server pid, command…: runs the client, prints its output, and then the server's CPU µs per request
+  local server=$1 before after
+  shift
+  before=$(cpu_ticks "$server")
+  "$@" 2>&1
+  after=$(cpu_ticks "$server")
+  echo "cpu_us $(python3 -c "print(f'{($after - $before) * 1e6 / $ticks_per_second / $requests:.1f}')")"
+}
+run_h2load() { # label, server pid, args…: the better of two runs
+  local label=$1 server=$2
+  shift 2
+  local out rate_now cpu_now failed_sum=0
+  best=0 least_cpu=1e9
   for _ in 1 2; do
-    out=$(on_client h2load "$@" 2>&1)
+    out=$(measured "$server" on_client h2load "$@")
     rate_now=$(echo "$out" | rate)
+    cpu_now=$(echo "$out" | awk '/^cpu_us/ {print $2}')
     failed_sum=$((failed_sum + $(echo "$out" | failed)))
     best=$(python3 -c "print(max($best, float('${rate_now:-0}')))")
+    least_cpu=$(python3 -c "print(min($least_cpu, float('$cpu_now')))")
   done
-  row "$label" "$best" "$failed_sum"
+  row "$label" "$best" "$least_cpu" "$failed_sum"
 }
 
 base="127.0.0.1:$port$path"
 echo "Small file: $size bytes, $requests requests, $concurrency at a time, the better of two runs; every answer a HIT from the node's disk."
 echo "Server pinned to CPU 0, clients to CPU 1."
 echo
-echo "| protocol | requests/s | ratio to hf-mirror HTTP/1.1 cleartext | failed |"
-echo "|---|---|---|---|"
-run_h2load "nginx, HTTP/1.1 cleartext ($concurrency connections, one worker)" --h1 -n "$requests" -c "$concurrency" "http://127.0.0.1:$nginx_port$path"
-reference=
-run_h2load "hf-mirror, HTTP/1.1 cleartext ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "http://$base"
-reference=$best
-run_h2load "hf-mirror, HTTP/2 cleartext h2c (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "http://$base"
-run_h2load "hf-mirror, HTTP/1.1 + TLS ($concurrency connections)" --h1 -n "$requests" -c "$concurrency" "https://$base"
-run_h2load "hf-mirror, HTTP/2 + TLS (1 connection, $concurrency streams)" -n "$requests" -c 1 -m "$concurrency" "https://$base"
-run_h2load "hf-mirror, HTTP/2 + TLS ($concurrency connections, 1 stream each)" -n "$requests" -c "$concurrency" -m 1 "https://$base"
-h3=$(on_client "$bin" h3-get "https://$base" --cacert "$work/ca.pem" --repeat "$requests" --concurrency "$concurrency" | awk '/^requests/ {print $0}')
+echo "| protocol | requests/s | server CPU µs per request | requests/s ÷ hf-mirror HTTP/1.1 cleartext | CPU share (its CPU per request ÷ this row's) | failed |"
+echo "|---|---|---|---|---|---|"
+run_h2load "nginx, HTTP/1.1 cleartext ($concurrency connections, one worker)" "$nginx_worker" --h1 -n "$requests" -c "$concurrency" "http://127.0.0.1:$nginx_port$path"
+run_h2load "hf-mirror, HTTP/1.1 cleartext ($concurrency connections)" "$node_pid" --h1 -n "$requests" -c "$concurrency" "http://$base"
+reference=$best reference_cpu=$least_cpu
+run_h2load "hf-mirror, HTTP/2 cleartext h2c (1 connection, $concurrency streams)" "$node_pid" -n "$requests" -c 1 -m "$concurrency" "http://$base"
+run_h2load "hf-mirror, HTTP/1.1 + TLS ($concurrency connections)" "$node_pid" --h1 -n "$requests" -c "$concurrency" "https://$base"
+run_h2load "hf-mirror, HTTP/2 + TLS (1 connection, $concurrency streams)" "$node_pid" -n "$requests" -c 1 -m "$concurrency" "https://$base"
+run_h2load "hf-mirror, HTTP/2 + TLS ($concurrency connections, 1 stream each)" "$node_pid" -n "$requests" -c "$concurrency" -m 1 "https://$base"
+h3=$(measured "$node_pid" on_client "$bin" h3-get "https://$base" --cacert "$work/ca.pem" --repeat "$requests" --concurrency "$concurrency")
 row "hf-mirror, HTTP/3 (1 connection, $concurrency streams)" \
-  "$(echo "$h3" | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')" "$(echo "$h3" | sed -E 's/.*failed ([0-9]+).*/\1/')"
+  "$(echo "$h3" | awk '/^requests/' | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')" "$(echo "$h3" | awk '/^cpu_us/ {print $2}')" \
+  "$(echo "$h3" | awk '/^requests/' | sed -E 's/.*failed ([0-9]+).*/\1/')"
 # The handshake's cost: a new connection for every request, in waves of 200 (a node keeps at most
 # 256 connections per client network open; one h2load run with -n = -c of thousands would be refused
 # by that bound, not measure the handshake).
 fresh_waves() { # label, url: requests/s over 10 waves of 200 one-request connections, failures summed
-  local label=$1 url=$2 total=0 failed=0 seconds=0 out
+  local label=$1 url=$2 total=0 failed=0 seconds=0 out before after
+  before=$(cpu_ticks "$node_pid")
   for _ in $(seq 1 10); do
     out=$(on_client h2load --h1 -n 200 -c 200 "$url" 2>&1)
     failed=$((failed + $(echo "$out" | failed)))
     seconds=$(python3 -c "print($seconds + 200 / max(float('$(echo "$out" | rate)' or 0), 1e-9))")
     total=$((total + 200))
   done
-  row "$label" "$(python3 -c "print(f'{$total / $seconds:.2f}')")" "$failed"
+  after=$(cpu_ticks "$node_pid")
+  row "$label" "$(python3 -c "print(f'{$total / $seconds:.2f}')")" \
+    "$(python3 -c "print(f'{($after - $before) * 1e6 / $ticks_per_second / $total:.1f}')")" "$failed"
 }
 fresh_waves "hf-mirror, HTTP/1.1 cleartext, new connection per request" "http://$base"
 fresh_waves "hf-mirror, HTTP/1.1 + TLS, new connection per request" "https://$base"
