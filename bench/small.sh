@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Warm small-file GETs, rounds interleaved so that the VM's noise falls on every server alike: nginx
+# Warm small-file GETs and HEADs, rounds interleaved so that the VM's noise falls on every server alike: nginx
 # serving the file statically (one worker, sendfile, no access log), hf-mirror (default settings: the
 # access log on), the HTTP library's floor (`node/examples/hyper_floor.rs`: hyper answering the same
 # headers and body from memory, nothing else), and any other hf-mirror builds given (to compare a
-# change with the build before it). Server on CPU 0, h2load --h1 -c 64 on CPU 1. For each it reports
+# change with the build before it). Server on CPU 0, the client on CPU 1: h2load --h1 -c 64 for GET,
+# hey -c 64 -m HEAD for HEAD (h2load cannot send HEAD over HTTP/1.1; Debian's wrk 4.1 waits for a
+# HEAD answer's body). hey, on its one core, tops out below nginx, so for HEAD the server's CPU per
+# request is the comparison, not requests/s. For each it reports
 # requests/s and the server's CPU time per request (utime + stime over the run, from /proc), best and
 # median over the rounds. Prints a Markdown table for docs/benchmarks.md; asserts nothing.
 #
-# Usage: bench/small.sh [ROUNDS] [OTHER_HF_MIRROR_BINARY…]   (default 5 rounds of 200,000 requests)
+# Usage: bench/small.sh [ROUNDS] [OTHER_HF_MIRROR_BINARY…]   (default 5 rounds of 200,000 GETs and
+# 100,000 HEADs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
 rounds=${1:-5}
 shift || true
 requests=${REQUESTS:-200000}
-bench_setup hfm-small nginx=nginx h2load=nghttp2-client curl=curl taskset=util-linux
+# hey sends requests/connections per connection: a multiple of 64.
+head_requests=$((${HEAD_REQUESTS:-100000} / 64 * 64))
+bench_setup hfm-small nginx=nginx h2load=nghttp2-client hey=hey curl=curl taskset=util-linux
 cargo build --locked --release -p hfm-node --example hyper_floor >&2
 floor_bin="$root/target/release/examples/hyper_floor"
 
@@ -64,8 +70,15 @@ for round in $(seq 1 "$rounds"); do
     before=$(cpu_ticks "${server_pids[$i]}")
     rate=$(taskset -c 1 h2load --h1 -n "$requests" -c 64 "${urls[$i]}" | awk '/^finished in/ {print int($4)}')
     after=$(cpu_ticks "${server_pids[$i]}")
-    echo "$i $rate $(((after - before) * 1000000000 / ticks_per_second / requests))" >>"$work/rounds"
-    echo "round $round: ${names[$i]} $rate req/s" >&2
+    echo "$i GET $rate $(((after - before) * 1000000000 / ticks_per_second / requests))" >>"$work/rounds"
+    echo "round $round: ${names[$i]} GET $rate req/s" >&2
+    before=$(cpu_ticks "${server_pids[$i]}")
+    out=$(taskset -c 1 hey -n "$head_requests" -c 64 -m HEAD "${urls[$i]}")
+    after=$(cpu_ticks "${server_pids[$i]}")
+    rate=$(echo "$out" | awk '/Requests\/sec:/ {print int($2)}')
+    if ! echo "$out" | grep -qE "\[200\][[:space:]]+$head_requests responses"; then echo "HEAD not answered 200 every time: $out" >&2; exit 1; fi
+    echo "$i HEAD $rate $(((after - before) * 1000000000 / ticks_per_second / head_requests))" >>"$work/rounds"
+    echo "round $round: ${names[$i]} HEAD $rate req/s" >&2
   done
 done
 
@@ -76,16 +89,18 @@ names = sys.argv[2:]
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
-table = []
-for index, name in enumerate(names):
-    rates = [int(rate) for i, rate, _ in rows if int(i) == index]
-    cpu = [int(ns) for i, _, ns in rows if int(i) == index]
-    table.append((name, max(rates), median(rates), min(cpu) / 1000, median(cpu) / 1000))
-nginx_best = table[0][1]
-print(f"warm small GET (279 bytes), h2load --h1 -c 64, {len(rows) // len(names)} rounds, server on one core")
-print()
-print("| server | best req/s | median req/s | CPU µs per request (least / median) | best ÷ nginx |")
-print("|---|---|---|---|---|")
-for name, best, middle, least_cpu, median_cpu in table:
-    print(f"| {name} | {best} | {middle} | {least_cpu:.1f} / {median_cpu:.1f} | {best / nginx_best:.2f} |")
+for method, client in (("GET", "h2load --h1 -c 64"), ("HEAD", "hey -c 64 -m HEAD")):
+    table = []
+    for index, name in enumerate(names):
+        rates = [int(rate) for i, m, rate, _ in rows if int(i) == index and m == method]
+        cpu = [int(ns) for i, m, _, ns in rows if int(i) == index and m == method]
+        table.append((name, max(rates), median(rates), min(cpu) / 1000, median(cpu) / 1000))
+    nginx_best, nginx_cpu = table[0][1], table[0][3]
+    print(f"warm small {method} (279 bytes), {client}, {len(rows) // len(names) // 2} rounds, server on one core")
+    print()
+    print("| server | best req/s | median req/s | CPU µs per request (least / median) | best ÷ nginx | nginx's least CPU ÷ its least CPU |")
+    print("|---|---|---|---|---|---|")
+    for name, best, middle, least_cpu, median_cpu in table:
+        print(f"| {name} | {best} | {middle} | {least_cpu:.1f} / {median_cpu:.1f} | {best / nginx_best:.2f} | {nginx_cpu / least_cpu:.2f} |")
+    print()
 PY
