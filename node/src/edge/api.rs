@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, header};
 use serde_json::Value;
 
 use super::passthrough::{forward_request, pass_through};
-use super::{HubApi, access, json_response, public_origin, read_body, set_header};
+use super::{HubApi, access, access_at, json_response, public_origin, read_body, set_header};
 use crate::hub::HubError;
 use crate::hub::json::tree_entry_json;
 use crate::hub::query::{flag, parse_pairs, parse_tree_cursor, paths_info_request, tree_cursor, values};
@@ -85,7 +85,7 @@ const EXPAND_PROPERTIES: &[&str] = &[
 const MAX_CACHED_EXPANDS: usize = 6;
 
 pub(super) async fn repo_info(hub: &HubApi, request: Request, repo: &RepoKey, revision: Option<&str>) -> Result<Response, HubError> {
-    let (access, policy_status) = access(hub, repo).await?;
+    let (access, policy_status) = access_at(hub, repo, revision).await?;
     if access == Access::PassThrough {
         return forward_request(hub, request, None).await;
     }
@@ -100,7 +100,7 @@ pub(super) async fn repo_info(hub: &HubApi, request: Request, repo: &RepoKey, re
 }
 
 pub(super) async fn tree(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
-    let (access, policy_status) = access(hub, repo).await?;
+    let (access, policy_status) = access_at(hub, repo, Some(revision)).await?;
     if access == Access::PassThrough {
         return forward_request(hub, request, None).await;
     }
@@ -149,7 +149,7 @@ pub(super) async fn paths_info(hub: &HubApi, request: Request, repo: &RepoKey, r
     // The body is bounded and read first, so an oversized one is refused before any upstream work.
     let (parts, body) = request.into_parts();
     let body = read_body(&parts, body).await?.unwrap_or_default();
-    let (access, policy_status) = access(hub, repo).await?;
+    let (access, policy_status) = access_at(hub, repo, Some(revision)).await?;
     if access == Access::PassThrough {
         let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
         return pass_through(hub, &parts, Some(body), authorization.as_ref(), None).await;

@@ -366,7 +366,12 @@ pub(super) fn json_response(method: &Method, body: Bytes, cache: CacheStatus, ex
 
 /// Decides how a repo is served; on pass-through, forwards the request with the caller's token.
 pub(super) async fn access(hub: &HubApi, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
-    let (access, policy_status) = hub.metadata.policy(repo).await?;
+    access_at(hub, repo, None).await
+}
+
+/// [`access`] for a request that names `revision` (see `Metadata::policy_at`).
+pub(super) async fn access_at(hub: &HubApi, repo: &RepoKey, revision: Option<&str>) -> Result<(Access, CacheStatus), HubError> {
+    let (access, policy_status) = hub.metadata.policy_at(repo, revision).await?;
     // A policy re-check asked upstream something, but served nothing from it.
     Ok((access, policy_status.min(CacheStatus::Revalidated)))
 }

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::fill_budget::FillRefusal;
 use super::passthrough::{forward_request, pass_through};
 use super::warm_files::WarmFile;
-use super::{Arrival, Charged, HubApi, access, set_header, with_cache_status};
+use super::{Arrival, Charged, HubApi, access_at, set_header, with_cache_status};
 use crate::common::zero_copy::ZeroCopySink;
 use crate::hub::conditional;
 use crate::hub::error::RateLimitFields;
@@ -34,7 +34,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         Some((file, freshness)) if hub.metadata.still_fresh(repo, &freshness) => (file, CacheStatus::Hit),
         _ => {
             let stamp = hub.metadata.records_stamp(repo);
-            let (access, policy_status) = access(hub, repo).await?;
+            let (access, policy_status) = access_at(hub, repo, Some(revision)).await?;
             if access == Access::PassThrough {
                 return forward_request(hub, request, Some(path)).await;
             }

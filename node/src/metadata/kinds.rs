@@ -28,6 +28,10 @@ pub const REPO_TOO_LARGE: &str = "RepoTooLarge";
 /// not gated.
 pub(super) struct PolicyOf {
     pub repo: RepoKey,
+    /// The revision the request names, when it names one: its repo info says as much about the
+    /// repo as the default branch's, and also gives the revision's commit, which is recorded — so a
+    /// cold request asks upstream once for both (the policy's key stays the repo alone).
+    pub revision: Option<String>,
 }
 
 impl Kind for PolicyOf {
@@ -63,7 +67,22 @@ impl Kind for PolicyOf {
 
     async fn fetch(&self, context: FetchContext<'_>) -> Result<PolicyRecord, HubError> {
         let repo = &self.repo;
-        let reply = context.upstream.get_buffered(&api_repo_path(repo), None).await?;
+        let mut asked = None;
+        if let Some(revision) = self.revision.as_deref().filter(|revision| *revision != DEFAULT_REVISION) {
+            let reply = context.upstream.get_buffered(&revision_info_path(repo, revision), None).await?;
+            // Only a repo info, or an answer about the repo itself, decides: a revision that does not
+            // exist (or any other refusal) says nothing about the repo, which is then asked for
+            // itself — a request naming an invented branch must not make a public repo pass through.
+            let about_the_repo = reply.status.is_success()
+                || (matches!(reply.status.as_u16(), 401 | 403 | 404) && matches!(error_code(&reply), Some("RepoNotFound" | "GatedRepo")));
+            if about_the_repo {
+                asked = Some((revision, reply));
+            }
+        }
+        let (revision, reply) = match asked {
+            Some(asked) => asked,
+            None => (DEFAULT_REVISION, context.upstream.get_buffered(&api_repo_path(repo), None).await?),
+        };
         let (cacheable, reason) = if reply.status.is_success() {
             let info: Value = serde_json::from_slice(&reply.body)
                 .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
@@ -77,8 +96,9 @@ impl Kind for PolicyOf {
             } else if disabled {
                 (false, "disabled")
             } else {
-                // The answer is also the default branch's repo info: keep it.
-                record_revision_reply(context.catalog, repo, DEFAULT_REVISION, &reply).await?;
+                // The answer is also the revision's repo info (the default branch's when none was
+                // named): keep it, and the revision's commit.
+                record_revision_reply(context.catalog, repo, revision, &reply).await?;
                 (true, "public")
             }
         } else if matches!(reply.status.as_u16(), 401 | 403 | 404 | 410) {
@@ -96,6 +116,20 @@ impl Kind for PolicyOf {
             note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
         }
         Ok(record)
+    }
+}
+
+/// The `X-Error-Code` of an upstream answer.
+fn error_code(reply: &BufferedReply) -> Option<&str> {
+    reply.headers.get(crate::hub::headers::X_ERROR_CODE)?.to_str().ok()
+}
+
+/// The upstream path of a revision's repo info (the default branch's: the repo's own).
+fn revision_info_path(repo: &RepoKey, revision: &str) -> String {
+    if revision == DEFAULT_REVISION {
+        api_repo_path(repo)
+    } else {
+        format!("{}/revision/{}", api_repo_path(repo), encode_segment(revision))
     }
 }
 
@@ -134,12 +168,7 @@ impl Kind for RevisionOf {
     }
 
     async fn fetch(&self, context: FetchContext<'_>) -> Result<String, HubError> {
-        let path = if self.revision == DEFAULT_REVISION {
-            api_repo_path(&self.repo)
-        } else {
-            format!("{}/revision/{}", api_repo_path(&self.repo), encode_segment(&self.revision))
-        };
-        let reply = context.upstream.get_buffered(&path, None).await?;
+        let reply = context.upstream.get_buffered(&revision_info_path(&self.repo, &self.revision), None).await?;
         if !reply.status.is_success() {
             return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
         }

@@ -110,7 +110,7 @@ impl Metadata {
     async fn answer_peer(&self, request: MetadataRequest) -> MetadataAnswer {
         let result = match request {
             MetadataRequest::Policy { repo } => {
-                self.policy_record(&repo, Forwarding::Local).await.map(|(record, _)| MetadataAnswer::Policy(record))
+                self.policy_record(&repo, None, Forwarding::Local).await.map(|(record, _)| MetadataAnswer::Policy(record))
             }
             MetadataRequest::Revision { repo, revision } => {
                 self.resolve_revision_with(&repo, &revision, Forwarding::Local).await.map(|(commit, _)| MetadataAnswer::Revision(commit))

@@ -193,11 +193,23 @@ impl Metadata {
     /// Decides whether a repo may be cached: only when an anonymous upstream repo-info says it is
     /// public and not gated, re-checked every `policy_ttl`. Spaces and kernels always pass through.
     pub async fn policy(&self, repo: &RepoKey) -> Result<(Access, CacheStatus), HubError> {
-        let (record, status) = self.policy_record(repo, Forwarding::AskCluster).await?;
+        self.policy_at(repo, None).await
+    }
+
+    /// [`Metadata::policy`] for a request that names `revision`: when upstream must be asked, the
+    /// revision's repo info is asked for, which also records the revision's commit (one round trip
+    /// for both on a cold request).
+    pub async fn policy_at(&self, repo: &RepoKey, revision: Option<&str>) -> Result<(Access, CacheStatus), HubError> {
+        let (record, status) = self.policy_record(repo, revision, Forwarding::AskCluster).await?;
         Ok((if record.cacheable { Access::Cacheable } else { Access::PassThrough }, status))
     }
 
-    async fn policy_record(&self, repo: &RepoKey, forwarding: Forwarding) -> Result<(PolicyRecord, CacheStatus), HubError> {
+    async fn policy_record(
+        &self,
+        repo: &RepoKey,
+        revision: Option<&str>,
+        forwarding: Forwarding,
+    ) -> Result<(PolicyRecord, CacheStatus), HubError> {
         if matches!(repo.repo_type, RepoType::Space | RepoType::Kernel) {
             let record = PolicyRecord { cacheable: false, reason: format!("{}s pass through", repo.repo_type), checked_at_ms: now_ms() };
             return Ok((record, CacheStatus::Miss));
@@ -206,7 +218,8 @@ impl Metadata {
         if let Some(record) = self.inner.negative_policies.get(repo, ttl) {
             return Ok((record, CacheStatus::Hit));
         }
-        let (record, status) = self.read_through(PolicyOf { repo: repo.clone() }, ttl, forwarding).await?;
+        let kind = PolicyOf { repo: repo.clone(), revision: revision.map(str::to_owned) };
+        let (record, status) = self.read_through(kind, ttl, forwarding).await?;
         if !record.cacheable {
             self.inner.negative_policies.put(repo, record.clone(), ttl);
         }
@@ -420,6 +433,65 @@ mod tests {
         assert_eq!(metadata.policy(&repo).await.unwrap().0, Access::PassThrough);
         let record = catalog.get_policy(&repo).await.unwrap().unwrap();
         assert!(!record.cacheable, "the positive record must not outlive the repo's publicity: {record:?}");
+    }
+
+    /// An upstream with `org/public` (branch `main`), `org/gated` and the private `org/secret`,
+    /// answering as the Hub does (hub-api.md §7), which records the paths it was asked.
+    async fn hub_like_upstream(asked: Arc<std::sync::Mutex<Vec<String>>>) -> String {
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let asked = asked.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                asked.lock().unwrap().push(path.clone());
+                let info = |id: &str, gated: serde_json::Value| {
+                    let body = serde_json::json!({"id": id, "sha": "a".repeat(40), "private": false, "gated": gated});
+                    (http::StatusCode::OK, [("x-error-code", ""), ("content-type", "application/json")], body.to_string())
+                };
+                let refused = |status: u16, code: &'static str| {
+                    let status = http::StatusCode::from_u16(status).unwrap();
+                    (status, [("x-error-code", code), ("content-type", "application/json")], r#"{"error":"no"}"#.to_owned())
+                };
+                match path.as_str() {
+                    "/api/models/org/public" | "/api/models/org/public/revision/main" => info("org/public", false.into()),
+                    "/api/models/org/gated" | "/api/models/org/gated/revision/main" => info("org/gated", "auto".into()),
+                    _ if path.starts_with("/api/models/org/public/revision/") => refused(404, "RevisionNotFound"),
+                    _ => refused(401, "RepoNotFound"),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn a_request_naming_a_revision_learns_the_policy_and_the_ref_in_one_upstream_request() {
+        let directory = tempfile::tempdir().unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let url = hub_like_upstream(asked.clone()).await;
+        let (metadata, catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
+        let taken = || std::mem::take(&mut *asked.lock().unwrap());
+
+        let public = RepoKey::new(RepoType::Model, "org/public");
+        assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
+        assert_eq!(metadata.resolve_revision(&public, "main").await.unwrap(), ("a".repeat(40), CacheStatus::Hit));
+        assert_eq!(taken(), ["/api/models/org/public/revision/main"], "one request for both");
+        assert!(catalog.get_repo_info(&public, &"a".repeat(40), "").await.unwrap().is_some(), "the commit's repo info is kept");
+
+        // An invented branch says nothing about the repo: it is asked for itself, and stays cacheable.
+        let directory = tempfile::tempdir().unwrap();
+        let (metadata, catalog) = self::metadata(directory.path(), &url, Duration::from_secs(600));
+        assert_eq!(metadata.policy_at(&public, Some("no-such-branch")).await.unwrap().0, Access::Cacheable);
+        assert_eq!(taken(), ["/api/models/org/public/revision/no-such-branch", "/api/models/org/public"]);
+
+        // Private and gated repos are decided by the revision's answer alone, and nothing is kept.
+        let (secret, gated) = (RepoKey::new(RepoType::Model, "org/secret"), RepoKey::new(RepoType::Model, "org/gated"));
+        assert_eq!(metadata.policy_at(&secret, Some("main")).await.unwrap().0, Access::PassThrough);
+        assert_eq!(metadata.policy_at(&gated, Some("main")).await.unwrap().0, Access::PassThrough);
+        assert_eq!(taken(), ["/api/models/org/secret/revision/main", "/api/models/org/gated/revision/main"]);
+        assert!(catalog.get_ref(&gated, "main").await.unwrap().is_none(), "no ref of a gated repo is recorded");
+        assert!(catalog.get_repo_info(&gated, &"a".repeat(40), "").await.unwrap().is_none());
     }
 
     #[test]
