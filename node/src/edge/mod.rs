@@ -246,6 +246,13 @@ async fn dispatch(state: &EdgeState, request: Request) -> (Result<Response, HubE
     let label = route.label();
     let repo = route.repo().cloned();
     let method = request.method().clone();
+    if let Route::Resolve { repo: named, revision, path } = &route
+        && (method == Method::GET || method == Method::HEAD)
+        && let Some(response) = resolve::answer_from_memory(&state.hub, &request, named, revision, path)
+    {
+        // Most requests a mirror gets: answered from memory, where nothing logs, so without a span.
+        return (Ok(response), label, repo);
+    }
     let is_metadata = matches!(route, Route::RepoInfo { .. } | Route::Tree { .. } | Route::PathsInfo { .. } | Route::Refs { .. });
     let span = request_span(&method, request.uri(), &route);
     let answered = async {

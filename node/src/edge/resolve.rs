@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hfm_cluster::catalog::EntryKind;
 use hfm_cluster::types::RepoKey;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tracing::{debug, warn};
 
 use super::fill_budget::FillRefusal;
@@ -25,14 +25,14 @@ use crate::hub::range::parse_range;
 use crate::hub::route::resolve_origin;
 use crate::hub::{CacheStatus, HubError};
 use crate::metadata::{Access, REPO_TOO_LARGE};
-use crate::store::{BlobSource, ContentHasher, Fill, FillOutcome, Room};
+use crate::store::{BlobSource, BlobStore, ContentHasher, Fill, FillOutcome, Room};
 
 /// `/resolve/`: HEAD from the catalog alone; GET from disk, a fill in progress, or a new fill.
 pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revision: &str, path: &str) -> Result<Response, HubError> {
-    let (file, metadata_status) = match hub.warm_files.get(repo, revision, path) {
+    let (file, metadata_status) = match warm_file(hub, repo, revision, path) {
         // Answered from memory while the catalog's reads would give this very answer, all of it HIT.
-        Some((file, freshness)) if hub.metadata.still_fresh(repo, &freshness) => (file, CacheStatus::Hit),
-        _ => {
+        Some(file) => (file, CacheStatus::Hit),
+        None => {
             let stamp = hub.metadata.records_stamp(repo);
             let (access, policy_status) = access_at(hub, repo, Some(revision)).await?;
             if access == Access::PassThrough {
@@ -66,25 +66,76 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
             (file, policy_status.max(ref_status).max(manifest_status))
         }
     };
-    let (commit, etag, size) = (file.commit.as_str(), file.etag.as_str(), file.size);
-
-    let (etag_held, range_applies) = {
-        // In a block: a borrow of the request (whose body is not `Sync`) must not live across an await.
-        let header_text = |name: header::HeaderName| request.headers().get(name).map(|value| value.to_str().unwrap_or(""));
-        let etag_held = header_text(header::IF_NONE_MATCH).is_some_and(|value| conditional::none_match_hits(value, etag));
-        (etag_held, conditional::range_still_applies(header_text(header::IF_RANGE), etag))
+    let wanted = wanted(&request, &file)?;
+    if wanted.etag_held {
+        return Ok(not_modified(hub, &file, wanted.headers, metadata_status));
+    }
+    let asker = Asker {
+        client: request.extensions().get::<Arrival>().map(|arrival| arrival.client.ip()),
+        zero_copy: request.extensions().get::<Arrival>().and_then(|arrival| arrival.zero_copy.as_ref()),
     };
+    let (commit, etag, size) = (file.commit.as_str(), file.etag.as_str(), file.size);
+    let (start, end) = (wanted.start, wanted.end);
+    let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
+        (Body::empty(), metadata_status, None)
+    } else {
+        let answer = blob_body(hub, &asker, repo, commit, path, etag, size, start, end, metadata_status).await?;
+        (answer.body, answer.cache, answer.charged)
+    };
+    Ok(file_response(hub, wanted, body, cache, charged))
+}
+
+/// The answer to a warm `/resolve/` that needs nothing but memory — a HEAD, a `304`, the GET of a
+/// small blob kept in memory (a `config.json`) — made without waiting for anything, so the edge
+/// answers it without a request span (nothing on this path logs). `None`: the request needs the
+/// catalog, the disk or a source ([`resolve`]), or its headers ask for an error ([`resolve`]
+/// answers it).
+pub(super) fn answer_from_memory(hub: &HubApi, request: &Request, repo: &RepoKey, revision: &str, path: &str) -> Option<Response> {
+    let file = warm_file(hub, repo, revision, path)?;
+    let wanted = wanted(request, &file).ok()?;
+    if wanted.etag_held {
+        return Some(not_modified(hub, &file, wanted.headers, CacheStatus::Hit));
+    }
+    let body = if request.method() == Method::HEAD || wanted.start == wanted.end {
+        Body::empty()
+    } else {
+        Body::from(small_part(&hub.store, &file.etag, file.size, wanted.start, wanted.end)?)
+    };
+    Some(file_response(hub, wanted, body, CacheStatus::Hit, None))
+}
+
+/// The file remembered for a warm `/resolve/`, while the policy and ref it rests on are fresh and
+/// unwritten (so every part of its answer is a HIT).
+fn warm_file(hub: &HubApi, repo: &RepoKey, revision: &str, path: &str) -> Option<Arc<WarmFile>> {
+    let (file, freshness) = hub.warm_files.get(repo, revision, path)?;
+    hub.metadata.still_fresh(repo, &freshness).then_some(file)
+}
+
+/// What a request asks of a known file: whether the client holds it already (`If-None-Match`),
+/// the bytes it wants, and the headers of that answer.
+struct Wanted {
+    etag_held: bool,
+    partial: bool,
+    start: u64,
+    end: u64,
+    headers: HeaderMap,
+}
+
+fn wanted(request: &Request, file: &WarmFile) -> Result<Wanted, HubError> {
+    let (etag, size) = (file.etag.as_str(), file.size);
+    let header_text = |name: header::HeaderName| request.headers().get(name).map(|value| value.to_str().unwrap_or(""));
+    let etag_held = header_text(header::IF_NONE_MATCH).is_some_and(|value| conditional::none_match_hits(value, etag));
+    let range_applies = conditional::range_still_applies(header_text(header::IF_RANGE), etag);
     let range = if request.method() == Method::GET && !etag_held && range_applies {
-        let header_text = match request.headers().get(header::RANGE) {
+        let range_text = match request.headers().get(header::RANGE) {
             Some(value) => Some(value.to_str().map_err(|_| HubError::range_not_satisfiable(size))?),
             None => None,
         };
-        parse_range(header_text, size)?
+        parse_range(range_text, size)?
     } else {
         None
     };
     let (start, end) = range.map(|range| (range.start, range.end)).unwrap_or((0, size));
-
     let mut headers = file.headers.clone();
     if end - start != size {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -92,38 +143,41 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     if range.is_some() {
         set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
     }
+    Ok(Wanted { etag_held, partial: range.is_some(), start, end, headers })
+}
 
-    if etag_held {
-        // The client holds this very file (hub-api.md T24): the validators, no body. Content-Length
-        // stays the 200's (RFC 9110 §8.6 allows only that value; without it hyper would say 0).
-        for name in [header::CONTENT_TYPE, header::ACCEPT_RANGES] {
-            headers.remove(name);
-        }
-        headers.insert(header::CONTENT_LENGTH, file.size_value.clone());
-        hub.answers.record(metadata_status);
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        *response.headers_mut() = headers;
-        return Ok(with_cache_status(response, metadata_status));
+/// The client holds this very file (hub-api.md T24): the validators, no body. Content-Length stays
+/// the 200's (RFC 9110 §8.6 allows only that value; without it hyper would say 0).
+fn not_modified(hub: &HubApi, file: &WarmFile, mut headers: HeaderMap, metadata_status: CacheStatus) -> Response {
+    for name in [header::CONTENT_TYPE, header::ACCEPT_RANGES] {
+        headers.remove(name);
     }
-    let asker = Asker {
-        client: request.extensions().get::<Arrival>().map(|arrival| arrival.client.ip()),
-        zero_copy: request.extensions().get::<Arrival>().and_then(|arrival| arrival.zero_copy.as_ref()),
-    };
-    let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
-        (Body::empty(), metadata_status, None)
-    } else {
-        let answer = blob_body(hub, &asker, repo, commit, path, etag, size, start, end, metadata_status).await?;
-        (answer.body, answer.cache, answer.charged)
-    };
+    headers.insert(header::CONTENT_LENGTH, file.size_value.clone());
+    hub.answers.record(metadata_status);
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    *response.headers_mut() = headers;
+    with_cache_status(response, metadata_status)
+}
+
+/// A `200` or `206` with the wanted bytes, counted by where they came from.
+fn file_response(hub: &HubApi, wanted: Wanted, body: Body, cache: CacheStatus, charged: Option<u64>) -> Response {
     hub.answers.record(cache);
     let mut response = Response::new(body);
     if let Some(bytes) = charged {
         response.extensions_mut().insert(Charged(bytes));
     }
-    *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    *response.headers_mut() = headers;
-    Ok(with_cache_status(response, cache))
+    *response.status_mut() = if wanted.partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    *response.headers_mut() = wanted.headers;
+    with_cache_status(response, cache)
+}
+
+/// `start..end` of a small blob kept in memory, counted as bytes from disk; `None` when it is not
+/// kept.
+fn small_part(store: &BlobStore, etag: &str, size: u64, start: u64, end: u64) -> Option<Bytes> {
+    let part = store.kept_small(etag, size)?.slice(start as usize..end as usize);
+    crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Disk, part.len() as u64);
+    Some(part)
 }
 
 /// Files up to this size are filled whole for any request: a range of them costs little more.
@@ -169,10 +223,8 @@ async fn blob_body(
     metadata_status: CacheStatus,
 ) -> Result<BlobBody, HubError> {
     let store = &hub.store;
-    if let Some(bytes) = store.kept_small(etag, size) {
+    if let Some(part) = small_part(store, etag, size, start, end) {
         // The common warm answer (a config.json): whole in memory, no stream to drive.
-        let part = bytes.slice(start as usize..end as usize);
-        crate::telemetry::metrics().bytes(crate::telemetry::ByteSource::Disk, part.len() as u64);
         return Ok(BlobBody { body: Body::from(part), cache: metadata_status, charged: None });
     }
     let from_disk = |stream| BlobBody { body: Body::from_stream(counted_from_disk(stream)), cache: metadata_status, charged: None };
