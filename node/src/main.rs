@@ -243,12 +243,33 @@ struct ServeArgs {
 /// The HTTP port's listener, with a deep accept queue: a burst of new connections (many clients at
 /// once, a load balancer's reconnect) waits in the kernel rather than having SYNs dropped and
 /// retried a second later. The kernel caps it at `net.core.somaxconn`.
+///
+/// With port 0 the kernel picks the TCP port, and HTTP/3 (served when TLS is on) later binds UDP on
+/// that same port, which another program may hold: a few tries find a port free for both (the ports
+/// tried are held until the end, so the kernel offers a new one each time).
 fn bind_http(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     const ACCEPT_QUEUE: u32 = 4096;
-    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(ACCEPT_QUEUE)
+    const PORT_TRIES: usize = 16;
+    let bind = || {
+        let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(ACCEPT_QUEUE)
+    };
+    if address.port() != 0 {
+        return bind();
+    }
+    let mut tried = Vec::new();
+    for _ in 0..PORT_TRIES {
+        let listener = bind()?;
+        if std::net::UdpSocket::bind(listener.local_addr()?).is_ok() {
+            return Ok(listener);
+        }
+        tried.push(listener);
+    }
+    // Every port offered had its UDP twin taken: serve HTTP/1.1 and HTTP/2 on the last (HTTP/3, if
+    // TLS asks for it, then says which port it could not bind).
+    Ok(tried.pop().expect("PORT_TRIES > 0"))
 }
 
 fn init_tracing(format: LogFormat) {
