@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use hfm_cluster::catalog::EntryKind;
 use hfm_cluster::types::RepoKey;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use tracing::{debug, warn};
 
 use super::fill_budget::FillRefusal;
@@ -68,12 +68,11 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
     };
     let wanted = wanted(&request, &file)?;
     if wanted.etag_held {
-        return Ok(not_modified(hub, &file, wanted.headers, metadata_status));
+        return Ok(not_modified(hub, &file, metadata_status));
     }
-    let asker = Asker {
-        client: request.extensions().get::<Arrival>().map(|arrival| arrival.client.ip()),
-        zero_copy: request.extensions().get::<Arrival>().and_then(|arrival| arrival.zero_copy.as_ref()),
-    };
+    let arrival = request.extensions().get::<Arrival>();
+    let asker =
+        Asker { client: arrival.map(|arrival| arrival.client.ip()), zero_copy: arrival.and_then(|arrival| arrival.zero_copy.as_ref()) };
     let (commit, etag, size) = (file.commit.as_str(), file.etag.as_str(), file.size);
     let (start, end) = (wanted.start, wanted.end);
     let (body, cache, charged) = if request.method() == Method::HEAD || start == end {
@@ -82,7 +81,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
         let answer = blob_body(hub, &asker, repo, commit, path, etag, size, start, end, metadata_status).await?;
         (answer.body, answer.cache, answer.charged)
     };
-    Ok(file_response(hub, wanted, body, cache, charged))
+    Ok(file_response(hub, &file, &wanted, body, cache, charged))
 }
 
 /// The answer to a warm `/resolve/` that needs nothing but memory — a HEAD, a `304`, the GET of a
@@ -94,14 +93,14 @@ pub(super) fn answer_from_memory(hub: &HubApi, request: &Request, repo: &RepoKey
     let file = warm_file(hub, repo, revision, path)?;
     let wanted = wanted(request, &file).ok()?;
     if wanted.etag_held {
-        return Some(not_modified(hub, &file, wanted.headers, CacheStatus::Hit));
+        return Some(not_modified(hub, &file, CacheStatus::Hit));
     }
     let body = if request.method() == Method::HEAD || wanted.start == wanted.end {
         Body::empty()
     } else {
         Body::from(small_part(&hub.store, &file.etag, file.size, wanted.start, wanted.end)?)
     };
-    Some(file_response(hub, wanted, body, CacheStatus::Hit, None))
+    Some(file_response(hub, &file, &wanted, body, CacheStatus::Hit, None))
 }
 
 /// The file remembered for a warm `/resolve/`, while the policy and ref it rests on are fresh and
@@ -112,13 +111,12 @@ fn warm_file(hub: &HubApi, repo: &RepoKey, revision: &str, path: &str) -> Option
 }
 
 /// What a request asks of a known file: whether the client holds it already (`If-None-Match`),
-/// the bytes it wants, and the headers of that answer.
+/// and the bytes it wants (found from its headers alone: nothing is built until the answer is).
 struct Wanted {
     etag_held: bool,
     partial: bool,
     start: u64,
     end: u64,
-    headers: HeaderMap,
 }
 
 fn wanted(request: &Request, file: &WarmFile) -> Result<Wanted, HubError> {
@@ -136,23 +134,16 @@ fn wanted(request: &Request, file: &WarmFile) -> Result<Wanted, HubError> {
         None
     };
     let (start, end) = range.map(|range| (range.start, range.end)).unwrap_or((0, size));
-    let mut headers = file.headers.clone();
-    if end - start != size {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    }
-    if range.is_some() {
-        set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
-    }
-    Ok(Wanted { etag_held, partial: range.is_some(), start, end, headers })
+    Ok(Wanted { etag_held, partial: range.is_some(), start, end })
 }
 
 /// The client holds this very file (hub-api.md T24): the validators, no body. Content-Length stays
 /// the 200's (RFC 9110 §8.6 allows only that value; without it hyper would say 0).
-fn not_modified(hub: &HubApi, file: &WarmFile, mut headers: HeaderMap, metadata_status: CacheStatus) -> Response {
+fn not_modified(hub: &HubApi, file: &WarmFile, metadata_status: CacheStatus) -> Response {
+    let mut headers = file.headers.clone();
     for name in [header::CONTENT_TYPE, header::ACCEPT_RANGES] {
         headers.remove(name);
     }
-    headers.insert(header::CONTENT_LENGTH, file.size_value.clone());
     hub.answers.record(metadata_status);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -161,14 +152,22 @@ fn not_modified(hub: &HubApi, file: &WarmFile, mut headers: HeaderMap, metadata_
 }
 
 /// A `200` or `206` with the wanted bytes, counted by where they came from.
-fn file_response(hub: &HubApi, wanted: Wanted, body: Body, cache: CacheStatus, charged: Option<u64>) -> Response {
+fn file_response(hub: &HubApi, file: &WarmFile, wanted: &Wanted, body: Body, cache: CacheStatus, charged: Option<u64>) -> Response {
+    let (start, end, size) = (wanted.start, wanted.end, file.size);
+    let mut headers = file.headers.clone();
+    if end - start != size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    }
+    if wanted.partial {
+        set_header(&mut headers, "content-range", &format!("bytes {start}-{}/{size}", end - 1));
+    }
     hub.answers.record(cache);
     let mut response = Response::new(body);
     if let Some(bytes) = charged {
         response.extensions_mut().insert(Charged(bytes));
     }
     *response.status_mut() = if wanted.partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-    *response.headers_mut() = wanted.headers;
+    *response.headers_mut() = headers;
     with_cache_status(response, cache)
 }
 
