@@ -193,7 +193,7 @@ mod tests {
     fn repo_info_variants_are_normalized() {
         let variant = |query: &str| repo_info_variant(query).unwrap();
         assert_eq!(variant(""), "");
-        assert_eq!(variant("blobs=True"), "blobs=true");
+        assert_eq!(variant("blobs=True"), crate::metadata::FILES_VARIANT, "the variant the policy check records");
         assert_eq!(variant("blobs=false&unknown=1"), "");
         assert_eq!(variant("expand=siblings&expand=sha&expand=sha"), "expand=sha&expand=siblings");
         assert_eq!(variant("expand[]=model-index&securityStatus=1"), "securityStatus=true&expand=model-index");

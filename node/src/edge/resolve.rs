@@ -39,7 +39,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
                 return forward_request(hub, request, Some(path)).await;
             }
             let (commit, ref_status) = hub.metadata.resolve_revision(repo, revision).await?;
-            let (manifest, manifest_status) = match hub.metadata.manifest(repo, &commit).await {
+            let (entry, manifest_status) = match hub.metadata.entry(repo, &commit, path).await {
                 Ok(found) => found,
                 // Too many files to cache: this answer and the next ones pass through (anonymously:
                 // the repo is public).
@@ -49,12 +49,7 @@ pub(super) async fn resolve(hub: &HubApi, request: Request, repo: &RepoKey, revi
                 }
                 Err(error) => return Err(error),
             };
-            let entry = manifest
-                .find(path)
-                .await
-                .map_err(HubError::internal)?
-                .filter(|entry| entry.kind == EntryKind::File)
-                .ok_or_else(|| HubError::entry_not_found(&commit))?;
+            let entry = entry.filter(|entry| entry.kind == EntryKind::File).ok_or_else(|| HubError::entry_not_found(&commit))?;
             let file = WarmFile::new(repo, revision, path, commit, entry.etag().to_owned(), entry.size)
                 .ok_or_else(|| HubError::internal("a commit or etag that cannot be a header value"))?;
             let file = Arc::new(file);

@@ -29,8 +29,6 @@ pub(super) struct WarmFile {
     pub commit: String,
     pub etag: String,
     pub size: u64,
-    /// `X-Linked-Size`, and `Content-Length` of the whole file.
-    pub size_value: HeaderValue,
     /// The headers of a `200` with the whole file: `X-Repo-Commit`, `ETag`, `X-Linked-Etag`,
     /// `X-Linked-Size`, `Accept-Ranges`, `Content-Type`, `Content-Length`, and `X-Cache: HIT` (a
     /// request that finds its blob elsewhere sets its own); other answers adjust a copy.
@@ -49,10 +47,10 @@ impl WarmFile {
         headers.insert(&parsed::X_LINKED_SIZE, size_value.clone());
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for_path(path)));
-        headers.insert(header::CONTENT_LENGTH, size_value.clone());
+        headers.insert(header::CONTENT_LENGTH, size_value);
         headers.insert(&parsed::X_CACHE, HeaderValue::from_static(CacheStatus::Hit.as_str()));
         let key = (repo.clone(), revision.to_owned(), path.to_owned());
-        Some(WarmFile { key, commit, etag, size, size_value, headers })
+        Some(WarmFile { key, commit, etag, size, headers })
     }
 
     fn is(&self, repo: &RepoKey, revision: &str, path: &str) -> bool {

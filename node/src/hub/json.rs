@@ -1,4 +1,5 @@
-//! The Hub's JSON shapes that the mirror reads or writes: tree entries (hub-api.md §5.1), and the
+//! The Hub's JSON shapes that the mirror reads or writes: tree entries (hub-api.md §5.1) and the
+//! siblings of repo info asked with `blobs=true` (§4), and the
 //! removal of Xet fields from anything upstream sends (§3).
 
 use hfm_cluster::catalog::{EntryKind, LfsPointer, ManifestEntry};
@@ -47,33 +48,58 @@ pub fn tree_entry_json(entry: &ManifestEntry) -> Value {
 
 /// An upstream answer that does not have the shape the Hub documents.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed tree entry: {0}")]
+#[error("malformed tree entry or sibling: {0}")]
 pub struct MalformedEntry(pub String);
 
 fn is_hex(text: &str, length: usize) -> bool {
     text.len() == length && text.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
+/// Where one JSON shape of the Hub keeps what a manifest entry needs.
+struct EntryShape {
+    path: &'static str,
+    oid: &'static str,
+    lfs_sha256: &'static str,
+    /// The key saying file or directory; `None`: every entry is a file.
+    kind: Option<&'static str>,
+}
+
+/// A tree or paths-info entry: `{"type","oid","size","lfs":{"oid","size","pointerSize"},"path"}`.
+const TREE_ENTRY: EntryShape = EntryShape { path: "path", oid: "oid", lfs_sha256: "oid", kind: Some("type") };
+
+/// A sibling of repo info asked with `blobs=true` (hub-api.md §4):
+/// `{"rfilename","blobId","size","lfs":{"sha256","size","pointerSize"}}`; siblings are files only.
+const SIBLING: EntryShape = EntryShape { path: "rfilename", oid: "blobId", lfs_sha256: "sha256", kind: None };
+
 /// Parses one upstream tree entry, validating what the mirror relies on: a relative path, a hex oid,
 /// and for LFS files a sha256 that will name the blob.
 pub fn parse_tree_entry(value: &Value) -> Result<ManifestEntry, MalformedEntry> {
+    parse_entry(value, &TREE_ENTRY)
+}
+
+/// Parses one sibling of a repo info asked with `blobs=true`, validated as a tree entry is.
+pub fn parse_sibling_entry(value: &Value) -> Result<ManifestEntry, MalformedEntry> {
+    parse_entry(value, &SIBLING)
+}
+
+fn parse_entry(value: &Value, shape: &EntryShape) -> Result<ManifestEntry, MalformedEntry> {
     let text = |key: &str| value.get(key).and_then(Value::as_str).ok_or_else(|| MalformedEntry(format!("missing {key}")));
-    let path = text("path")?.to_owned();
+    let path = text(shape.path)?.to_owned();
     if path.is_empty() || path.starts_with('/') || path.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
         return Err(MalformedEntry(format!("bad path {path:?}")));
     }
-    let kind = match text("type")? {
-        "file" => EntryKind::File,
-        _ => EntryKind::Directory,
+    let kind = match shape.kind {
+        Some(key) if text(key)? != "file" => EntryKind::Directory,
+        _ => EntryKind::File,
     };
-    let oid = text("oid")?.to_ascii_lowercase();
+    let oid = text(shape.oid)?.to_ascii_lowercase();
     if !is_hex(&oid, 40) {
         return Err(MalformedEntry(format!("bad oid for {path:?}")));
     }
     let size = value.get("size").and_then(Value::as_u64).unwrap_or(0);
     let lfs = match value.get("lfs") {
         Some(Value::Object(lfs)) => {
-            let sha256 = lfs.get("oid").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+            let sha256 = lfs.get(shape.lfs_sha256).and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
             if !is_hex(&sha256, 64) {
                 return Err(MalformedEntry(format!("bad lfs oid for {path:?}")));
             }
@@ -123,6 +149,26 @@ mod tests {
             json!("not an object"),
         ] {
             assert!(parse_tree_entry(&hostile).is_err(), "{hostile}");
+        }
+    }
+
+    #[test]
+    fn siblings_asked_with_blobs_are_files_with_their_content_address() {
+        let lfs = json!({"rfilename": "model.safetensors", "blobId": "508e2c52963056a69f522d16195123a92a55fa50", "size": 25165824,
+            "lfs": {"sha256": "5".repeat(64), "size": 25165824, "pointerSize": 134}});
+        let entry = parse_sibling_entry(&lfs).unwrap();
+        assert_eq!((entry.kind, entry.size, entry.etag()), (EntryKind::File, 25165824, "5".repeat(64).as_str()));
+        assert_eq!(entry.lfs.unwrap().pointer_size, 134);
+        let plain = parse_sibling_entry(&json!({"rfilename": "sub/config.json", "blobId": "A".repeat(40), "size": 42})).unwrap();
+        assert_eq!((plain.path.as_str(), plain.etag(), plain.size), ("sub/config.json", "a".repeat(40).as_str(), 42));
+        for hostile in [
+            json!({"rfilename": "config.json"}),
+            json!({"rfilename": "../x", "blobId": "5".repeat(40), "size": 1}),
+            json!({"rfilename": "a//b", "blobId": "5".repeat(40), "size": 1}),
+            json!({"rfilename": "a", "blobId": "5".repeat(40), "size": 1, "lfs": {"oid": "5".repeat(64), "size": 1}}),
+            json!({"path": "a", "oid": "5".repeat(40), "size": 1, "type": "file"}),
+        ] {
+            assert!(parse_sibling_entry(&hostile).is_err(), "{hostile}");
         }
     }
 }

@@ -14,6 +14,7 @@ use super::DEFAULT_REVISION;
 use super::catalog_error;
 use super::leader::{MetadataAnswer, MetadataRequest};
 use super::read_through::{FetchContext, Flights, Kind, Recorded, note_unrecorded};
+use super::siblings::{FILES_VARIANT, without_blobs};
 use crate::common::singleflight::SingleFlight;
 use crate::common::time::now_ms;
 use crate::hub::HubError;
@@ -81,7 +82,7 @@ impl Kind for PolicyOf {
         }
         let (revision, reply) = match asked {
             Some(asked) => asked,
-            None => (DEFAULT_REVISION, context.upstream.get_buffered(&api_repo_path(repo), None).await?),
+            None => (DEFAULT_REVISION, context.upstream.get_buffered(&revision_info_path(repo, DEFAULT_REVISION), None).await?),
         };
         let (cacheable, reason) = if reply.status.is_success() {
             let info: Value = serde_json::from_slice(&reply.body)
@@ -124,13 +125,16 @@ fn error_code(reply: &BufferedReply) -> Option<&str> {
     reply.headers.get(crate::hub::headers::X_ERROR_CODE)?.to_str().ok()
 }
 
-/// The upstream path of a revision's repo info (the default branch's: the repo's own).
+/// The upstream path of a revision's repo info (the default branch's: the repo's own), asked with
+/// `blobs=true`: the same answer plus each file's blob id, size and LFS sha256, which a cold
+/// `/resolve/` needs and would otherwise walk the commit's tree for (see `siblings`).
 fn revision_info_path(repo: &RepoKey, revision: &str) -> String {
-    if revision == DEFAULT_REVISION {
+    let info = if revision == DEFAULT_REVISION {
         api_repo_path(repo)
     } else {
         format!("{}/revision/{}", api_repo_path(repo), encode_segment(revision))
-    }
+    };
+    format!("{info}?{FILES_VARIANT}")
 }
 
 /// The commit a branch or tag points to (`DEFAULT_REVISION`: the default branch).
@@ -176,8 +180,9 @@ impl Kind for RevisionOf {
     }
 }
 
-/// Stores a successful repo-info answer of a revision: its commit as the ref, and its body as the
-/// commit's repo info. Returns the commit.
+/// Stores a successful repo-info answer of a revision (asked with `blobs=true`): its commit as the
+/// ref, and its body as the commit's repo info both with and without the siblings' blob fields (the
+/// two answers upstream gives). Returns the commit.
 async fn record_revision_reply(catalog: &dyn Catalog, repo: &RepoKey, revision: &str, reply: &BufferedReply) -> Result<String, HubError> {
     let mut info: Value =
         serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
@@ -186,8 +191,10 @@ async fn record_revision_reply(catalog: &dyn Catalog, repo: &RepoKey, revision: 
         return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
     }
     strip_xet_fields(&mut info);
-    let body = serde_json::to_vec(&info).map_err(HubError::internal)?;
-    note_unrecorded(catalog.put_repo_info(repo, &commit, "", body).await, "repo info");
+    let plain = serde_json::to_vec(&without_blobs(&info)).map_err(HubError::internal)?;
+    let with_blobs = serde_json::to_vec(&info).map_err(HubError::internal)?;
+    note_unrecorded(catalog.put_repo_info(repo, &commit, "", plain).await, "repo info");
+    note_unrecorded(catalog.put_repo_info(repo, &commit, FILES_VARIANT, with_blobs).await, "repo info");
     if !is_commit_sha(revision) {
         note_unrecorded(catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await, "ref");
     }

@@ -7,17 +7,20 @@
 //! - `read_through`: the pattern, written once ([`read_through::Kind`]).
 //! - `kinds`: the five kinds of metadata.
 //! - `leader`: asking the metadata leader, and answering peers that ask this node.
+//! - `siblings`: a commit's files as its repo info lists them, so a cold download need not wait
+//!   for the tree walk.
 
 mod kinds;
 pub mod leader;
 mod read_through;
+mod siblings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{Catalog, ManifestView, PolicyRecord};
+use hfm_cluster::catalog::{Catalog, Manifest, ManifestEntry, ManifestView, PolicyRecord};
 use hfm_cluster::types::{RepoKey, RepoType, is_commit_sha};
 
 pub use self::kinds::REPO_TOO_LARGE;
@@ -25,6 +28,8 @@ use self::kinds::{ManifestOf, PolicyOf, RefsListingOf, RepoInfoOf, RevisionOf};
 use self::leader::Forwarding;
 pub use self::leader::{METADATA_SERVICE, MetadataAnswer, MetadataRequest, MetadataService};
 use self::read_through::Flights;
+pub use self::siblings::FILES_VARIANT;
+use self::siblings::SiblingFiles;
 use crate::common::time::now_ms;
 use crate::hub::{CacheStatus, HubError};
 use crate::peers::Peers;
@@ -173,6 +178,7 @@ struct MetadataInner {
     flights: Flights,
     negative_policies: NegativePolicies,
     variant_budget: VariantBudget,
+    sibling_files: SiblingFiles,
 }
 
 impl Metadata {
@@ -186,6 +192,7 @@ impl Metadata {
                 flights: Flights::default(),
                 negative_policies: NegativePolicies::default(),
                 variant_budget: VariantBudget::default(),
+                sibling_files: SiblingFiles::default(),
             }),
         }
     }
@@ -287,6 +294,36 @@ impl Metadata {
         self.manifest_with(repo, commit, Forwarding::AskCluster).await
     }
 
+    /// The entry at `path` of `commit` (`None`: there is none). From the commit's manifest when the
+    /// catalog holds it; else from the files its repo info lists — asked with `blobs=true` by the
+    /// policy or ref check that resolved the commit, so a cold download does not wait for the tree
+    /// walk; else (a path the siblings lack, or no usable siblings) from the manifest, fetched now.
+    pub async fn entry(&self, repo: &RepoKey, commit: &str, path: &str) -> Result<(Option<ManifestEntry>, CacheStatus), HubError> {
+        let (manifest, status) = match self.inner.catalog.get_manifest(repo, commit).await.map_err(catalog_error)? {
+            Some(manifest) => (manifest, CacheStatus::Hit),
+            None => {
+                if let Some(entry) = self.sibling_files(repo, commit).await.and_then(|files| files.find(path).cloned()) {
+                    return Ok((Some(entry), CacheStatus::Hit));
+                }
+                self.manifest(repo, commit).await?
+            }
+        };
+        let entry = manifest.find(path).await.map_err(HubError::internal)?;
+        Ok((entry.map(|found| (*found).clone()), status))
+    }
+
+    /// The files `commit`'s recorded `blobs=true` repo info lists, parsed once and kept in a
+    /// bounded index (`None`: not recorded here, or not usable in place of the manifest).
+    async fn sibling_files(&self, repo: &RepoKey, commit: &str) -> Option<Arc<Manifest>> {
+        if let Some(known) = self.inner.sibling_files.get(repo, commit) {
+            return known;
+        }
+        let body = self.inner.catalog.get_repo_info(repo, commit, FILES_VARIANT).await.ok()??;
+        let files = siblings::files_of(&body, self.inner.settings.max_manifest_files).map(Arc::new);
+        self.inner.sibling_files.insert(repo, commit, files.clone());
+        files
+    }
+
     async fn manifest_with(&self, repo: &RepoKey, commit: &str, forwarding: Forwarding) -> Result<(ManifestView, CacheStatus), HubError> {
         debug_assert!(is_commit_sha(commit));
         let max_files = self.inner.settings.max_manifest_files;
@@ -327,7 +364,7 @@ impl Metadata {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use hfm_cluster::catalog::LocalCatalog;
+    use hfm_cluster::catalog::{EntryKind, LocalCatalog};
 
     use super::*;
 
@@ -435,18 +472,36 @@ mod tests {
         assert!(!record.cacheable, "the positive record must not outlive the repo's publicity: {record:?}");
     }
 
-    /// An upstream with `org/public` (branch `main`), `org/gated` and the private `org/secret`,
-    /// answering as the Hub does (hub-api.md §7), which records the paths it was asked.
+    /// An upstream with `org/public` (branch `main`: `config.json` and `sub/model.bin`), `org/gated`
+    /// and the private `org/secret`, answering as the Hub does (hub-api.md §4, §5, §7), which records
+    /// the paths and queries it was asked.
     async fn hub_like_upstream(asked: Arc<std::sync::Mutex<Vec<String>>>) -> String {
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let asked = asked.clone();
             async move {
                 let path = request.uri().path().to_owned();
-                asked.lock().unwrap().push(path.clone());
+                asked.lock().unwrap().push(request.uri().path_and_query().unwrap().to_string());
+                let blobs = request.uri().query() == Some("blobs=true");
                 let info = |id: &str, gated: serde_json::Value| {
-                    let body = serde_json::json!({"id": id, "sha": "a".repeat(40), "private": false, "gated": gated});
+                    let siblings = if blobs {
+                        serde_json::json!([{"rfilename": "config.json", "blobId": "1".repeat(40), "size": 42},
+                            {"rfilename": "sub/model.bin", "blobId": "2".repeat(40), "size": 9,
+                             "lfs": {"sha256": "3".repeat(64), "size": 9, "pointerSize": 130}}])
+                    } else {
+                        serde_json::json!([{"rfilename": "config.json"}, {"rfilename": "sub/model.bin"}])
+                    };
+                    let body = serde_json::json!({"id": id, "sha": "a".repeat(40), "private": false, "gated": gated, "siblings": siblings});
                     (http::StatusCode::OK, [("x-error-code", ""), ("content-type", "application/json")], body.to_string())
                 };
+                if path == format!("/api/models/org/public/tree/{}", "a".repeat(40)) {
+                    let tree = serde_json::json!([
+                        {"type": "file", "oid": "1".repeat(40), "size": 42, "path": "config.json"},
+                        {"type": "directory", "oid": "4".repeat(40), "size": 0, "path": "sub"},
+                        {"type": "file", "oid": "2".repeat(40), "size": 9, "path": "sub/model.bin",
+                         "lfs": {"oid": "3".repeat(64), "size": 9, "pointerSize": 130}},
+                    ]);
+                    return (http::StatusCode::OK, [("x-error-code", ""), ("content-type", "application/json")], tree.to_string());
+                }
                 let refused = |status: u16, code: &'static str| {
                     let status = http::StatusCode::from_u16(status).unwrap();
                     (status, [("x-error-code", code), ("content-type", "application/json")], r#"{"error":"no"}"#.to_owned())
@@ -476,22 +531,57 @@ mod tests {
         let public = RepoKey::new(RepoType::Model, "org/public");
         assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
         assert_eq!(metadata.resolve_revision(&public, "main").await.unwrap(), ("a".repeat(40), CacheStatus::Hit));
-        assert_eq!(taken(), ["/api/models/org/public/revision/main"], "one request for both");
+        assert_eq!(taken(), ["/api/models/org/public/revision/main?blobs=true"], "one request for both");
         assert!(catalog.get_repo_info(&public, &"a".repeat(40), "").await.unwrap().is_some(), "the commit's repo info is kept");
 
         // An invented branch says nothing about the repo: it is asked for itself, and stays cacheable.
         let directory = tempfile::tempdir().unwrap();
         let (metadata, catalog) = self::metadata(directory.path(), &url, Duration::from_secs(600));
         assert_eq!(metadata.policy_at(&public, Some("no-such-branch")).await.unwrap().0, Access::Cacheable);
-        assert_eq!(taken(), ["/api/models/org/public/revision/no-such-branch", "/api/models/org/public"]);
+        assert_eq!(taken(), ["/api/models/org/public/revision/no-such-branch?blobs=true", "/api/models/org/public?blobs=true"]);
 
         // Private and gated repos are decided by the revision's answer alone, and nothing is kept.
         let (secret, gated) = (RepoKey::new(RepoType::Model, "org/secret"), RepoKey::new(RepoType::Model, "org/gated"));
         assert_eq!(metadata.policy_at(&secret, Some("main")).await.unwrap().0, Access::PassThrough);
         assert_eq!(metadata.policy_at(&gated, Some("main")).await.unwrap().0, Access::PassThrough);
-        assert_eq!(taken(), ["/api/models/org/secret/revision/main", "/api/models/org/gated/revision/main"]);
+        assert_eq!(taken(), ["/api/models/org/secret/revision/main?blobs=true", "/api/models/org/gated/revision/main?blobs=true"]);
         assert!(catalog.get_ref(&gated, "main").await.unwrap().is_none(), "no ref of a gated repo is recorded");
         assert!(catalog.get_repo_info(&gated, &"a".repeat(40), "").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cold_file_is_found_in_the_policy_answer_without_walking_the_tree() {
+        let directory = tempfile::tempdir().unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let url = hub_like_upstream(asked.clone()).await;
+        let (metadata, _catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
+        let taken = || std::mem::take(&mut *asked.lock().unwrap());
+        let (public, commit) = (RepoKey::new(RepoType::Model, "org/public"), "a".repeat(40));
+
+        assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
+        assert_eq!(taken(), ["/api/models/org/public/revision/main?blobs=true"]);
+        let (entry, status) = metadata.entry(&public, &commit, "sub/model.bin").await.unwrap();
+        let entry = entry.expect("listed by the siblings");
+        assert_eq!((entry.kind, entry.etag(), entry.size, status), (EntryKind::File, "3".repeat(64).as_str(), 9, CacheStatus::Hit));
+        assert!(taken().is_empty(), "no tree walk before a cold file's bytes");
+
+        // Both answers upstream gives are kept: the plain one lists names only, as upstream's does.
+        let (plain, _, status) = metadata.repo_info(&public, Some("main"), "").await.unwrap();
+        let plain: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!((plain["siblings"][1].clone(), status), (serde_json::json!({"rfilename": "sub/model.bin"}), CacheStatus::Hit));
+        let (with_blobs, _, status) = metadata.repo_info(&public, Some("main"), FILES_VARIANT).await.unwrap();
+        let with_blobs: serde_json::Value = serde_json::from_slice(&with_blobs).unwrap();
+        assert_eq!((with_blobs["siblings"][0]["blobId"].as_str(), status), (Some("1".repeat(40).as_str()), CacheStatus::Hit));
+        assert!(taken().is_empty());
+
+        // A path the siblings lack (a directory, or nothing) is the manifest's to answer, walked once.
+        let (entry, status) = metadata.entry(&public, &commit, "sub").await.unwrap();
+        assert_eq!((entry.map(|entry| entry.kind), status), (Some(EntryKind::Directory), CacheStatus::Miss));
+        assert_eq!(taken(), [format!("/api/models/org/public/tree/{commit}?recursive=true&expand=false")]);
+        assert_eq!(metadata.entry(&public, &commit, "missing.txt").await.unwrap(), (None, CacheStatus::Hit));
+        let (entry, _) = metadata.entry(&public, &commit, "config.json").await.unwrap();
+        assert_eq!(entry.unwrap().oid, "1".repeat(40), "the manifest and the siblings agree");
+        assert!(taken().is_empty());
     }
 
     #[test]
