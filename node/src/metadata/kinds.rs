@@ -84,37 +84,43 @@ impl Kind for PolicyOf {
             Some(asked) => asked,
             None => (DEFAULT_REVISION, context.upstream.get_buffered(&revision_info_path(repo, DEFAULT_REVISION), None).await?),
         };
-        let (cacheable, reason) = if reply.status.is_success() {
+        let (public_info, reason) = if reply.status.is_success() {
             let info: Value = serde_json::from_slice(&reply.body)
                 .map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
             let private = info.get("private").and_then(Value::as_bool).unwrap_or(false);
             let gated = !matches!(info.get("gated"), None | Some(Value::Null) | Some(Value::Bool(false)));
             let disabled = info.get("disabled").and_then(Value::as_bool).unwrap_or(false);
             if private {
-                (false, "private")
+                (None, "private")
             } else if gated {
-                (false, "gated")
+                (None, "gated")
             } else if disabled {
-                (false, "disabled")
+                (None, "disabled")
             } else {
-                // The answer is also the revision's repo info (the default branch's when none was
-                // named): keep it, and the revision's commit.
-                record_revision_reply(context.catalog, repo, revision, &reply).await?;
-                (true, "public")
+                (Some(RevisionReply::parse(repo, info)?), "public")
             }
         } else if matches!(reply.status.as_u16(), 401 | 403 | 404 | 410) {
-            (false, "private or missing")
+            (None, "private or missing")
         } else {
             return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
         };
+        let cacheable = public_info.is_some();
         let record = PolicyRecord { cacheable, reason: reason.to_owned(), checked_at_ms: now_ms() };
         debug!(%repo, cacheable, reason, "repo policy checked");
-        // A negative answer is recorded only where it replaces a positive one (a repo turned private
-        // or gated must never be served from the catalog again); the rest stay on this node (see
-        // `NegativePolicies`), so invented repo names cannot grow the replicated catalog.
-        let replaces_positive = !cacheable && matches!(context.catalog.get_policy(repo).await, Ok(Some(previous)) if previous.cacheable);
-        if cacheable || replaces_positive {
-            note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
+        match public_info {
+            // The answer is also the revision's repo info (the default branch's when none was
+            // named): it is kept with the revision's commit, beside the policy.
+            Some(public_info) => {
+                public_info.record(context.catalog, repo, revision, Some(&record)).await;
+            }
+            // A negative answer is recorded only where it replaces a positive one (a repo turned
+            // private or gated must never be served from the catalog again); the rest stay on this
+            // node (see `NegativePolicies`), so invented repo names cannot grow the replicated catalog.
+            None => {
+                if matches!(context.catalog.get_policy(repo).await, Ok(Some(previous)) if previous.cacheable) {
+                    note_unrecorded(context.catalog.put_policy(repo, record.clone()).await, Self::WHAT);
+                }
+            }
         }
         Ok(record)
     }
@@ -176,29 +182,62 @@ impl Kind for RevisionOf {
         if !reply.status.is_success() {
             return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
         }
-        record_revision_reply(context.catalog, &self.repo, &self.revision, &reply).await
+        let info: Value =
+            serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
+        Ok(RevisionReply::parse(&self.repo, info)?.record(context.catalog, &self.repo, &self.revision, None).await)
     }
 }
 
-/// Stores a successful repo-info answer of a revision (asked with `blobs=true`): its commit as the
-/// ref, and its body as the commit's repo info both with and without the siblings' blob fields (the
-/// two answers upstream gives). Returns the commit.
-async fn record_revision_reply(catalog: &dyn Catalog, repo: &RepoKey, revision: &str, reply: &BufferedReply) -> Result<String, HubError> {
-    let mut info: Value =
-        serde_json::from_slice(&reply.body).map_err(|error| HubError::upstream_invalid(format!("repo info is not JSON: {error}")))?;
-    let commit = info.get("sha").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if !is_commit_sha(&commit) {
-        return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
+/// A successful repo-info answer of a revision (asked with `blobs=true`), checked, in the two forms
+/// upstream gives: with and without the siblings' blob fields.
+struct RevisionReply {
+    commit: String,
+    plain: Vec<u8>,
+    with_blobs: Vec<u8>,
+}
+
+impl RevisionReply {
+    fn parse(repo: &RepoKey, mut info: Value) -> Result<RevisionReply, HubError> {
+        let commit = info.get("sha").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if !is_commit_sha(&commit) {
+            return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
+        }
+        strip_xet_fields(&mut info);
+        let plain = serde_json::to_vec(&without_blobs(&info)).map_err(HubError::internal)?;
+        let with_blobs = serde_json::to_vec(&info).map_err(HubError::internal)?;
+        Ok(RevisionReply { commit, plain, with_blobs })
     }
-    strip_xet_fields(&mut info);
-    let plain = serde_json::to_vec(&without_blobs(&info)).map_err(HubError::internal)?;
-    let with_blobs = serde_json::to_vec(&info).map_err(HubError::internal)?;
-    note_unrecorded(catalog.put_repo_info(repo, &commit, "", plain).await, "repo info");
-    note_unrecorded(catalog.put_repo_info(repo, &commit, FILES_VARIANT, with_blobs).await, "repo info");
-    if !is_commit_sha(revision) {
-        note_unrecorded(catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await, "ref");
+
+    /// Records the commit as `revision`'s ref (unless the revision is the commit), both forms as the
+    /// commit's repo info, and `policy` when given — side by side: in a cluster each is a write
+    /// through the catalog's leader, and writes proposed together share one replication round
+    /// instead of waiting for one round each. A write that fails is logged; the answer stands.
+    /// Returns the commit.
+    async fn record(self, catalog: &dyn Catalog, repo: &RepoKey, revision: &str, policy: Option<&PolicyRecord>) -> String {
+        let RevisionReply { commit, plain, with_blobs } = self;
+        let reference = async {
+            if is_commit_sha(revision) {
+                return Ok(());
+            }
+            catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await
+        };
+        let policy = async {
+            match policy {
+                Some(record) => catalog.put_policy(repo, record.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let (plain, with_blobs, reference, policy) = tokio::join!(
+            catalog.put_repo_info(repo, &commit, "", plain),
+            catalog.put_repo_info(repo, &commit, FILES_VARIANT, with_blobs),
+            reference,
+            policy,
+        );
+        note_unrecorded(plain.and(with_blobs), "repo info");
+        note_unrecorded(reference, "ref");
+        note_unrecorded(policy, PolicyOf::WHAT);
+        commit
     }
-    Ok(commit)
 }
 
 /// The full file list of a commit, every tree page fetched once.

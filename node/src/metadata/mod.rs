@@ -584,6 +584,132 @@ mod tests {
         assert!(taken().is_empty());
     }
 
+    /// A catalog whose writes take a while, which counts how many were in flight at once.
+    struct SlowWrites {
+        inner: LocalCatalog,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_at_once: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SlowWrites {
+        async fn write<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let written = write.await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            written
+        }
+    }
+
+    type Written = Result<(), hfm_cluster::catalog::CatalogError>;
+
+    #[async_trait::async_trait]
+    impl Catalog for SlowWrites {
+        async fn get_ref(
+            &self,
+            repo: &RepoKey,
+            revision: &str,
+        ) -> Result<Option<hfm_cluster::catalog::RefRecord>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_ref(repo, revision).await
+        }
+        async fn put_ref(&self, repo: &RepoKey, revision: &str, record: hfm_cluster::catalog::RefRecord) -> Written {
+            self.write(self.inner.put_ref(repo, revision, record)).await
+        }
+        async fn get_manifest(&self, repo: &RepoKey, commit: &str) -> Result<Option<ManifestView>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_manifest(repo, commit).await
+        }
+        async fn put_manifest(
+            &self,
+            repo: &RepoKey,
+            commit: &str,
+            manifest: Manifest,
+        ) -> Result<ManifestView, hfm_cluster::catalog::CatalogError> {
+            self.write(self.inner.put_manifest(repo, commit, manifest)).await
+        }
+        async fn get_repo_info(
+            &self,
+            repo: &RepoKey,
+            commit: &str,
+            variant: &str,
+        ) -> Result<Option<Vec<u8>>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_repo_info(repo, commit, variant).await
+        }
+        async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Written {
+            self.write(self.inner.put_repo_info(repo, commit, variant, body)).await
+        }
+        async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_policy(repo).await
+        }
+        async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Written {
+            self.write(self.inner.put_policy(repo, record)).await
+        }
+        async fn get_document(
+            &self,
+            key: &str,
+        ) -> Result<Option<hfm_cluster::catalog::DocumentRecord>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_document(key).await
+        }
+        async fn put_document(&self, key: &str, record: hfm_cluster::catalog::DocumentRecord) -> Written {
+            self.write(self.inner.put_document(key, record)).await
+        }
+        async fn get_replicas(
+            &self,
+            etag: &str,
+        ) -> Result<Option<hfm_cluster::catalog::ReplicaRecord>, hfm_cluster::catalog::CatalogError> {
+            self.inner.get_replicas(etag).await
+        }
+        async fn list_replicas(&self) -> Result<Vec<(String, hfm_cluster::catalog::ReplicaRecord)>, hfm_cluster::catalog::CatalogError> {
+            self.inner.list_replicas().await
+        }
+        async fn add_replica(&self, etag: &str, node: &str, size: u64) -> Written {
+            self.write(self.inner.add_replica(etag, node, size)).await
+        }
+        async fn remove_replica(&self, etag: &str, node: &str) -> Written {
+            self.write(self.inner.remove_replica(etag, node)).await
+        }
+        async fn list_policies(&self) -> Result<Vec<(RepoKey, PolicyRecord)>, hfm_cluster::catalog::CatalogError> {
+            self.inner.list_policies().await
+        }
+        async fn list_refs(&self) -> Result<Vec<(RepoKey, String, hfm_cluster::catalog::RefRecord)>, hfm_cluster::catalog::CatalogError> {
+            self.inner.list_refs().await
+        }
+        async fn list_manifest_keys(&self) -> Result<Vec<(RepoKey, String)>, hfm_cluster::catalog::CatalogError> {
+            self.inner.list_manifest_keys().await
+        }
+        async fn list_pins(&self) -> Result<Vec<(RepoKey, hfm_cluster::catalog::PinRecord)>, hfm_cluster::catalog::CatalogError> {
+            self.inner.list_pins().await
+        }
+        async fn put_pin(&self, repo: &RepoKey, record: hfm_cluster::catalog::PinRecord) -> Written {
+            self.write(self.inner.put_pin(repo, record)).await
+        }
+        async fn remove_pin(&self, repo: &RepoKey) -> Written {
+            self.write(self.inner.remove_pin(repo)).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cold_policy_check_records_its_findings_side_by_side() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = hub_like_upstream(Arc::default()).await;
+        let catalog = Arc::new(SlowWrites {
+            inner: LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap(),
+            in_flight: Default::default(),
+            most_at_once: Default::default(),
+        });
+        let settings =
+            MetadataSettings { ref_ttl: Duration::from_secs(60), policy_ttl: Duration::from_secs(600), max_manifest_files: 1000 };
+        let metadata = Metadata::new(catalog.clone(), Upstream::new(&url).unwrap(), None, settings);
+        let public = RepoKey::new(RepoType::Model, "org/public");
+        assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
+        // The policy, the ref and the two forms of the repo info: proposed together (in a cluster,
+        // one replication round), not one after the other.
+        assert_eq!(catalog.most_at_once.load(Ordering::SeqCst), 4);
+        assert!(catalog.get_policy(&public).await.unwrap().unwrap().cacheable);
+        assert_eq!(catalog.get_ref(&public, "main").await.unwrap().unwrap().commit, "a".repeat(40));
+        assert!(catalog.get_repo_info(&public, &"a".repeat(40), FILES_VARIANT).await.unwrap().is_some());
+    }
+
     #[test]
     fn negative_answers_stay_bounded_and_expire() {
         let negatives = NegativePolicies::default();
