@@ -129,7 +129,7 @@ pub struct FileIdentity {
 
 /// A file changed less than this long ago is not recorded as checked: file times tick coarsely (a
 /// few milliseconds), and a write within the same tick as the change before it would not show.
-const SETTLED_AFTER_SECONDS: i64 = 1;
+const SETTLED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl FileIdentity {
     pub fn of(file: &std::fs::File) -> io::Result<FileIdentity> {
@@ -147,10 +147,17 @@ impl FileIdentity {
         self.size
     }
 
-    /// Whether the file had not changed for a while before `checked_from` (Unix seconds), when its
-    /// check began: only then does an unchanged identity prove unchanged bytes.
-    pub fn settled_before(&self, checked_from: i64) -> bool {
-        self.changed.0 + SETTLED_AFTER_SECONDS <= checked_from
+    /// Whether the file had not changed for a while before `checked_from`, when its check began:
+    /// only then does an unchanged identity prove unchanged bytes. Compared to the nanosecond (whole
+    /// seconds would make "a while" anything from nothing to a second).
+    pub fn settled_before(&self, checked_from: std::time::SystemTime) -> bool {
+        let (seconds, nanoseconds) = self.changed;
+        let changed = match (u64::try_from(seconds), u32::try_from(nanoseconds)) {
+            (Ok(seconds), Ok(nanoseconds)) => std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanoseconds),
+            // A change time before 1970: nothing to compare with, so never settled.
+            _ => return false,
+        };
+        changed + SETTLED_AFTER <= checked_from
     }
 }
 
@@ -300,6 +307,17 @@ pub fn verified_spans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_settles_a_whole_second_later_to_the_nanosecond() {
+        let identity = FileIdentity { device: 1, inode: 2, size: 3, modified: (100, 999_000_000), changed: (100, 999_000_000) };
+        let at = |seconds, nanoseconds| std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanoseconds);
+        assert!(!identity.settled_before(at(101, 1_000_000)), "2 ms later, in the next second: not settled");
+        assert!(!identity.settled_before(at(101, 998_999_999)));
+        assert!(identity.settled_before(at(101, 999_000_000)));
+        let before_1970 = FileIdentity { changed: (-5, 0), ..identity };
+        assert!(!before_1970.settled_before(at(200, 0)));
+    }
 
     #[test]
     fn chunk_sums_do_not_depend_on_how_bytes_arrive() {

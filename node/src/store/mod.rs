@@ -455,7 +455,7 @@ impl BlobStore {
         Ok(Some(Either::Right(match zero_copy {
             Some(sink) => {
                 let (store, etag_owned) = (self.clone(), etag.to_owned());
-                let checked_from = unix_seconds(std::time::SystemTime::now()) as i64;
+                let checked_from = std::time::SystemTime::now();
                 let on_checked_whole = move |blob: &VerifiedBlob| store.record_checked(&etag_owned, blob, checked_from);
                 Either::Left(integrity::verified_spans(blob, start, end, sink.clone(), on_corrupt, on_checked_whole))
             }
@@ -464,10 +464,10 @@ impl BlobStore {
     }
 
     /// Records that every chunk of `blob` was found matching its sum by a check that began at
-    /// `checked_from` (Unix seconds): while its file stays as it is now, later reads need not check
+    /// `checked_from`: while its file stays as it is now, later reads need not check
     /// it again ([`ReadChecks::OnceWhileScrubbed`]). Nothing is recorded when the file changed while
     /// it was checked, or too shortly before.
-    fn record_checked(&self, etag: &str, blob: &VerifiedBlob, checked_from: i64) {
+    fn record_checked(&self, etag: &str, blob: &VerifiedBlob, checked_from: std::time::SystemTime) {
         if self.inner.read_checks != ReadChecks::OnceWhileScrubbed || !blob.identity.settled_before(checked_from) {
             return;
         }

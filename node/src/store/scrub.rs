@@ -46,7 +46,7 @@ impl BlobStore {
     pub async fn scrub_blob(&self, etag: &str, rate: u64, read_bytes: &AtomicU64) -> io::Result<Scrubbed> {
         // open_verified rehashes a blob without sums against its etag, and removes it if it fails.
         let Some(blob) = self.open_verified_unused(etag).await? else { return Ok(Scrubbed::Gone) };
-        let checked_from = super::accounting::unix_seconds(std::time::SystemTime::now()) as i64;
+        let checked_from = std::time::SystemTime::now();
         for (index, expected) in blob.sums.iter().copied().enumerate() {
             let offset = index as u64 * CHUNK;
             let length = CHUNK.min(blob.size - offset) as usize;
