@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Time to the first byte of a cold download, side by side in one run: straight from the fake upstream
-# (its `/resolve/` redirect, then its CDN), and through each hf-mirror build given (the release build
-# of this checkout first). Every round starts each node afresh on an empty data directory, so every
-# request is cold: the node asks upstream for the repo's policy, the file's content address and the
-# bytes. The builds take turns (A, B, A, B…) so that drift hits them alike. Nodes are pinned to CPU 0,
-# curl and the fake Hub to CPU 1; the fake Hub pages trees by 1000 entries, as the Hub does.
-# Prints a Markdown table of medians and quartiles, in ms; nothing here asserts a time.
+# Cold requests, side by side in one run: straight from the fake upstream (its `/resolve/`, then its
+# CDN) and through each hf-mirror build given (the release build of this checkout first). Each is the
+# first request of its repo on a node started afresh on an empty data directory, so the node asks
+# upstream for the repo's policy, the file's content address and the bytes: a plain GET of an LFS
+# file (curl, a browser) and huggingface_hub's pattern, a HEAD and then the GET of the same file. The
+# builds take turns (A, B, A, B…) so that drift hits them alike. Nodes are pinned to CPU 0, curl and
+# the fake Hub to CPU 1; the fake Hub pages trees by 1000 entries, as the Hub does. Prints a Markdown
+# table of medians and quartiles, in ms; nothing here asserts a time.
 #
 # Usage: bench/first_byte.sh [ROUNDS] [OTHER_BINARY…]   (default 15 rounds)
 set -euo pipefail
@@ -25,18 +26,30 @@ wait_line "$work/fake.out" fakehub
 hub=$(awk '{print $2}' "$work/fake.out")
 
 big=/bench/big/resolve/main/big.bin
-small=/org/model/resolve/main/config.json
+lfs=/org/model/resolve/main/model.safetensors
 first_byte() { # url: seconds to the first byte of a full, successful GET
   local out; out=$(taskset -c 1 curl -s -L -o /dev/null -w '%{http_code} %{time_starttransfer}' "$1")
   set -- $out
   [ "$1" = 200 ] || { echo "GET failed: $out" >&2; exit 1; }
   echo "$2"
 }
+head_time() { # url: seconds for a HEAD, redirects not followed (as huggingface_hub sends it)
+  local out; out=$(taskset -c 1 curl -s -I -o /dev/null -w '%{http_code} %{time_total}' "$1")
+  set -- $out
+  [ "$1" = 200 ] || [ "$1" = 302 ] || { echo "HEAD failed: $out" >&2; exit 1; }
+  echo "$2"
+}
 
+# Three cold requests, each the first of its repo on a fresh node: a plain GET (curl, a browser),
+# and huggingface_hub's pattern — a HEAD, then the GET of the same file.
+measure() { # key base-url
+  samples[$1.get]+=" $(first_byte "$2$big")"
+  samples[$1.head]+=" $(head_time "$2$lfs")"
+  samples[$1.then]+=" $(first_byte "$2$lfs")"
+}
 declare -A samples
 for round in $(seq 1 "$rounds"); do
-  samples[direct.big]+=" $(first_byte "$hub$big")"
-  samples[direct.small]+=" $(first_byte "$hub$small")"
+  measure direct "$hub"
   for index in "${!bins[@]}"; do
     data="$work/data-$index-$round"
     taskset -c 0 "${bins[$index]}" serve --listen 127.0.0.1:0 --data-dir "$data" --upstream "$hub" --min-free-disk 0 \
@@ -44,9 +57,7 @@ for round in $(seq 1 "$rounds"); do
     node_pid=$!
     pids+=($node_pid)
     wait_line "$work/node.out" '^node '
-    node=$(awk '/^node /{print $3}' "$work/node.out")
-    samples[$index.big]+=" $(first_byte "$node$big")"
-    samples[$index.small]+=" $(first_byte "$node$small")"
+    measure "$index" "$(awk '/^node /{print $3}' "$work/node.out")"
     kill "$node_pid"
     wait "$node_pid" 2>/dev/null || true
     rm -f "$work/node.out"
@@ -64,13 +75,19 @@ print(f"{statistics.median(values):.2f} ({q[0]:.2f}–{q[2]:.2f})")' "$@"
 }
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
-echo "| cold download, $rounds rounds | first byte, ${size} B LFS file, ms | ÷ direct | first byte, config.json, ms | ÷ direct |"
-echo "|---|---|---|---|---|"
-# shellcheck disable=SC2086
-echo "| direct from upstream | $(summary ${samples[direct.big]}) | 1.00 | $(summary ${samples[direct.small]}) | 1.00 |"
+row() { # label key
+  local cells="" kind
+  for kind in get head then; do
+    # shellcheck disable=SC2086
+    cells+=" $(summary ${samples[$2.$kind]}) | $(ratio "$(median ${samples[$2.$kind]})" "$(median ${samples[direct.$kind]})") |"
+  done
+  echo "| $1 |$cells"
+}
+echo "| cold, first request of its repo, $rounds rounds, ms: median (quartiles) | plain GET of a ${size} B LFS file: first byte | ÷ direct | huggingface_hub's HEAD of an LFS file | ÷ direct | the GET after it: first byte | ÷ direct |"
+echo "|---|---|---|---|---|---|---|"
+row "direct from upstream" direct
 for index in "${!bins[@]}"; do
-  # shellcheck disable=SC2086
   label="hf-mirror, this checkout"
   [ "$index" = 0 ] || label="hf-mirror, ${bins[$index]}"
-  echo "| $label | $(summary ${samples[$index.big]}) | $(ratio "$(median ${samples[$index.big]})" "$(median ${samples[direct.big]})") | $(summary ${samples[$index.small]}) | $(ratio "$(median ${samples[$index.small]})" "$(median ${samples[direct.small]})") |"
+  row "$label" "$index"
 done

@@ -214,6 +214,14 @@ impl Upstream {
     }
 }
 
+/// The error code of an upstream answer longer than [`MAX_API_BODY`].
+pub const ANSWER_TOO_LARGE: &str = "UpstreamAnswerTooLarge";
+
+fn answer_too_large() -> HubError {
+    let message = format!("Upstream Hub answered something unexpected: an answer over {} MiB", MAX_API_BODY >> 20);
+    HubError::new(StatusCode::BAD_GATEWAY, ANSWER_TOO_LARGE, message, crate::hub::ErrorSource::Upstream)
+}
+
 /// Reads a response whole, refusing bodies over [`MAX_API_BODY`].
 pub async fn read_buffered(response: reqwest::Response) -> Result<BufferedReply, HubError> {
     let status = response.status();
@@ -223,7 +231,7 @@ pub async fn read_buffered(response: reqwest::Response) -> Result<BufferedReply,
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(unreachable)?;
         if body.len() + chunk.len() > MAX_API_BODY {
-            return Err(HubError::upstream_invalid("answer too large"));
+            return Err(answer_too_large());
         }
         body.extend_from_slice(&chunk);
     }

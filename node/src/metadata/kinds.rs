@@ -14,13 +14,13 @@ use super::DEFAULT_REVISION;
 use super::catalog_error;
 use super::leader::{MetadataAnswer, MetadataRequest};
 use super::read_through::{FetchContext, Flights, Kind, Recorded, note_unrecorded};
-use super::siblings::{FILES_VARIANT, without_blobs};
+use super::siblings::{FILES_VARIANT, lists_indexable_files, without_blobs};
 use crate::common::singleflight::SingleFlight;
 use crate::common::time::now_ms;
 use crate::hub::HubError;
 use crate::hub::json::{parse_tree_entry, strip_xet_fields};
 use crate::hub::route::{api_repo_path, encode_segment};
-use crate::upstream::{BufferedReply, Upstream};
+use crate::upstream::{ANSWER_TOO_LARGE, BufferedReply, Upstream};
 
 /// The error code of a commit with more files than a manifest may hold.
 pub const REPO_TOO_LARGE: &str = "RepoTooLarge";
@@ -70,7 +70,7 @@ impl Kind for PolicyOf {
         let repo = &self.repo;
         let mut asked = None;
         if let Some(revision) = self.revision.as_deref().filter(|revision| *revision != DEFAULT_REVISION) {
-            let reply = context.upstream.get_buffered(&revision_info_path(repo, revision), None).await?;
+            let reply = ask_revision_info(context.upstream, repo, revision).await?;
             // Only a repo info, or an answer about the repo itself, decides: a revision that does not
             // exist (or any other refusal) says nothing about the repo, which is then asked for
             // itself — a request naming an invented branch must not make a public repo pass through.
@@ -82,7 +82,7 @@ impl Kind for PolicyOf {
         }
         let (revision, reply) = match asked {
             Some(asked) => asked,
-            None => (DEFAULT_REVISION, context.upstream.get_buffered(&revision_info_path(repo, DEFAULT_REVISION), None).await?),
+            None => (DEFAULT_REVISION, ask_revision_info(context.upstream, repo, DEFAULT_REVISION).await?),
         };
         let (public_info, reason) = if reply.status.is_success() {
             let info: Value = serde_json::from_slice(&reply.body)
@@ -131,16 +131,25 @@ fn error_code(reply: &BufferedReply) -> Option<&str> {
     reply.headers.get(crate::hub::headers::X_ERROR_CODE)?.to_str().ok()
 }
 
-/// The upstream path of a revision's repo info (the default branch's: the repo's own), asked with
-/// `blobs=true`: the same answer plus each file's blob id, size and LFS sha256, which a cold
-/// `/resolve/` needs and would otherwise walk the commit's tree for (see `siblings`).
+/// The upstream path of a revision's repo info (the default branch's: the repo's own).
 fn revision_info_path(repo: &RepoKey, revision: &str) -> String {
-    let info = if revision == DEFAULT_REVISION {
+    if revision == DEFAULT_REVISION {
         api_repo_path(repo)
     } else {
         format!("{}/revision/{}", api_repo_path(repo), encode_segment(revision))
-    };
-    format!("{info}?{FILES_VARIANT}")
+    }
+}
+
+/// Asks upstream for a revision's repo info with `blobs=true`: the same answer plus each file's blob
+/// id, size and LFS sha256, which a cold `/resolve/` needs and would otherwise walk the commit's
+/// tree for (see `siblings`). A repo so large that this answer passes the size bound is asked again
+/// without the blob fields.
+async fn ask_revision_info(upstream: &Upstream, repo: &RepoKey, revision: &str) -> Result<BufferedReply, HubError> {
+    let path = revision_info_path(repo, revision);
+    match upstream.get_buffered(&format!("{path}?{FILES_VARIANT}"), None).await {
+        Err(error) if error.code.as_deref() == Some(ANSWER_TOO_LARGE) => upstream.get_buffered(&path, None).await,
+        answered => answered,
+    }
 }
 
 /// The commit a branch or tag points to (`DEFAULT_REVISION`: the default branch).
@@ -178,7 +187,7 @@ impl Kind for RevisionOf {
     }
 
     async fn fetch(&self, context: FetchContext<'_>) -> Result<String, HubError> {
-        let reply = context.upstream.get_buffered(&revision_info_path(&self.repo, &self.revision), None).await?;
+        let reply = ask_revision_info(context.upstream, &self.repo, &self.revision).await?;
         if !reply.status.is_success() {
             return Err(HubError::from_upstream(reply.status, &reply.headers, &reply.body));
         }
@@ -193,7 +202,9 @@ impl Kind for RevisionOf {
 struct RevisionReply {
     commit: String,
     plain: Vec<u8>,
-    with_blobs: Vec<u8>,
+    /// Kept only when it can stand in for the tree walk (see [`lists_indexable_files`]): the
+    /// catalog does not hold a second copy of a huge repo's file list that nothing would read.
+    with_blobs: Option<Vec<u8>>,
 }
 
 impl RevisionReply {
@@ -204,7 +215,7 @@ impl RevisionReply {
         }
         strip_xet_fields(&mut info);
         let plain = serde_json::to_vec(&without_blobs(&info)).map_err(HubError::internal)?;
-        let with_blobs = serde_json::to_vec(&info).map_err(HubError::internal)?;
+        let with_blobs = if lists_indexable_files(&info) { Some(serde_json::to_vec(&info).map_err(HubError::internal)?) } else { None };
         Ok(RevisionReply { commit, plain, with_blobs })
     }
 
@@ -227,12 +238,14 @@ impl RevisionReply {
                 None => Ok(()),
             }
         };
-        let (plain, with_blobs, reference, policy) = tokio::join!(
-            catalog.put_repo_info(repo, &commit, "", plain),
-            catalog.put_repo_info(repo, &commit, FILES_VARIANT, with_blobs),
-            reference,
-            policy,
-        );
+        let with_blobs = async {
+            match with_blobs {
+                Some(body) => catalog.put_repo_info(repo, &commit, FILES_VARIANT, body).await,
+                None => Ok(()),
+            }
+        };
+        let (plain, with_blobs, reference, policy) =
+            tokio::join!(catalog.put_repo_info(repo, &commit, "", plain), with_blobs, reference, policy,);
         note_unrecorded(plain.and(with_blobs), "repo info");
         note_unrecorded(reference, "ref");
         note_unrecorded(policy, PolicyOf::WHAT);

@@ -92,6 +92,14 @@ pub(super) fn files_of(body: &[u8], max_files: usize) -> Option<Manifest> {
     Some(Manifest::new(entries))
 }
 
+/// Whether a repo info lists its files with their blob ids (it was asked with `blobs=true`), few
+/// enough for the index to hold them.
+pub(super) fn lists_indexable_files(info: &Value) -> bool {
+    info.get("siblings").and_then(Value::as_array).is_some_and(|siblings| {
+        siblings.len() <= SIBLING_INDEX_FILES && siblings.first().is_some_and(|first| first.get("blobId").is_some())
+    })
+}
+
 /// The repo info without what `blobs=true` adds to each sibling: what upstream answers without it.
 pub(super) fn without_blobs(info: &Value) -> Value {
     let mut plain = info.clone();
@@ -144,6 +152,17 @@ mod tests {
         ] {
             assert!(files_of(&body, 1000).is_none(), "{}", String::from_utf8_lossy(&body));
         }
+    }
+
+    #[test]
+    fn only_a_file_list_the_index_can_hold_is_kept() {
+        let with = |count: usize| json!({"siblings": vec![json!({"rfilename": "a", "blobId": "1".repeat(40), "size": 1}); count]});
+        assert!(lists_indexable_files(&with(3)));
+        assert!(lists_indexable_files(&with(SIBLING_INDEX_FILES)));
+        assert!(!lists_indexable_files(&with(SIBLING_INDEX_FILES + 1)), "too many for the index");
+        assert!(!lists_indexable_files(&with(0)));
+        assert!(!lists_indexable_files(&json!({"siblings": [{"rfilename": "a"}]})), "asked without blobs=true");
+        assert!(!lists_indexable_files(&json!({"id": "org/model"})));
     }
 
     #[test]
