@@ -584,6 +584,36 @@ mod tests {
         assert!(taken().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_repo_whose_file_list_passes_the_answer_bound_is_asked_again_without_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(request.uri().path_and_query().unwrap().to_string());
+                if request.uri().query() == Some("blobs=true") {
+                    // Longer than any answer the node reads whole.
+                    return (http::StatusCode::OK, vec![b' '; crate::upstream::MAX_API_BODY + 1]);
+                }
+                let body = serde_json::json!({"id": "org/huge", "sha": "a".repeat(40), "private": false, "gated": false,
+                    "siblings": [{"rfilename": "config.json"}]});
+                (http::StatusCode::OK, body.to_string().into_bytes())
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (metadata, catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
+        let huge = RepoKey::new(RepoType::Model, "org/huge");
+        assert_eq!(metadata.policy_at(&huge, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
+        assert_eq!(*asked.lock().unwrap(), ["/api/models/org/huge/revision/main?blobs=true", "/api/models/org/huge/revision/main"]);
+        let commit = "a".repeat(40);
+        assert!(catalog.get_repo_info(&huge, &commit, "").await.unwrap().is_some());
+        assert!(catalog.get_repo_info(&huge, &commit, FILES_VARIANT).await.unwrap().is_none(), "no file list to keep");
+    }
+
     /// A catalog whose writes take a while, which counts how many were in flight at once.
     struct SlowWrites {
         inner: LocalCatalog,
