@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::reopening::ReopeningDatabase;
 use super::{
     Catalog, CatalogError, DocumentRecord, MANIFEST_PAGE_ENTRIES, Manifest, ManifestHead, ManifestPages, ManifestView, PinRecord,
-    PolicyRecord, RefRecord, ReplicaRecord,
+    PolicyRecord, RefRecord, ReplicaRecord, RevisionFindings,
 };
 use crate::types::RepoKey;
 
@@ -711,6 +711,47 @@ impl Catalog for LocalCatalog {
         Ok(())
     }
 
+    /// One write transaction (one sync) for all of it.
+    async fn put_revision_findings(&self, repo: &RepoKey, findings: RevisionFindings) -> Result<(), CatalogError> {
+        let codec = |error: postcard::Error| CatalogError::Codec(error.to_string());
+        let infos: Vec<(String, Vec<u8>)> =
+            findings.infos.into_iter().map(|(variant, body)| (repo_key(repo, &[&findings.commit, &variant]), body)).collect();
+        let reference = match findings.reference {
+            Some((revision, record)) => Some((repo_key(repo, &[&revision]), postcard::to_stdvec(&record).map_err(codec)?, record)),
+            None => None,
+        };
+        let policy = match findings.policy {
+            Some(record) => Some((repo_key(repo, &[]), postcard::to_stdvec(&record).map_err(codec)?, record)),
+            None => None,
+        };
+        let inner = self.inner.clone();
+        let rows: Vec<(TableDefinition<'static, &'static str, &'static [u8]>, String, Vec<u8>)> = infos
+            .into_iter()
+            .map(|(key, body)| (REPO_INFO, key, body))
+            .chain(reference.iter().map(|(key, bytes, _)| (REFS, key.clone(), bytes.clone())))
+            .chain(policy.iter().map(|(key, bytes, _)| (POLICIES, key.clone(), bytes.clone())))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            inner.database.run(|database| {
+                let transaction = database.begin_write().map_err(storage_error)?;
+                for (table, key, value) in &rows {
+                    let mut opened = transaction.open_table(*table).map_err(storage_error)?;
+                    opened.insert(key.as_str(), value.as_slice()).map_err(storage_error)?;
+                }
+                transaction.commit().map_err(storage_error)
+            })
+        })
+        .await
+        .map_err(|_| CatalogError::Closed)??;
+        if let Some((key, _, record)) = reference {
+            self.inner.hot.written(&self.inner.hot.refs, key, record);
+        }
+        if let Some((key, _, record)) = policy {
+            self.inner.hot.written(&self.inner.hot.policies, key, record);
+        }
+        Ok(())
+    }
+
     async fn get_document(&self, key: &str) -> Result<Option<DocumentRecord>, CatalogError> {
         self.read_record(DOCUMENTS, key.to_owned()).await
     }
@@ -848,6 +889,37 @@ mod tests {
 
     /// A manifest with more entries than a page is stored in pages: found, listed and counted the
     /// same after a reopen and through a snapshot, with only pages and heads in memory.
+    #[tokio::test]
+    async fn revision_findings_are_one_write_read_back_like_single_puts() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("catalog.redb");
+        let repo = RepoKey::new(RepoType::Model, "org/model");
+        let commit = "c".repeat(40);
+        let reference = RefRecord { commit: commit.clone(), checked_at_ms: 7 };
+        let policy = PolicyRecord { cacheable: true, reason: "public".into(), checked_at_ms: 8 };
+        let findings = RevisionFindings {
+            commit: commit.clone(),
+            infos: vec![(String::new(), b"{\"plain\":1}".to_vec()), ("blobs=true".into(), b"{\"blobs\":1}".to_vec())],
+            reference: Some(("main".into(), reference.clone())),
+            policy: Some(policy.clone()),
+        };
+        {
+            let catalog = LocalCatalog::open(&path).unwrap();
+            let generation = catalog.records_generation(&repo).unwrap();
+            catalog.put_revision_findings(&repo, findings).await.unwrap();
+            assert_ne!(catalog.records_generation(&repo).unwrap(), generation, "a conclusion drawn before is no longer fresh");
+            // Read back through the in-memory copies the request path reads.
+            assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(reference.clone()));
+            assert_eq!(catalog.get_policy(&repo).await.unwrap(), Some(policy.clone()));
+        }
+        // And from disk.
+        let catalog = LocalCatalog::open(&path).unwrap();
+        assert_eq!(catalog.get_ref(&repo, "main").await.unwrap(), Some(reference));
+        assert_eq!(catalog.get_policy(&repo).await.unwrap(), Some(policy));
+        assert_eq!(catalog.get_repo_info(&repo, &commit, "").await.unwrap().unwrap(), b"{\"plain\":1}");
+        assert_eq!(catalog.get_repo_info(&repo, &commit, "blobs=true").await.unwrap().unwrap(), b"{\"blobs\":1}");
+    }
+
     #[tokio::test]
     async fn a_large_manifest_is_stored_and_read_in_pages() {
         let directory = tempfile::tempdir().unwrap();

@@ -15,7 +15,9 @@ mod reopening;
 
 pub use local::LocalCatalog;
 pub use manifest_view::{FoundEntry, ListStart, MANIFEST_PAGE_ENTRIES, ManifestHead, ManifestPages, ManifestView};
-pub use records::{DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PinRecord, PolicyRecord, RefRecord, ReplicaRecord};
+pub use records::{
+    DocumentRecord, EntryKind, LfsPointer, Manifest, ManifestEntry, PinRecord, PolicyRecord, RefRecord, ReplicaRecord, RevisionFindings,
+};
 
 use crate::types::RepoKey;
 
@@ -77,6 +79,32 @@ pub trait Catalog: Send + Sync + 'static {
     /// Returns the repo-info JSON of a commit, for one variant of the query (`blobs=true`, …).
     async fn get_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str) -> Result<Option<Vec<u8>>, CatalogError>;
     async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError>;
+
+    /// Records everything in `findings` about `repo`, as if by `put_repo_info`, `put_ref` and
+    /// `put_policy`: the writes side by side (in a cluster, proposed together they share one
+    /// replication round); a catalog that can make them one write (one transaction on one disk, one
+    /// sync) does. The first error is returned; the other writes still happen.
+    async fn put_revision_findings(&self, repo: &RepoKey, findings: RevisionFindings) -> Result<(), CatalogError> {
+        let RevisionFindings { commit, infos, reference, policy } = findings;
+        let commit = commit.as_str();
+        let infos = futures_util::future::join_all(
+            infos.into_iter().map(|(variant, body)| async move { self.put_repo_info(repo, commit, &variant, body).await }),
+        );
+        let reference = async {
+            match reference {
+                Some((revision, record)) => self.put_ref(repo, &revision, record).await,
+                None => Ok(()),
+            }
+        };
+        let policy = async {
+            match policy {
+                Some(record) => self.put_policy(repo, record).await,
+                None => Ok(()),
+            }
+        };
+        let (infos, reference, policy) = futures_util::join!(infos, reference, policy);
+        infos.into_iter().chain([reference, policy]).collect()
+    }
 
     /// Returns whether a repository may be stored, and when that was last checked upstream.
     async fn get_policy(&self, repo: &RepoKey) -> Result<Option<PolicyRecord>, CatalogError>;

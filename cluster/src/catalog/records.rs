@@ -252,3 +252,15 @@ mod tests {
         assert_eq!(entry.etag(), "a".repeat(64));
     }
 }
+
+/// What one upstream answer about a revision says, recorded together: its commit's repo info in one
+/// or more query variants, the ref that named the commit, and the repository's policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevisionFindings {
+    pub commit: String,
+    /// `(variant, body)`: the repo-info JSON of `commit` per query variant (`""` is the plain one).
+    pub infos: Vec<(String, Vec<u8>)>,
+    /// `(revision, record)`: the branch or tag that resolved to `commit`.
+    pub reference: Option<(String, RefRecord)>,
+    pub policy: Option<PolicyRecord>,
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, ManifestView, PolicyRecord, RefRecord};
+use hfm_cluster::catalog::{Catalog, DocumentRecord, Manifest, ManifestEntry, ManifestView, PolicyRecord, RefRecord, RevisionFindings};
 use hfm_cluster::types::{RepoKey, is_commit_sha};
 use serde_json::Value;
 use tracing::debug;
@@ -219,36 +219,18 @@ impl RevisionReply {
         Ok(RevisionReply { commit, plain, with_blobs })
     }
 
-    /// Records the commit as `revision`'s ref (unless the revision is the commit), both forms as the
-    /// commit's repo info, and `policy` when given — side by side: in a cluster each is a write
-    /// through the catalog's leader, and writes proposed together share one replication round
-    /// instead of waiting for one round each. A write that fails is logged; the answer stands.
-    /// Returns the commit.
+    /// Records the commit as `revision`'s ref (unless the revision is the commit), its forms as the
+    /// commit's repo info, and `policy` when given, all as one write where the catalog can (see
+    /// [`Catalog::put_revision_findings`]: one transaction on a node alone, writes proposed together
+    /// in a cluster). A write that fails is logged; the answer stands. Returns the commit.
     async fn record(self, catalog: &dyn Catalog, repo: &RepoKey, revision: &str, policy: Option<&PolicyRecord>) -> String {
         let RevisionReply { commit, plain, with_blobs } = self;
-        let reference = async {
-            if is_commit_sha(revision) {
-                return Ok(());
-            }
-            catalog.put_ref(repo, revision, RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }).await
-        };
-        let policy = async {
-            match policy {
-                Some(record) => catalog.put_policy(repo, record.clone()).await,
-                None => Ok(()),
-            }
-        };
-        let with_blobs = async {
-            match with_blobs {
-                Some(body) => catalog.put_repo_info(repo, &commit, FILES_VARIANT, body).await,
-                None => Ok(()),
-            }
-        };
-        let (plain, with_blobs, reference, policy) =
-            tokio::join!(catalog.put_repo_info(repo, &commit, "", plain), with_blobs, reference, policy,);
-        note_unrecorded(plain.and(with_blobs), "repo info");
-        note_unrecorded(reference, "ref");
-        note_unrecorded(policy, PolicyOf::WHAT);
+        let mut infos = vec![(String::new(), plain)];
+        infos.extend(with_blobs.map(|body| (FILES_VARIANT.to_owned(), body)));
+        let reference =
+            (!is_commit_sha(revision)).then(|| (revision.to_owned(), RefRecord { commit: commit.clone(), checked_at_ms: now_ms() }));
+        let findings = RevisionFindings { commit: commit.clone(), infos, reference, policy: policy.cloned() };
+        note_unrecorded(catalog.put_revision_findings(repo, findings).await, "repo info, ref and policy");
         commit
     }
 }
