@@ -27,11 +27,32 @@ hub=$(awk '{print $2}' "$work/fake.out")
 
 big=/bench/big/resolve/main/big.bin
 lfs=/org/model/resolve/main/model.safetensors
-first_byte() { # url: seconds to the first byte of a full, successful GET
-  local out; out=$(taskset -c 1 curl -s -L -o /dev/null -w '%{http_code} %{time_starttransfer}' "$1")
-  set -- $out
-  [ "$1" = 200 ] || { echo "GET failed: $out" >&2; exit 1; }
-  echo "$2"
+# Seconds from sending a GET to the first byte of the file's body (redirects followed): not curl's
+# time_starttransfer, which stops at the first byte of the headers — a node sends those as soon as
+# the catalog knows the file, before any byte of it came from upstream.
+first_byte() { # url
+  taskset -c 1 python3 - "$1" <<'PY'
+import http.client, sys, time, urllib.parse
+url = sys.argv[1]
+start = time.perf_counter()
+for _ in range(5):
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
+    answer = connection.getresponse()
+    if answer.status in (301, 302, 303, 307, 308):
+        url = urllib.parse.urljoin(url, answer.getheader("Location"))
+        answer.read()
+        connection.close()
+        continue
+    if answer.status != 200 or len(answer.read(1)) != 1:
+        sys.exit(f"GET {url} failed: {answer.status}")
+    print(time.perf_counter() - start)
+    connection.close()
+    break
+else:
+    sys.exit(f"GET {sys.argv[1]}: too many redirects")
+PY
 }
 head_time() { # url: seconds for a HEAD, redirects not followed (as huggingface_hub sends it)
   local out; out=$(taskset -c 1 curl -s -I -o /dev/null -w '%{http_code} %{time_total}' "$1")
@@ -83,7 +104,7 @@ row() { # label key
   done
   echo "| $1 |$cells"
 }
-echo "| cold, first request of its repo, $rounds rounds, ms: median (quartiles) | plain GET of a ${size} B LFS file: first byte | ÷ direct | huggingface_hub's HEAD of an LFS file | ÷ direct | the GET after it: first byte | ÷ direct |"
+echo "| cold, first request of its repo, $rounds rounds, ms: median (quartiles) | plain GET of a ${size} B LFS file: first body byte | ÷ direct | huggingface_hub's HEAD of an LFS file | ÷ direct | the GET after it: first body byte | ÷ direct |"
 echo "|---|---|---|---|---|---|---|"
 row "direct from upstream" direct
 for index in "${!bins[@]}"; do

@@ -162,7 +162,7 @@ cat <<TABLE
 | measurement | hf-mirror | nginx static (sendfile) | nginx proxy_cache (slice 16m, lock) | direct from upstream | hf-mirror ratio |
 |---|---|---|---|---|---|
 | cold ${size} B download, s | $node_cold | — | $cache_cold | $direct_cold | node/direct = $(ratio "$node_cold" "$direct_cold"), cache/direct = $(ratio "$cache_cold" "$direct_cold") |
-| cold ${size} B download, time to first byte, ms | $(ms "$node_first") | — | $(ms "$cache_first") | $(ms "$direct_first") | node/direct = $(ratio "$node_first" "$direct_first") |
+| cold ${size} B download, time to the first byte of the headers (curl time_starttransfer; bench/first_byte.sh measures the body's), ms | $(ms "$node_first") | — | $(ms "$cache_first") | $(ms "$direct_first") | node/direct = $(ratio "$node_first" "$direct_first") |
 | warm ${size} B download, best of 3, MB/s | $(rate "$node_warm") | $(rate "$static_warm") | $(rate "$cache_warm") | — | node/static = $(ratio "$static_warm" "$node_warm") |
 | warm small GET, req/s (h2load --h1 -c 64, 300k requests) | $node_get_h2load | $static_get_h2load | $cache_get_h2load | — | node/static = $(ratio "$node_get_h2load" "$static_get_h2load") |
 | warm small GET, req/s (hey -c 64, 10 s) | $node_get | $static_get | $cache_get | — | node/static = $(ratio "$node_get" "$static_get") |
