@@ -18,6 +18,9 @@ use crate::common::zero_copy::{FileSpan, ZeroCopySink};
 
 /// Bytes gathered before one write to the temp file; readers see progress in steps of this size.
 const WRITE_BATCH: usize = 512 << 10;
+/// The first batch of a fill's stream: small, so its readers' first bytes do not wait for half a
+/// megabyte; each next batch doubles, up to [`WRITE_BATCH`].
+const FIRST_BATCH: usize = 64 << 10;
 /// Bytes handed to a reader per read.
 const READ_CHUNK: u64 = 1 << 20;
 /// How often a fill reopens its source after an interruption before it gives up.
@@ -247,6 +250,7 @@ async fn receive(fill: &Fill, source: &dyn BlobSource, consumers: [tokio::sync::
         // Network chunks are small (often 8–16 KiB); handing each to the writer thread would cost a
         // thread wake-up per chunk, so they are gathered into batches first.
         let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
+        let mut batch_target = FIRST_BATCH;
         while let Some(chunk) = stream.next().await {
             let mut chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -268,8 +272,13 @@ async fn receive(fill: &Fill, source: &dyn BlobSource, consumers: [tokio::sync::
             }
             received += chunk.len() as u64;
             batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BATCH {
+            if batch.len() >= batch_target {
                 hand_over(&consumers, batch.split().freeze()).await?;
+                batch_target = (batch_target * 2).min(WRITE_BATCH);
+                // While upstream keeps the socket full, this loop never waits, and on a node with
+                // one core its readers (sending what was just written) and every other request would
+                // wait for the whole stream: they get their turn after each batch.
+                tokio::task::yield_now().await;
             }
         }
         // What was received is handed over before any retry, so the writer stays in step.
