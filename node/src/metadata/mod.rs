@@ -520,13 +520,27 @@ mod tests {
         format!("http://{address}")
     }
 
+    /// The paths (and queries) an upstream was asked, in order.
+    type Asked = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// Those asked since the last call.
+    fn take_asked(asked: &Asked) -> Vec<String> {
+        std::mem::take(&mut *asked.lock().unwrap())
+    }
+
+    /// Metadata over a fresh catalog in `directory`, reading through [`hub_like_upstream`].
+    async fn hub_like_metadata(directory: &std::path::Path) -> (Metadata, Arc<dyn Catalog>, Asked, String) {
+        let asked = Asked::default();
+        let url = hub_like_upstream(asked.clone()).await;
+        let (metadata, catalog) = metadata(directory, &url, Duration::from_secs(600));
+        (metadata, catalog, asked, url)
+    }
+
     #[tokio::test]
     async fn a_request_naming_a_revision_learns_the_policy_and_the_ref_in_one_upstream_request() {
         let directory = tempfile::tempdir().unwrap();
-        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let url = hub_like_upstream(asked.clone()).await;
-        let (metadata, catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
-        let taken = || std::mem::take(&mut *asked.lock().unwrap());
+        let (metadata, catalog, asked, url) = hub_like_metadata(directory.path()).await;
+        let taken = || take_asked(&asked);
 
         let public = RepoKey::new(RepoType::Model, "org/public");
         assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
@@ -552,10 +566,8 @@ mod tests {
     #[tokio::test]
     async fn a_cold_file_is_found_in_the_policy_answer_without_walking_the_tree() {
         let directory = tempfile::tempdir().unwrap();
-        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let url = hub_like_upstream(asked.clone()).await;
-        let (metadata, _catalog) = metadata(directory.path(), &url, Duration::from_secs(600));
-        let taken = || std::mem::take(&mut *asked.lock().unwrap());
+        let (metadata, _catalog, asked, _url) = hub_like_metadata(directory.path()).await;
+        let taken = || take_asked(&asked);
         let (public, commit) = (RepoKey::new(RepoType::Model, "org/public"), "a".repeat(40));
 
         assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
