@@ -8,7 +8,7 @@
 # the fake Hub to CPU 1; the fake Hub pages trees by 1000 entries, as the Hub does. Prints a Markdown
 # table of medians and quartiles, in ms; nothing here asserts a time.
 #
-# Usage: bench/first_byte.sh [ROUNDS] [OTHER_BINARY…]   (default 15 rounds)
+# Usage: [SIZE=BYTES] bench/first_byte.sh [ROUNDS] [OTHER_BINARY…]   (default 15 rounds, 16 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
@@ -17,7 +17,7 @@ shift || true
 bench_setup hfm-first-byte curl=curl taskset=util-linux
 bins=("$bin")
 for other in "$@"; do bins+=("$(realpath "$other")"); done
-size=16777216
+size=${SIZE:-16777216}
 
 taskset -c 1 python3 tests/fakehub/fake_hub.py --port 0 --cdn-port 0 --page-size 1000 --big-size "$size" --big-dir "$work/big" \
   >"$work/fake.out" 2>"$work/fake.err" &
@@ -47,10 +47,11 @@ for _ in range(5):
         continue
     if answer.status != 200 or len(answer.read(1)) != 1:
         sys.exit(f"GET {url} failed: {answer.status}")
-    print(time.perf_counter() - start)
+    first = time.perf_counter() - start
     # The rest is read too, so that the node's fill is over before the next request is timed.
     while answer.read(1 << 20):
         pass
+    print(first, time.perf_counter() - start)
     connection.close()
     break
 else:
@@ -67,9 +68,13 @@ head_time() { # url: seconds for a HEAD, redirects not followed (as huggingface_
 # Three cold requests, each the first of its repo on a fresh node: a plain GET (curl, a browser),
 # and huggingface_hub's pattern — a HEAD, then the GET of the same file.
 measure() { # key base-url
-  samples[$1.get]+=" $(first_byte "$2$big")"
+  local first whole
+  read -r first whole <<<"$(first_byte "$2$big")"
+  samples[$1.get]+=" $first"
+  samples[$1.whole]+=" $whole"
   samples[$1.head]+=" $(head_time "$2$lfs")"
-  samples[$1.then]+=" $(first_byte "$2$lfs")"
+  read -r first whole <<<"$(first_byte "$2$lfs")"
+  samples[$1.then]+=" $first"
 }
 declare -A samples
 for round in $(seq 1 "$rounds"); do
@@ -101,14 +106,14 @@ median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 row() { # label key
   local cells="" kind
-  for kind in get head then; do
+  for kind in get whole head then; do
     # shellcheck disable=SC2086
     cells+=" $(summary ${samples[$2.$kind]}) | $(ratio "$(median ${samples[$2.$kind]})" "$(median ${samples[direct.$kind]})") |"
   done
   echo "| $1 |$cells"
 }
-echo "| cold, first request of its repo, $rounds rounds, ms: median (quartiles) | plain GET of a ${size} B LFS file: first body byte | ÷ direct | huggingface_hub's HEAD of an LFS file | ÷ direct | the GET after it: first body byte | ÷ direct |"
-echo "|---|---|---|---|---|---|---|"
+echo "| cold, first request of its repo, $rounds rounds, ms: median (quartiles) | plain GET of a ${size} B LFS file: first body byte | ÷ direct | its last byte | ÷ direct | huggingface_hub's HEAD of an LFS file | ÷ direct | the GET after it: first body byte | ÷ direct |"
+echo "|---|---|---|---|---|---|---|---|---|"
 row "direct from upstream" direct
 for index in "${!bins[@]}"; do
   label="hf-mirror, this checkout"
