@@ -14,7 +14,7 @@ use super::DEFAULT_REVISION;
 use super::catalog_error;
 use super::leader::{MetadataAnswer, MetadataRequest};
 use super::read_through::{FetchContext, Flights, Kind, Recorded, note_unrecorded};
-use super::siblings::{FILES_VARIANT, lists_indexable_files, without_blobs};
+use super::siblings::{FILES_VARIANT, lists_indexable_files, strip_blob_fields};
 use crate::common::singleflight::SingleFlight;
 use crate::common::time::now_ms;
 use crate::hub::HubError;
@@ -214,8 +214,9 @@ impl RevisionReply {
             return Err(HubError::upstream_invalid(format!("repo info of {repo} has no valid sha")));
         }
         strip_xet_fields(&mut info);
-        let plain = serde_json::to_vec(&without_blobs(&info)).map_err(HubError::internal)?;
         let with_blobs = if lists_indexable_files(&info) { Some(serde_json::to_vec(&info).map_err(HubError::internal)?) } else { None };
+        strip_blob_fields(&mut info);
+        let plain = serde_json::to_vec(&info).map_err(HubError::internal)?;
         Ok(RevisionReply { commit, plain, with_blobs })
     }
 

@@ -100,17 +100,16 @@ pub(super) fn lists_indexable_files(info: &Value) -> bool {
     })
 }
 
-/// The repo info without what `blobs=true` adds to each sibling: what upstream answers without it.
-pub(super) fn without_blobs(info: &Value) -> Value {
-    let mut plain = info.clone();
-    if let Some(siblings) = plain.get_mut("siblings").and_then(Value::as_array_mut) {
+/// Removes what `blobs=true` adds to each sibling of a repo info, leaving what upstream answers
+/// without it (in place: a big repo's answer is not held twice).
+pub(super) fn strip_blob_fields(info: &mut Value) {
+    if let Some(siblings) = info.get_mut("siblings").and_then(Value::as_array_mut) {
         for sibling in siblings {
             if let Some(sibling) = sibling.as_object_mut() {
                 sibling.retain(|key, _| key == "rfilename");
             }
         }
     }
-    plain
 }
 
 #[cfg(test)]
@@ -167,9 +166,10 @@ mod tests {
 
     #[test]
     fn the_plain_answer_keeps_file_names_only() {
-        let blobs =
+        let mut info =
             json!({"sha": "a", "siblings": [{"rfilename": "x", "blobId": "1", "size": 3, "lfs": {"sha256": "2"}}], "usedStorage": 3});
-        assert_eq!(without_blobs(&blobs), json!({"sha": "a", "siblings": [{"rfilename": "x"}], "usedStorage": 3}));
+        strip_blob_fields(&mut info);
+        assert_eq!(info, json!({"sha": "a", "siblings": [{"rfilename": "x"}], "usedStorage": 3}));
     }
 
     #[test]
