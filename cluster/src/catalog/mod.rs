@@ -81,9 +81,15 @@ pub trait Catalog: Send + Sync + 'static {
     async fn put_repo_info(&self, repo: &RepoKey, commit: &str, variant: &str, body: Vec<u8>) -> Result<(), CatalogError>;
 
     /// Records everything in `findings` about `repo`, as if by `put_repo_info`, `put_ref` and
-    /// `put_policy`: the writes side by side (in a cluster, proposed together they share one
-    /// replication round); a catalog that can make them one write (one transaction on one disk, one
-    /// sync) does. The first error is returned; the other writes still happen.
+    /// `put_policy`; a catalog that can make them one write (one transaction on one disk, one sync)
+    /// does. The first error is returned; the other writes still happen.
+    ///
+    /// By default the repo info and the ref are written side by side (in a cluster, proposed together
+    /// they share one replication round), then the policy: a node that learns the policy from this
+    /// answer asks for the ref next, at its own copy or the ref's metadata leader, and entries are
+    /// applied on the other nodes only once a later round tells them the entries were committed.
+    /// Written a round before the policy, the ref has been applied everywhere by the time the policy
+    /// is answered; written in the same round, it may not be yet, and the ref is fetched again.
     async fn put_revision_findings(&self, repo: &RepoKey, findings: RevisionFindings) -> Result<(), CatalogError> {
         let RevisionFindings { commit, infos, reference, policy } = findings;
         let commit = commit.as_str();
@@ -102,7 +108,8 @@ pub trait Catalog: Send + Sync + 'static {
                 None => Ok(()),
             }
         };
-        let (infos, reference, policy) = futures_util::join!(infos, reference, policy);
+        let (infos, reference) = futures_util::join!(infos, reference);
+        let policy = policy.await;
         infos.into_iter().chain([reference, policy]).collect()
     }
 

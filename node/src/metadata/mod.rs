@@ -631,6 +631,8 @@ mod tests {
         inner: LocalCatalog,
         in_flight: std::sync::atomic::AtomicUsize,
         most_at_once: std::sync::atomic::AtomicUsize,
+        /// How many writes were in flight when the last policy write began.
+        beside_policy: std::sync::atomic::AtomicUsize,
     }
 
     impl SlowWrites {
@@ -684,6 +686,7 @@ mod tests {
             self.inner.get_policy(repo).await
         }
         async fn put_policy(&self, repo: &RepoKey, record: PolicyRecord) -> Written {
+            self.beside_policy.store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
             self.write(self.inner.put_policy(repo, record)).await
         }
         async fn get_document(
@@ -738,15 +741,17 @@ mod tests {
             inner: LocalCatalog::open(&directory.path().join("catalog.redb")).unwrap(),
             in_flight: Default::default(),
             most_at_once: Default::default(),
+            beside_policy: Default::default(),
         });
         let settings =
             MetadataSettings { ref_ttl: Duration::from_secs(60), policy_ttl: Duration::from_secs(600), max_manifest_files: 1000 };
         let metadata = Metadata::new(catalog.clone(), Upstream::new(&url).unwrap(), None, settings);
         let public = RepoKey::new(RepoType::Model, "org/public");
         assert_eq!(metadata.policy_at(&public, Some("main")).await.unwrap(), (Access::Cacheable, CacheStatus::Miss));
-        // The policy, the ref and the two forms of the repo info: proposed together (in a cluster,
-        // one replication round), not one after the other.
-        assert_eq!(catalog.most_at_once.load(Ordering::SeqCst), 4);
+        // The ref and the two forms of the repo info proposed together (in a cluster, one
+        // replication round), then the policy (see `Catalog::put_revision_findings`).
+        assert_eq!(catalog.most_at_once.load(Ordering::SeqCst), 3);
+        assert_eq!(catalog.beside_policy.load(Ordering::SeqCst), 0, "the policy is written after the others");
         assert!(catalog.get_policy(&public).await.unwrap().unwrap().cacheable);
         assert_eq!(catalog.get_ref(&public, "main").await.unwrap().unwrap().commit, "a".repeat(40));
         assert!(catalog.get_repo_info(&public, &"a".repeat(40), FILES_VARIANT).await.unwrap().is_some());
