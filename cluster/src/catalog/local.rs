@@ -714,23 +714,17 @@ impl Catalog for LocalCatalog {
     /// One write transaction (one sync) for all of it.
     async fn put_revision_findings(&self, repo: &RepoKey, findings: RevisionFindings) -> Result<(), CatalogError> {
         let codec = |error: postcard::Error| CatalogError::Codec(error.to_string());
-        let infos: Vec<(String, Vec<u8>)> =
-            findings.infos.into_iter().map(|(variant, body)| (repo_key(repo, &[&findings.commit, &variant]), body)).collect();
-        let reference = match findings.reference {
-            Some((revision, record)) => Some((repo_key(repo, &[&revision]), postcard::to_stdvec(&record).map_err(codec)?, record)),
-            None => None,
-        };
-        let policy = match findings.policy {
-            Some(record) => Some((repo_key(repo, &[]), postcard::to_stdvec(&record).map_err(codec)?, record)),
-            None => None,
-        };
+        let mut rows: Vec<(TableDefinition<'static, &'static str, &'static [u8]>, String, Vec<u8>)> =
+            findings.infos.into_iter().map(|(variant, body)| (REPO_INFO, repo_key(repo, &[&findings.commit, &variant]), body)).collect();
+        let reference = findings.reference.map(|(revision, record)| (repo_key(repo, &[&revision]), record));
+        if let Some((key, record)) = &reference {
+            rows.push((REFS, key.clone(), postcard::to_stdvec(record).map_err(codec)?));
+        }
+        let policy = findings.policy.map(|record| (repo_key(repo, &[]), record));
+        if let Some((key, record)) = &policy {
+            rows.push((POLICIES, key.clone(), postcard::to_stdvec(record).map_err(codec)?));
+        }
         let inner = self.inner.clone();
-        let rows: Vec<(TableDefinition<'static, &'static str, &'static [u8]>, String, Vec<u8>)> = infos
-            .into_iter()
-            .map(|(key, body)| (REPO_INFO, key, body))
-            .chain(reference.iter().map(|(key, bytes, _)| (REFS, key.clone(), bytes.clone())))
-            .chain(policy.iter().map(|(key, bytes, _)| (POLICIES, key.clone(), bytes.clone())))
-            .collect();
         tokio::task::spawn_blocking(move || {
             inner.database.run(|database| {
                 let transaction = database.begin_write().map_err(storage_error)?;
@@ -743,10 +737,10 @@ impl Catalog for LocalCatalog {
         })
         .await
         .map_err(|_| CatalogError::Closed)??;
-        if let Some((key, _, record)) = reference {
+        if let Some((key, record)) = reference {
             self.inner.hot.written(&self.inner.hot.refs, key, record);
         }
-        if let Some((key, _, record)) = policy {
+        if let Some((key, record)) = policy {
             self.inner.hot.written(&self.inner.hot.policies, key, record);
         }
         Ok(())
